@@ -1,0 +1,379 @@
+"""Command line: a table of small commands; each one's docstring is its help.
+
+``main(argv) -> int`` never shows a traceback for a mistake a user can make: it prints one
+line and returns non-zero. TensorFlow is imported only by commands that train or predict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from clothopt import __version__
+from clothopt._table import format_table
+from clothopt.errors import ClothoptError
+
+__all__ = ["main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value
+
+
+def _storage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        default=os.environ.get("CLOTHOPT_STORAGE"),
+        help="SQLAlchemy URL (default sqlite:///studies/clothopt.db, or $CLOTHOPT_STORAGE)",
+    )
+
+
+class _Command:
+    """Base: subclasses set ``add_arguments`` and ``run``; the docstring is the help text."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        pass
+
+    def run(self, args: argparse.Namespace) -> int:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- data
+
+
+class DataFetch(_Command):
+    """Download the 10-class clothing data set (pinned commit) and unpack it atomically."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dest", default="data", help="folder to create (default: data)")
+        p.add_argument("--url", help="archive URL (default: the pinned commit on GitHub)")
+        p.add_argument("--sha256", help="expected SHA-256 of the archive")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt.data import fetch
+
+        kwargs = {"url": args.url} if args.url else {}
+        dest = fetch(args.dest, sha256=args.sha256, **kwargs)
+        print(f"data set ready in {dest}")
+        return 0
+
+
+class DataCheck(_Command):
+    """Count images per class and split; list unreadable, truncated and stray files."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("dir", help="data set folder (DIR/train|validation|test/<class>/)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt.data import check
+
+        report = check(args.dir)
+        print(report.format())
+        return 0 if report.usable else 1
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+class Backbones(_Command):
+    """List the backbones clothopt knows, with their input sizes."""
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt.backbones import BACKBONES
+
+        rows = [
+            {
+                "name": s.name,
+                "keras": f"{s.module}.{s.constructor}",
+                "default_size": s.default_size,
+                "min_size": s.min_size,
+                "features": s.feature_dim,
+                "paper": "yes" if s.paper else "",
+            }
+            for s in BACKBONES.values()
+        ]
+        print(format_table(rows))
+        return 0
+
+
+# --------------------------------------------------------------------------- study
+
+
+class StudyCreate(_Command):
+    """Create a study: a backbone, a search space and a sampler (the grid is enqueued)."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        from clothopt.backbones import BACKBONES
+        from clothopt.spaces import SAMPLERS
+
+        p.add_argument("--backbone", required=True, help=f"one of: {', '.join(BACKBONES)}")
+        p.add_argument("--space", default="paper", help="paper, tpe, quick or a TOML file")
+        p.add_argument("--sampler", choices=SAMPLERS, help="default: the space's own")
+        p.add_argument("--n-trials", type=_positive_int, help="budget for non-grid samplers")
+        p.add_argument("--name", help="study name (default: BACKBONE-SPACE-SAMPLER)")
+        _storage_arg(p)
+        p.add_argument("--data", default="data", help="data set folder (default: data)")
+        p.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file")
+        p.add_argument(
+            "--epochs", type=_positive_int, help="epochs per trial (default: space's, 2)"
+        )
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--resize", default="nearest", help="nearest (the paper's), bilinear, bicubic"
+        )
+        p.add_argument("--pruner", default="none", help="none or median")
+        p.add_argument(
+            "--no-cache", action="store_true", help="train end to end (no feature cache)"
+        )
+        p.add_argument("--cache-dir", help="feature cache folder (default: beside the SQLite file)")
+        p.add_argument(
+            "--max-retries", type=int, default=3, help="reruns of a trial whose worker died"
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt import study
+
+        _, config = study.create(
+            backbone=args.backbone,
+            space=args.space,
+            sampler=args.sampler,
+            n_trials=args.n_trials,
+            name=args.name,
+            storage=args.storage,
+            data=args.data,
+            weights=args.weights,
+            epochs=args.epochs,
+            seed=args.seed,
+            resize=args.resize,
+            pruner=args.pruner,
+            use_cache=not args.no_cache,
+            cache_dir=args.cache_dir,
+            max_retries=args.max_retries,
+            command=shlex.join(["clothopt", *sys.argv[1:]]),
+        )
+        print(
+            f"created study {config.name!r}: {config.backbone}, space {config.space.name} "
+            f"({config.budget()} trials, sampler {config.sampler}), data {config.data}"
+        )
+        print(
+            f"run it: clothopt study optimize {config.name}"
+            + (f" --storage {args.storage}" if args.storage else "")
+        )
+        return 0
+
+
+class StudyOptimize(_Command):
+    """Run a study's trials; run it again to continue where it stopped."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("name")
+        _storage_arg(p)
+        p.add_argument("--n-trials", type=_positive_int, help="stop after this many trials here")
+        p.add_argument("--timeout", type=_positive_float, help="start no trial after S seconds")
+        p.add_argument("--data", help="the data set's folder on this machine (same fingerprint)")
+        p.add_argument("--cache-dir", help="feature cache folder on this machine")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt import study
+        from clothopt.data import open_dataset
+        from clothopt.features import FeatureCache
+        from clothopt.objective import Objective
+
+        st, config = study.load(args.name, args.storage)
+        dataset = open_dataset(args.data or config.data)
+        if dataset.fingerprint != config.data_fingerprint:
+            raise ClothoptError(
+                f"data set {dataset.root} differs from the one study {config.name!r} was created "
+                f"with (fingerprint {dataset.fingerprint[:12]} != {config.data_fingerprint[:12]})"
+            )
+        cache = FeatureCache(
+            args.cache_dir or config.cache_dir,
+            batch_size=config.extract_batch_size,
+            threads=config.threads,
+            progress=not args.quiet,
+        )
+        summary = study.optimize(
+            st,
+            config,
+            Objective(config, dataset, cache),
+            n_trials=args.n_trials,
+            timeout=args.timeout,
+            progress=not args.quiet,
+        )
+        print(
+            f"ran {summary.ran} trial(s) in {summary.seconds:.1f} s: {summary.complete} complete, "
+            f"{summary.failed} failed, {summary.pruned} pruned, "
+            f"{summary.recovered} recovered from dead workers"
+        )
+        if summary.best_value is not None:
+            print(f"best validation macro-F1 {summary.best_value:.4f} with {summary.best_params}")
+        if config.sampler == "grid":
+            g = study.grid_status(st, config)
+            print(
+                f"grid: {g['complete_once']}/{g['points']} points complete exactly once"
+                + (f"; duplicates {g['duplicates']}" if g["duplicates"] else "")
+            )
+        return 0
+
+
+class StudyList(_Command):
+    """List the studies in a storage."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        _storage_arg(p)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt import study
+
+        print(format_table(study.list_studies(args.storage)))
+        return 0
+
+
+class StudyShow(_Command):
+    """Show a study's configuration and its trials, the best first."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("name")
+        _storage_arg(p)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt import study
+
+        st, config = study.load(args.name, args.storage)
+        rows = study.trial_rows(st)
+        if args.json:
+            print(json.dumps({"config": config.to_dict(), "trials": rows}, default=str))
+            return 0
+        print(
+            f"study {config.name}: {config.backbone} (weights {config.weights}), space "
+            f"{config.space.name}, sampler {config.sampler}, {config.epochs} epochs, "
+            f"seed {config.seed}, {'cached features' if config.use_cache else 'end to end'}"
+        )
+        print(f"data {config.data} ({config.data_fingerprint[:12]})")
+        print(format_table(rows))
+        return 0
+
+
+class StudyDelete(_Command):
+    """Delete a study and its trials (the feature cache is kept: other studies share it)."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("name")
+        _storage_arg(p)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt import study
+
+        study.delete(args.name, args.storage)
+        print(f"deleted study {args.name!r}")
+        return 0
+
+
+# --------------------------------------------------------------------------- the table
+
+COMMANDS: dict[str, type[_Command]] = {
+    "data fetch": DataFetch,
+    "data check": DataCheck,
+    "backbones": Backbones,
+    "study create": StudyCreate,
+    "study optimize": StudyOptimize,
+    "study list": StudyList,
+    "study show": StudyShow,
+    "study delete": StudyDelete,
+}
+
+_GROUPS = {"data": "data sets", "study": "studies", "compare": "compare studies"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2, like every other user error
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="clothopt",
+        description="Backbone and hyperparameter search for clothing classifiers, on Optuna.",
+    )
+    parser.add_argument("--version", action="version", version=f"clothopt {__version__}")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    groups: dict[str, argparse._SubParsersAction[Any]] = {}
+    for name, cls in COMMANDS.items():
+        words = name.split()
+        help_text = (cls.__doc__ or "").strip().splitlines()[0]
+        if len(words) == 1:
+            sub = top.add_parser(words[0], help=help_text, description=help_text)
+        else:
+            if words[0] not in groups:
+                g = top.add_parser(words[0], help=_GROUPS.get(words[0], words[0]))
+                groups[words[0]] = g.add_subparsers(
+                    dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser, required=True
+                )
+            sub = groups[words[0]].add_parser(words[1], help=help_text, description=help_text)
+        cls.add_arguments(sub)
+        sub.set_defaults(_command=cls)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    # TensorFlow's C++ start-up chatter (no CUDA here, oneDNN notes) is not the user's business
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("absl", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_command", None) is None:
+        parser.print_help()
+        return 2
+    _quiet_libraries()
+    from clothopt.study import Terminated
+
+    try:
+        return args._command().run(args)
+    except ClothoptError as exc:
+        print(f"clothopt: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("clothopt: interrupted; the running trial was put back in the queue", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("clothopt: terminated; the running trial was put back in the queue", file=sys.stderr)
+        return 143

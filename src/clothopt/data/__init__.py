@@ -1,0 +1,52 @@
+"""Data sets: layout, fingerprints, image decoding, download and checks."""
+
+from __future__ import annotations
+
+from clothopt.data.check import CheckReport, check
+from clothopt.data.fetch import (
+    DATASET_COMMIT,
+    DATASET_FINGERPRINT,
+    DATASET_IMAGES,
+    DATASET_REPO,
+    DATASET_URL,
+    fetch,
+)
+from clothopt.data.images import (
+    RESIZE_METHODS,
+    default_threads,
+    iter_batches,
+    load_batch,
+    load_image,
+    nearest_indices,
+)
+from clothopt.data.layout import (
+    IMAGE_EXTENSIONS,
+    SPLITS,
+    Dataset,
+    Split,
+    file_sha256,
+    open_dataset,
+)
+
+__all__ = [
+    "DATASET_COMMIT",
+    "DATASET_FINGERPRINT",
+    "DATASET_IMAGES",
+    "DATASET_REPO",
+    "DATASET_URL",
+    "IMAGE_EXTENSIONS",
+    "RESIZE_METHODS",
+    "SPLITS",
+    "CheckReport",
+    "Dataset",
+    "Split",
+    "check",
+    "default_threads",
+    "fetch",
+    "file_sha256",
+    "iter_batches",
+    "load_batch",
+    "load_image",
+    "nearest_indices",
+    "open_dataset",
+]

@@ -1,0 +1,124 @@
+"""open_dataset: class order, file order, labels, layout errors and fingerprints."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clothopt.data.layout import SPLITS, open_dataset
+from clothopt.errors import ClothoptError
+
+CLASSES = ("shirt", "hat", "pants")  # deliberately not sorted
+
+
+def make_tree(root: Path, n: int = 3, seed: int = 0) -> Path:
+    """root/<split>/<class>/img_<i>.png with small random images."""
+    rng = np.random.default_rng(seed)
+    for split in SPLITS:
+        for cls in CLASSES:
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in reversed(range(n)):  # written out of order on purpose
+                pixels = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"img_{i}.png")
+    return root
+
+
+def test_classes_files_and_labels(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "data")
+    (root / "train" / "hat" / "notes.txt").write_text("not an image")
+    (root / "train" / "hat" / "UPPER.JPG").write_bytes(
+        (root / "train" / "hat" / "img_0.png").read_bytes()
+    )
+    ds = open_dataset(root)
+    assert ds.classes == ("hat", "pants", "shirt")
+    assert set(ds.splits) == set(SPLITS)
+    train = ds["train"]
+    names = [p.relative_to(train.root).as_posix() for p in train.paths]
+    assert names == [
+        "hat/UPPER.JPG",
+        "hat/img_0.png",
+        "hat/img_1.png",
+        "hat/img_2.png",
+        "pants/img_0.png",
+        "pants/img_1.png",
+        "pants/img_2.png",
+        "shirt/img_0.png",
+        "shirt/img_1.png",
+        "shirt/img_2.png",
+    ]
+    assert train.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert train.class_counts() == {"hat": 4, "pants": 3, "shirt": 3}
+    assert len(ds["test"]) == 9
+
+
+def test_only_some_splits(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "data")
+    shutil.rmtree(root / "test")
+    ds = open_dataset(root, splits=("train", "validation"))
+    assert set(ds.splits) == {"train", "validation"}
+    with pytest.raises(ClothoptError, match="no 'test' split"):
+        ds["test"]
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda r: shutil.rmtree(r / "validation"), "no validation/ split"),
+        (lambda r: shutil.rmtree(r / "validation" / "hat"), "missing hat"),
+        (lambda r: (r / "test" / "socks").mkdir(), "not in train: socks"),
+        (lambda r: shutil.rmtree(r / "train"), "no train/ folder"),
+        (lambda r: [shutil.rmtree(r / "train" / c) for c in ("hat", "pants")], "two class"),
+        (lambda r: [p.unlink() for p in (r / "test").rglob("*.png")], "holds no images"),
+    ],
+)
+def test_layout_errors(tmp_path: Path, breakage, message: str) -> None:
+    root = make_tree(tmp_path / "data")
+    breakage(root)
+    with pytest.raises(ClothoptError, match=message) as info:
+        open_dataset(root)
+    assert "\n" not in str(info.value)
+
+
+def test_path_not_found(tmp_path: Path) -> None:
+    with pytest.raises(ClothoptError, match="not found"):
+        open_dataset(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ClothoptError, match="not found"):
+        open_dataset(tmp_path / "file")
+
+
+def test_fingerprint_is_stable_and_sensitive(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "a")
+    fp = open_dataset(root).fingerprint
+    assert len(fp) == 64
+
+    copy = tmp_path / "elsewhere" / "b"
+    shutil.copytree(root, copy)
+    assert open_dataset(copy).fingerprint == fp
+    (copy / "train" / "hat" / "notes.txt").write_text("ignored, like flow_from_directory")
+    assert open_dataset(copy).fingerprint == fp
+
+    image = copy / "validation" / "pants" / "img_1.png"
+    data = bytearray(image.read_bytes())
+    data[-20] ^= 1  # one byte of one image
+    image.write_bytes(bytes(data))
+    changed = open_dataset(copy).fingerprint
+    assert changed != fp
+    assert open_dataset(copy)["train"].fingerprint == open_dataset(root)["train"].fingerprint
+
+    renamed = tmp_path / "c"
+    shutil.copytree(root, renamed)
+    (renamed / "test" / "shirt" / "img_2.png").rename(renamed / "test" / "shirt" / "img_9.png")
+    assert open_dataset(renamed).fingerprint not in (fp, changed)
+
+
+def test_moving_an_image_between_classes_changes_fingerprint(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "a")
+    fp = open_dataset(root).fingerprint
+    (root / "train" / "hat" / "img_0.png").rename(root / "train" / "pants" / "img_9.png")
+    assert open_dataset(root).fingerprint != fp

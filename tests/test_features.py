@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clothopt.backbones import get_backbone
+from clothopt.data import open_dataset
+from clothopt.features import FeatureCache
+
+SPEC = get_backbone("mobilenet_025")
+
+
+def test_features_are_computed_once_then_read_from_disk(tiny_data: Path, tmp_path: Path) -> None:
+    ds = open_dataset(tiny_data)
+    root = tmp_path / "cache"
+    first = FeatureCache(root).get(SPEC, "none", 0, 32, "nearest", ds["train"])
+    assert not first.cached and first.x.shape == (len(ds["train"]), 256)
+    np.testing.assert_array_equal(first.y, ds["train"].labels)
+    # a new cache object (a later run) reads the same entry without a model
+    again = FeatureCache(root)
+    second = again.get(SPEC, "none", 0, 32, "nearest", ds["train"])
+    assert second.cached and again._extractor is None
+    np.testing.assert_array_equal(first.x, second.x)
+    assert second.base_params == first.base_params > 0
+    assert not list(root.rglob("*.tmp*")), "no temporary file may be left behind"
+
+
+def test_cache_key_covers_size_split_weights_and_content(tiny_data: Path, tmp_path: Path) -> None:
+    ds = open_dataset(tiny_data)
+    cache = FeatureCache(tmp_path / "cache")
+    base = cache.key(SPEC, "none", 0, 32, "nearest", ds["train"])
+    assert base != cache.key(SPEC, "none", 0, 40, "nearest", ds["train"])
+    assert base != cache.key(SPEC, "none", 0, 32, "nearest", ds["validation"])
+    assert base != cache.key(SPEC, "none", 1, 32, "nearest", ds["train"])
+    assert base != cache.key(SPEC, "none", 0, 32, "bilinear", ds["train"])
+    img = next((tiny_data / "train" / "hat").iterdir())
+    img.write_bytes(img.read_bytes() + b"\0")
+    changed = open_dataset(tiny_data)
+    assert base != cache.key(SPEC, "none", 0, 32, "nearest", changed["train"])
+
+
+def test_a_corrupt_entry_is_recomputed(tiny_data: Path, tmp_path: Path) -> None:
+    ds = open_dataset(tiny_data)
+    root = tmp_path / "cache"
+    good = FeatureCache(root).get(SPEC, "none", 0, 32, "nearest", ds["validation"])
+    (entry,) = root.rglob("*.npz")
+    entry.write_bytes(b"not an npz")
+    again = FeatureCache(root).get(SPEC, "none", 0, 32, "nearest", ds["validation"])
+    assert not again.cached
+    np.testing.assert_allclose(again.x, good.x, atol=1e-6)
+
+
+def test_memory_only_cache_writes_nothing(tiny_data: Path, tmp_path: Path) -> None:
+    ds = open_dataset(tiny_data)
+    cache = FeatureCache(None)
+    a = cache.get(SPEC, "none", 0, 32, "nearest", ds["test"])
+    b = cache.get(SPEC, "none", 0, 32, "nearest", ds["test"])
+    assert not a.cached and b.cached
+    assert not list(tmp_path.rglob("*.npz"))
+
+
+@pytest.mark.slow
+def test_pretrained_features_separate_real_classes(real_subset: Path, real_weights: Path) -> None:
+    ds = open_dataset(real_subset)
+    feats = FeatureCache(None).get(SPEC, str(real_weights), 0, 96, "nearest", ds["train"])
+    assert np.isfinite(feats.x).all() and feats.x.std() > 0
