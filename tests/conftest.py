@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from clothopt.data.synthetic import make_synthetic_dataset
 
 # Fast failure detection for the resume tests; set before clothopt.study is imported
 os.environ.setdefault("CLOTHOPT_HEARTBEAT_INTERVAL", "1")
@@ -18,30 +19,9 @@ REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared/datasets/clothi
 REAL_WEIGHTS = (
     Path(__file__).resolve().parents[1].parent / "shared/weights/mobilenet_2_5_224_tf_no_top.h5"
 )
-CLASSES = ("hat", "pants", "shoes")
 
 
-def make_dataset(
-    root: Path,
-    classes: tuple[str, ...] = CLASSES,
-    counts: tuple[int, int, int] = (8, 4, 4),
-    seed: int = 0,
-) -> Path:
-    """A learnable synthetic data set: each class has its own colour, plus noise and odd sizes."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for split, n in zip(("train", "validation", "test"), counts, strict=True):
-        for ci, cls in enumerate(classes):
-            folder = root / split / cls
-            folder.mkdir(parents=True, exist_ok=True)
-            base = np.zeros(3)
-            base[ci % 3] = 200
-            for i in range(n):
-                h, w = rng.integers(36, 60, size=2)
-                img = np.clip(base + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(folder / f"{cls}_{i:03d}.jpg", quality=90)
-    return root
+make_dataset = make_synthetic_dataset  # tests import it from here
 
 
 @pytest.fixture
@@ -79,3 +59,37 @@ def real_subset(tmp_path: Path, real_data: Path) -> Path:
 @pytest.fixture
 def storage(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'studies' / 'clothopt.db'}"
+
+
+def _postgres_url() -> str | None:
+    url = os.environ.get("CLOTHOPT_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("CLOTHOPT_REQUIRE_POSTGRES"):
+            pytest.fail("CLOTHOPT_TEST_POSTGRES is not set but PostgreSQL tests are required")
+        pytest.skip("no PostgreSQL: set CLOTHOPT_TEST_POSTGRES (bash .ci/postgres.sh prints it)")
+    return url
+
+
+@pytest.fixture
+def postgres_storage() -> object:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(_postgres_url())
+    name = f"clothopt_test_{uuid.uuid4().hex[:12]}"
+    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_storage(request: pytest.FixtureRequest, storage: str) -> str:
+    if request.param == "sqlite":
+        return storage
+    return request.getfixturevalue("postgres_storage")

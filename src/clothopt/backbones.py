@@ -7,10 +7,12 @@ and minimum input sizes. Keras is imported only when a model is built.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKBONES",
+    "PRECISIONS",
     "BackboneSpec",
     "build_base",
     "build_extractor",
@@ -33,6 +36,12 @@ __all__ = [
 
 # keras.applications preprocess_input modes (imagenet_utils): what each backbone expects
 _MODES = ("tf", "torch", "caffe", "none")
+
+# Numeric precision of the frozen base's forward pass (Keras dtype policy while it is built).
+# Reduced precisions use the mixed policies: weights stay float32, convolutions run in 16 bits.
+PRECISIONS: Mapping[str, str] = MappingProxyType(
+    {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+)
 
 
 @dataclass(frozen=True)
@@ -135,13 +144,41 @@ def _imagenet_hint(spec: BackboneSpec, exc: BaseException) -> str:
     return f"cannot load ImageNet weights for {spec.name}: {exc}"
 
 
-def build_base(
-    spec: BackboneSpec, size: int, weights: str = "imagenet", seed: int = 0
-) -> keras.Model:
-    """The frozen base ``include_top=False`` at ``size``×``size``; it is never trained."""
+@contextlib.contextmanager
+def _dtype_policy(precision: str) -> Iterator[None]:
+    """Build layers under the policy for ``precision``; the global policy is restored after."""
     import keras
 
+    try:
+        policy = PRECISIONS[precision]
+    except KeyError:
+        raise ClothoptError(
+            f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})"
+        ) from None
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build_base(
+    spec: BackboneSpec,
+    size: int,
+    weights: str = "imagenet",
+    seed: int = 0,
+    precision: str = "float32",
+) -> keras.Model:
+    """The frozen base ``include_top=False`` at ``size``×``size``; it is never trained."""
     spec.check_size(size)
+    with _dtype_policy(precision):
+        return _build_base(spec, size, weights, seed)
+
+
+def _build_base(spec: BackboneSpec, size: int, weights: str, seed: int) -> keras.Model:
+    import keras
+
     kwargs: dict[str, Any] = dict(spec.kwargs)
     if weights == "imagenet":
         arg: str | None = "imagenet"
@@ -154,9 +191,12 @@ def build_base(
             raise ClothoptError(f"weights file not found: {weights}")
         arg = str(path)
     try:
-        base = spec.constructor_fn()(
-            include_top=False, weights=arg, input_shape=(size, size, 3), **kwargs
-        )
+        with warnings.catch_warnings():
+            # MobileNet notes that sizes other than 128..224 load the 224 weights: intended here
+            warnings.filterwarnings("ignore", message=".*will be loaded as the default")
+            base = spec.constructor_fn()(
+                include_top=False, weights=arg, input_shape=(size, size, 3), **kwargs
+            )
     except Exception as exc:  # Keras raises plain Exception/ValueError for both cases
         if weights == "imagenet":
             raise ClothoptError(_imagenet_hint(spec, exc)) from None
@@ -197,16 +237,25 @@ def preprocessing_layers(spec: BackboneSpec) -> list[keras.layers.Layer]:
 
 
 def build_extractor(
-    spec: BackboneSpec, size: int, weights: str = "imagenet", seed: int = 0
+    spec: BackboneSpec,
+    size: int,
+    weights: str = "imagenet",
+    seed: int = 0,
+    precision: str = "float32",
 ) -> keras.Model:
-    """float RGB 0..255 batch -> pooled features: preprocess, frozen base (training=False), GAP."""
+    """float RGB 0..255 batch -> pooled features: preprocess, frozen base (training=False), GAP.
+
+    The input may also be a uint8 batch: the model casts it to float32 itself, which costs less
+    than a NumPy ``astype`` on the host. ``precision`` sets the base's compute dtype only;
+    preprocessing and pooling stay float32, so the features are float32 whatever it is.
+    """
     import keras
 
-    base = build_base(spec, size, weights, seed)
+    base = build_base(spec, size, weights, seed, precision)
     inputs = keras.Input((size, size, 3), name="image")
     x = inputs
     for layer in preprocessing_layers(spec):
         x = layer(x)
     x = base(x, training=False)
-    outputs = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.GlobalAveragePooling2D(name="pool", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"{spec.name}_features")

@@ -301,6 +301,314 @@ class StudyDelete(_Command):
         return 0
 
 
+def _paper_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--paper",
+        help="folder with the paper's final_test.csv, shown beside ours "
+        "(default: ../shared/paper when it exists; 'none' to leave it out)",
+    )
+
+
+def _paper_dir(value: str | None) -> Any:
+    from pathlib import Path
+
+    from clothopt.finalize import default_paper_dir
+
+    if value is None:
+        return default_paper_dir()
+    if value == "none":
+        return None
+    if not (Path(value) / "final_test.csv").is_file():
+        raise ClothoptError(f"--paper {value}: no final_test.csv there")
+    return Path(value)
+
+
+class StudyFinalize(_Command):
+    """Retrain the best trial (or --trial N) for 5 epochs, score the test split, export a model.
+
+    Writes into the study's folder (final/, replaced whole): model.keras (raw RGB images of any
+    size in, class probabilities out; loads with plain Keras, safe mode), classes.json,
+    report.json (per-class and macro precision, recall and F1, accuracy, confusion matrix, a
+    95% bootstrap interval of the test macro-F1, parameters, seconds) and
+    confusion_matrix.html. The test figures are those of the saved model itself.
+    """
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        from clothopt.finalize import DEFAULT_EPOCHS, DEFAULT_RESAMPLES
+
+        p.add_argument("name")
+        _storage_arg(p)
+        p.add_argument(
+            "--epochs", type=_positive_int, default=DEFAULT_EPOCHS, help="default 5 (the paper's)"
+        )
+        p.add_argument("--trial", type=int, help="trial number (default: the best)")
+        p.add_argument("--data", help="the data set's folder on this machine (same fingerprint)")
+        p.add_argument("--cache-dir", help="feature cache folder on this machine")
+        p.add_argument(
+            "--resamples",
+            type=_positive_int,
+            default=DEFAULT_RESAMPLES,
+            help=f"bootstrap resamples (default {DEFAULT_RESAMPLES}, at least 1000)",
+        )
+        p.add_argument("--bootstrap-seed", type=int, default=0)
+        _paper_arg(p)
+        p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt.finalize import final_dir, finalize, format_report, paper_table
+
+        paper = _paper_dir(args.paper)
+        report = finalize(
+            args.name,
+            args.storage,
+            epochs=args.epochs,
+            trial=args.trial,
+            data=args.data,
+            cache_dir=args.cache_dir,
+            resamples=args.resamples,
+            bootstrap_seed=args.bootstrap_seed,
+            progress=not args.quiet,
+        )
+        print(format_report(report, final_dir(args.storage, args.name)))
+        print()
+        print(paper_table(report, paper))
+        return 0
+
+
+class StudyReport(_Command):
+    """Print a finalized study's test report (its report.json) beside the paper's figures."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("name")
+        _storage_arg(p)
+        _paper_arg(p)
+        p.add_argument("--json", action="store_true", help="print report.json itself")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt.finalize import format_report, load_final, paper_table
+
+        paper = _paper_dir(args.paper)
+        report, folder = load_final(args.name, args.storage)
+        if args.json:
+            print(json.dumps(report, indent=2, sort_keys=True))
+            return 0
+        print(format_report(report, folder))
+        print()
+        print(paper_table(report, paper))
+        return 0
+
+
+# --------------------------------------------------------------------------- predict
+
+
+class Predict(_Command):
+    """Top-k classes of images with a model from `clothopt study finalize`.
+
+    A folder stands for the images in it. An unreadable file gets its own error line and the
+    rest are still predicted; the exit status is 1 when any file failed. The model loads with
+    Keras safe mode on; class names come from classes.json beside it.
+    """
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", help="a .keras file written by clothopt study finalize")
+        p.add_argument("images", nargs="+", metavar="IMAGE")
+        p.add_argument("--top-k", type=_positive_int, default=3, help="classes per image (3)")
+        p.add_argument("--json", action="store_true", help="one JSON object per image and line")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt.predict import expand_paths, load_classifier, predict_files
+
+        paths = expand_paths(args.images)
+        if not paths:
+            raise ClothoptError("no images in the folders given")
+        model, classes = load_classifier(args.model)
+        failed = 0
+        rows = []
+        for pred in predict_files(model, classes, paths, args.top_k):
+            failed += pred.error is not None
+            if args.json:
+                print(json.dumps(pred.to_dict()), flush=True)
+            elif pred.error is not None:
+                print(f"clothopt: error: {pred.error}", file=sys.stderr, flush=True)
+            else:
+                row: dict[str, Any] = {"image": pred.image}
+                for rank, (cls, prob) in enumerate(pred.top, 1):
+                    row[f"top {rank}"] = f"{cls} {prob:.3f}"
+                rows.append(row)
+        if not args.json and rows:
+            print(format_table(rows))
+        if failed:
+            print(f"clothopt: {failed} of {len(paths)} images failed", file=sys.stderr)
+        return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, not {value}")
+    return value
+
+
+class Dashboard(_Command):
+    """Open optuna-dashboard on the studies: notes, live trials, figures and artifacts.
+
+    Binds to 127.0.0.1 unless --host says otherwise (the dashboard has no authentication).
+    Ctrl-C stops it.
+    """
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        _storage_arg(p)
+        p.add_argument(
+            "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; no login)"
+        )
+        p.add_argument("--port", type=_port, default=8080, help="default 8080; 0: any free port")
+        p.add_argument(
+            "--artifacts",
+            default=os.environ.get("CLOTHOPT_ARTIFACTS"),
+            help="artifact folder (default: beside the SQLite file, or $CLOTHOPT_ARTIFACTS)",
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt.dashboard import serve
+
+        return serve(args.storage, args.host, args.port, args.artifacts)
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def _report_dir(out: str | None, storage: str | None, name: str) -> Any:
+    from pathlib import Path
+
+    from clothopt.study import study_dir
+
+    # default: <folder of the SQLite file>/reports/<name>, beside runs/ and features/
+    return Path(out) if out else study_dir(storage, "x").parent.parent / "reports" / name
+
+
+def _print_report(report: Any) -> None:
+    print(report.markdown)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {len(report.files)} files to {report.files[0].parent}", file=sys.stderr)
+
+
+class CompareBackbones(_Command):
+    """Compare studies: the paper's Tables I and III, test intervals and McNemar tests, HTML.
+
+    Table I needs only the studies' trials; Table III, the bootstrap intervals, the McNemar
+    tests, per-class F1 and confusion matrices need finalized studies (clothopt study
+    finalize); a study that is not finalized shows "not finalized" there. Prints Markdown and
+    writes CSV files, report.md and a self-contained report.html to --out.
+    """
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("studies", nargs="+", metavar="STUDY")
+        _storage_arg(p)
+        p.add_argument("--out", help="report folder (default: reports/backbones beside the DB)")
+        p.add_argument(
+            "--paper",
+            help="folder with the paper's CSV tables, shown beside ours "
+            "(default: ../shared/paper when it exists; 'none' to leave them out)",
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from clothopt.report import backbone_report
+
+        if args.paper is None:
+            found = Path("../shared/paper")
+            paper = found if (found / "grid_validation_f1.csv").is_file() else None
+        elif args.paper == "none":
+            paper = None
+        else:
+            paper = Path(args.paper)
+            if not paper.is_dir():
+                raise ClothoptError(f"--paper {args.paper}: no such folder")
+        out = _report_dir(args.out, args.storage, "backbones")
+        _print_report(backbone_report(args.studies, args.storage, out, paper))
+        return 0
+
+
+class CompareSamplers(_Command):
+    """Run one study per sampler and seed on one space; report which finds a good point first.
+
+    Studies are named cmp-BACKBONE-SAMPLER-sSEED and stored like any other, so running the
+    command again resumes an interrupted comparison. Every seed's full grid also runs (in a
+    seeded random order): its best is the target. Prints Markdown and writes CSV files,
+    report.md, report.html and comparison.json (settings, sampler arguments, versions) to --out.
+    """
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        from clothopt.backbones import BACKBONES
+
+        p.add_argument("--backbone", required=True, help=f"one of: {', '.join(BACKBONES)}")
+        p.add_argument(
+            "--samplers", default="grid,tpe,random,qmc,gp", help="comma-separated (default: all)"
+        )
+        p.add_argument("--seeds", type=_positive_int, default=5, help="seeds 0..N-1 (default 5)")
+        p.add_argument("--budget", type=_positive_int, default=27, help="trials per study")
+        p.add_argument("--space", default="paper", help="paper, tpe, quick or a TOML file")
+        _storage_arg(p)
+        p.add_argument("--data", default="data", help="data set folder (default: data)")
+        p.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file")
+        p.add_argument("--epochs", type=_positive_int, help="epochs per trial (default: space's)")
+        p.add_argument("--resize", default="nearest", help="nearest (the paper's), bilinear, ...")
+        p.add_argument("--cache-dir", help="feature cache folder (default: beside the SQLite file)")
+        p.add_argument("--out", help="report folder (default: reports/samplers-BACKBONE)")
+        p.add_argument(
+            "--report-only", action="store_true", help="run nothing: report the studies as they are"
+        )
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt.compare import parse_samplers, run_comparison
+        from clothopt.report import load_sampler_runs, sampler_report
+
+        samplers = parse_samplers(args.samplers)
+        # the settings that define the comparison (not where it is stored), to rerun it
+        command = ["clothopt", "compare", "samplers", "--backbone", args.backbone]
+        command += ["--samplers", ",".join(samplers), "--seeds", str(args.seeds)]
+        command += ["--budget", str(args.budget), "--space", args.space, "--data", args.data]
+        command += ["--weights", args.weights, "--resize", args.resize]
+        command += ["--epochs", str(args.epochs)] if args.epochs else []
+        comparison = run_comparison(
+            backbone=args.backbone,
+            samplers=samplers,
+            seeds=args.seeds,
+            budget=args.budget,
+            space=args.space,
+            storage=args.storage,
+            data=args.data,
+            weights=args.weights,
+            epochs=args.epochs,
+            resize=args.resize,
+            cache_dir=args.cache_dir,
+            run=not args.report_only,
+            progress=not args.quiet,
+            command=shlex.join(command),
+            log=lambda line: print(line, file=sys.stderr),
+        )
+        runs = load_sampler_runs(list(comparison.names.values()), args.storage)
+        out = _report_dir(args.out, args.storage, f"samplers-{comparison.backbone}")
+        meta = {"command": shlex.join(command), "skipped": comparison.skipped}
+        _print_report(sampler_report(runs, args.budget, out, comparison.samplers, meta))
+        return 0
+
+
 # --------------------------------------------------------------------------- the table
 
 COMMANDS: dict[str, type[_Command]] = {
@@ -312,6 +620,12 @@ COMMANDS: dict[str, type[_Command]] = {
     "study list": StudyList,
     "study show": StudyShow,
     "study delete": StudyDelete,
+    "study finalize": StudyFinalize,
+    "study report": StudyReport,
+    "predict": Predict,
+    "compare backbones": CompareBackbones,
+    "compare samplers": CompareSamplers,
+    "dashboard": Dashboard,
 }
 
 _GROUPS = {"data": "data sets", "study": "studies", "compare": "compare studies"}

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["classification_metrics"]
+__all__ = ["bootstrap_ci", "classification_metrics", "mcnemar"]
 
 
 def classification_metrics(
@@ -42,3 +42,86 @@ def classification_metrics(
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+def mcnemar(
+    y_true: Sequence[int] | np.ndarray,
+    pred_a: Sequence[int] | np.ndarray,
+    pred_b: Sequence[int] | np.ndarray,
+    exact: bool | None = None,
+) -> dict[str, Any]:
+    """McNemar's test on two classifiers' predictions for the same images, in the same order.
+
+    Only the discordant images carry information: ``a_only`` (A right, B wrong) and ``b_only``.
+    ``exact=None`` picks the exact binomial test when they number fewer than 25 (where the
+    chi-square approximation is poor), else chi-square with continuity correction; both as
+    statsmodels' ``mcnemar(table, exact=..., correction=True)`` computes them. It tests
+    whether the two error rates (accuracies) differ, not macro-F1.
+    """
+    from scipy.stats import binomtest, chi2
+
+    y, a, b = (np.asarray(v).ravel() for v in (y_true, pred_a, pred_b))
+    if not len(y) == len(a) == len(b):
+        raise ValueError(f"lengths differ: labels {len(y)}, A {len(a)}, B {len(b)}")
+    right_a, right_b = a == y, b == y
+    a_only = int(np.sum(right_a & ~right_b))
+    b_only = int(np.sum(~right_a & right_b))
+    discordant = a_only + b_only
+    use_exact = discordant < 25 if exact is None else exact
+    if use_exact:
+        statistic = float(min(a_only, b_only))
+        p_value = float(binomtest(a_only, discordant, 0.5).pvalue) if discordant else 1.0
+    elif discordant == 0:
+        statistic, p_value = 0.0, 1.0  # no discordant pair: no evidence of any difference
+    else:
+        statistic = (abs(a_only - b_only) - 1) ** 2 / discordant
+        p_value = float(chi2.sf(statistic, df=1))
+    return {
+        "both_correct": int(np.sum(right_a & right_b)),
+        "a_only": a_only,
+        "b_only": b_only,
+        "both_wrong": int(np.sum(~right_a & ~right_b)),
+        "method": "exact binomial" if use_exact else "chi-square, continuity corrected",
+        "statistic": float(statistic),
+        "p_value": min(p_value, 1.0),
+    }
+
+
+def bootstrap_ci(
+    y_true: Sequence[int] | np.ndarray,
+    y_pred: Sequence[int] | np.ndarray,
+    num_classes: int,
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of macro-F1 over the test images.
+
+    Resample ``b`` takes row ``b`` of ``default_rng(seed).integers(0, n, (resamples, n))``
+    (drawn in chunks of whole rows, which gives the same stream); its statistic is sklearn's
+    macro-F1 with labels fixed to every class and ``zero_division=0``, computed here from
+    per-resample confusion counts so thousands of resamples take milliseconds.
+    """
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    p = np.asarray(y_pred, dtype=np.int64).ravel()
+    if len(y) != len(p) or len(y) == 0:
+        raise ValueError(f"need as many predictions as labels, and some: {len(y)}, {len(p)}")
+    if resamples < 1 or not 0 < confidence < 1:
+        raise ValueError(f"bad resamples {resamples} or confidence {confidence}")
+    n, c = len(y), num_classes
+    codes = y * c + p  # cell of the confusion matrix each image falls in
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 4_000_000 // n)  # bounds memory for large test sets
+    scores = []
+    for start in range(0, resamples, chunk):
+        b = min(chunk, resamples - start)
+        cells = codes[rng.integers(0, n, (b, n))] + (np.arange(b) * c * c)[:, None]
+        cm = np.bincount(cells.ravel(), minlength=b * c * c).reshape(b, c, c)
+        tp = np.diagonal(cm, axis1=1, axis2=2)
+        denom = cm.sum(axis=1) + cm.sum(axis=2)  # predicted + true counts = 2tp + fp + fn
+        f1 = np.divide(2 * tp, denom, out=np.zeros(tp.shape), where=denom > 0)
+        scores.append(f1.mean(axis=1))
+    alpha = 100 * (1 - confidence) / 2
+    low, high = np.percentile(np.concatenate(scores), [alpha, 100 - alpha])
+    return float(low), float(high)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt.backbones import BackboneSpec, build_extractor, get_backbone
+from clothopt.dashboard import upload_validation_report
 from clothopt.data import Dataset, Split, default_threads, load_batch
 from clothopt.metrics import classification_metrics
 
@@ -329,6 +330,7 @@ class Objective:
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
+        upload_validation_report(trial, m)  # per-class report, downloadable from the dashboard
         return m["f1_macro"]
 
     def _release(self) -> None:

@@ -19,6 +19,7 @@ whatever happens to them:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clothopt._io import atomic_write_json
+from clothopt._io import atomic_write_json, file_lock
 from clothopt.config import CONFIG_ATTR, PRUNERS, StudyConfig
 from clothopt.errors import ClothoptError
 
@@ -108,7 +109,7 @@ def open_storage(url: str | None = None) -> optuna.storages.RDBStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeat arguments are flagged experimental
         try:
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_INTERVAL,
@@ -125,6 +126,31 @@ def open_storage(url: str | None = None) -> optuna.storages.RDBStorage:
             if parsed.password:
                 reason = reason.replace(str(parsed.password), "***")
             raise ClothoptError(f"cannot open storage {_masked(parsed)}: {reason}") from None
+    if backend == "sqlite":
+        _serialize_sqlite_transactions(storage.engine)
+    return storage
+
+
+def _serialize_sqlite_transactions(engine: Any) -> None:
+    """Make every SQLite transaction ``BEGIN IMMEDIATE``.
+
+    pysqlite starts a transaction only at the first write, so two workers can both read a
+    trial as WAITING and both switch it to RUNNING: the check-and-set that makes a queue pop
+    atomic is not atomic on SQLite by default. Taking the write lock at BEGIN (SQLAlchemy's
+    documented recipe) serializes those transactions; waiting workers queue on the lock
+    (timeout 60 s) instead of failing with "database is locked".
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the hooks (schema checks) are not reused
 
 
 def study_dir(storage_url: str | None, name: str) -> Path:
@@ -177,11 +203,18 @@ def create(
     cache_dir: str | None = None,
     max_retries: int = 3,
     command: str = "",
+    grid_order_seed: int | None = None,
 ) -> tuple[optuna.Study, StudyConfig]:
-    """Validate everything, then create the study and enqueue its grid; on error change nothing."""
+    """Validate everything, then create the study and enqueue its grid; on error change nothing.
+
+    ``grid_order_seed``: enqueue the grid in a random order drawn from this seed (recorded as the
+    study user attr ``grid_order_seed``) instead of image size outermost; a sampler comparison
+    needs it, or "trials until the grid's best" would only measure where the best point sits.
+    """
     import optuna
 
     from clothopt.backbones import get_backbone, weights_id
+    from clothopt.dashboard import describe_study
     from clothopt.data import RESIZE_METHODS, open_dataset
     from clothopt.spaces import load_space, sampler_args
 
@@ -236,8 +269,16 @@ def create(
         for key in ("backbone", "weights", "sampler", "epochs", "seed", "data_fingerprint"):
             study.set_user_attr(key, getattr(config, key))
         study.set_user_attr("space", space_obj.name)
+        describe_study(study, config)  # its note and metric name in optuna-dashboard
         if config.sampler == "grid":
-            for params in space_obj.grid():
+            points = space_obj.grid()
+            if grid_order_seed is not None:
+                import numpy as np
+
+                order = np.random.default_rng(grid_order_seed).permutation(len(points))
+                points = [points[i] for i in order]
+                study.set_user_attr("grid_order_seed", grid_order_seed)
+            for params in points:
                 study.enqueue_trial(params, skip_if_exists=False)
         folder = study_dir(storage, name)
         atomic_write_json(folder / "config.json", config.to_dict())
@@ -348,6 +389,102 @@ def _trial_params(trial: FrozenTrial) -> dict[str, Any]:
     return dict(trial.system_attrs.get("fixed_params") or trial.params)
 
 
+# Reasons a trial is put back in the queue: its worker is gone, not its configuration at fault
+DIED, INTERRUPTED, TERMINATED = "worker process died", "interrupted", "terminated"
+HEARTBEAT_LOST = "heartbeat lost (worker died or lost the database)"
+_REQUEUE_REASONS = (DIED, INTERRUPTED, TERMINATED)
+
+
+def _rdb(storage: Any) -> Any:
+    return getattr(storage, "_backend", storage)  # optuna wraps RDBStorage in a cache
+
+
+@contextlib.contextmanager
+def _queue_lock(study: optuna.Study) -> Iterator[None]:
+    """One process at a time re-enqueues trials of a study (check-then-enqueue is two steps).
+
+    SQLite lives on one host: a file lock beside it. PostgreSQL: a session advisory lock,
+    released by the server when a holder's connection dies.
+    """
+    engine = getattr(_rdb(study._storage), "engine", None)
+    backend = engine.url.get_backend_name() if engine is not None else None
+    if backend == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        with file_lock(f"{engine.url.database}.clothopt-lock"):
+            yield
+    elif backend == "postgresql":
+        from sqlalchemy import text
+
+        digest = hashlib.sha256(f"clothopt-queue:{study.study_name}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    else:
+        yield
+
+
+def _retry_key(trial: FrozenTrial) -> tuple[int, int]:
+    """(original trial number, attempt) of a trial; its successor has attempt + 1."""
+    return int(trial.user_attrs.get("retry_of", trial.number)), int(
+        trial.user_attrs.get("retries", 0)
+    )
+
+
+def _max_retries(study: optuna.Study) -> int:
+    raw = study.user_attrs.get(CONFIG_ATTR)
+    return StudyConfig.from_json(raw).max_retries if raw else 3
+
+
+def _orphans(study: optuna.Study) -> list[FrozenTrial]:
+    """FAILed trials whose worker died and whose copy is not (yet) in the queue.
+
+    A worker killed between failing a dead trial and enqueueing its copy leaves one; so does a
+    stale-heartbeat trial failed by Optuna whose callback never ran. Faults inside a trial
+    (with their own reason) are not orphans: running them again would fail again.
+    """
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    copies = {_retry_key(t) for t in trials if "retry_of" in t.user_attrs}
+    limit = _max_retries(study)
+    out = []
+    for t in trials:
+        if (
+            t.state != TrialState.FAIL
+            or t.user_attrs.get("fail_reason", DIED) not in _REQUEUE_REASONS
+        ):
+            continue
+        root, attempt = _retry_key(t)
+        if (root, attempt + 1) not in copies and attempt < limit and _trial_params(t):
+            out.append(t)
+    return out
+
+
+def _enqueue_copy(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
+    """Queue a copy of ``trial`` unless one exists or its retries are spent (hold the lock)."""
+    root, attempt = _retry_key(trial)
+    params = _trial_params(trial)
+    if not params:
+        return  # killed before choosing parameters: nothing to run again
+    if attempt >= _max_retries(study):
+        _log.warning("trial %d failed %d times; not retried again", trial.number, attempt + 1)
+        return
+    if any(
+        _retry_key(t) == (root, attempt + 1)
+        for t in study.get_trials(deepcopy=False)
+        if "retry_of" in t.user_attrs
+    ):
+        return
+    study.enqueue_trial(
+        params,
+        user_attrs={"retries": attempt + 1, "retry_of": root, "retry_reason": reason},
+        skip_if_exists=False,
+    )
+
+
 def requeue(study: optuna.Study, trial: FrozenTrial, reason: str, *, failed: bool = False) -> bool:
     """Fail a trial whose worker is gone and queue its parameters again (up to max_retries).
 
@@ -357,36 +494,20 @@ def requeue(study: optuna.Study, trial: FrozenTrial, reason: str, *, failed: boo
     from optuna.trial import TrialState
 
     storage = study._storage
-    if not failed:
-        try:
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+    with _queue_lock(study):
+        if not failed:
+            try:
+                storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+                if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                    return False
+            except UpdateFinishedTrialError:
                 return False
-        except UpdateFinishedTrialError:
-            return False
-    params = _trial_params(trial)
-    if not params:
-        return True  # killed before choosing parameters: nothing to run again
-    raw = study.user_attrs.get(CONFIG_ATTR)
-    max_retries = StudyConfig.from_json(raw).max_retries if raw else 3
-    retries = int(trial.user_attrs.get("retries", 0))
-    if retries >= max_retries:
-        _log.warning("trial %d failed %d times; not retried again", trial.number, retries + 1)
-        return True
-    study.enqueue_trial(
-        params,
-        user_attrs={
-            "retries": retries + 1,
-            "retry_of": int(trial.user_attrs.get("retry_of", trial.number)),
-            "retry_reason": reason,
-        },
-        skip_if_exists=False,
-    )
+        _enqueue_copy(study, trial, reason)
     return True
 
 
 def _stale_callback(study: optuna.Study, trial: FrozenTrial) -> None:
-    requeue(study, trial, "heartbeat lost (worker died or lost the database)", failed=True)
+    requeue(study, trial, HEARTBEAT_LOST, failed=True)
 
 
 def recover(study: optuna.Study) -> int:
@@ -406,8 +527,13 @@ def recover(study: optuna.Study) -> int:
         else:  # popped, then killed before it could say who it is
             start = trial.datetime_start.timestamp() if trial.datetime_start else now
             dead = now - start > GRACE_PERIOD
-        if dead and requeue(study, trial, "worker process died"):
+        if dead and requeue(study, trial, DIED):
             count += 1
+    if _orphans(study):  # rare: look again under the lock, where no one else enqueues
+        with _queue_lock(study):
+            for trial in _orphans(study):
+                _enqueue_copy(study, trial, trial.user_attrs.get("fail_reason", HEARTBEAT_LOST))
+                count += 1
     return count
 
 
@@ -499,6 +625,15 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _rss_mb() -> float:
+    """Resident set size of this process now, in MiB (Linux /proc; 0 where unavailable)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
 def _fault_reason(exc: BaseException) -> str | None:
     """A fault that ends one trial (the study goes on), or None for a bug to raise."""
     name = type(exc).__name__
@@ -523,12 +658,14 @@ def _run_one(
         storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, _owner())
         try:
             value, state = objective(trial), TrialState.COMPLETE
+            # resident memory after each trial: a long study must stay flat (benchmarks read it)
+            storage.set_trial_user_attr(trial._trial_id, "rss_mb", _rss_mb())
         except optuna.TrialPruned:
             state, value = TrialState.PRUNED, None
         except (KeyboardInterrupt, Terminated) as exc:
             frozen = storage.get_trial(trial._trial_id)
             requeue(
-                study, frozen, "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
+                study, frozen, INTERRUPTED if isinstance(exc, KeyboardInterrupt) else TERMINATED
             )
             raise
         except Exception as exc:
@@ -566,7 +703,9 @@ def _next_trial(study: optuna.Study, config: StudyConfig) -> optuna.Trial | None
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
     if len(study.get_trials(deepcopy=False, states=counted)) >= config.budget():
         return None
-    return study.ask()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeats are ours (see _Heartbeat), not optimize's
+        return study.ask()
 
 
 def optimize(

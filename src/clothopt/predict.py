@@ -1,0 +1,154 @@
+"""Predict with an exported model: top-k classes per image, one bad file never stops the rest.
+
+The model (``clothopt study finalize`` writes it) takes raw RGB images of any size and does the
+resize and preprocessing itself, so images are only decoded here (as training decoded them:
+:func:`clothopt.data.load_image`, converted to RGB, not resized). Class names come from
+``classes.json`` beside the model. Models load with Keras safe mode on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clothopt.data import IMAGE_EXTENSIONS, default_threads, load_image
+from clothopt.errors import ClothoptError
+
+if TYPE_CHECKING:
+    import keras
+
+__all__ = [
+    "CLASSES_FILE",
+    "Prediction",
+    "expand_paths",
+    "iter_images",
+    "load_classifier",
+    "predict_files",
+    "predict_image",
+    "read_classes",
+]
+
+CLASSES_FILE = "classes.json"  # beside the model: the class names, in output order
+
+
+@dataclass(frozen=True)
+class Prediction:
+    image: str
+    top: tuple[tuple[str, float], ...] = ()  # (class, probability), most likely first
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"image": self.image, "error": self.error}
+        return {
+            "image": self.image,
+            "predictions": [{"class": c, "probability": p} for c, p in self.top],
+        }
+
+
+def read_classes(model_path: str | os.PathLike[str]) -> tuple[str, ...]:
+    path = Path(model_path).with_name(CLASSES_FILE)
+    try:
+        classes = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ClothoptError(f"no {CLASSES_FILE} beside the model (expected {path})") from None
+    except (OSError, ValueError) as exc:
+        raise ClothoptError(f"cannot read {path}: {exc}") from None
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise ClothoptError(f"{path} must hold a JSON list of class names")
+    return tuple(classes)
+
+
+def load_classifier(path: str | os.PathLike[str]) -> tuple[keras.Model, tuple[str, ...]]:
+    """The model (safe mode: no arbitrary code runs while loading) and its class names."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ClothoptError(f"model not found: {path}")
+    classes = read_classes(path)
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError, TypeError, zipfile errors, ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClothoptError(f"cannot load model {path}: {reason}") from None
+    outputs = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+    if outputs != len(classes):
+        raise ClothoptError(
+            f"model {path} gives {outputs} outputs but {CLASSES_FILE} names {len(classes)} classes"
+        )
+    return model, classes
+
+
+def predict_image(model: keras.Model, image: np.ndarray) -> np.ndarray:
+    """Class probabilities for one raw ``(H, W, 3)`` image.
+
+    One image per call (images differ in size), through ``predict_on_batch``: finalize scores
+    the test split with exactly this call, so the reported figures are this function's.
+    """
+    return np.asarray(model.predict_on_batch(image[None]))[0]
+
+
+def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given; a folder stands for the images under it (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+            )
+        else:
+            out.append(p)
+    return out
+
+
+def _read(path: Path) -> np.ndarray | ClothoptError:
+    try:
+        return load_image(path, None)
+    except ClothoptError as exc:
+        # load_image's hint about `clothopt data check` is for data sets, not for one picture
+        return ClothoptError(str(exc).split(" (run `clothopt data check`")[0])
+
+
+def iter_images(
+    paths: Sequence[Path], threads: int | None = None, prefetch: int = 4
+) -> Iterator[tuple[Path, np.ndarray | ClothoptError]]:
+    """``(path, RGB array or the error reading it)`` in order, decoding ahead in threads."""
+    with ThreadPoolExecutor(max_workers=threads or default_threads()) as pool:
+        todo = iter(paths)
+        queued: deque[tuple[Path, Future[np.ndarray | ClothoptError]]] = deque()
+        for p in todo:
+            queued.append((p, pool.submit(_read, p)))
+            if len(queued) > prefetch:
+                break
+        while queued:
+            path, fut = queued.popleft()
+            if (nxt := next(todo, None)) is not None:
+                queued.append((nxt, pool.submit(_read, nxt)))
+            yield path, fut.result()
+
+
+def predict_files(
+    model: keras.Model,
+    classes: Sequence[str],
+    paths: Sequence[Path],
+    top_k: int = 3,
+    threads: int | None = None,
+) -> Iterator[Prediction]:
+    """One :class:`Prediction` per path, in order; unreadable files give one with ``error``."""
+    k = max(1, min(top_k, len(classes)))
+    for path, image in iter_images(paths, threads):
+        if isinstance(image, ClothoptError):
+            yield Prediction(str(path), error=str(image))
+            continue
+        probs = predict_image(model, image)
+        order = np.argsort(-probs, kind="stable")[:k]
+        yield Prediction(str(path), tuple((classes[i], float(probs[i])) for i in order))

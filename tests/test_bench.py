@@ -1,0 +1,132 @@
+"""Smoke test of the benchmark code (benchmarks/) on tiny synthetic data: keys and sane numbers.
+
+It checks that every section runs and reports what the README and the issue name; it never
+asserts a speed (benchmarks show speed; ``make bench`` measures it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench import goal_rows, run_all  # noqa: E402
+from benchmarks.measure import SECTIONS, Settings, _within_block_slope, link_subset  # noqa: E402
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture
+def report(tiny_data: Path, tmp_path: Path) -> dict:
+    grid = tmp_path / "tiny-grid.toml"
+    grid.write_text(
+        'sampler = "grid"\nepochs = 1\n[params]\nimage_size = [32, 40]\n'
+        "batch_size = [8]\nlearning_rate = [0.01, 0.001]\n"
+    )
+    settings = Settings(
+        data=str(tiny_data),
+        weights="none",
+        work=str(tmp_path / "work"),
+        image_size=32,
+        extract_sizes=[32, 40],
+        extract_batch=8,
+        threads=2,
+        extract_images=16,
+        rounds=1,
+        option_images=16,
+        option_rounds=1,
+        option_batches=[8, 16],
+        option_threads=[1, 2],
+        precisions=["float32", "bfloat16"],
+        slow_variant_seconds=5.0,
+        train_images=0,
+        val_images=0,
+        search_batches=[8],
+        search_lrs=[0.01, 0.001],
+        epochs=1,
+        memory_train_images=0,
+        memory_val_images=0,
+        memory_space=str(grid),
+    )
+    return run_all(settings, SECTIONS, tmp_path / "out", in_process=True)
+
+
+def test_bench_writes_every_documented_figure(report: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    on_disk = json.loads((out / "bench.json").read_text())
+    assert on_disk["summary"] == json.loads(json.dumps(report["summary"]))
+    md = (out / "bench.md").read_text()
+    for heading in ("## Figures", "## Search cost", "## Feature extraction", "## Memory"):
+        assert heading in md
+    assert "## Extraction options" in md and "make bench" in md
+    summary = report["summary"]
+    assert summary["failed_sections"] == []
+    assert summary["device"] == "cpu" and summary["gpu"] is False
+
+    s = summary["search"]
+    assert s["trials"] == 2 and s["train_images"] == 24 and s["val_images"] == 12
+    assert _positive(s["end_to_end_seconds"]) and _positive(s["cached_seconds"])
+    assert _positive(s["ratio"]) and s["goal"] == 15.0 and isinstance(s["met"], bool)
+    assert s["max_f1_diff"] is not None and 0 <= s["max_f1_diff"] <= 1
+    assert s["extract_seconds"] > 0
+
+    e = summary["extraction"]
+    assert e["images"] == 16 and e["batch_size"] == 8 and e["decode_threads"] == 2
+    assert [r["image_size"] for r in e["sizes"]] == [32, 40] and e["goal"] == 0.9
+    for row in e["sizes"]:
+        for key in ("forward_img_s", "pipeline_img_s", "decode_only_img_s", "pipeline_vs_forward"):
+            assert _positive(row[key]), key
+        assert 0 < row["cpu_bound"] <= 1 and isinstance(row["met"], bool)
+    assert all(r["same_features"] for r in report["sections"]["extraction"]["sizes"])
+
+    h = summary["head"]
+    assert _positive(h["ms_per_trial"]) and h["ms_outside_training_per_trial"] is not None
+    o = summary["overhead"]
+    assert o["trials"] == 27 and _positive(o["ms_per_trial"]) and o["storage"] == "sqlite"
+
+    m = summary["memory"]
+    assert m["trials"] == 4 and _positive(m["peak_rss_mb"])
+    assert m["rss_max_mb"] >= m["rss_first_mb"] > 0 and isinstance(m["flat"], bool)
+    assert m["peak_rss_mb"] >= m["rss_max_mb"] - 1
+
+    opts = summary["options"]
+    assert set(opts) == {
+        "precision=bfloat16",
+        "batch_size=16",
+        "decode_threads=1",
+        "jit_compile=True",
+    }
+    assert all(_positive(v["speedup"]) for v in opts.values())
+    variants = {f"{v['option']}={v['value']}": v for v in report["sections"]["options"]["variants"]}
+    # options that only change speed give the same features up to float rounding
+    assert variants["decode_threads=1"]["max_abs_diff"] == 0
+    assert variants["batch_size=16"]["within_tolerance"]
+    assert len(variants["precision=bfloat16"]["f1"]) == 2
+    assert all(len(r) == 4 for r in goal_rows(summary))
+
+
+def test_subset_links_keep_class_shares(tiny_data: Path, tmp_path: Path) -> None:
+    dest = link_subset(tiny_data, tmp_path / "sub", {"train": 12, "validation": 0, "test": 3})
+    train = sorted(p.parent.name for p in (dest / "train").rglob("*.jpg"))
+    assert len(train) == 12 and {train.count(c) for c in set(train)} == {4}
+    assert all(p.is_symlink() for p in (dest / "train").rglob("*.jpg"))
+    assert len(list((dest / "validation").rglob("*.jpg"))) == 12  # 0: the whole split
+
+
+def test_memory_slope_ignores_the_step_of_a_new_image_size() -> None:
+    def row(n: int, size: int, rss: float) -> dict:
+        return {"number": n, "state": "COMPLETE", "params": {"image_size": size}, "rss_mb": rss}
+
+    flat = [row(i, 300, 900.0) for i in range(4)] + [row(i + 4, 400, 1100.0) for i in range(4)]
+    assert _within_block_slope(flat) == 0.0
+    leak = [row(i, 300, 900.0 + 5 * i) for i in range(4)]
+    assert _within_block_slope(leak) == pytest.approx(5.0)

@@ -1,0 +1,142 @@
+"""The command line: fast help, one-line errors, the study commands end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clothopt.cli import main
+
+SPACE = "[params]\nimage_size = [32]\nbatch_size = [8]\nlearning_rate = [0.01, 0.001]\n"
+
+
+def _create_args(space: Path, data: Path, name: str, storage: str) -> list[str]:
+    return [
+        "study",
+        "create",
+        "--backbone",
+        "mobilenet_025",
+        "--space",
+        str(space),
+        "--data",
+        str(data),
+        "--weights",
+        "none",
+        "--name",
+        name,
+        "--storage",
+        storage,
+    ]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "clothopt", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_help_and_study_commands_do_not_import_tensorflow(storage: str) -> None:
+    code = (
+        "import sys\nfrom clothopt.cli import main\n"
+        f"main(['study', 'list', '--storage', {storage!r}])\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert "study" in run("--help").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["study", "create", "--backbone", "nope"], "unknown backbone 'nope'"),
+        (["study", "show", "missing"], "no study named 'missing'"),
+        (
+            ["study", "list", "--storage", "postgresql+psycopg://u:pw@127.0.0.1:9/x"],
+            "cannot open storage",
+        ),
+        (["study", "optimize", "x", "--n-trials", "0"], "must be at least 1"),
+        (["study", "frobnicate"], "invalid choice"),
+        (["data", "check", "/no/such/folder"], "not"),
+    ],
+)
+def test_user_errors_are_one_line_with_no_traceback(
+    args: list[str], message: str, storage: str
+) -> None:
+    if args[:2] in (["study", "show"], ["study", "create"]):
+        args = [*args, "--storage", storage]
+    result = run(*args)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and "pw@" not in result.stderr
+
+
+def test_create_optimize_show_delete(tiny_data: Path, storage: str, tmp_path: Path) -> None:
+    space = tmp_path / "s.toml"
+    space.write_text(SPACE)
+    common = ["--storage", storage]
+    created = run(*_create_args(space, tiny_data, "t", storage))
+    assert created.returncode == 0, created.stderr
+    again = run(*_create_args(space, tiny_data, "t", storage))
+    assert again.returncode == 2 and "already exists" in again.stderr
+    opt = run("study", "optimize", "t", "--quiet", *common)
+    assert opt.returncode == 0, opt.stderr
+    assert "grid: 2/2 points complete exactly once" in opt.stdout
+    shown = run("study", "show", "t", "--json", *common)
+    data = json.loads(shown.stdout)
+    assert [t["state"] for t in data["trials"]] == ["COMPLETE", "COMPLETE"]
+    values = [t["val_f1"] for t in data["trials"]]
+    assert values == sorted(values, reverse=True), "best first"
+    assert data["config"]["backbone"] == "mobilenet_025"
+    listed = run("study", "list", *common)
+    assert "t " in listed.stdout and "mobilenet_025" in listed.stdout
+    assert run("study", "delete", "t", *common).returncode == 0
+    assert "(none)" in run("study", "list", *common).stdout
+
+
+def test_optimize_refuses_a_changed_data_set(tiny_data: Path, storage: str, tmp_path: Path) -> None:
+    space = tmp_path / "s.toml"
+    space.write_text(SPACE)
+    assert main(_create_args(space, tiny_data, "t", storage)) == 0
+    victim = next((tiny_data / "train" / "hat").iterdir())
+    victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
+    assert main(["study", "optimize", "t", "--storage", storage, "--quiet"]) == 2
+
+
+@pytest.mark.postgres
+def test_every_study_command_works_on_postgresql(
+    tiny_data: Path, postgres_storage: str, tmp_path: Path
+) -> None:
+    space = tmp_path / "s.toml"
+    space.write_text(SPACE)
+    common = ["--storage", postgres_storage]
+    assert main(_create_args(space, tiny_data, "pg", postgres_storage)) == 0
+    assert main(["study", "optimize", "pg", "--quiet", *common]) == 0
+    assert main(["study", "show", "pg", *common]) == 0
+    assert main(["study", "list", *common]) == 0
+    assert main(["study", "delete", "pg", *common]) == 0
+    assert main(["study", "show", "pg", *common]) == 2
+
+
+@pytest.mark.postgres
+def test_a_wrong_postgresql_password_is_one_line_without_the_password(
+    postgres_storage: str,
+) -> None:
+    import time
+
+    from sqlalchemy.engine import make_url
+
+    wrong = make_url(postgres_storage).set(password="not-the-password")
+    start = time.monotonic()
+    result = run("study", "list", "--storage", wrong.render_as_string(hide_password=False))
+    assert time.monotonic() - start < 30
+    assert result.returncode == 2
+    assert (
+        "not-the-password" not in result.stderr
+        and "password authentication failed" in result.stderr
+    )
+    assert len(result.stderr.strip().splitlines()) == 1

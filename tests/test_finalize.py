@@ -1,0 +1,493 @@
+"""``study finalize``: bootstrap interval, exact in-model resize, report, atomic folder, CLI.
+
+The exported model is checked pixel for pixel against PIL and, in a fresh Python process that
+imports only Keras, NumPy and PIL, against the macro-F1 that report.json states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+from clothopt import finalize as finalize_mod
+from clothopt import study as study_mod
+from clothopt.backbones import get_backbone
+from clothopt.cli import main
+from clothopt.data import open_dataset
+from clothopt.errors import ClothoptError
+from clothopt.features import FeatureCache
+from clothopt.finalize import FINAL_ATTR, finalize, load_final, paper_table
+from clothopt.metrics import bootstrap_ci, classification_metrics
+from clothopt.objective import Objective
+from conftest import make_dataset
+
+SPACE = """
+sampler = "grid"
+epochs = 1
+[params]
+image_size = [32]
+batch_size = [4, 8]
+learning_rate = [0.01]
+"""
+CONTRACT = {
+    "study",
+    "backbone",
+    "weights",
+    "trial",
+    "params",
+    "epochs",
+    "classes",
+    "test",
+    "f1_macro_ci95",
+    "bootstrap",
+    "test_labels",
+    "test_predictions",
+    "total_params",
+    "trainable_params",
+    "search_seconds",
+    "search_wall_seconds",
+    "final_train_seconds",
+    "model",
+    "versions",
+    "created",
+    "cached_path_agreement",
+}
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def _direct_bootstrap(y: np.ndarray, p: np.ndarray, c: int, n: int, seed: int) -> np.ndarray:
+    """The same resamples, each scored by scikit-learn itself."""
+    idx = np.random.default_rng(seed).integers(0, len(y), (n, len(y)))
+    return np.array(
+        [f1_score(y[i], p[i], labels=np.arange(c), average="macro", zero_division=0) for i in idx]
+    )
+
+
+def test_bootstrap_ci_equals_a_direct_loop_over_the_same_resamples() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 40)
+    p = np.where(rng.random(40) < 0.7, y, rng.integers(0, 3, 40))  # class 3 never predicted
+    low, high = bootstrap_ci(y, p, 4, resamples=1000, seed=11)
+    want = np.percentile(_direct_bootstrap(y, p, 4, 1000, 11), [2.5, 97.5])
+    assert (low, high) == pytest.approx(tuple(want), abs=1e-12)
+    f1 = f1_score(y, p, labels=np.arange(4), average="macro", zero_division=0)
+    assert low < f1 < high
+    # another seed draws other resamples; the same seed, the same interval
+    assert bootstrap_ci(y, p, 4, resamples=1000, seed=12) != (low, high)
+    assert bootstrap_ci(y, p, 4, resamples=1000, seed=11) == (low, high)
+
+
+def test_bootstrap_ci_agrees_with_scipy() -> None:
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 5, 300)
+    p = np.where(rng.random(300) < 0.8, y, rng.integers(0, 5, 300))
+
+    def macro_f1(a: np.ndarray, b: np.ndarray) -> float:
+        return f1_score(a, b, labels=np.arange(5), average="macro", zero_division=0)
+
+    res = bootstrap(
+        (y, p),
+        macro_f1,
+        paired=True,
+        vectorized=False,
+        n_resamples=1000,
+        method="percentile",
+        rng=np.random.default_rng(0),
+    )
+    low, high = bootstrap_ci(y, p, 5, resamples=1000, seed=0)
+    ci = res.confidence_interval
+    assert low == pytest.approx(ci.low, abs=0.015)
+    assert high == pytest.approx(ci.high, abs=0.015)
+    assert 0.03 < high - low < 0.2
+
+
+def test_bootstrap_ci_of_perfect_predictions_is_one_point_and_bad_input_is_refused() -> None:
+    y = np.arange(300) % 3
+    assert bootstrap_ci(y, y, 3, resamples=1000) == (1.0, 1.0)
+    # labels stay fixed: a resample that misses a class scores it 0, as scikit-learn does
+    few = np.array([0, 1, 2, 0, 1, 2])
+    assert bootstrap_ci(few, few, 3, resamples=1000)[0] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        bootstrap_ci(y, y[:3], 3)
+    with pytest.raises(ValueError):
+        bootstrap_ci(y, y, 3, resamples=0)
+
+
+# --------------------------------------------------------------------------- resize in-model
+
+
+def _resize_model(tmp_path: Path, size: int) -> Any:
+    """Only the export's resize block, saved and loaded back in safe mode."""
+    import keras
+
+    from clothopt._export import pil_nearest_resize
+
+    inputs = keras.Input((None, None, 3), dtype="float32")
+    model = keras.Model(inputs, pil_nearest_resize(inputs, size))
+    model.save(tmp_path / f"resize{size}.keras")
+    return keras.saving.load_model(tmp_path / f"resize{size}.keras", safe_mode=True)
+
+
+@pytest.mark.parametrize("size", [7, 32, 300])
+def test_in_model_resize_equals_pil_nearest_pixel_for_pixel(tmp_path: Path, size: int) -> None:
+    # The first call traces with a static shape, later ones with unknown H and W: both graphs
+    # must give PIL's pixels (a constant output size once let TensorFlow turn x / 300 into
+    # x * (1/300), which rounds differently). H != W catches a mixed-up axis.
+    model = _resize_model(tmp_path, size)
+    rng = np.random.default_rng(size)
+    shapes = [(20, 33), (533, 400), (400, 533), (1, 1), (size, size), (711, 400), (3, 701)]
+    shapes += [tuple(int(v) for v in rng.integers(1, 800, 2)) for _ in range(12)]
+    for h, w in shapes:
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        want = np.asarray(Image.fromarray(pixels).resize((size, size), Image.NEAREST))
+        got = np.asarray(model.predict_on_batch(pixels[None]))[0]
+        np.testing.assert_array_equal(got, want, err_msg=f"{h}x{w} -> {size}")
+    # a batch of one size, through predict() as a Keras user would call it
+    batch = rng.integers(0, 256, (2, 45, 61, 3), dtype=np.uint8)
+    got = model.predict(batch, verbose=0)
+    for i in range(2):
+        want = np.asarray(Image.fromarray(batch[i]).resize((size, size), Image.NEAREST))
+        np.testing.assert_array_equal(got[i], want)
+
+
+def test_in_model_running_sum_adds_in_order_like_pil() -> None:
+    """The RNN's float64 running sum equals numpy's sequential one, where a closed form does not."""
+    import keras
+
+    from clothopt._export import pil_nearest_resize
+    from clothopt.data import nearest_indices
+
+    closed_form_differs = 0
+    for size in (300, 400, 500):
+        inputs = keras.Input((None, None, 3))
+        # index tables, read off an image whose pixel values are their own row numbers
+        model = keras.Model(inputs, pil_nearest_resize(inputs, size))
+        for n in range(size // 3, 3 * size, 37):
+            rows = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None], (n, 2, 3))
+            got = np.asarray(model.predict_on_batch(rows[None]))[0, :, 0, 0].astype(np.int64)
+            np.testing.assert_array_equal(got, nearest_indices(n, size), err_msg=f"{n}->{size}")
+            closed = np.floor((np.arange(size) + 0.5) * n / size).astype(np.int64)
+            closed_form_differs += not np.array_equal(closed, got)
+    assert closed_form_differs > 0  # the sizes tried include ones where order matters
+
+
+# --------------------------------------------------------------------------- a finalized study
+
+
+def _make_study(root: Path, weights: str, counts: tuple[int, int, int] = (8, 4, 6)) -> str:
+    data = make_dataset(root / "data", counts=counts)
+    (root / "tiny.toml").write_text(SPACE)
+    storage = f"sqlite:///{root / 'studies' / 'clothopt.db'}"
+    st, cfg = study_mod.create(
+        backbone="mobilenet_025",
+        space=str(root / "tiny.toml"),
+        name="tiny",
+        storage=storage,
+        data=str(data),
+        weights=weights,
+    )
+    study_mod.optimize(
+        st, cfg, Objective(cfg, open_dataset(data), FeatureCache(cfg.cache_dir)), progress=False
+    )
+    return storage
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def finalized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A two-trial study on tiny data, finalized once through the CLI (random weights: fast)."""
+    root = tmp_path_factory.mktemp("final")
+    storage = _make_study(root, "none")
+    code, out, err = _run(["study", "finalize", "tiny", "--storage", storage, "--quiet"])
+    assert code == 0, err
+    report, folder = load_final("tiny", storage)
+    return {"root": root, "storage": storage, "report": report, "folder": folder, "out": out}
+
+
+def test_report_holds_every_figure_of_the_contract(finalized: dict[str, Any]) -> None:
+    report, storage = finalized["report"], finalized["storage"]
+    assert set(report) >= CONTRACT
+    st, cfg = study_mod.load("tiny", storage)
+    best = max(st.trials, key=lambda t: (t.value, -t.number))
+    assert report["trial"] == best.number and report["params"] == best.params
+    assert report["epochs"] == 5 and report["classes"] == list(cfg.classes)
+    test = open_dataset(cfg.data)["test"]
+    assert report["test_labels"] == test.labels.tolist()
+    y, p = np.array(report["test_labels"]), np.array(report["test_predictions"])
+    assert report["test"] == classification_metrics(y, p, cfg.classes)
+    prec, _, f1, _ = precision_recall_fscore_support(
+        y, p, labels=[0, 1, 2], average="macro", zero_division=0
+    )
+    assert report["test"]["f1_macro"] == pytest.approx(f1)
+    assert report["test"]["precision_macro"] == pytest.approx(prec)
+    assert report["f1_macro_ci95"] == list(bootstrap_ci(y, p, 3, resamples=2000, seed=0))
+    assert report["bootstrap"]["resamples"] >= 1000 and report["bootstrap"]["seed"] == 0
+    head = 256 * 3 + 3  # Dense(3) on MobileNet 0.25's 256 pooled features
+    assert report["trainable_params"] == head
+    assert report["total_params"] == 218_544 + head  # the paper's way: base + head
+    search = sum(t.user_attrs["extract_seconds"] + t.user_attrs["train_seconds"] for t in st.trials)
+    assert report["search_seconds"] == pytest.approx(search, abs=1e-3)
+    assert report["search_wall_seconds"] >= max(t.user_attrs["train_seconds"] for t in st.trials)
+    assert report["final_train_seconds"] > 0
+    agree = report["cached_path_agreement"]
+    assert agree["agree"] == agree["of"] == len(test)
+    attr = st.user_attrs[FINAL_ATTR]
+    assert Path(attr["dir"]) == study_mod.study_dir(storage, "tiny") / "final"
+    assert attr["trial"] == report["trial"] and attr["test_f1_macro"] == report["test"]["f1_macro"]
+
+
+def test_finalize_writes_model_classes_and_an_offline_figure(finalized: dict[str, Any]) -> None:
+    folder, report = finalized["folder"], finalized["report"]
+    assert json.loads((folder / "classes.json").read_text()) == report["classes"]
+    html = (folder / "confusion_matrix.html").read_text()
+    assert "plotly.js" in html and 'src="https://cdn.plot.ly' not in html  # opens offline
+    assert all(c in html for c in report["classes"])
+    has_kaleido = finalize_mod.importlib.util.find_spec("kaleido") is not None
+    assert (folder / "confusion_matrix.png").is_file() == has_kaleido
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["model.keras", "classes.json", "report.json", *report["figures"]]
+    )
+    # plain built-in Keras: nothing in the saved graph names clothopt or a Lambda layer
+    with zipfile.ZipFile(folder / report["model"]) as z:
+        config = z.read("config.json").decode()
+    assert "clothopt" not in config and "Lambda" not in config
+    assert not list(folder.parent.glob(".final-*"))  # no temporary folder left
+    out = finalized["out"]
+    assert "95% bootstrap CI" in out and "confusion matrix" in out
+
+
+def test_a_crash_mid_finalize_keeps_the_previous_result(
+    finalized: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, storage = finalized["folder"], finalized["storage"]
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def crash(*args: object, **kwargs: object) -> list[str]:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(finalize_mod, "_confusion_figure", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        finalize("tiny", storage, trial=0)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not list(folder.parent.glob(".final-*"))
+
+
+def test_a_kill_between_the_two_renames_brings_the_previous_result_back(tmp_path: Path) -> None:
+    dest = tmp_path / "final"
+    dead = tmp_path / ".final-old-999999999-abc"  # moved aside by a process that is gone
+    dead.mkdir()
+    (dead / "report.json").write_text("{}")
+    stale_tmp = tmp_path / ".final-tmp-999999999-xyz"
+    stale_tmp.mkdir()
+    finalize_mod._recover(dest)
+    assert (dest / "report.json").read_text() == "{}"
+    assert not dead.exists() and not stale_tmp.exists()
+    live = tmp_path / f".final-tmp-{os.getpid()}-mine"  # a running finalize's: left alone
+    live.mkdir()
+    finalize_mod._recover(dest)
+    assert live.is_dir()
+
+
+def test_finalize_a_chosen_trial_replaces_the_result(finalized: dict[str, Any]) -> None:
+    storage = finalized["storage"]
+    st, _ = study_mod.load("tiny", storage)
+    other = next(t for t in st.trials if t.number != finalized["report"]["trial"])
+    argv = ["study", "finalize", "tiny", "--storage", storage, "--trial", str(other.number)]
+    code, _, err = _run([*argv, "--epochs", "1", "--quiet", "--paper", "none"])
+    assert code == 0, err
+    report, folder = load_final("tiny", storage)
+    assert report["trial"] == other.number and report["params"] == other.params
+    # as many epochs as the search gave it: the same seed and batches, so the trial's own score
+    assert report["epochs"] == 1 and report["final_validation_f1_per_epoch"] == [other.value]
+    assert study_mod.load("tiny", storage)[0].user_attrs[FINAL_ATTR]["trial"] == other.number
+    assert not list(folder.parent.glob(".final-*"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--trial", "99"], "has no trial 99"),
+        (["--resamples", "10"], "at least 1000"),
+        (["--paper", "/nonexistent"], "no final_test.csv"),
+    ],
+)
+def test_finalize_mistakes_are_one_line_errors(
+    finalized: dict[str, Any], extra: list[str], message: str
+) -> None:
+    code, _, err = _run(["study", "finalize", "tiny", "--storage", finalized["storage"], *extra])
+    assert code == 2
+    assert message in err and err.count("\n") == 1
+
+
+def test_finalize_needs_a_complete_trial(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data")
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study_mod.create(
+        backbone="mobilenet_025", space="quick", name="empty", storage=storage, data=str(data)
+    )
+    with pytest.raises(ClothoptError, match="no complete trial"):
+        finalize("empty", storage)
+    with pytest.raises(ClothoptError, match="not finalized"):
+        load_final("empty", storage)
+
+
+def test_study_report_prints_ours_beside_the_papers(
+    finalized: dict[str, Any], tmp_path: Path
+) -> None:
+    paper = tmp_path / "paper"
+    paper.mkdir()
+    (paper / "final_test.csv").write_text(
+        "metric,xception,densenet201\nf1_macro_pct,91.10,82.50\ntotal_parameters,20881970,18341194\n"
+    )
+    storage = finalized["storage"]
+    code, out, _ = _run(["study", "report", "tiny", "--storage", storage, "--paper", str(paper)])
+    assert code == 0
+    report, _ = load_final("tiny", finalized["storage"])
+    f1_line = next(line for line in out.splitlines() if line.startswith("test macro F1 %"))
+    low, high = report["f1_macro_ci95"]
+    ours = f"{100 * report['test']['f1_macro']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+    assert ours in f1_line and "91.10" in f1_line and "82.50" in f1_line
+    assert "20,881,970" in out and "paper: xception" in out
+    alone = paper_table(report, None)
+    assert "paper:" not in alone and ours in alone
+    code, out, _ = _run(["study", "report", "tiny", "--storage", finalized["storage"], "--json"])
+    assert code == 0 and json.loads(out) == report
+
+
+# --------------------------------------------------------------------------- reproducible
+
+
+FRESH_PROCESS = r"""
+import json, os, sys
+import numpy as np, keras
+from PIL import Image
+
+folder, test_dir = sys.argv[1], sys.argv[2]
+model = keras.saving.load_model(os.path.join(folder, "model.keras"), safe_mode=True)
+classes = json.load(open(os.path.join(folder, "classes.json")))
+y, p = [], []
+for label, cls in enumerate(classes):  # flow_from_directory's order: classes, then files
+    for name in sorted(os.listdir(os.path.join(test_dir, cls))):
+        with Image.open(os.path.join(test_dir, cls, name)) as img:
+            x = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        p.append(int(np.argmax(model.predict_on_batch(x[None])[0])))
+        y.append(label)
+y, p = np.array(y), np.array(p)
+f1 = []
+for c in range(len(classes)):
+    tp = np.sum((y == c) & (p == c))
+    denom = np.sum(y == c) + np.sum(p == c)
+    f1.append(2 * tp / denom if denom else 0.0)
+assert not any(m.startswith("clothopt") for m in sys.modules)
+print(json.dumps({"f1_macro": float(np.mean(f1)), "predictions": p.tolist()}))
+"""
+
+
+def _reproduce_in_fresh_process(folder: Path, test_dir: Path) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(folder), str(test_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=folder,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_saved_model_reproduces_the_reported_f1_in_a_fresh_process(
+    real_subset: Path, real_weights: Path, tmp_path: Path
+) -> None:
+    """Done-when, small: real JPEGs of every size, pretrained MobileNet, plain Keras reloads."""
+    storage = f"sqlite:///{tmp_path / 'studies' / 'clothopt.db'}"
+    space = tmp_path / "space.toml"
+    space.write_text(SPACE.replace("[32]", "[96]"))
+    st, cfg = study_mod.create(
+        backbone="mobilenet_025",
+        space=str(space),
+        name="real",
+        storage=storage,
+        data=str(real_subset),
+        weights=str(real_weights),
+    )
+    objective = Objective(cfg, open_dataset(real_subset), FeatureCache(cfg.cache_dir))
+    study_mod.optimize(st, cfg, objective, progress=False)
+    report = finalize("real", storage)
+    _, folder = load_final("real", storage)
+    got = _reproduce_in_fresh_process(folder, real_subset / "test")
+    assert got["predictions"] == report["test_predictions"]
+    assert got["f1_macro"] == report["test"]["f1_macro"]  # exactly
+    assert report["test"]["f1_macro"] > 0.3  # pretrained features learn something (chance 0.1)
+    agree = report["cached_path_agreement"]
+    assert agree["agree"] == agree["of"] == 40
+
+
+def test_tiny_finalized_model_reproduces_in_a_fresh_process(finalized: dict[str, Any]) -> None:
+    st, cfg = study_mod.load("tiny", finalized["storage"])
+    folder = Path(st.user_attrs[FINAL_ATTR]["dir"])
+    report, _ = load_final("tiny", finalized["storage"])  # the latest finalize's
+    got = _reproduce_in_fresh_process(folder, Path(cfg.data) / "test")
+    assert got["predictions"] == report["test_predictions"]
+    assert got["f1_macro"] == report["test"]["f1_macro"]
+
+
+@pytest.mark.slow
+def test_pretrained_tiny_study_exports_what_the_cached_head_predicts(
+    tmp_path: Path, real_weights: Path
+) -> None:
+    storage = _make_study(tmp_path, str(real_weights), counts=(8, 4, 10))
+    report = finalize("tiny", storage)
+    agree = report["cached_path_agreement"]
+    assert agree["agree"] == agree["of"] == 30
+    assert report["test"]["f1_macro"] == agree["cached_f1_macro"]
+    assert report["test"]["f1_macro"] > 0.6  # colour classes: pretrained features separate them
+    assert get_backbone(report["backbone"]).feature_dim * 3 + 3 == report["trainable_params"]
+
+
+def test_finalized_files_are_downloadable_artifacts_of_the_trial(
+    finalized: dict[str, Any],
+) -> None:
+    """The dashboard lists the report, figure and model file under the finalized trial."""
+    from clothopt.dashboard import artifact_dir
+
+    # read the current result: another test may have finalized another trial meanwhile
+    report, folder = load_final("tiny", finalized["storage"])
+    st, _ = study_mod.load("tiny", finalized["storage"])
+    trial_id = st.trials[report["trial"]]._trial_id
+    attrs = st._storage.get_study_system_attrs(st._study_id)
+    metas = [
+        json.loads(v) for k, v in attrs.items() if k.startswith(f"dashboard:artifacts:{trial_id}:")
+    ]
+    assert {"report.json", "model.keras", "classes.json", *report["figures"]} <= {
+        m["filename"] for m in metas
+    }
+    store = artifact_dir(finalized["storage"])
+    models = [
+        (store / m["artifact_id"]).read_bytes() for m in metas if m["filename"] == "model.keras"
+    ]
+    assert (folder / "model.keras").read_bytes() in models
