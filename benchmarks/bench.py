@@ -56,6 +56,9 @@ QUICK: dict[str, Any] = {
     "option_images": 64,
     "option_rounds": 1,
     "option_batches": [16, 32],
+    "extract_sizes": [300],
+    "batch_sizes_px": [300],
+    "batch_images": 32,
     "option_threads": [1, 2],
     "slow_variant_seconds": 10.0,
     "train_images": 60,
@@ -316,11 +319,23 @@ def summarize(sections: dict[str, Any]) -> dict[str, Any]:
             f"{v['option']}={v['value']}": {
                 "speedup": v["speedup"],
                 "within_tolerance": v.get("within_tolerance"),
-                "default": v["default"],
+                "recommended": v["recommended"],
             }
             for v in opt["variants"]
             if v["option"] != "baseline"
         }
+        out["options_baseline"] = opt["baseline"]
+        if bbs := opt.get("batch_by_size"):
+            out["batch_by_size"] = {
+                k: bbs[k]
+                for k in (
+                    "grid_seconds_per_1000_images",
+                    "default",
+                    "best",
+                    "best_speedup",
+                    "recommended",
+                )
+            }
     devices = [r["device"] for r in sections.values() if r.get("device")]
     out["device"] = devices[0] if devices else None
     out["gpu"] = bool(devices) and devices[0] != "cpu"
@@ -495,7 +510,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             "Both paths run through `study.optimize` on SQLite, each in a fresh process. The "
             "end-to-end path (the paper's) decodes every image and runs the base every epoch of "
             "every trial; the cached path extracts features once (first trial) and then trains "
-            "only the head.",
+            f"only the head (extraction batch {cached.get('extract_batch')}, "
+            f"{cached.get('decode_threads')} decode threads, as `clothopt study run` sets them).",
             "",
             _table(
                 (
@@ -568,7 +584,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"{v['max_abs_diff']:.3g} / {v['max_rel_diff']:.3g}",
                 v.get("max_f1_diff", ""),
                 "" if v["option"] == "baseline" else _yes(v.get("within_tolerance")),
-                "" if v["option"] == "baseline" else ("on" if v["default"] else "off"),
+                "" if v["option"] == "baseline" else ("yes" if v["recommended"] else "no"),
             )
             for v in opt["variants"]
         ]
@@ -576,13 +592,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             "## Extraction options",
             "",
-            f"Baseline: precision {b['precision']}, jit_compile {b['jit_compile']}, batch "
+            f"Baseline: clothopt's defaults at {opt['image_size']} px: precision "
+            f"{b['precision']}, jit_compile {b['jit_compile']}, extraction batch "
             f"{b['batch_size']}, {b['decode_threads']} decode threads ({opt['device']}). "
-            f"An option is made the default only when the whole extraction is at least "
-            f"{MIN_SPEEDUP:g}x faster and results stay within tolerance: features within "
+            f"`recommended`: the whole extraction is at least {MIN_SPEEDUP:g}x faster than "
+            "with the defaults and results stay within tolerance: features within "
             f"{FEATURE_TOLERANCE:g} of their largest value (float rounding) for options that "
-            f"should not change them; for a lower precision, every trial's validation F1 within "
-            f"{F1_TOLERANCE} of float32.",
+            f"should not change them; for a lower precision, every trial's validation F1 (the "
+            f"search-cost trials) within {F1_TOLERANCE} of float32.",
             "",
             _table(
                 (
@@ -595,11 +612,35 @@ def render_markdown(report: dict[str, Any]) -> str:
                     "max |dx| abs / rel",
                     "max |dF1|",
                     "within tolerance",
-                    "default",
+                    "recommended",
                 ),
                 rows,
             ),
         ]
+        if bbs := opt.get("batch_by_size"):
+            batches = list(bbs["grid_seconds_per_1000_images"])
+            parts += [
+                "",
+                f"Batch size by image size: bare forward img/s, {bbs['images']} images, median "
+                f"of {bbs['rounds']} rounds; the last row is what a grid pays (seconds to "
+                f"extract 1000 images at every size). Default {bbs['default']}, best "
+                f"{bbs['best']} ({bbs['best_speedup']}x); recommended to change: "
+                f"{_yes(bbs['recommended']) if bbs['recommended'] else 'no'}.",
+                "",
+                _table(
+                    ("px", *(f"batch {b}" for b in batches)),
+                    [
+                        (row["image_size"], *(row["img_s"][b] for b in batches))
+                        for row in bbs["sizes"]
+                    ]
+                    + [
+                        (
+                            "grid s / 1000 img",
+                            *(bbs["grid_seconds_per_1000_images"][b] for b in batches),
+                        )
+                    ],
+                ),
+            ]
         if opt.get("skipped"):
             parts += [
                 "",
@@ -627,10 +668,20 @@ def print_table(report: dict[str, Any]) -> None:
     for name, fig in (report["summary"].get("options") or {}).items():
         rows.append(
             (
-                f"Option {name}",
+                f"Option {name} (against the defaults)",
                 f"{fig['speedup']}x, within tolerance: {fig['within_tolerance']}",
                 "-",
-                "default on" if fig["default"] else "off",
+                "recommended" if fig["recommended"] else "no",
+            )
+        )
+    if bbs := report["summary"].get("batch_by_size"):
+        grid = ", ".join(f"{b}: {v} s" for b, v in bbs["grid_seconds_per_1000_images"].items())
+        rows.append(
+            (
+                "Extraction batch size, grid seconds per 1000 images",
+                grid,
+                "-",
+                f"default {bbs['default']}, best {bbs['best']}",
             )
         )
     widths = [max(len(str(r[i])) for r in rows) for i in range(4)] if rows else [0] * 4

@@ -2,8 +2,9 @@
 
 Each ``measure_*`` function takes :class:`Settings`, runs one benchmark section with the real
 clothopt code paths (``extract_features``, ``FeatureCache``, ``Objective``, ``study.optimize``)
-and returns a JSON-ready dict. Nothing here imports TensorFlow, so the same code runs with
-``KERAS_BACKEND=jax`` or ``torch``. Speed is reported, never asserted.
+and returns a JSON-ready dict. Nothing here needs TensorFlow (it is imported only to look
+for a GPU when it is the backend), so the same code runs with ``KERAS_BACKEND=jax`` or
+``torch``. Speed is reported, never asserted.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +44,8 @@ __all__ = [
     "run_section",
 ]
 
-# An option is made the default only when it is at least this much faster (2-core noise is
-# a few per cent) and its results stay within these tolerances.
+# An option is recommended (made a default) only when it is at least this much faster (2-core
+# noise is a few per cent) and its results stay within these tolerances.
 MIN_SPEEDUP = 1.05
 FEATURE_TOLERANCE = 1e-4  # max |feature difference| / max |feature|: float rounding only
 F1_TOLERANCE = 0.01  # max |validation macro-F1 difference| over the trials, for precision
@@ -71,6 +72,8 @@ class Settings:
     option_batches: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
     option_threads: list[int] = field(default_factory=lambda: [1, 2, 4])
     precisions: list[str] = field(default_factory=list)  # empty: what the device supports
+    batch_sizes_px: list[int] = field(default_factory=lambda: [300, 400, 500])
+    batch_images: int = 128  # images per forward-rate figure in "batch size by image size"
     slow_variant_seconds: float = 45.0  # cap on a variant far slower than the baseline (XLA)
     train_images: int = 1000  # 0: the whole split
     val_images: int = 0
@@ -424,7 +427,7 @@ def _precision_f1(s: Settings, precisions: list[str]) -> dict[str, Any]:
             cache.get(spec, s.weights, s.seed, s.image_size, "nearest", ds[n])
             for n in ("train", "validation")
         )
-        out[p] = {"f1": _head_f1s(s, tr.x, tr.y, va.x, va.y, ds.classes), "x_val": va.x}
+        out[p] = {"f1": _head_f1s(s, tr.x, tr.y, va.x, va.y, ds.classes)}
         cache.release_model()
     return out
 
@@ -444,11 +447,8 @@ def measure_options(s: Settings) -> dict[str, Any]:
         for p in precisions
         if p != "float32"
     ]
-    variants += [
-        _Variant("batch_size", b, batch=b, threads=base_threads)
-        for b in s.option_batches
-        if b != batch0
-    ]
+    # the extraction batch size changes only the forward pass: _batch_by_size measures it at
+    # every grid size, where its best value differs
     variants += [
         _Variant("decode_threads", t, batch=batch0, threads=t)
         for t in s.option_threads
@@ -523,9 +523,16 @@ def measure_options(s: Settings) -> dict[str, Any]:
         elif v.option != "baseline":
             row["within_tolerance"] = row["max_rel_diff"] <= FEATURE_TOLERANCE
             row["tolerance"] = f"max |dx| / max |x| <= {FEATURE_TOLERANCE:g}"
-        row["wins"] = v.option != "baseline" and pipe >= MIN_SPEEDUP * base_pipe
-        row["default"] = bool(row["wins"] and row.get("within_tolerance", False))
+        per_round = [a / b for a, b in zip(speed[i]["pipe"], speed[0]["pipe"], strict=True)]
+        row["speedup_per_round"] = [_r(x) for x in per_round]
+        # a win: faster by the margin overall and not slower in any round (load is noisy)
+        row["wins"] = (
+            v.option != "baseline" and pipe >= MIN_SPEEDUP * base_pipe and min(per_round) >= 1.0
+        )
+        row["recommended"] = bool(row["wins"] and row.get("within_tolerance", False))
         rows.append(row)
+    models.clear()  # free the extractors before the next measurement builds its own
+    by_size = _batch_by_size(s, batch0)
     return {
         "backbone": s.backbone,
         "image_size": s.image_size,
@@ -539,7 +546,48 @@ def measure_options(s: Settings) -> dict[str, Any]:
         "device": gpu or "cpu",
         "min_speedup": MIN_SPEEDUP,
         "variants": rows,
+        "batch_by_size": by_size,
         "skipped": skipped,
+    }
+
+
+def _batch_by_size(s: Settings, batch0: int) -> dict[str, Any]:
+    """Forward-pass rate of each extraction batch size at each of the grid's image sizes.
+
+    The batch size changes only the forward pass (decoding is per image), and its best value
+    may depend on the image size; the grid's extraction time weighs every size.
+    """
+    import keras
+
+    from clothopt.data import load_batch
+
+    batches = sorted({batch0, *s.option_batches})
+    n = max(batches) * max(1, s.batch_images // max(batches))
+    split = _images_split(s, n, max(batches))
+    rows = []
+    for size in s.batch_sizes_px:
+        images = load_batch(split.paths, size)
+        model = _extractor(s, size)
+        for b in batches:
+            _warm(model, images, b)
+        rates: dict[int, list[float]] = {b: [] for b in batches}
+        for r in range(s.option_rounds + 1):
+            for b in batches if r % 2 == 0 else batches[::-1]:  # alternate the order
+                rates[b].append(len(images) / _forward(model, images, b)[0])
+        rows.append({"image_size": size, "img_s": {b: _r(_median(v), 1) for b, v in rates.items()}})
+        keras.backend.clear_session()
+    # seconds to extract 1000 images at every size, per batch size: what a grid pays
+    grid = {b: sum(1000 / row["img_s"][b] for row in rows) for b in batches}
+    best = min(grid, key=lambda b: grid[b])
+    return {
+        "images": len(split),
+        "rounds": s.option_rounds + 1,
+        "sizes": rows,
+        "grid_seconds_per_1000_images": {b: _r(v, 1) for b, v in grid.items()},
+        "default": batch0,
+        "best": best,
+        "best_speedup": _r(grid[batch0] / grid[best]),
+        "recommended": best != batch0 and grid[batch0] >= MIN_SPEEDUP * grid[best],
     }
 
 
@@ -779,7 +827,3 @@ def run_section(name: str, s: Settings) -> dict[str, Any]:
     out["section_seconds"] = _r(time.perf_counter() - start, 1)
     out["keras_backend"] = keras_backend()
     return out
-
-
-def settings_dict(s: Settings) -> dict[str, Any]:
-    return asdict(s)

@@ -47,6 +47,8 @@ def report(tiny_data: Path, tmp_path: Path) -> dict:
         option_batches=[8, 16],
         option_threads=[1, 2],
         precisions=["float32", "bfloat16"],
+        batch_sizes_px=[32, 40],
+        batch_images=16,
         slow_variant_seconds=5.0,
         train_images=0,
         val_images=0,
@@ -99,18 +101,15 @@ def test_bench_writes_every_documented_figure(report: dict, tmp_path: Path) -> N
     assert m["peak_rss_mb"] >= m["rss_max_mb"] - 1
 
     opts = summary["options"]
-    assert set(opts) == {
-        "precision=bfloat16",
-        "batch_size=16",
-        "decode_threads=1",
-        "jit_compile=True",
-    }
+    assert set(opts) == {"precision=bfloat16", "decode_threads=1", "jit_compile=True"}
     assert all(_positive(v["speedup"]) for v in opts.values())
     variants = {f"{v['option']}={v['value']}": v for v in report["sections"]["options"]["variants"]}
     # options that only change speed give the same features up to float rounding
     assert variants["decode_threads=1"]["max_abs_diff"] == 0
-    assert variants["batch_size=16"]["within_tolerance"]
     assert len(variants["precision=bfloat16"]["f1"]) == 2
+    bbs = summary["batch_by_size"]
+    assert set(bbs["grid_seconds_per_1000_images"]) == {8, 16} and bbs["best"] in (8, 16)
+    assert all(_positive(v) for v in bbs["grid_seconds_per_1000_images"].values())
     assert all(len(r) == 4 for r in goal_rows(summary))
 
 
@@ -130,3 +129,46 @@ def test_memory_slope_ignores_the_step_of_a_new_image_size() -> None:
     assert _within_block_slope(flat) == 0.0
     leak = [row(i, 300, 900.0 + 5 * i) for i in range(4)]
     assert _within_block_slope(leak) == pytest.approx(5.0)
+
+
+# --------------------------------------------------------------------------- the options measured
+
+
+def test_extraction_options_keep_features_within_their_tolerance(tiny_data: Path) -> None:
+    """Batch size, decode threads and XLA change speed only; precision is part of the key."""
+    import numpy as np
+
+    from clothopt.backbones import get_backbone
+    from clothopt.data import open_dataset
+    from clothopt.errors import ClothoptError
+    from clothopt.features import CPU_EXTRACT_BATCH, FeatureCache
+
+    spec, split = get_backbone("mobilenet_025"), open_dataset(tiny_data)["train"]
+
+    def feats(**kwargs: object) -> np.ndarray:
+        return FeatureCache(None, **kwargs).get(spec, "none", 0, 32, "nearest", split).x
+
+    ref = feats(batch_size=16, threads=2)
+    np.testing.assert_array_equal(feats(batch_size=5, threads=1), ref)
+    np.testing.assert_allclose(feats(jit_compile=True), ref, atol=1e-4 * np.abs(ref).max())
+    low = FeatureCache(None, precision="bfloat16")
+    x16 = low.get(spec, "none", 0, 32, "nearest", split)
+    assert x16.x.dtype == np.float32 and np.isfinite(x16.x).all()
+    assert x16.key.precision == "bfloat16"
+    assert x16.key != FeatureCache(None).key(spec, "none", 0, 32, "nearest", split)
+    assert FeatureCache(None).batch_size == CPU_EXTRACT_BATCH  # no GPU in the test run
+    with pytest.raises(ClothoptError, match="precision"):
+        FeatureCache(None, precision="float8")
+
+
+def test_extractor_takes_uint8_images_as_they_are_decoded() -> None:
+    import numpy as np
+
+    from clothopt.backbones import build_extractor, get_backbone
+
+    model = build_extractor(get_backbone("mobilenet_025"), 32, "none")
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(
+        np.asarray(model.predict_on_batch(images)),
+        np.asarray(model.predict_on_batch(images.astype(np.float32))),
+    )

@@ -40,10 +40,11 @@ __all__ = [
 ]
 
 # Images per forward pass when extracting (not the trial's batch size: features do not depend
-# on it). On CPU small batches keep activations in cache: `make bench` measured batch 8 ~10%
-# faster than 32 at 300 px and ~30% at 500 px (mobilenet_025, 2 cores), same features bit for
-# bit. On a GPU the value before the measurement stays until gpu_bench.py measures it there.
-CPU_EXTRACT_BATCH = 8
+# on it, bit for bit). On CPU smaller batches keep activations in cache: with mobilenet_025 on
+# 2 cores, batch 16 against 32 took about as long at 300 px and 10-20% less at 400 and 500 px,
+# which hold most of a grid's extraction time (benchmarks/bench.py, "batch size by image
+# size"). On a GPU the value before the measurement stays until gpu_bench.py measures it there.
+CPU_EXTRACT_BATCH = 16
 GPU_EXTRACT_BATCH = 32
 
 
