@@ -490,10 +490,10 @@ class Dashboard(_Command):
 def _report_dir(out: str | None, storage: str | None, name: str) -> Any:
     from pathlib import Path
 
-    from clothopt.study import study_dir
+    from clothopt.study import studies_root
 
     # default: <folder of the SQLite file>/reports/<name>, beside runs/ and features/
-    return Path(out) if out else study_dir(storage, "x").parent.parent / "reports" / name
+    return Path(out) if out else studies_root(storage) / "reports" / name
 
 
 def _print_report(report: Any) -> None:

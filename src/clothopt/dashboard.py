@@ -89,13 +89,12 @@ def storage_url_of(storage: BaseStorage) -> str | None:
 
 def artifact_dir(storage_url: str | None, override: str | os.PathLike[str] | None = None) -> Path:
     """The artifact folder: ``override``, else ``$CLOTHOPT_ARTIFACTS``, else beside the studies."""
-    from clothopt.study import study_dir
+    from clothopt.study import studies_root
 
     chosen = override or os.environ.get(ARTIFACTS_ENV)
     if chosen:
         return Path(chosen).expanduser().absolute()
-    # study_dir is <root>/runs/<name>; the artifacts sit beside runs/ and features/
-    return study_dir(storage_url, "x").parent.parent / "artifacts"
+    return studies_root(storage_url) / "artifacts"  # beside runs/ and features/
 
 
 def artifact_store(folder: str | os.PathLike[str]) -> ArtifactStore:

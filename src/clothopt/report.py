@@ -94,6 +94,14 @@ def _cell(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _cell_text(row: Mapping[str, Any], col: str, digits: Mapping[str, int]) -> str:
+    """One table cell as text: learning rates as written (1e-04), others by ``_cell``."""
+    value = row.get(col)
+    if isinstance(value, float) and col == "learning_rate":
+        return f"{value:g}"
+    return _cell(value, digits.get(col, 2))
+
+
 def markdown_table(
     rows: Sequence[Mapping[str, Any]],
     columns: Sequence[str],
@@ -106,11 +114,7 @@ def markdown_table(
     digits = digits or {}
 
     def text(row: Mapping[str, Any], col: str) -> str:
-        value = row.get(col)
-        if isinstance(value, float) and col in ("learning_rate",):
-            out = f"{value:g}"
-        else:
-            out = _cell(value, digits.get(col, 2)).replace("|", "\\|")
+        out = _cell_text(row, col, digits).replace("|", "\\|")
         return f"**{out}**" if bold is not None and bold(row, col) else out
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
@@ -154,12 +158,7 @@ def html_table(
     for row in rows:
         cells = []
         for col in columns:
-            value = row.get(col)
-            if isinstance(value, float) and col == "learning_rate":
-                text = f"{value:g}"
-            else:
-                text = _cell(value, digits.get(col, 2))
-            text = html.escape(text)
+            text = html.escape(_cell_text(row, col, digits))
             if bold is not None and bold(row, col):
                 text = f"<b>{text}</b>"
             cells.append(f"<td>{text}</td>")

@@ -54,6 +54,7 @@ __all__ = [
     "open_storage",
     "optimize",
     "requeue",
+    "studies_root",
     "study_dir",
     "trial_rows",
 ]
@@ -153,20 +154,24 @@ def _serialize_sqlite_transactions(engine: Any) -> None:
     engine.dispose()  # connections made before the hooks (schema checks) are not reused
 
 
-def study_dir(storage_url: str | None, name: str) -> Path:
-    """Where a study's files go: beside the SQLite file, else under ./studies."""
+def studies_root(storage_url: str | None) -> Path:
+    """The folder of a storage's files (runs/, features/, artifacts/): the SQLite file's
+    folder, else ./studies."""
     from sqlalchemy.engine import make_url
 
     url = make_url(storage_url or DEFAULT_STORAGE)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        root = Path(url.database).expanduser().parent
-    else:
-        root = Path("studies")
-    return (root / "runs" / name).absolute()
+        return Path(url.database).expanduser().parent.absolute()
+    return Path("studies").absolute()
+
+
+def study_dir(storage_url: str | None, name: str) -> Path:
+    """Where a study's files go: ``studies_root(storage_url) / "runs" / name``."""
+    return studies_root(storage_url) / "runs" / name
 
 
 def default_cache_dir(storage_url: str | None) -> Path:
-    return study_dir(storage_url, "x").parent.parent / "features"
+    return studies_root(storage_url) / "features"
 
 
 # --------------------------------------------------------------------------- create / load
