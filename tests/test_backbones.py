@@ -14,7 +14,7 @@ from clothopt.backbones import (
     preprocessing_layers,
     weights_id,
 )
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 PAPER = Path(__file__).resolve().parents[1].parent / "shared/paper/final_test.csv"
 
@@ -24,12 +24,12 @@ def test_registry_holds_the_papers_backbones_and_more() -> None:
         n for n, s in BACKBONES.items() if s.paper
     }
     assert {"resnet50", "mobilenet_025"} <= set(BACKBONES)
-    with pytest.raises(ClothoptError, match="unknown backbone 'vgg'"):
+    with pytest.raises(UserError, match="unknown backbone 'vgg'"):
         get_backbone("vgg")
 
 
 def test_image_size_below_minimum_is_refused() -> None:
-    with pytest.raises(ClothoptError, match="minimum of xception"):
+    with pytest.raises(UserError, match="minimum of xception"):
         get_backbone("xception").check_size(64)
 
 
@@ -53,7 +53,7 @@ def test_imagenet_offline_fails_with_one_line_that_says_where_to_put_the_file(
         raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] name resolution")
 
     monkeypatch.setattr(file_utils, "get_file", offline)
-    with pytest.raises(ClothoptError) as info:
+    with pytest.raises(UserError) as info:
         build_base(get_backbone("mobilenet_025"), 64, "imagenet")
     message = str(info.value)
     assert "\n" not in message
@@ -61,9 +61,9 @@ def test_imagenet_offline_fails_with_one_line_that_says_where_to_put_the_file(
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ClothoptError, match="weights file not found"):
+    with pytest.raises(UserError, match="weights file not found"):
         weights_id(str(tmp_path / "nope.h5"))
-    with pytest.raises(ClothoptError, match="weights file not found"):
+    with pytest.raises(UserError, match="weights file not found"):
         build_base(get_backbone("mobilenet_025"), 64, str(tmp_path / "nope.h5"))
 
 

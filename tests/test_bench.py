@@ -140,7 +140,7 @@ def test_extraction_options_keep_features_within_their_tolerance(tiny_data: Path
 
     from clothopt.backbones import get_backbone
     from clothopt.data import open_dataset
-    from clothopt.errors import ClothoptError
+    from clothopt.errors import UserError
     from clothopt.features import CPU_EXTRACT_BATCH, FeatureCache
 
     spec, split = get_backbone("mobilenet_025"), open_dataset(tiny_data)["train"]
@@ -157,7 +157,7 @@ def test_extraction_options_keep_features_within_their_tolerance(tiny_data: Path
     assert x16.key.precision == "bfloat16"
     assert x16.key != FeatureCache(None).key(spec, "none", 0, 32, "nearest", split)
     assert FeatureCache(None).batch_size == CPU_EXTRACT_BATCH  # no GPU in the test run
-    with pytest.raises(ClothoptError, match="precision"):
+    with pytest.raises(UserError, match="precision"):
         FeatureCache(None, precision="float8")
 
 

@@ -18,10 +18,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from clothopt import paths
 from clothopt import study as study_mod
 from clothopt.cli import main
 from clothopt.compare import parse_samplers, run_comparison, study_name
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 from clothopt.report import best_so_far, first_within, step_curve_mean
 from conftest import make_dataset
 
@@ -76,7 +77,7 @@ def test_step_curve_mean_aggregates_from_when_every_seed_has_a_trial() -> None:
 
 def test_unknown_samplers_are_named() -> None:
     assert parse_samplers("tpe, grid,tpe") == ["tpe", "grid"]
-    with pytest.raises(ClothoptError, match=r"unknown sampler.*bayes"):
+    with pytest.raises(UserError, match=r"unknown sampler.*bayes"):
         parse_samplers("tpe,bayes")
 
 
@@ -176,7 +177,7 @@ def _extraction(cache: Path, size: int) -> float:
 def test_best_so_far_curves_equal_the_trials(comparison: dict[str, Any]) -> None:
     storage, out = comparison["storage"], comparison["out"]
     rows = _read_csv(out / "best_so_far.csv")
-    cache = Path(study_mod.default_cache_dir(storage))
+    cache = Path(paths.default_cache_dir(storage))
     for sampler in comparison["samplers"]:
         for seed in range(SEEDS):
             trials = _complete(study_name("mobilenet_025", sampler, seed), storage)[:BUDGET]
@@ -315,7 +316,7 @@ def test_an_interrupted_comparison_resumes_its_studies(
         progress=False,
         log=lambda line: None,
     )
-    with pytest.raises(ClothoptError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         run_comparison(samplers=["random"], run=False, **kwargs)
     # the study was created and ran one trial, then the comparison was stopped
     name = study_name("mobilenet_025", "random", 0)
@@ -342,5 +343,5 @@ def test_an_interrupted_comparison_resumes_its_studies(
     assert (trials[0].number, trials[0].datetime_start) == (first.number, first.datetime_start)
     assert len(_complete(study_name("mobilenet_025", "grid", 0), storage)) == 2
     # a study with other settings is not silently reused
-    with pytest.raises(ClothoptError, match=r"exists with other settings.*budget 2, not 3"):
+    with pytest.raises(UserError, match=r"exists with other settings.*budget 2, not 3"):
         run_comparison(samplers=["random"], **(kwargs | {"budget": 3}))

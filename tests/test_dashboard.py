@@ -24,6 +24,7 @@ from typing import Any
 import optuna
 import pytest
 
+from clothopt import paths
 from clothopt import study as st
 from clothopt.cli import _build_parser, main
 from clothopt.dashboard import (
@@ -35,7 +36,7 @@ from clothopt.dashboard import (
     upload_validation_report,
 )
 from clothopt.data import open_dataset
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 from clothopt.features import FeatureCache
 from clothopt.metrics import classification_metrics
 from clothopt.objective import Objective
@@ -280,9 +281,9 @@ def test_files_attached_to_a_finished_trial_and_the_study_download(
 
 def test_attach_files_checks_everything_before_uploading(built: Built) -> None:
     before = len(list(artifact_dir(built.storage).iterdir()))
-    with pytest.raises(ClothoptError, match="no such file"):
+    with pytest.raises(UserError, match="no such file"):
         attach_files(built.study, 0, built.storage, [built.root / "report.json", "/no/such"])
-    with pytest.raises(ClothoptError, match="has no trial 7"):
+    with pytest.raises(UserError, match="has no trial 7"):
         attach_files(built.study, 7, built.storage, [built.root / "report.json"])
     assert len(list(artifact_dir(built.storage).iterdir())) == before
 
@@ -334,7 +335,7 @@ def test_artifact_folder_follows_the_storage(
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "x" / "clothopt.db"
     assert artifact_dir(f"sqlite:///{db}") == tmp_path / "x" / "artifacts"
-    assert artifact_dir(f"sqlite:///{db}") == st.study_dir(f"sqlite:///{db}", "s").parents[1] / (
+    assert artifact_dir(f"sqlite:///{db}") == paths.study_dir(f"sqlite:///{db}", "s").parents[1] / (
         "artifacts"
     )
     assert artifact_dir("postgresql+psycopg://u:p@h/db") == tmp_path / "studies" / "artifacts"

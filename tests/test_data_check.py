@@ -11,7 +11,7 @@ from PIL import Image, ImageFile
 
 from clothopt.data.check import CheckReport, check
 from clothopt.data.layout import SPLITS
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 COUNTS = {"train": (5, 4), "validation": (2, 3), "test": (1, 2)}  # (hat, pants)
 
@@ -141,7 +141,7 @@ def test_everything_at_once_is_all_reported(tree: Path) -> None:
 
 
 def test_root_must_be_a_directory(tmp_path: Path) -> None:
-    with pytest.raises(ClothoptError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         check(tmp_path / "nowhere")
     report = check(tmp_path)  # an empty folder is a report, not an exception
     assert [p.kind for p in report.problems] == ["missing-split"] * 3

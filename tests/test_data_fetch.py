@@ -20,7 +20,7 @@ from PIL import Image
 
 from clothopt.data.fetch import DATASET_COMMIT, DATASET_URL, SOURCE_FILE, fetch
 from clothopt.data.layout import SPLITS, open_dataset
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 # ``clothopt.data.fetch`` the attribute is the function; the module is needed for patching
 fetch_module = importlib.import_module("clothopt.data.fetch")
@@ -200,7 +200,7 @@ def test_fetch_plain_tar_without_top_folder(
 
 def test_wrong_sha256(server: Server, tree: Path, fingerprint: str, out: Path) -> None:
     url = serve(server, "/sha.tar.gz", tar_gz(tree))
-    with pytest.raises(ClothoptError, match="SHA-256") as info:
+    with pytest.raises(UserError, match="SHA-256") as info:
         fetch(out / "d", url=url, sha256="0" * 64, fingerprint=fingerprint, progress=False)
     assert "\n" not in str(info.value)
     assert os.listdir(out) == []
@@ -216,14 +216,14 @@ def test_right_sha256(server: Server, tree: Path, fingerprint: str, out: Path) -
 
 def test_wrong_fingerprint(server: Server, tree: Path, fingerprint: str, out: Path) -> None:
     url = serve(server, "/fp.tar.gz", tar_gz(tree))
-    with pytest.raises(ClothoptError, match=f"{fingerprint}.*expected {'1' * 64}"):
+    with pytest.raises(UserError, match=f"{fingerprint}.*expected {'1' * 64}"):
         fetch(out / "d", url=url, fingerprint="1" * 64, progress=False)
     assert os.listdir(out) == []
 
 
 def test_http_404(server: Server, out: Path) -> None:
     url = server.url + "/nothing-here.tar.gz"
-    with pytest.raises(ClothoptError, match=f"could not download {url}: HTTP 404") as info:
+    with pytest.raises(UserError, match=f"could not download {url}: HTTP 404") as info:
         fetch(out / "d", url=url, progress=False)
     assert "\n" not in str(info.value)
     assert os.listdir(out) == []
@@ -237,13 +237,13 @@ def test_connection_refused(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/x.tar.gz"
     dest = tmp_path / "new" / "deeper" / "d"
-    with pytest.raises(ClothoptError, match=f"could not download {url}: "):
+    with pytest.raises(UserError, match=f"could not download {url}: "):
         fetch(dest, url=url, progress=False)
     assert os.listdir(tmp_path) == []  # the parents it created are gone again
 
 
 def test_timeout(server: Server, out: Path) -> None:
-    with pytest.raises(ClothoptError, match=r"timed out after 0\.3 s"):
+    with pytest.raises(UserError, match=r"timed out after 0\.3 s"):
         fetch(out / "d", url=server.url + "/stall", timeout=0.3, progress=False)
     assert os.listdir(out) == []
 
@@ -252,7 +252,7 @@ def test_timeout(server: Server, out: Path) -> None:
 def test_half_download(server: Server, tree: Path, out: Path, length: bool) -> None:
     server.routes["/cut.tar.gz"] = tar_gz(tree)
     prefix = "/half" if length else "/half-nolength"
-    with pytest.raises(ClothoptError) as info:
+    with pytest.raises(UserError) as info:
         fetch(out / "d", url=server.url + prefix + "/cut.tar.gz", fingerprint=None, progress=False)
     assert "\n" not in str(info.value)
     assert os.listdir(out) == []
@@ -275,7 +275,7 @@ def test_unsafe_tar_members_are_refused(
     server: Server, tree: Path, fingerprint: str, out: Path, bad: tarfile.TarInfo
 ) -> None:
     url = serve(server, "/evil.tar.gz", tar_gz(tree, extra=[bad]))
-    with pytest.raises(ClothoptError, match="refused") as info:
+    with pytest.raises(UserError, match="refused") as info:
         fetch(out / "d", url=url, fingerprint=fingerprint, progress=False)
     assert "\n" not in str(info.value)
     assert os.listdir(out) == []
@@ -293,7 +293,7 @@ def test_safe_symlink_inside_is_fine(
 
 def test_unsafe_zip_member_is_refused(server: Server, tree: Path, out: Path) -> None:
     url = serve(server, "/evil.zip", zip_bytes(tree, extra={"../evil": b"x"}))
-    with pytest.raises(ClothoptError, match="refused"):
+    with pytest.raises(UserError, match="refused"):
         fetch(out / "d", url=url, fingerprint=None, progress=False)
     assert os.listdir(out) == []
     assert not (out.parent / "evil").exists()
@@ -301,14 +301,14 @@ def test_unsafe_zip_member_is_refused(server: Server, tree: Path, out: Path) -> 
 
 def test_not_an_archive_or_no_data_set(server: Server, tree: Path, out: Path) -> None:
     url = serve(server, "/page.html", b"<html>rate limited</html>")
-    with pytest.raises(ClothoptError, match="damaged or incomplete, or not a"):
+    with pytest.raises(UserError, match="damaged or incomplete, or not a"):
         fetch(out / "d", url=url, progress=False)
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
         tf.add(tree / "train", arcname="top/train")
     url = serve(server, "/train-only.tar.gz", buf.getvalue())
-    with pytest.raises(ClothoptError, match="no folder with train/, validation/, test/"):
+    with pytest.raises(UserError, match="no folder with train/, validation/, test/"):
         fetch(out / "d", url=url, progress=False)
 
     buf = io.BytesIO()
@@ -316,7 +316,7 @@ def test_not_an_archive_or_no_data_set(server: Server, tree: Path, out: Path) ->
         tf.add(tree, arcname="one")
         tf.add(tree, arcname="two")
     url = serve(server, "/two.tar.gz", buf.getvalue())
-    with pytest.raises(ClothoptError, match="more than one data set: one, two"):
+    with pytest.raises(UserError, match="more than one data set: one, two"):
         fetch(out / "d", url=url, progress=False)
     assert os.listdir(out) == []
 
@@ -326,16 +326,16 @@ def test_existing_dest_is_never_overwritten(
 ) -> None:
     url = serve(server, "/exists.tar.gz", tar_gz(tree))
     other = make_tree(out / "other", seed=1)
-    with pytest.raises(ClothoptError, match="already exists with fingerprint"):
+    with pytest.raises(UserError, match="already exists with fingerprint"):
         fetch(other, url=url, fingerprint=fingerprint, progress=False)
     assert open_dataset(other).fingerprint != fingerprint
 
     empty = out / "empty"
     empty.mkdir()
-    with pytest.raises(ClothoptError, match="already exists and is not a usable data set"):
+    with pytest.raises(UserError, match="already exists and is not a usable data set"):
         fetch(empty, url=url, fingerprint=fingerprint, progress=False)
     (out / "file").write_text("x")
-    with pytest.raises(ClothoptError, match="not a directory"):
+    with pytest.raises(UserError, match="not a directory"):
         fetch(out / "file", url=url, fingerprint=fingerprint, progress=False)
     assert sorted(os.listdir(out)) == ["empty", "file", "other"]
     assert os.listdir(empty) == []

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from clothopt.data.images import iter_batches, load_batch, load_image, nearest_indices
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 REAL_TRAIN = Path("/work/shared/datasets/clothing-dataset-small/train")
 OUT_SIZES = (1, 2, 3, 5, 7, 32, 150, 224, 299, 300, 400, 500)
@@ -90,16 +90,16 @@ def test_load_image_without_resize(tmp_path: Path, keras_load_img) -> None:
 def test_corrupt_file_is_a_clothopt_error(tmp_path: Path) -> None:
     text = tmp_path / "notes.jpg"
     text.write_text("this is not a JPEG")
-    with pytest.raises(ClothoptError, match=r"cannot read image .*notes\.jpg"):
+    with pytest.raises(UserError, match=r"cannot read image .*notes\.jpg"):
         load_image(text, 32)
 
     good = write_images(tmp_path)["rgb"]
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(ClothoptError, match=r"cut\.jpg"):
+    with pytest.raises(UserError, match=r"cut\.jpg"):
         load_image(cut, 32)
 
-    with pytest.raises(ClothoptError):
+    with pytest.raises(UserError):
         load_image(tmp_path / "missing.png", 32)
 
 
@@ -133,7 +133,7 @@ def test_iter_batches_reports_a_broken_file(tmp_path: Path) -> None:
     paths[3].write_text("broken")
     batches = iter_batches(paths, 8, batch_size=2)
     assert next(batches).shape == (2, 8, 8, 3)
-    with pytest.raises(ClothoptError, match=r"3\.png"):
+    with pytest.raises(UserError, match=r"3\.png"):
         next(batches)
 
 

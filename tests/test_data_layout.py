@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from clothopt.data.layout import SPLITS, open_dataset
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 CLASSES = ("shirt", "hat", "pants")  # deliberately not sorted
 
@@ -61,7 +61,7 @@ def test_only_some_splits(tmp_path: Path) -> None:
     shutil.rmtree(root / "test")
     ds = open_dataset(root, splits=("train", "validation"))
     assert set(ds.splits) == {"train", "validation"}
-    with pytest.raises(ClothoptError, match="no 'test' split"):
+    with pytest.raises(UserError, match="no 'test' split"):
         ds["test"]
 
 
@@ -79,16 +79,16 @@ def test_only_some_splits(tmp_path: Path) -> None:
 def test_layout_errors(tmp_path: Path, breakage, message: str) -> None:
     root = make_tree(tmp_path / "data")
     breakage(root)
-    with pytest.raises(ClothoptError, match=message) as info:
+    with pytest.raises(UserError, match=message) as info:
         open_dataset(root)
     assert "\n" not in str(info.value)
 
 
 def test_path_not_found(tmp_path: Path) -> None:
-    with pytest.raises(ClothoptError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         open_dataset(tmp_path / "nowhere")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ClothoptError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         open_dataset(tmp_path / "file")
 
 

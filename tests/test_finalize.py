@@ -22,11 +22,12 @@ from PIL import Image
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from clothopt import finalize as finalize_mod
+from clothopt import paths
 from clothopt import study as study_mod
 from clothopt.backbones import get_backbone
 from clothopt.cli import main
 from clothopt.data import open_dataset
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 from clothopt.features import FeatureCache
 from clothopt.finalize import FINAL_ATTR, finalize, load_final, paper_table
 from clothopt.metrics import bootstrap_ci, classification_metrics
@@ -254,7 +255,7 @@ def test_report_holds_every_figure_of_the_contract(finalized: dict[str, Any]) ->
     agree = report["cached_path_agreement"]
     assert agree["agree"] == agree["of"] == len(test)
     attr = st.user_attrs[FINAL_ATTR]
-    assert Path(attr["dir"]) == study_mod.study_dir(storage, "tiny") / "final"
+    assert Path(attr["dir"]) == paths.study_dir(storage, "tiny") / "final"
     assert attr["trial"] == report["trial"] and attr["test_f1_macro"] == report["test"]["f1_macro"]
 
 
@@ -347,9 +348,9 @@ def test_finalize_needs_a_complete_trial(tmp_path: Path) -> None:
     study_mod.create(
         backbone="mobilenet_025", space="quick", name="empty", storage=storage, data=str(data)
     )
-    with pytest.raises(ClothoptError, match="no complete trial"):
+    with pytest.raises(UserError, match="no complete trial"):
         finalize("empty", storage)
-    with pytest.raises(ClothoptError, match="not finalized"):
+    with pytest.raises(UserError, match="not finalized"):
         load_final("empty", storage)
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from clothopt.backbones import get_backbone
 from clothopt.cli import main
 from clothopt.data import load_image
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 from clothopt.predict import CLASSES_FILE, expand_paths, load_classifier, predict_files
 
 CLASSES = ["hat", "pants", "shoes", "skirt"]
@@ -148,7 +148,7 @@ def test_model_mistakes_are_one_line_errors(model_file: Path, tmp_path: Path) ->
     assert code == 2 and "classes.json" in err
 
     (lonely.parent / CLASSES_FILE).write_text(json.dumps(["a", "b"]))
-    with pytest.raises(ClothoptError, match=r"4 outputs but classes\.json names 2"):
+    with pytest.raises(UserError, match=r"4 outputs but classes\.json names 2"):
         load_classifier(lonely)
 
     junk = tmp_path / "junk" / "model.keras"
@@ -168,7 +168,7 @@ def test_safe_mode_refuses_a_model_with_a_lambda_layer(tmp_path: Path) -> None:
     outputs = keras.layers.Lambda(lambda x: x * 2.0)(keras.layers.Dense(4)(pooled))
     keras.Model(inputs, outputs).save(tmp_path / "model.keras")
     (tmp_path / CLASSES_FILE).write_text(json.dumps(CLASSES))
-    with pytest.raises(ClothoptError, match="cannot load model"):
+    with pytest.raises(UserError, match="cannot load model"):
         load_classifier(tmp_path / "model.keras")
 
 

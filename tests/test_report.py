@@ -21,10 +21,11 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 
+from clothopt import paths
 from clothopt import study as study_mod
 from clothopt.cli import COMMANDS, main
 from clothopt.data import open_dataset
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 from clothopt.features import FeatureCache
 from clothopt.metrics import classification_metrics, mcnemar
 from clothopt.objective import Objective
@@ -83,7 +84,7 @@ def _finalize_by_hand(storage: str, name: str, accuracy: float, seed: int) -> di
     preds = np.where(wrong, (labels + rng.integers(1, 3, len(labels))) % 3, labels)
     test = classification_metrics(labels, preds, cfg.classes)
     best = st.best_trial
-    folder = study_mod.study_dir(storage, name) / "final"
+    folder = paths.study_dir(storage, name) / "final"
     report = {
         "study": name,
         "backbone": cfg.backbone,
@@ -316,7 +317,7 @@ def test_different_test_images_are_refused(three: dict[str, Any]) -> None:
     report["test_labels"] = report["test_labels"][::-1]  # same images, another order
     path.write_text(json.dumps(report))
     try:
-        with pytest.raises(ClothoptError, match="same test images in the same order"):
+        with pytest.raises(UserError, match="same test images in the same order"):
             backbone_report(["a", "b"], storage, three["root"] / "bad")
     finally:
         path.write_text(original)

@@ -5,7 +5,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 from clothopt.spaces import load_space, make_sampler, sampler_args
 
 
@@ -98,12 +98,12 @@ P = "[params]\nimage_size = [300]\nbatch_size = [32]\n"
 def test_bad_space_files_are_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "space.toml"
     path.write_text(text)
-    with pytest.raises(ClothoptError, match=message):
+    with pytest.raises(UserError, match=message):
         load_space(str(path))
 
 
 def test_unknown_space_name() -> None:
-    with pytest.raises(ClothoptError, match="neither a built-in"):
+    with pytest.raises(UserError, match="neither a built-in"):
         load_space("no-such-space")
 
 

@@ -14,8 +14,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from clothopt import paths
 from clothopt import study as st
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 SMALL_SPACE = """
 description = "test grid"
@@ -71,7 +72,7 @@ def test_create_enqueues_the_whole_grid_and_stores_the_config(
     _, loaded = st.load("s", storage)
     assert loaded == config and loaded.seed == 5
     assert loaded.versions["optuna"] == optuna.__version__
-    written = json.loads((st.study_dir(storage, "s") / "config.json").read_text())
+    written = json.loads((paths.study_dir(storage, "s") / "config.json").read_text())
     assert written["data_fingerprint"] == config.data_fingerprint
 
 
@@ -99,7 +100,7 @@ def test_mistakes_change_nothing(
         "name": "s",
     }
     args.update(kwargs)
-    with pytest.raises(ClothoptError, match=message):
+    with pytest.raises(UserError, match=message):
         st.create(**args)  # type: ignore[arg-type]
     assert st.list_studies(storage) == []
 
@@ -108,7 +109,7 @@ def test_a_missing_split_is_refused(tiny_data: Path, storage: str, space_file: s
     import shutil
 
     shutil.rmtree(tiny_data / "test")
-    with pytest.raises(ClothoptError, match="no test/ split"):
+    with pytest.raises(UserError, match="no test/ split"):
         _create(tiny_data, storage, space_file)
 
 
@@ -116,25 +117,25 @@ def test_an_existing_name_is_refused_and_kept(
     tiny_data: Path, storage: str, space_file: str
 ) -> None:
     _create(tiny_data, storage, space_file)
-    with pytest.raises(ClothoptError, match="already exists"):
+    with pytest.raises(UserError, match="already exists"):
         _create(tiny_data, storage, space_file)
     assert len(st.load("s", storage)[0].get_trials()) == 8
 
 
 def test_bad_storage_urls_are_one_line(tmp_path: Path) -> None:
     for url, message in (("nonsense", "bad storage URL"), ("redis://x", "unsupported storage")):
-        with pytest.raises(ClothoptError, match=message):
+        with pytest.raises(UserError, match=message):
             st.open_storage(url)
     start = time.monotonic()
-    with pytest.raises(ClothoptError, match=r"cannot open storage .*\*\*\*") as info:
+    with pytest.raises(UserError, match=r"cannot open storage .*\*\*\*") as info:
         st.open_storage("postgresql+psycopg://me:hunter2@127.0.0.1:9/db")
     assert "hunter2" not in str(info.value) and time.monotonic() - start < 10
 
 
 def test_unknown_study(storage: str) -> None:
-    with pytest.raises(ClothoptError, match="no study named 'x'"):
+    with pytest.raises(UserError, match="no study named 'x'"):
         st.load("x", storage)
-    with pytest.raises(ClothoptError, match="no study named 'x'"):
+    with pytest.raises(UserError, match="no study named 'x'"):
         st.delete("x", storage)
 
 
@@ -240,7 +241,7 @@ def test_faults_fail_the_trial_and_the_study_goes_on(
     def flaky(trial: optuna.Trial) -> float:
         calls["n"] += 1
         if calls["n"] == 2:
-            raise ClothoptError("cannot read image x.jpg: truncated")
+            raise UserError("cannot read image x.jpg: truncated")
         if calls["n"] == 3:
             raise MemoryError("host out of memory")
         return fake_objective(trial)

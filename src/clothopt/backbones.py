@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 if TYPE_CHECKING:
     import keras
@@ -71,7 +71,7 @@ class BackboneSpec:
 
     def check_size(self, size: int) -> None:
         if size < self.min_size:
-            raise ClothoptError(
+            raise UserError(
                 f"image size {size} is below the minimum of {self.name} ({self.min_size} px)"
             )
 
@@ -110,9 +110,7 @@ def get_backbone(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise ClothoptError(
-            f"unknown backbone {name!r} (choose from {', '.join(BACKBONES)})"
-        ) from None
+        raise UserError(f"unknown backbone {name!r} (choose from {', '.join(BACKBONES)})") from None
 
 
 def weights_id(weights: str, seed: int = 0) -> str:
@@ -125,9 +123,7 @@ def weights_id(weights: str, seed: int = 0) -> str:
         return f"random-seed{seed}"
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise ClothoptError(
-            f"weights file not found: {weights} (use imagenet, none or a file path)"
-        )
+        raise UserError(f"weights file not found: {weights} (use imagenet, none or a file path)")
     return f"file-{file_sha256(path)[:16]}"
 
 
@@ -152,7 +148,7 @@ def _dtype_policy(precision: str) -> Iterator[None]:
     try:
         policy = PRECISIONS[precision]
     except KeyError:
-        raise ClothoptError(
+        raise UserError(
             f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})"
         ) from None
     previous = keras.config.dtype_policy()
@@ -188,7 +184,7 @@ def _build_base(spec: BackboneSpec, size: int, weights: str, seed: int) -> keras
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise ClothoptError(f"weights file not found: {weights}")
+            raise UserError(f"weights file not found: {weights}")
         arg = str(path)
     try:
         with warnings.catch_warnings():
@@ -199,9 +195,9 @@ def _build_base(spec: BackboneSpec, size: int, weights: str, seed: int) -> keras
             )
     except Exception as exc:  # Keras raises plain Exception/ValueError for both cases
         if weights == "imagenet":
-            raise ClothoptError(_imagenet_hint(spec, exc)) from None
+            raise UserError(_imagenet_hint(spec, exc)) from None
         if weights != "none":
-            raise ClothoptError(f"cannot load weights {weights} into {spec.name}: {exc}") from None
+            raise UserError(f"cannot load weights {weights} into {spec.name}: {exc}") from None
         raise
     base.trainable = False
     return base

@@ -17,7 +17,7 @@ from typing import Any
 
 from clothopt import __version__
 from clothopt._table import format_table
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 __all__ = ["main"]
 
@@ -210,7 +210,7 @@ class StudyOptimize(_Command):
         st, config = study.load(args.name, args.storage)
         dataset = open_dataset(args.data or config.data)
         if dataset.fingerprint != config.data_fingerprint:
-            raise ClothoptError(
+            raise UserError(
                 f"data set {dataset.root} differs from the one study {config.name!r} was created "
                 f"with (fingerprint {dataset.fingerprint[:12]} != {config.data_fingerprint[:12]})"
             )
@@ -319,7 +319,7 @@ def _paper_dir(value: str | None) -> Any:
     if value == "none":
         return None
     if not (Path(value) / "final_test.csv").is_file():
-        raise ClothoptError(f"--paper {value}: no final_test.csv there")
+        raise UserError(f"--paper {value}: no final_test.csv there")
     return Path(value)
 
 
@@ -423,7 +423,7 @@ class Predict(_Command):
 
         paths = expand_paths(args.images)
         if not paths:
-            raise ClothoptError("no images in the folders given")
+            raise UserError("no images in the folders given")
         model, classes = load_classifier(args.model)
         failed = 0
         rows = []
@@ -490,10 +490,10 @@ class Dashboard(_Command):
 def _report_dir(out: str | None, storage: str | None, name: str) -> Any:
     from pathlib import Path
 
-    from clothopt.study import studies_root
+    from clothopt.paths import report_dir
 
     # default: <folder of the SQLite file>/reports/<name>, beside runs/ and features/
-    return Path(out) if out else studies_root(storage) / "reports" / name
+    return Path(out) if out else report_dir(storage, name)
 
 
 def _print_report(report: Any) -> None:
@@ -536,7 +536,7 @@ class CompareBackbones(_Command):
         else:
             paper = Path(args.paper)
             if not paper.is_dir():
-                raise ClothoptError(f"--paper {args.paper}: no such folder")
+                raise UserError(f"--paper {args.paper}: no such folder")
         out = _report_dir(args.out, args.storage, "backbones")
         _print_report(backbone_report(args.studies, args.storage, out, paper))
         return 0
@@ -678,11 +678,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _quiet_libraries()
-    from clothopt.study import Terminated
+    from clothopt.errors import Terminated
 
     try:
         return args._command().run(args)
-    except ClothoptError as exc:
+    except UserError as exc:
         print(f"clothopt: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

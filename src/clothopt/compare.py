@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 if TYPE_CHECKING:
     import optuna
@@ -41,7 +41,7 @@ def parse_samplers(text: str) -> list[str]:
     names = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in names if s not in SAMPLERS]
     if unknown or not names:
-        raise ClothoptError(
+        raise UserError(
             f"unknown sampler(s) {', '.join(unknown) or '(none given)'} "
             f"(choose from {', '.join(SAMPLERS)})"
         )
@@ -103,7 +103,7 @@ def run_comparison(
     from clothopt.spaces import load_space
 
     if seeds < 1 or budget < 1:
-        raise ClothoptError("--seeds and --budget must be at least 1")
+        raise UserError("--seeds and --budget must be at least 1")
     spec = get_backbone(backbone)
     space_obj = load_space(space)
     wanted = list(samplers)
@@ -116,7 +116,7 @@ def run_comparison(
         log(f"note: skipping sampler {sampler}: {why}")
     shown = [s for s in wanted if s not in skipped]
     if not shown:
-        raise ClothoptError("no sampler left to compare")
+        raise UserError("no sampler left to compare")
     # the grid of every seed sets that seed's target, so it runs even when not reported
     order = (["grid"] if space_obj.is_grid else []) + [s for s in shown if s != "grid"]
     if weights not in ("imagenet", "none"):
@@ -175,7 +175,7 @@ class _Runner:
         budget_here = None if sampler == "grid" else budget  # the grid always runs in full
         if name not in {r["name"] for r in study_mod.list_studies(self.storage)}:
             if not create:
-                raise ClothoptError(f"study {name!r} does not exist: run the comparison first")
+                raise UserError(f"study {name!r} does not exist: run the comparison first")
             return study_mod.create(
                 backbone=backbone,
                 space=self.space,
@@ -203,7 +203,7 @@ class _Runner:
         }
         problems = _mismatch(cfg, st, want, self.space_obj, budget_here)
         if problems:
-            raise ClothoptError(
+            raise UserError(
                 f"study {name!r} exists with other settings ({'; '.join(problems)}): "
                 f"delete it (clothopt study delete {name}) or compare with its settings"
             )
@@ -219,7 +219,7 @@ class _Runner:
             self.datasets[cfg.data] = open_dataset(cfg.data)
         dataset = self.datasets[cfg.data]
         if dataset.fingerprint != cfg.data_fingerprint:
-            raise ClothoptError(
+            raise UserError(
                 f"data set {dataset.root} has changed since study {cfg.name!r} was created "
                 f"(fingerprint {dataset.fingerprint[:12]} != {cfg.data_fingerprint[:12]})"
             )

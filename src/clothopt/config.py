@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 from clothopt.spaces import SearchSpace
 
 __all__ = ["CONFIG_ATTR", "PRUNERS", "StudyConfig"]
@@ -66,14 +66,14 @@ class StudyConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise ClothoptError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+            raise UserError(f"unknown config key(s): {', '.join(sorted(unknown))}")
         missing = {
             f.name
             for f in dataclasses.fields(cls)
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         } - set(data)
         if missing:
-            raise ClothoptError(f"config lacks {', '.join(sorted(missing))}")
+            raise UserError(f"config lacks {', '.join(sorted(missing))}")
         values = dict(data)
         values["space"] = SearchSpace.from_dict(data["space"])
         values["classes"] = tuple(data["classes"])
@@ -84,4 +84,4 @@ class StudyConfig:
         try:
             return cls.from_dict(json.loads(text))
         except (ValueError, TypeError) as exc:
-            raise ClothoptError(f"corrupt study config: {exc}") from None
+            raise UserError(f"corrupt study config: {exc}") from None

@@ -11,7 +11,7 @@ What the dashboard shows, and where it comes from:
   :func:`attach_files`.
 
 Artifacts live in a ``FileSystemArtifactStore`` whose folder follows from the storage URL the
-way ``study.study_dir`` does (``<folder of the SQLite file>/artifacts``, else
+way ``paths.study_dir`` does (``<folder of the SQLite file>/artifacts``, else
 ``./studies/artifacts``), or ``$CLOTHOPT_ARTIFACTS``. Workers on several machines (PostgreSQL)
 must share that folder (set ``$CLOTHOPT_ARTIFACTS`` to the same shared path everywhere).
 
@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from clothopt._io import atomic_path
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
+from clothopt.paths import ARTIFACTS_ENV, DEFAULT_STORAGE, artifact_dir, masked_url
 
 if TYPE_CHECKING:
     import optuna
@@ -66,7 +67,6 @@ __all__ = [
     "validation_report",
 ]
 
-ARTIFACTS_ENV = "CLOTHOPT_ARTIFACTS"
 REPORT_NAME = "validation_report.json"
 METRIC_NAME = "val_f1_macro"  # what every trial's value is
 # optuna-dashboard's own place for a trial's artifact metadata in the study's system attrs
@@ -87,23 +87,13 @@ def storage_url_of(storage: BaseStorage) -> str | None:
     return url if isinstance(url, str) else None
 
 
-def artifact_dir(storage_url: str | None, override: str | os.PathLike[str] | None = None) -> Path:
-    """The artifact folder: ``override``, else ``$CLOTHOPT_ARTIFACTS``, else beside the studies."""
-    from clothopt.study import studies_root
-
-    chosen = override or os.environ.get(ARTIFACTS_ENV)
-    if chosen:
-        return Path(chosen).expanduser().absolute()
-    return studies_root(storage_url) / "artifacts"  # beside runs/ and features/
-
-
 def artifact_store(folder: str | os.PathLike[str]) -> ArtifactStore:
     """A file-system artifact store in ``folder`` (created) whose writes are atomic."""
     path = Path(folder)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ClothoptError(f"cannot create the artifact folder {path}: {exc.strerror}") from None
+        raise UserError(f"cannot create the artifact folder {path}: {exc.strerror}") from None
     return _atomic_store_class()(path)
 
 
@@ -269,7 +259,7 @@ def upload_validation_report(
             path = Path(tmp) / REPORT_NAME  # the file name is the artifact's name
             path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
             return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
-    except (OSError, ClothoptError) as exc:
+    except (OSError, UserError) as exc:
         reason = f"validation report not uploaded: {exc}"
         _log.warning("trial %d: %s", trial.number, reason)
         trial.set_user_attr("report_error", reason[:500])
@@ -296,7 +286,7 @@ def attach_files(
     files = [Path(p) for p in paths]
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
-        raise ClothoptError(f"cannot attach {', '.join(missing)}: no such file")
+        raise UserError(f"cannot attach {', '.join(missing)}: no such file")
     storage = study._storage
     store = artifact_store(artifact_dir(storage_url or storage_url_of(storage), artifacts))
     if trial_number is None:
@@ -306,7 +296,7 @@ def attach_files(
         ]
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == trial_number), None)
     if trial is None:
-        raise ClothoptError(f"study {study.study_name!r} has no trial {trial_number}")
+        raise UserError(f"study {study.study_name!r} has no trial {trial_number}")
     if not trial.state.is_finished():
         return [
             upload_artifact(
@@ -372,7 +362,7 @@ class DashboardServer:
     ) -> None:
         from optuna_dashboard import wsgi
 
-        from clothopt.study import DEFAULT_STORAGE, open_storage
+        from clothopt.study import open_storage
 
         self.storage_url = storage_url or DEFAULT_STORAGE
         _check_sqlite_exists(self.storage_url)
@@ -430,7 +420,7 @@ def _check_sqlite_exists(url: str) -> None:
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         path = Path(parsed.database).expanduser()
         if not path.is_file():  # opening it would create an empty database
-            raise ClothoptError(
+            raise UserError(
                 f"no studies at {path} (create one with clothopt study create, or pass --storage)"
             )
 
@@ -451,9 +441,9 @@ def _make_server(host: str, port: int, app: Any) -> Any:
         return make_server(host, port, app, server_class=Server, handler_class=Handler)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise ClothoptError(f"port {port} on {host} is in use (pick another --port)") from None
+            raise UserError(f"port {port} on {host} is in use (pick another --port)") from None
         reason = exc.strerror or str(exc)
-        raise ClothoptError(f"cannot listen on {host}:{port}: {reason}") from None
+        raise UserError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 def serve(
@@ -473,7 +463,7 @@ def serve(
             file=sys.stderr,
             flush=True,
         )
-    print(f"optuna-dashboard on {_masked(server.storage_url)}", file=out)
+    print(f"optuna-dashboard on {masked_url(server.storage_url)}", file=out)
     print(f"artifacts in {server.artifact_dir}", file=out)
     print(f"open {server.url}  (Ctrl-C stops it)", file=out, flush=True)
     try:
@@ -483,9 +473,3 @@ def serve(
     finally:
         server.shutdown()
     return 0
-
-
-def _masked(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

@@ -24,7 +24,7 @@ import numpy as np
 from clothopt._io import atomic_path, atomic_write_json, file_lock
 from clothopt.backbones import PRECISIONS, BackboneSpec, build_extractor, weights_id
 from clothopt.data import Split, default_threads, iter_batches
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 if TYPE_CHECKING:
     import keras
@@ -160,7 +160,7 @@ class FeatureCache:
         jit_compile: bool | None = None,
     ) -> None:
         if precision not in PRECISIONS:
-            raise ClothoptError(
+            raise UserError(
                 f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})"
             )
         self.root = Path(root) if root is not None else None

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt._table import format_table
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 if TYPE_CHECKING:
     import optuna
@@ -63,7 +63,7 @@ _OLD_PREFIX = ".final-old-"
 
 
 def final_dir(storage: str | None, name: str) -> Path:
-    from clothopt.study import study_dir
+    from clothopt.paths import study_dir
 
     return study_dir(storage, name) / "final"
 
@@ -81,18 +81,18 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     if number is None:
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
         if not done:
-            raise ClothoptError(
+            raise UserError(
                 f"study {study.study_name!r} has no complete trial to finalize "
                 f"(run `clothopt study optimize {study.study_name}` first)"
             )
         return max(done, key=lambda t: (t.value, -t.number))
     found = next((t for t in trials if t.number == number), None)
     if found is None:
-        raise ClothoptError(
+        raise UserError(
             f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1})"
         )
     if found.state != TrialState.COMPLETE:
-        raise ClothoptError(
+        raise UserError(
             f"trial {number} of study {study.study_name!r} is {found.state.name}, not COMPLETE"
         )
     return found
@@ -251,24 +251,24 @@ def finalize(
     from clothopt.predict import CLASSES_FILE, iter_images, load_classifier, predict_image
 
     if not 1 <= epochs <= 1000:
-        raise ClothoptError(f"--epochs must be between 1 and 1000, not {epochs}")
+        raise UserError(f"--epochs must be between 1 and 1000, not {epochs}")
     if resamples < MIN_RESAMPLES:
-        raise ClothoptError(f"--resamples must be at least {MIN_RESAMPLES}, not {resamples}")
+        raise UserError(f"--resamples must be at least {MIN_RESAMPLES}, not {resamples}")
     st, config = study_mod.load(name, storage)
     chosen = pick_trial(st, trial)
     try:
         params = {k: chosen.params[k] for k in ("image_size", "batch_size", "learning_rate")}
     except KeyError as exc:
-        raise ClothoptError(f"trial {chosen.number} has no {exc.args[0]} parameter") from None
+        raise UserError(f"trial {chosen.number} has no {exc.args[0]} parameter") from None
     if config.resize != "nearest":
-        raise ClothoptError(
+        raise UserError(
             f"study {name!r} resizes with {config.resize}: the exported model reproduces only "
             "PIL's nearest resize (the paper's)"
         )
     spec = get_backbone(config.backbone)
     dataset = open_dataset(data or config.data)
     if dataset.fingerprint != config.data_fingerprint:
-        raise ClothoptError(
+        raise UserError(
             f"data set {dataset.root} differs from the one study {name!r} was created with "
             f"(fingerprint {dataset.fingerprint[:12]} != {config.data_fingerprint[:12]})"
         )
@@ -314,7 +314,7 @@ def finalize(
         start = time.perf_counter()
         preds = []
         for _path, image in iter_images(list(test.paths), config.threads):
-            if isinstance(image, ClothoptError):
+            if isinstance(image, UserError):
                 raise image
             preds.append(int(np.argmax(predict_image(model, image))))
         test_seconds = time.perf_counter() - start
@@ -429,7 +429,7 @@ def _attach_to_dashboard(
     ]
     try:
         attach_files(st, number, storage, files)
-    except (ClothoptError, OSError) as exc:
+    except (UserError, OSError) as exc:
         print(f"finalize: not attached to the dashboard: {exc}", file=sys.stderr)
 
 
@@ -443,12 +443,12 @@ def load_final(name: str, storage: str | None = None) -> tuple[dict[str, Any], P
     st, _ = study_mod.load(name, storage)
     attr = st.user_attrs.get(FINAL_ATTR)
     if not attr:
-        raise ClothoptError(f"study {name!r} is not finalized (run `clothopt study finalize`)")
+        raise UserError(f"study {name!r} is not finalized (run `clothopt study finalize`)")
     folder = Path(attr["dir"])
     try:
         return json.loads((folder / REPORT_FILE).read_text()), folder
     except (OSError, ValueError) as exc:
-        raise ClothoptError(
+        raise UserError(
             f"cannot read {folder / REPORT_FILE} ({exc}); run `clothopt study finalize` again"
         ) from None
 
@@ -549,7 +549,7 @@ def paper_table(report: dict[str, Any], paper: Path | None) -> str:
                     for backbone, value in row.items():
                         paper_cols.setdefault(f"paper: {backbone}", {})[metric] = value
         except (OSError, KeyError, csv.Error) as exc:
-            raise ClothoptError(f"cannot read the paper's table {path}: {exc}") from None
+            raise UserError(f"cannot read the paper's table {path}: {exc}") from None
     rows = []
     for key, label, ours_of in _PAPER_ROWS:
         row = {"metric": label, ours: ours_of(report)}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt.data import IMAGE_EXTENSIONS, default_threads, load_image
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 if TYPE_CHECKING:
     import keras
@@ -59,11 +59,11 @@ def read_classes(model_path: str | os.PathLike[str]) -> tuple[str, ...]:
     try:
         classes = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ClothoptError(f"no {CLASSES_FILE} beside the model (expected {path})") from None
+        raise UserError(f"no {CLASSES_FILE} beside the model (expected {path})") from None
     except (OSError, ValueError) as exc:
-        raise ClothoptError(f"cannot read {path}: {exc}") from None
+        raise UserError(f"cannot read {path}: {exc}") from None
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
-        raise ClothoptError(f"{path} must hold a JSON list of class names")
+        raise UserError(f"{path} must hold a JSON list of class names")
     return tuple(classes)
 
 
@@ -71,7 +71,7 @@ def load_classifier(path: str | os.PathLike[str]) -> tuple[keras.Model, tuple[st
     """The model (safe mode: no arbitrary code runs while loading) and its class names."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ClothoptError(f"model not found: {path}")
+        raise UserError(f"model not found: {path}")
     classes = read_classes(path)
     import keras
 
@@ -79,10 +79,10 @@ def load_classifier(path: str | os.PathLike[str]) -> tuple[keras.Model, tuple[st
         model = keras.saving.load_model(path, safe_mode=True)
     except Exception as exc:  # Keras raises ValueError, TypeError, zipfile errors, ...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ClothoptError(f"cannot load model {path}: {reason}") from None
+        raise UserError(f"cannot load model {path}: {reason}") from None
     outputs = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
     if outputs != len(classes):
-        raise ClothoptError(
+        raise UserError(
             f"model {path} gives {outputs} outputs but {CLASSES_FILE} names {len(classes)} classes"
         )
     return model, classes
@@ -110,21 +110,21 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return out
 
 
-def _read(path: Path) -> np.ndarray | ClothoptError:
+def _read(path: Path) -> np.ndarray | UserError:
     try:
         return load_image(path, None)
-    except ClothoptError as exc:
+    except UserError as exc:
         # load_image's hint about `clothopt data check` is for data sets, not for one picture
-        return ClothoptError(str(exc).split(" (run `clothopt data check`")[0])
+        return UserError(str(exc).split(" (run `clothopt data check`")[0])
 
 
 def iter_images(
     paths: Sequence[Path], threads: int | None = None, prefetch: int = 4
-) -> Iterator[tuple[Path, np.ndarray | ClothoptError]]:
+) -> Iterator[tuple[Path, np.ndarray | UserError]]:
     """``(path, RGB array or the error reading it)`` in order, decoding ahead in threads."""
     with ThreadPoolExecutor(max_workers=threads or default_threads()) as pool:
         todo = iter(paths)
-        queued: deque[tuple[Path, Future[np.ndarray | ClothoptError]]] = deque()
+        queued: deque[tuple[Path, Future[np.ndarray | UserError]]] = deque()
         for p in todo:
             queued.append((p, pool.submit(_read, p)))
             if len(queued) > prefetch:
@@ -146,7 +146,7 @@ def predict_files(
     """One :class:`Prediction` per path, in order; unreadable files give one with ``error``."""
     k = max(1, min(top_k, len(classes)))
     for path, image in iter_images(paths, threads):
-        if isinstance(image, ClothoptError):
+        if isinstance(image, UserError):
             yield Prediction(str(path), error=str(image))
             continue
         probs = predict_image(model, image)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt._io import atomic_write_json, atomic_write_text
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 if TYPE_CHECKING:
     import optuna
@@ -271,7 +271,7 @@ class BackboneStudy:
 def _read_final(
     st: optuna.Study, name: str, storage: str | None
 ) -> tuple[dict | None, Path | None]:
-    from clothopt.study import study_dir
+    from clothopt.paths import study_dir
 
     attr = st.user_attrs.get(FINAL_ATTR)
     if not attr:
@@ -283,13 +283,13 @@ def _read_final(
     try:
         report = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ClothoptError(
+        raise UserError(
             f"study {name!r} is finalized but its report {path} cannot be read ({exc}); "
             f"finalize it again"
         ) from None
     missing = {"test", "test_labels", "test_predictions", "classes"} - set(report)
     if missing:
-        raise ClothoptError(f"{path} lacks {', '.join(sorted(missing))}: finalize {name} again")
+        raise UserError(f"{path} lacks {', '.join(sorted(missing))}: finalize {name} again")
     return report, folder
 
 
@@ -299,9 +299,9 @@ def load_backbone_studies(names: Sequence[str], storage: str | None) -> list[Bac
     from clothopt import study as study_mod
 
     if not names:
-        raise ClothoptError("name at least one study to compare")
+        raise UserError("name at least one study to compare")
     if len(set(names)) != len(names):
-        raise ClothoptError("a study is named twice")
+        raise UserError("a study is named twice")
     loaded = [(n, *study_mod.load(n, storage)) for n in names]
     backbones = [cfg.backbone for _, _, cfg in loaded]
     out = []
@@ -341,7 +341,7 @@ def _read_paper(paper: Path | None, name: str) -> list[dict[str, str]]:
         with open(path, newline="", encoding="utf-8") as fh:
             return list(csv.DictReader(fh))
     except OSError as exc:
-        raise ClothoptError(f"cannot read the paper's table {path}: {exc.strerror}") from None
+        raise UserError(f"cannot read the paper's table {path}: {exc.strerror}") from None
 
 
 def table_one(
@@ -473,12 +473,12 @@ def mcnemar_pairs(studies: Sequence[BackboneStudy]) -> list[dict[str, Any]]:
         for b in done[i + 1 :]:
             fa, fb = a.final or {}, b.final or {}
             if list(fa["classes"]) != list(fb["classes"]):
-                raise ClothoptError(
+                raise UserError(
                     f"studies {a.name!r} and {b.name!r} have different classes: "
                     "McNemar needs the same test set"
                 )
             if list(fa["test_labels"]) != list(fb["test_labels"]):
-                raise ClothoptError(
+                raise UserError(
                     f"studies {a.name!r} and {b.name!r} were tested on different images (or in "
                     "another order): McNemar needs the same test images in the same order"
                 )
@@ -836,7 +836,7 @@ class _ExtractionCosts:
                     return None
                 total += float(json.loads(path.with_suffix(".json").read_text())["extract_seconds"])
             return total
-        except (ClothoptError, OSError, ValueError, KeyError):
+        except (UserError, OSError, ValueError, KeyError):
             return None
 
     def _from_trials(self, cfg: StudyConfig, size: int) -> float | None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import tomllib
 
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 if TYPE_CHECKING:
     import optuna
@@ -93,7 +93,7 @@ class SearchSpace:
     def grid(self) -> list[dict[str, Any]]:
         """Every grid point, image size outermost so a run extracts each size once."""
         if not self.is_grid:
-            raise ClothoptError(f"space {self.name!r} has ranges, so it has no grid")
+            raise UserError(f"space {self.name!r} has ranges, so it has no grid")
         names = list(self.params)
         axes = [self.params[n].choices or () for n in names]
         return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes)]
@@ -137,20 +137,20 @@ class SearchSpace:
         data.pop("name", None)
         unknown = set(data) - _SPACE_KEYS
         if unknown:
-            raise ClothoptError(
+            raise UserError(
                 f"space {name!r}: unknown key(s) {', '.join(sorted(unknown))} "
                 f"(allowed: {', '.join(sorted(_SPACE_KEYS))})"
             )
         raw = data.get("params")
         if not isinstance(raw, Mapping) or not raw:
-            raise ClothoptError(f"space {name!r} needs a [params] table")
+            raise UserError(f"space {name!r} needs a [params] table")
         params = {pname: _parse_param(name, pname, spec) for pname, spec in raw.items()}
         missing = [p for p in PARAMS if p not in params]
         if missing:
-            raise ClothoptError(f"space {name!r} does not set {', '.join(missing)}")
+            raise UserError(f"space {name!r} does not set {', '.join(missing)}")
         sampler = str(data.get("sampler", "grid"))
         if sampler not in SAMPLERS:
-            raise ClothoptError(
+            raise UserError(
                 f"space {name!r}: unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})"
             )
         space = cls(
@@ -182,15 +182,15 @@ class SearchSpace:
 
     def validate(self) -> None:
         if self.sampler == "grid" and not self.is_grid:
-            raise ClothoptError(
+            raise UserError(
                 f"space {self.name!r}: the grid sampler needs a list of values for every parameter"
             )
         if self.sampler != "grid" and not self.n_trials:
-            raise ClothoptError(f"space {self.name!r}: sampler {self.sampler} needs n_trials")
+            raise UserError(f"space {self.name!r}: sampler {self.sampler} needs n_trials")
         limits = {"image_size": (32, 2048), "batch_size": (1, 4096), "learning_rate": (1e-8, 10.0)}
         for pname, (lo, hi) in limits.items():
             if not self.params[pname].values_between(lo, hi):
-                raise ClothoptError(f"space {self.name!r}: {pname} values must lie in [{lo}, {hi}]")
+                raise UserError(f"space {self.name!r}: {pname} values must lie in [{lo}, {hi}]")
 
     def min_image_size(self) -> int:
         p = self.params["image_size"]
@@ -201,13 +201,13 @@ def _positive_int(space: str, key: str, value: Any) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ClothoptError(f"space {space!r}: {key} must be a positive integer, not {value!r}")
+        raise UserError(f"space {space!r}: {key} must be a positive integer, not {value!r}")
     return value
 
 
 def _parse_param(space: str, pname: str, spec: Any) -> Param:
     if pname not in PARAMS:
-        raise ClothoptError(
+        raise UserError(
             f"space {space!r}: unknown parameter {pname!r} (allowed: {', '.join(PARAMS)})"
         )
     kind = PARAMS[pname]
@@ -215,26 +215,26 @@ def _parse_param(space: str, pname: str, spec: Any) -> Param:
         spec = spec["choices"]
     if isinstance(spec, list):
         if not spec:
-            raise ClothoptError(f"space {space!r}: {pname} has no values")
+            raise UserError(f"space {space!r}: {pname} has no values")
         values = tuple(_typed(space, pname, kind, v) for v in spec)
         if len(set(values)) != len(values):
-            raise ClothoptError(f"space {space!r}: {pname} lists a value twice")
+            raise UserError(f"space {space!r}: {pname} lists a value twice")
         return Param(pname, choices=values)
     if isinstance(spec, Mapping):
         unknown = set(spec) - _RANGE_KEYS
         if unknown or not {"low", "high"} <= set(spec):
-            raise ClothoptError(
+            raise UserError(
                 f"space {space!r}: {pname} must be a list or {{low, high[, log][, step]}}"
             )
         low, high = (_typed(space, pname, kind, spec[k]) for k in ("low", "high"))
         if not low < high:
-            raise ClothoptError(f"space {space!r}: {pname} needs low < high")
+            raise UserError(f"space {space!r}: {pname} needs low < high")
         log = bool(spec.get("log", False))
         if log and low <= 0:
-            raise ClothoptError(f"space {space!r}: {pname} on a log scale needs low > 0")
+            raise UserError(f"space {space!r}: {pname} on a log scale needs low > 0")
         step = spec.get("step")
         return Param(pname, low=low, high=high, log=log, step=None if step is None else float(step))
-    raise ClothoptError(f"space {space!r}: {pname} must be a list or a table")
+    raise UserError(f"space {space!r}: {pname} must be a list or a table")
 
 
 def _typed(space: str, pname: str, kind: type, value: Any) -> int | float:
@@ -242,9 +242,7 @@ def _typed(space: str, pname: str, kind: type, value: Any) -> int | float:
     if kind is int and not (ok and float(value).is_integer()):
         ok = False
     if not ok or (isinstance(value, float) and not math.isfinite(value)):
-        raise ClothoptError(
-            f"space {space!r}: {pname} value {value!r} is not a valid {kind.__name__}"
-        )
+        raise UserError(f"space {space!r}: {pname} value {value!r} is not a valid {kind.__name__}")
     return kind(value)
 
 
@@ -256,14 +254,14 @@ def load_space(ref: str) -> SearchSpace:
     else:
         path = Path(ref).expanduser()
         if not path.is_file():
-            raise ClothoptError(
+            raise UserError(
                 f"space {ref!r} is neither a built-in ({', '.join(BUILTIN_SPACES)}) nor a file"
             )
         text, origin, name = path.read_text(encoding="utf-8"), str(path), path.stem
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ClothoptError(f"bad TOML in {origin}: {exc}") from None
+        raise UserError(f"bad TOML in {origin}: {exc}") from None
     return SearchSpace.from_dict(data, name)
 
 
@@ -284,10 +282,10 @@ def sampler_args(name: str, seed: int, space: SearchSpace) -> dict[str, Any]:
     elif name in ("grid", "random"):
         args = {}
     else:
-        raise ClothoptError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+        raise UserError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
     unknown = set(space.sampler_args) - set(args)
     if unknown:
-        raise ClothoptError(
+        raise UserError(
             f"space {space.name!r}: sampler {name} has no argument(s) {', '.join(sorted(unknown))}"
         )
     return args | dict(space.sampler_args) | {"seed": seed}
@@ -312,6 +310,6 @@ def make_sampler(
         try:
             import torch  # noqa: F401  (GPSampler needs PyTorch)
         except ImportError:
-            raise ClothoptError("the gp sampler needs PyTorch: pip install torch") from None
+            raise UserError("the gp sampler needs PyTorch: pip install torch") from None
         return samplers.GPSampler(**args)
-    raise ClothoptError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+    raise UserError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")

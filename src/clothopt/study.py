@@ -36,16 +36,15 @@ from typing import TYPE_CHECKING, Any
 
 from clothopt._io import atomic_write_json, file_lock
 from clothopt.config import CONFIG_ATTR, PRUNERS, StudyConfig
-from clothopt.errors import ClothoptError
+from clothopt.errors import Terminated, UserError
+from clothopt.paths import DEFAULT_STORAGE, default_cache_dir, masked_url, study_dir
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
 __all__ = [
-    "DEFAULT_STORAGE",
     "RunSummary",
-    "Terminated",
     "create",
     "delete",
     "grid_status",
@@ -54,22 +53,15 @@ __all__ = [
     "open_storage",
     "optimize",
     "requeue",
-    "studies_root",
-    "study_dir",
     "trial_rows",
 ]
 
-DEFAULT_STORAGE = "sqlite:///studies/clothopt.db"
 OWNER_ATTR = "clothopt:owner"  # trial system attr: which process runs it
 HEARTBEAT_INTERVAL = int(os.environ.get("CLOTHOPT_HEARTBEAT_INTERVAL", "10"))
 GRACE_PERIOD = int(os.environ.get("CLOTHOPT_GRACE_PERIOD", "30"))
 POLL_SECONDS = float(os.environ.get("CLOTHOPT_POLL_SECONDS", "2"))
 
 _log = logging.getLogger(__name__)
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so the running trial is put back cleanly."""
 
 
 # --------------------------------------------------------------------------- storage
@@ -89,7 +81,7 @@ def open_storage(url: str | None = None) -> optuna.storages.RDBStorage:
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise ClothoptError(
+        raise UserError(
             f"bad storage URL {url.split('@')[-1]!r} (e.g. {DEFAULT_STORAGE} or "
             "postgresql+psycopg://USER:PASS@HOST/DB)"
         ) from None
@@ -104,9 +96,7 @@ def open_storage(url: str | None = None) -> optuna.storages.RDBStorage:
         engine_kwargs["connect_args"] = {"connect_timeout": 5}
         engine_kwargs["pool_pre_ping"] = True
     elif backend not in ("mysql",):
-        raise ClothoptError(
-            f"unsupported storage {backend!r}: use sqlite:/// or postgresql+psycopg://"
-        )
+        raise UserError(f"unsupported storage {backend!r}: use sqlite:/// or postgresql+psycopg://")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeat arguments are flagged experimental
         try:
@@ -118,7 +108,7 @@ def open_storage(url: str | None = None) -> optuna.storages.RDBStorage:
                 heartbeat_stale_trial_callback=_stale_callback,
             )
         except ModuleNotFoundError as exc:
-            raise ClothoptError(
+            raise UserError(
                 f"storage {_masked(parsed)} needs the driver {exc.name}: "
                 "pip install 'clothopt[postgres]'"
             ) from None
@@ -126,7 +116,7 @@ def open_storage(url: str | None = None) -> optuna.storages.RDBStorage:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             if parsed.password:
                 reason = reason.replace(str(parsed.password), "***")
-            raise ClothoptError(f"cannot open storage {_masked(parsed)}: {reason}") from None
+            raise UserError(f"cannot open storage {_masked(parsed)}: {reason}") from None
     if backend == "sqlite":
         _serialize_sqlite_transactions(storage.engine)
     return storage
@@ -152,26 +142,6 @@ def _serialize_sqlite_transactions(engine: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # connections made before the hooks (schema checks) are not reused
-
-
-def studies_root(storage_url: str | None) -> Path:
-    """The folder of a storage's files (runs/, features/, artifacts/): the SQLite file's
-    folder, else ./studies."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(storage_url or DEFAULT_STORAGE)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        return Path(url.database).expanduser().parent.absolute()
-    return Path("studies").absolute()
-
-
-def study_dir(storage_url: str | None, name: str) -> Path:
-    """Where a study's files go: ``studies_root(storage_url) / "runs" / name``."""
-    return studies_root(storage_url) / "runs" / name
-
-
-def default_cache_dir(storage_url: str | None) -> Path:
-    return studies_root(storage_url) / "features"
 
 
 # --------------------------------------------------------------------------- create / load
@@ -227,13 +197,13 @@ def create(
     space_obj = load_space(space).with_sampler(sampler, n_trials)
     spec.check_size(space_obj.min_image_size())
     if resize not in RESIZE_METHODS:
-        raise ClothoptError(f"unknown resize {resize!r} (choose from {', '.join(RESIZE_METHODS)})")
+        raise UserError(f"unknown resize {resize!r} (choose from {', '.join(RESIZE_METHODS)})")
     if pruner not in PRUNERS:
-        raise ClothoptError(f"unknown pruner {pruner!r} (choose from {', '.join(PRUNERS)})")
+        raise UserError(f"unknown pruner {pruner!r} (choose from {', '.join(PRUNERS)})")
     if epochs is not None and not 1 <= epochs <= 1000:
-        raise ClothoptError(f"--epochs must be between 1 and 1000, not {epochs}")
+        raise UserError(f"--epochs must be between 1 and 1000, not {epochs}")
     if not 0 <= max_retries <= 100:
-        raise ClothoptError(f"--max-retries must be between 0 and 100, not {max_retries}")
+        raise UserError(f"--max-retries must be between 0 and 100, not {max_retries}")
     if weights not in ("imagenet", "none"):
         weights_id(weights)  # a missing file is a clear error now, not at the first trial
         weights = str(Path(weights).expanduser().absolute())
@@ -241,7 +211,7 @@ def create(
     name = name or f"{spec.name}-{space_obj.name}-{space_obj.sampler}"
     store = open_storage(storage)
     if name in _study_names(store):
-        raise ClothoptError(f"study {name!r} already exists (pick another --name, or delete it)")
+        raise UserError(f"study {name!r} already exists (pick another --name, or delete it)")
     config = StudyConfig(
         name=name,
         backbone=spec.name,
@@ -313,23 +283,15 @@ def load(name: str, storage: str | None = None) -> tuple[optuna.Study, StudyConf
     store = open_storage(storage)
     if name not in _study_names(store):
         known = ", ".join(_study_names(store)) or "none"
-        raise ClothoptError(
-            f"no study named {name!r} in {_storage_label(storage)} (studies: {known})"
-        )
+        raise UserError(f"no study named {name!r} in {masked_url(storage)} (studies: {known})")
     study = optuna.load_study(study_name=name, storage=store)
     raw = study.user_attrs.get(CONFIG_ATTR)
     if raw is None:
-        raise ClothoptError(f"study {name!r} was not created by clothopt (no config stored)")
+        raise UserError(f"study {name!r} was not created by clothopt (no config stored)")
     config = StudyConfig.from_json(raw)
     study.sampler = _sampler(config)
     study.pruner = _pruner(config)
     return study, config
-
-
-def _storage_label(storage: str | None) -> str:
-    from sqlalchemy.engine import make_url
-
-    return _masked(make_url(storage or DEFAULT_STORAGE))
 
 
 def delete(name: str, storage: str | None = None) -> None:
@@ -337,7 +299,7 @@ def delete(name: str, storage: str | None = None) -> None:
 
     store = open_storage(storage)
     if name not in _study_names(store):
-        raise ClothoptError(f"no study named {name!r} in {_storage_label(storage)}")
+        raise UserError(f"no study named {name!r} in {masked_url(storage)}")
     optuna.delete_study(study_name=name, storage=store)
 
 
@@ -642,7 +604,7 @@ def _rss_mb() -> float:
 def _fault_reason(exc: BaseException) -> str | None:
     """A fault that ends one trial (the study goes on), or None for a bug to raise."""
     name = type(exc).__name__
-    if isinstance(exc, ClothoptError):
+    if isinstance(exc, UserError):
         return str(exc)
     if isinstance(exc, MemoryError) or name in ("ResourceExhaustedError", "OutOfMemoryError"):
         return f"out of memory: {str(exc).strip().splitlines()[0] if str(exc).strip() else name}"

@@ -17,7 +17,7 @@ from typing import NamedTuple
 from clothopt._table import format_table
 from clothopt.data.images import default_threads
 from clothopt.data.layout import IMAGE_EXTENSIONS, SPLITS
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 __all__ = ["PROBLEM_KINDS", "WARNING_KINDS", "CheckReport", "Problem", "check"]
 
@@ -115,12 +115,12 @@ class CheckReport:
 def check(root: str | os.PathLike[str], threads: int | None = None) -> CheckReport:
     """Walk ``root/<split>/<class>/`` and decode every image, as training would read it.
 
-    Raises :class:`ClothoptError` only when ``root`` is not a directory; everything else
+    Raises :class:`UserError` only when ``root`` is not a directory; everything else
     is reported in the returned :class:`CheckReport`.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise ClothoptError(f"data directory not found: {root}")
+        raise UserError(f"data directory not found: {root}")
     problems: list[Problem] = []
 
     train_dir = root / "train"

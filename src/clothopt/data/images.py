@@ -14,7 +14,7 @@ from itertools import islice
 
 import numpy as np
 
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 __all__ = [
     "RESIZE_METHODS",
@@ -40,7 +40,7 @@ def _pil_filter(method: str) -> int:
             method
         ]
     except KeyError:
-        raise ClothoptError(
+        raise UserError(
             f"unknown resize method {method!r} (choose from {', '.join(RESIZE_METHODS)})"
         ) from None
 
@@ -63,7 +63,7 @@ def load_image(
                 img = img.resize((size, size), _pil_filter(resize))
             return np.asarray(img, dtype=np.uint8)
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
-        raise ClothoptError(
+        raise UserError(
             f"cannot read image {path}: {exc} (run `clothopt data check` on the data set)"
         ) from None
 

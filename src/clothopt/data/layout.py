@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clothopt.errors import ClothoptError
+from clothopt.errors import UserError
 
 __all__ = ["IMAGE_EXTENSIONS", "SPLITS", "Dataset", "Split", "file_sha256", "open_dataset"]
 
@@ -79,7 +79,7 @@ class Dataset:
         try:
             return self.splits[split]
         except KeyError:
-            raise ClothoptError(
+            raise UserError(
                 f"data set {self.root} has no {split!r} split (it has: {', '.join(self.splits)})"
             ) from None
 
@@ -96,24 +96,20 @@ def open_dataset(root: str | os.PathLike[str], splits: tuple[str, ...] = SPLITS)
     """Read the layout of ``root``; every split named must exist and hold every train class."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise ClothoptError(
-            f"data directory not found: {root} (fetch it with `clothopt data fetch`)"
-        )
+        raise UserError(f"data directory not found: {root} (fetch it with `clothopt data fetch`)")
     train_dir = root / "train"
     if not train_dir.is_dir():
-        raise ClothoptError(
+        raise UserError(
             f"{root} has no train/ folder: expected DATA/train|validation|test/<class>/"
         )
     classes = tuple(sorted(d.name for d in train_dir.iterdir() if d.is_dir()))
     if len(classes) < 2:
-        raise ClothoptError(
-            f"{train_dir} must hold at least two class folders, found {len(classes)}"
-        )
+        raise UserError(f"{train_dir} must hold at least two class folders, found {len(classes)}")
     result: dict[str, Split] = {}
     for name in splits:
         split_dir = root / name
         if not split_dir.is_dir():
-            raise ClothoptError(f"data set {root} has no {name}/ split")
+            raise UserError(f"data set {root} has no {name}/ split")
         present = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
         missing = [c for c in classes if c not in present]
         extra = [c for c in present if c not in classes]
@@ -123,7 +119,7 @@ def open_dataset(root: str | os.PathLike[str], splits: tuple[str, ...] = SPLITS)
                 parts.append(f"missing {', '.join(missing)}")
             if extra:
                 parts.append(f"not in train: {', '.join(extra)}")
-            raise ClothoptError(f"classes of {name}/ differ from train/: {'; '.join(parts)}")
+            raise UserError(f"classes of {name}/ differ from train/: {'; '.join(parts)}")
         paths: list[Path] = []
         labels: list[int] = []
         for label, cls in enumerate(classes):
@@ -131,6 +127,6 @@ def open_dataset(root: str | os.PathLike[str], splits: tuple[str, ...] = SPLITS)
             paths.extend(images)
             labels.extend([label] * len(images))
         if not paths:
-            raise ClothoptError(f"{split_dir} holds no images")
+            raise UserError(f"{split_dir} holds no images")
         result[name] = Split(name, split_dir, classes, tuple(paths), np.asarray(labels, np.int64))
     return Dataset(root, classes, result)
