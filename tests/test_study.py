@@ -551,3 +551,20 @@ def test_concurrent_sweeps_enqueue_one_copy_per_orphan(
         assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
     copies = [t.user_attrs["retry_of"] for t in study.get_trials() if "retry_of" in t.user_attrs]
     assert sorted(copies) == sorted(orphans)
+
+
+def test_configs_of_earlier_versions_load_without_retired_keys(
+    tiny_data: Path, storage: str, space_file: str
+) -> None:
+    from clothopt.config import CONFIG_ATTR, StudyConfig
+
+    study, config = _create(tiny_data, storage, space_file, max_retries=5)
+    old = config.to_dict() | {"heartbeat_interval": 10, "grace_period": 30}
+    assert StudyConfig.from_dict(old) == config
+    with pytest.raises(UserError, match=r"unknown config key.*heartbeat_intervl"):
+        StudyConfig.from_dict(config.to_dict() | {"heartbeat_intervl": 10})
+    # a study stored before the engine read max_retries from its own attribute
+    before = optuna.create_study(study_name="old", storage=engine.open_storage(storage))
+    before.set_user_attr(CONFIG_ATTR, json.dumps(old))
+    study, loaded = st.load("old", storage)
+    assert loaded == config and engine.max_retries(study) == 5
