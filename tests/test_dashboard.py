@@ -37,6 +37,7 @@ from clothopt.dashboard import (
     upload_validation_report,
 )
 from clothopt.data import open_dataset
+from clothopt.engine import storage_of, study_id
 from clothopt.errors import UserError
 from clothopt.features import FeatureCache
 from clothopt.metrics import classification_metrics
@@ -407,7 +408,8 @@ def test_a_failed_report_upload_keeps_the_trial(
         assert upload_validation_report(study, frozen) is None
     assert "artifact folder" in caplog.text
     assert study.trials[0].state.name == "COMPLETE"
-    assert not any(k.startswith("dashboard:artifacts:") for k in study.system_attrs)
+    attrs = storage_of(study).get_study_system_attrs(study_id(study))
+    assert not any(k.startswith("dashboard:artifacts:") for k in attrs)
 
 
 def test_the_report_is_rebuilt_from_the_trial_and_listed_under_it(
