@@ -140,3 +140,50 @@ def test_a_wrong_postgresql_password_is_one_line_without_the_password(
         and "password authentication failed" in result.stderr
     )
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_user_error_inside_a_trial_stops_optimize_with_one_line(
+    tiny_data: Path,
+    storage: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from clothopt import study
+    from clothopt.errors import UserError
+    from clothopt.objective import Objective
+
+    space = tmp_path / "space.toml"
+    space.write_text(SPACE)
+    assert main(_create_args(space, tiny_data, "s", storage)) == 0
+
+    def misconfigured(self: Objective, trial: object) -> float:
+        raise UserError("weights file not found: /gone/w.h5")
+
+    monkeypatch.setattr(Objective, "_run", misconfigured)
+    capsys.readouterr()
+    assert main(["study", "optimize", "s", "--storage", storage, "--quiet"]) == 2
+    out, err = capsys.readouterr()
+    assert err == "clothopt: error: weights file not found: /gone/w.h5\n" and out == ""
+    st, _ = study.load("s", storage)
+    states = [t.state.name for t in st.trials]
+    assert states == ["FAIL", "WAITING", "WAITING"]  # the stopped trial is queued again
+    assert st.trials[2].user_attrs["retry_of"] == 0
+
+
+def test_an_unreadable_image_fails_only_its_trial(
+    tiny_data: Path, storage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from clothopt import study
+
+    victim = sorted((tiny_data / "train").glob("*/*"))[0]
+    victim.write_bytes(b"not an image")
+    space = tmp_path / "space.toml"
+    space.write_text(SPACE)
+    assert main(_create_args(space, tiny_data, "s", storage)) == 0
+    assert main(["study", "optimize", "s", "--storage", storage, "--quiet"]) == 0
+    assert "ran 2 trial(s)" in capsys.readouterr().out  # the second ran after the first failed
+    st, _ = study.load("s", storage)
+    assert [t.state.name for t in st.trials] == ["FAIL", "FAIL"]
+    for t in st.trials:
+        assert t.user_attrs["fail_reason"].startswith(f"cannot read image {victim}")

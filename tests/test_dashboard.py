@@ -33,9 +33,11 @@ from clothopt.dashboard import (
     artifact_dir,
     artifact_store,
     attach_files,
+    describe_study,
     upload_validation_report,
 )
 from clothopt.data import open_dataset
+from clothopt.engine import storage_of, study_id
 from clothopt.errors import UserError
 from clothopt.features import FeatureCache
 from clothopt.metrics import classification_metrics
@@ -80,7 +82,12 @@ def _run(name: str, data: Path, storage: str, n_trials: int | None = None) -> No
     study, config = st.load(name, storage)
     cache = FeatureCache(config.cache_dir, progress=False)
     st.optimize(
-        study, config, Objective(config, open_dataset(data), cache), n_trials, progress=False
+        study,
+        config,
+        Objective(config, open_dataset(data), cache),
+        n_trials,
+        progress=False,
+        callbacks=[upload_validation_report],  # what `clothopt study optimize` registers
     )
 
 
@@ -99,6 +106,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         data=str(data),
         weights="none",
         command="clothopt study create --backbone mobilenet_025 --name dash",
+        on_create=describe_study,  # what `clothopt study create` passes
     )
     _run("dash", data, storage)
     study, _ = st.load("dash", storage)
@@ -371,38 +379,77 @@ def _metrics() -> dict[str, Any]:
     return classification_metrics(np.array([0, 1, 2, 2]), np.array([0, 2, 2, 2]), ["a", "b", "c"])
 
 
+def _finished_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """A COMPLETE trial with the metrics the objective records (as Objective does)."""
+    m = _metrics()
+    trial = study.ask()
+    for key, value in {
+        "val_precision_macro": m["precision_macro"],
+        "val_recall_macro": m["recall_macro"],
+        "val_f1_macro": m["f1_macro"],
+        "val_accuracy": m["accuracy"],
+        "val_per_class": m["per_class"],
+        "val_confusion_matrix": m["confusion_matrix"],
+    }.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, m["f1_macro"])
+    return study.trials[-1]
+
+
 def test_a_failed_report_upload_keeps_the_trial(
-    storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "file").write_text("not a folder")
     monkeypatch.setenv("CLOTHOPT_ARTIFACTS", str(tmp_path / "file" / "artifacts"))
     (tmp_path / "studies").mkdir()
     study = optuna.create_study(storage=storage)
-    trial = study.ask()
-    assert upload_validation_report(trial, _metrics()) is None
-    assert "artifact folder" in study.trials[0].user_attrs["report_error"]
-    study.tell(trial, 0.5)
+    frozen = _finished_trial(study)
+    with caplog.at_level("WARNING", logger="clothopt.dashboard"):
+        assert upload_validation_report(study, frozen) is None
+    assert "artifact folder" in caplog.text
     assert study.trials[0].state.name == "COMPLETE"
+    attrs = storage_of(study).get_study_system_attrs(study_id(study))
+    assert not any(k.startswith("dashboard:artifacts:") for k in attrs)
+
+
+def test_the_report_is_rebuilt_from_the_trial_and_listed_under_it(
+    storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLOTHOPT_ARTIFACTS", str(tmp_path / "artifacts"))
+    (tmp_path / "studies").mkdir()
+    study = optuna.create_study(storage=storage, study_name="r")
+    frozen = _finished_trial(study)
+    artifact_id = upload_validation_report(study, frozen)
+    assert artifact_id is not None
+    report = json.loads((tmp_path / "artifacts" / artifact_id).read_text())
+    assert report == {
+        **{k: v for k, v in _metrics().items()},
+        "study": "r",
+        "trial": 0,
+        "params": {},
+        "split": "validation",
+        "classes": ["a", "b", "c"],
+    }
+    # a failed or pruned trial has no metrics: nothing to upload
+    failed = study.ask()
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    assert upload_validation_report(study, study.trials[-1]) is None
 
 
 def test_no_report_for_a_study_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CLOTHOPT_ARTIFACTS", raising=False)
-    trial = optuna.create_study().ask()
-    assert upload_validation_report(trial, _metrics()) is None
-    assert "report_error" not in trial.user_attrs
+    study = optuna.create_study()
+    assert upload_validation_report(study, _finished_trial(study)) is None
 
 
 def test_create_is_all_or_nothing_when_the_note_fails(
     tiny_data: Path, storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import clothopt.dashboard
-
     def broken(*args: Any) -> None:
         raise RuntimeError("note storage failed")
 
     space = tmp_path / "space.toml"
     space.write_text(SPACE)
-    monkeypatch.setattr(clothopt.dashboard, "describe_study", broken)
     with pytest.raises(RuntimeError, match="note storage failed"):
         st.create(
             backbone="mobilenet_025",
@@ -410,6 +457,7 @@ def test_create_is_all_or_nothing_when_the_note_fails(
             storage=storage,
             data=str(tiny_data),
             weights="none",
+            on_create=broken,
         )
     assert st.list_studies(storage) == []
 

@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
+from clothopt import engine, paths
 from clothopt import finalize as finalize_mod
-from clothopt import paths
 from clothopt import study as study_mod
 from clothopt.backbones import get_backbone
 from clothopt.cli import main
@@ -479,8 +479,8 @@ def test_finalized_files_are_downloadable_artifacts_of_the_trial(
     # read the current result: another test may have finalized another trial meanwhile
     report, folder = load_final("tiny", finalized["storage"])
     st, _ = study_mod.load("tiny", finalized["storage"])
-    trial_id = st.trials[report["trial"]]._trial_id
-    attrs = st._storage.get_study_system_attrs(st._study_id)
+    trial_id = engine.trial_id(st.trials[report["trial"]])
+    attrs = engine.storage_of(st).get_study_system_attrs(engine.study_id(st))
     metas = [
         json.loads(v) for k, v in attrs.items() if k.startswith(f"dashboard:artifacts:{trial_id}:")
     ]

@@ -14,9 +14,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from clothopt import paths
+from clothopt import engine, paths
 from clothopt import study as st
-from clothopt.errors import UserError
+from clothopt.engine.queue import pop_waiting
+from clothopt.errors import TrialFailed, UserError
 
 SMALL_SPACE = """
 description = "test grid"
@@ -125,10 +126,10 @@ def test_an_existing_name_is_refused_and_kept(
 def test_bad_storage_urls_are_one_line(tmp_path: Path) -> None:
     for url, message in (("nonsense", "bad storage URL"), ("redis://x", "unsupported storage")):
         with pytest.raises(UserError, match=message):
-            st.open_storage(url)
+            engine.open_storage(url)
     start = time.monotonic()
     with pytest.raises(UserError, match=r"cannot open storage .*\*\*\*") as info:
-        st.open_storage("postgresql+psycopg://me:hunter2@127.0.0.1:9/db")
+        engine.open_storage("postgresql+psycopg://me:hunter2@127.0.0.1:9/db")
     assert "hunter2" not in str(info.value) and time.monotonic() - start < 10
 
 
@@ -157,11 +158,13 @@ def test_optimize_runs_every_grid_point_once_and_resumes(
 
 def _leave_running(study: optuna.Study, owner: dict[str, object] | None) -> int:
     """What a SIGKILLed worker leaves: a popped trial, RUNNING, with its owner recorded."""
-    trial = st._pop_waiting(study)
+    trial = pop_waiting(study)
     assert trial is not None
     trial.suggest_categorical("image_size", [32, 40])
     if owner is not None:
-        study._storage.set_trial_system_attr(trial._trial_id, st.OWNER_ATTR, owner)
+        engine.storage_of(study).set_trial_system_attr(
+            engine.trial_id(trial), engine.OWNER_ATTR, owner
+        )
     return trial.number
 
 
@@ -196,10 +199,10 @@ def test_a_worker_on_another_host_is_failed_by_its_heartbeat(
 ) -> None:
     study, config = _create(tiny_data, storage, space_file)
     number = _leave_running(study, {"host": "elsewhere", "pid": 1, "token": "x"})
-    study._storage.record_heartbeat(study.trials[number]._trial_id)
-    st.recover(study)
+    engine.storage_of(study).record_heartbeat(engine.trial_id(study.trials[number]))
+    engine.recover(study)
     assert study.trials[number].state == TrialState.RUNNING  # heartbeat still fresh
-    time.sleep(st.GRACE_PERIOD + 1)
+    time.sleep(engine.GRACE_PERIOD + 1)
     summary = st.optimize(study, config, fake_objective, progress=False)
     assert summary.ran == 8
     assert study.trials[number].state == TrialState.FAIL
@@ -209,15 +212,15 @@ def test_a_worker_on_another_host_is_failed_by_its_heartbeat(
 def test_retries_stop_at_the_limit(tiny_data: Path, storage: str, space_file: str) -> None:
     study, _ = _create(tiny_data, storage, space_file, max_retries=1)
     number = _leave_running(study, None)
-    assert st.requeue(study, study.trials[number], "test")
+    assert engine.requeue(study, study.trials[number], "test")
     retry = study.trials[-1]
     assert retry.state == TrialState.WAITING and retry.user_attrs["retries"] == 1
-    popped = st._pop_waiting(study)  # the queue is FIFO: take grid trials until the retry
+    popped = pop_waiting(study)  # the queue is FIFO: take grid trials until the retry
     while popped is not None and popped.number != retry.number:
         study.tell(popped, 0.0)
-        popped = st._pop_waiting(study)
+        popped = pop_waiting(study)
     assert popped is not None
-    assert st.requeue(study, study.trials[retry.number], "again")
+    assert engine.requeue(study, study.trials[retry.number], "again")
     assert not study.get_trials(states=(TrialState.WAITING,)), "no third attempt"
 
 
@@ -227,8 +230,8 @@ def test_requeue_happens_once_when_two_workers_see_the_same_death(
     study, _ = _create(tiny_data, any_storage, space_file)
     number = _leave_running(study, None)
     frozen = study.trials[number]
-    assert st.requeue(study, frozen, "seen by worker A")
-    assert not st.requeue(study, frozen, "seen by worker B")
+    assert engine.requeue(study, frozen, "seen by worker A")
+    assert not engine.requeue(study, frozen, "seen by worker B")
     assert sum(t.user_attrs.get("retry_of") == number for t in study.trials) == 1
 
 
@@ -241,7 +244,7 @@ def test_faults_fail_the_trial_and_the_study_goes_on(
     def flaky(trial: optuna.Trial) -> float:
         calls["n"] += 1
         if calls["n"] == 2:
-            raise UserError("cannot read image x.jpg: truncated")
+            raise TrialFailed("cannot read image x.jpg: truncated")
         if calls["n"] == 3:
             raise MemoryError("host out of memory")
         return fake_objective(trial)
@@ -250,6 +253,34 @@ def test_faults_fail_the_trial_and_the_study_goes_on(
     assert summary.ran == 8 and summary.failed == 2 and summary.complete == 6
     reasons = [r["note"] for r in st.trial_rows(study) if r["state"] == "FAIL"]
     assert any("truncated" in r for r in reasons) and any("out of memory" in r for r in reasons)
+
+
+def test_a_user_error_in_a_trial_stops_the_run_and_puts_the_trial_back(
+    tiny_data: Path, storage: str, space_file: str
+) -> None:
+    study, config = _create(tiny_data, storage, space_file, max_retries=0)
+    calls = {"n": 0}
+
+    def misconfigured(trial: optuna.Trial) -> float:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise UserError("weights file not found: w.h5")
+        return fake_objective(trial)
+
+    with pytest.raises(UserError, match="weights file not found"):
+        st.optimize(study, config, misconfigured, progress=False)
+    assert calls["n"] == 2  # the run stopped at the error
+    stopped = study.trials[1]
+    assert stopped.state == TrialState.FAIL and "weights file" in stopped.user_attrs["fail_reason"]
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 7  # 6 untouched grid points and the stopped one again
+    (again,) = [t for t in waiting if t.user_attrs.get("retry_of") == 1]
+    assert again.user_attrs["retries"] == 0  # not a retry: max_retries=0 still put it back
+    assert again.system_attrs["fixed_params"] == stopped.system_attrs["fixed_params"]
+    # once fixed, the run finishes the grid, every point exactly once
+    summary = st.optimize(study, config, fake_objective, progress=False)
+    assert summary.ran == 7 and summary.complete == 7
+    assert st.grid_status(study, config)["complete_once"] == 8
 
 
 def test_a_bug_in_the_objective_is_raised_not_hidden(
@@ -385,7 +416,7 @@ def test_sigterm_and_ctrl_c_put_the_trial_back(
     study, _ = st.load("s", storage)
     _wait_for(
         lambda: any(
-            t.state == TrialState.RUNNING and st.OWNER_ATTR in t.system_attrs
+            t.state == TrialState.RUNNING and engine.OWNER_ATTR in t.system_attrs
             for t in study.get_trials()
         )
     )
@@ -409,7 +440,7 @@ def test_three_workers_one_killed_mid_trial_still_complete_each_point_once(
     def victim_is_inside_a_trial() -> bool:
         return any(
             t.state == TrialState.RUNNING
-            and t.system_attrs.get(st.OWNER_ATTR, {}).get("pid") == victim.pid
+            and t.system_attrs.get(engine.OWNER_ATTR, {}).get("pid") == victim.pid
             for t in study.get_trials()
         )
 
@@ -421,7 +452,7 @@ def test_three_workers_one_killed_mid_trial_still_complete_each_point_once(
     grid = st.grid_status(study, config)
     assert grid["complete_once"] == 8 and not grid["duplicates"], grid
     (lost,) = [t for t in study.get_trials() if t.state == TrialState.FAIL]
-    assert lost.system_attrs[st.OWNER_ATTR]["pid"] == victim.pid
+    assert lost.system_attrs[engine.OWNER_ATTR]["pid"] == victim.pid
     assert not [
         t for t in study.get_trials() if t.state in (TrialState.RUNNING, TrialState.WAITING)
     ]
@@ -431,9 +462,10 @@ POPPER = textwrap.dedent(
     """
     import sys
     from clothopt import study as st
+    from clothopt.engine.queue import pop_waiting
     study, _ = st.load(sys.argv[1], sys.argv[2])
     got = []
-    while (trial := st._pop_waiting(study)) is not None:
+    while (trial := pop_waiting(study)) is not None:
         got.append(trial.number)
     print(" ".join(map(str, got)))
     """
@@ -469,10 +501,10 @@ def test_concurrent_pops_never_hand_out_a_trial_twice(
 def _orphan(study: optuna.Study, reason: str | None) -> int:
     """What a worker killed between failing a dead trial and enqueueing its copy leaves."""
     number = _leave_running(study, None)
-    trial_id = study.trials[number]._trial_id
+    trial_id = engine.trial_id(study.trials[number])
     if reason is not None:
-        study._storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-    study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        engine.storage_of(study).set_trial_user_attr(trial_id, "fail_reason", reason)
+    engine.storage_of(study).set_trial_state_values(trial_id, state=TrialState.FAIL)
     return number
 
 
@@ -480,7 +512,7 @@ def test_an_orphaned_failure_is_requeued_and_a_fault_is_not(
     tiny_data: Path, storage: str, space_file: str
 ) -> None:
     study, config = _create(tiny_data, storage, space_file)
-    died = _orphan(study, st.DIED)
+    died = _orphan(study, engine.DIED)
     stale = _orphan(study, None)  # failed by Optuna's heartbeat check, callback never ran
     fault = _orphan(study, "cannot read image x.jpg")
     st.optimize(study, config, fake_objective, progress=False)
@@ -497,8 +529,9 @@ SWEEPER = textwrap.dedent(
     """
     import sys
     from clothopt import study as st
+    from clothopt import engine
     study, _ = st.load(sys.argv[1], sys.argv[2])
-    st.recover(study)
+    engine.recover(study)
     """
 )
 
@@ -507,7 +540,7 @@ def test_concurrent_sweeps_enqueue_one_copy_per_orphan(
     tiny_data: Path, any_storage: str, space_file: str
 ) -> None:
     study, _ = _create(tiny_data, any_storage, space_file)
-    orphans = {_orphan(study, st.DIED) for _ in range(3)}
+    orphans = {_orphan(study, engine.DIED) for _ in range(3)}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", SWEEPER, "s", any_storage], stderr=subprocess.PIPE, text=True
@@ -518,3 +551,20 @@ def test_concurrent_sweeps_enqueue_one_copy_per_orphan(
         assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
     copies = [t.user_attrs["retry_of"] for t in study.get_trials() if "retry_of" in t.user_attrs]
     assert sorted(copies) == sorted(orphans)
+
+
+def test_configs_of_earlier_versions_load_without_retired_keys(
+    tiny_data: Path, storage: str, space_file: str
+) -> None:
+    from clothopt.config import CONFIG_ATTR, StudyConfig
+
+    study, config = _create(tiny_data, storage, space_file, max_retries=5)
+    old = config.to_dict() | {"heartbeat_interval": 10, "grace_period": 30}
+    assert StudyConfig.from_dict(old) == config
+    with pytest.raises(UserError, match=r"unknown config key.*heartbeat_intervl"):
+        StudyConfig.from_dict(config.to_dict() | {"heartbeat_intervl": 10})
+    # a study stored before the engine read max_retries from its own attribute
+    before = optuna.create_study(study_name="old", storage=engine.open_storage(storage))
+    before.set_user_attr(CONFIG_ATTR, json.dumps(old))
+    study, loaded = st.load("old", storage)
+    assert loaded == config and engine.max_retries(study) == 5

@@ -158,6 +158,7 @@ class StudyCreate(_Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from clothopt import study
+        from clothopt.dashboard import describe_study
 
         _, config = study.create(
             backbone=args.backbone,
@@ -176,6 +177,7 @@ class StudyCreate(_Command):
             cache_dir=args.cache_dir,
             max_retries=args.max_retries,
             command=shlex.join(["clothopt", *sys.argv[1:]]),
+            on_create=describe_study,  # its note and metric name in optuna-dashboard
         )
         print(
             f"created study {config.name!r}: {config.backbone}, space {config.space.name} "
@@ -203,23 +205,12 @@ class StudyOptimize(_Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from clothopt import study
-        from clothopt.data import open_dataset
-        from clothopt.features import FeatureCache
+        from clothopt.dashboard import upload_validation_report
         from clothopt.objective import Objective
+        from clothopt.runs import open_run
 
         st, config = study.load(args.name, args.storage)
-        dataset = open_dataset(args.data or config.data)
-        if dataset.fingerprint != config.data_fingerprint:
-            raise UserError(
-                f"data set {dataset.root} differs from the one study {config.name!r} was created "
-                f"with (fingerprint {dataset.fingerprint[:12]} != {config.data_fingerprint[:12]})"
-            )
-        cache = FeatureCache(
-            args.cache_dir or config.cache_dir,
-            batch_size=config.extract_batch_size,
-            threads=config.threads,
-            progress=not args.quiet,
-        )
+        dataset, cache = open_run(config, args.data, args.cache_dir, progress=not args.quiet)
         summary = study.optimize(
             st,
             config,
@@ -227,6 +218,7 @@ class StudyOptimize(_Command):
             n_trials=args.n_trials,
             timeout=args.timeout,
             progress=not args.quiet,
+            callbacks=[upload_validation_report],  # per-class report, shown by the dashboard
         )
         print(
             f"ran {summary.ran} trial(s) in {summary.seconds:.1f} s: {summary.complete} complete, "
@@ -576,6 +568,7 @@ class CompareSamplers(_Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from clothopt.compare import parse_samplers, run_comparison
+        from clothopt.dashboard import describe_study, upload_validation_report
         from clothopt.report import load_sampler_runs, sampler_report
 
         samplers = parse_samplers(args.samplers)
@@ -601,6 +594,8 @@ class CompareSamplers(_Command):
             progress=not args.quiet,
             command=shlex.join(command),
             log=lambda line: print(line, file=sys.stderr),
+            on_create=describe_study,
+            callbacks=[upload_validation_report],
         )
         runs = load_sampler_runs(list(comparison.names.values()), args.storage)
         out = _report_dir(args.out, args.storage, f"samplers-{comparison.backbone}")

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     import optuna
 
     from clothopt.config import StudyConfig
+    from clothopt.engine import TrialCallback
     from clothopt.spaces import SearchSpace
+    from clothopt.study import CreateHook
 
 __all__ = ["DEFAULT_SAMPLERS", "Comparison", "parse_samplers", "run_comparison", "study_name"]
 
@@ -95,8 +97,13 @@ def run_comparison(
     progress: bool = True,
     command: str = "",
     log: Callable[[str], None] = print,
+    on_create: CreateHook | None = None,
+    callbacks: Sequence[TrialCallback] = (),
 ) -> Comparison:
-    """Create (or resume) and run every study of the comparison; ``run=False`` only checks."""
+    """Create (or resume) and run every study of the comparison; ``run=False`` only checks.
+
+    ``on_create`` and ``callbacks`` go to ``study.create`` and ``study.optimize``.
+    """
     from optuna.exceptions import ExperimentalWarning
 
     from clothopt.backbones import get_backbone
@@ -133,6 +140,8 @@ def run_comparison(
         progress=progress,
         command=command,
         log=log,
+        on_create=on_create,
+        callbacks=callbacks,
     )
     names: dict[tuple[str, int], str] = {}
     with warnings.catch_warnings():
@@ -163,6 +172,8 @@ class _Runner:
     progress: bool
     command: str
     log: Callable[[str], None]
+    on_create: CreateHook | None = None
+    callbacks: Sequence[TrialCallback] = ()
     datasets: dict[str, Any] = field(default_factory=dict)
     caches: dict[str, Any] = field(default_factory=dict)
 
@@ -191,6 +202,7 @@ class _Runner:
                 cache_dir=self.cache_dir,
                 command=self.command,
                 grid_order_seed=seed if sampler == "grid" else None,
+                on_create=self.on_create,
             )
         st, cfg = study_mod.load(name, self.storage)
         want = {
@@ -211,26 +223,23 @@ class _Runner:
 
     def optimize(self, st: optuna.Study, cfg: StudyConfig) -> None:
         from clothopt import study as study_mod
-        from clothopt.data import open_dataset
-        from clothopt.features import FeatureCache
         from clothopt.objective import Objective
+        from clothopt.runs import open_run
 
-        if cfg.data not in self.datasets:
-            self.datasets[cfg.data] = open_dataset(cfg.data)
-        dataset = self.datasets[cfg.data]
-        if dataset.fingerprint != cfg.data_fingerprint:
-            raise UserError(
-                f"data set {dataset.root} has changed since study {cfg.name!r} was created "
-                f"(fingerprint {dataset.fingerprint[:12]} != {cfg.data_fingerprint[:12]})"
-            )
-        if cfg.cache_dir not in self.caches:  # one cache: each size is extracted once
-            self.caches[cfg.cache_dir] = FeatureCache(
-                cfg.cache_dir,
-                batch_size=cfg.extract_batch_size,
-                threads=cfg.threads,
-                progress=self.progress,
-            )
-        objective = Objective(cfg, dataset, self.caches[cfg.cache_dir])
-        summary = study_mod.optimize(st, cfg, objective, progress=self.progress)
+        # one data set per folder and one cache per folder: each size is extracted once
+        dataset, cache = open_run(
+            cfg,
+            progress=self.progress,
+            dataset=self.datasets.get(cfg.data),
+            cache=self.caches.get(cfg.cache_dir),
+        )
+        self.datasets[cfg.data], self.caches[cfg.cache_dir] = dataset, cache
+        summary = study_mod.optimize(
+            st,
+            cfg,
+            Objective(cfg, dataset, cache),
+            progress=self.progress,
+            callbacks=self.callbacks,
+        )
         if summary.ran:
             self.log(f"{cfg.name}: ran {summary.ran} trial(s) in {summary.seconds:.1f} s")

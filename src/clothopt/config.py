@@ -1,6 +1,7 @@
 """One typed configuration per study: resolved once at creation, stored with the study.
 
-Unknown keys are an error, so a typo in a stored or hand-written config never passes silently.
+Unknown keys are an error, so a typo in a stored or hand-written config never passes silently;
+keys that earlier versions stored and this one no longer has (:data:`RETIRED_KEYS`) are dropped.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any
 from clothopt.errors import UserError
 from clothopt.spaces import SearchSpace
 
-__all__ = ["CONFIG_ATTR", "PRUNERS", "StudyConfig"]
+__all__ = ["CONFIG_ATTR", "PRUNERS", "RETIRED_KEYS", "StudyConfig"]
 
 CONFIG_ATTR = "clothopt:config"  # study user attribute that holds the JSON config
 PRUNERS = ("none", "median")
+# stored by earlier versions, never read: $CLOTHOPT_HEARTBEAT_INTERVAL / _GRACE_PERIOD decide
+RETIRED_KEYS = frozenset({"heartbeat_interval", "grace_period"})
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,6 @@ class StudyConfig:
     )
     threads: int | None = None
     max_retries: int = 3
-    heartbeat_interval: int = 10
-    grace_period: int = 30
     command: str = ""
     versions: Mapping[str, str] = field(default_factory=dict)
 
@@ -64,6 +65,7 @@ class StudyConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StudyConfig:
         names = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k not in RETIRED_KEYS}
         unknown = set(data) - names
         if unknown:
             raise UserError(f"unknown config key(s): {', '.join(sorted(unknown))}")

@@ -3,10 +3,12 @@
 What the dashboard shows, and where it comes from:
 
 - the study's note (Markdown, optuna-dashboard's note API) and its metric's name: written by
-  ``study.create`` from the study's configuration (:func:`describe_study`);
+  :func:`describe_study`, the creation hook ``clothopt study create`` passes to
+  ``study.create``;
 - each trial's figures: the user attributes the objective records;
-- each trial's per-class validation report (``validation_report.json``): uploaded by the
-  objective with ``optuna.artifacts.upload_artifact`` (:func:`upload_validation_report`);
+- each trial's per-class validation report (``validation_report.json``): built from those
+  attributes and uploaded when the trial ends by :func:`upload_validation_report`, a runner
+  callback ``clothopt study optimize`` registers;
 - files attached later (the finalized trial's confusion matrix, ``report.json``, the model):
   :func:`attach_files`.
 
@@ -41,6 +43,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from clothopt._io import atomic_path
+from clothopt.engine import storage_of, storage_url_of, study_id, trial_id
+from clothopt.engine.storage import artifact_file, default_artifact_mimetype
 from clothopt.errors import UserError
 from clothopt.paths import ARTIFACTS_ENV, DEFAULT_STORAGE, artifact_dir, masked_url
 
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
     import optuna
     from optuna.artifacts._protocol import ArtifactStore
     from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
 
     from clothopt.config import StudyConfig
 
@@ -61,9 +66,9 @@ __all__ = [
     "attach_files",
     "describe_study",
     "serve",
-    "storage_url_of",
     "study_note",
     "upload_validation_report",
+    "validation_metrics_of",
     "validation_report",
 ]
 
@@ -78,13 +83,6 @@ _log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- artifact store
-
-
-def storage_url_of(storage: BaseStorage) -> str | None:
-    """The URL of an RDB storage (also behind optuna's cache wrapper); None for others."""
-    backend = getattr(storage, "_backend", storage)  # optuna.load_study wraps RDBStorage
-    url = getattr(backend, "url", None)
-    return url if isinstance(url, str) else None
 
 
 def artifact_store(folder: str | os.PathLike[str]) -> ArtifactStore:
@@ -103,7 +101,7 @@ def _atomic_store_class() -> type:
     class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
         # the dashboard may read an artifact while it is written: it sees all of it or nothing
         def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-            dest = self._get_filepath(artifact_id)  # rejects ids that leave the folder
+            dest = artifact_file(self, artifact_id)  # rejects ids that leave the folder
             with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
                 shutil.copyfileobj(content_body, fh)
 
@@ -236,33 +234,50 @@ def validation_report(
     }
 
 
+def validation_metrics_of(trial: FrozenTrial) -> dict[str, Any] | None:
+    """What ``classification_metrics`` gave the objective, from the trial's user attributes
+    (the objective records them; see ``clothopt.objective.Objective``); None if it did not."""
+    a = trial.user_attrs
+    if "val_per_class" not in a or "val_confusion_matrix" not in a:
+        return None
+    return {
+        "per_class": a["val_per_class"],
+        "precision_macro": a["val_precision_macro"],
+        "recall_macro": a["val_recall_macro"],
+        "f1_macro": a["val_f1_macro"],
+        "accuracy": a["val_accuracy"],
+        "confusion_matrix": a["val_confusion_matrix"],
+    }
+
+
 def upload_validation_report(
-    trial: optuna.Trial, metrics: Mapping[str, Any], artifacts: str | None = None
+    study: optuna.Study, trial: FrozenTrial, artifacts: str | None = None
 ) -> str | None:
-    """Upload the trial's per-class report as the artifact ``validation_report.json``.
+    """Upload a finished trial's per-class report as the artifact ``validation_report.json``.
 
-    The store follows from the trial's storage URL (or ``$CLOTHOPT_ARTIFACTS``); a storage
-    without a URL and no ``$CLOTHOPT_ARTIFACTS`` (in memory) has nowhere to put it: None.
-    A failed upload does not fail the trial, whose figures are already in its user
-    attributes: it is logged and recorded in the user attribute ``report_error``.
+    An on-trial-end callback of the engine's runner (``callbacks=[upload_validation_report]``).
+    The store follows from the study's storage URL (or ``$CLOTHOPT_ARTIFACTS``); a storage
+    without a URL and no ``$CLOTHOPT_ARTIFACTS`` (in memory) has nowhere to put it, and a trial
+    without recorded metrics (failed, pruned) has nothing to put: None. A failed upload does
+    not fail the trial, whose figures are already in its user attributes: it is logged.
     """
-    from optuna.artifacts import upload_artifact
-
-    if storage_url_of(trial.storage) is None and not (artifacts or os.environ.get(ARTIFACTS_ENV)):
+    storage = storage_of(study)
+    metrics = validation_metrics_of(trial)
+    if metrics is None:
+        return None
+    if storage_url_of(storage) is None and not (artifacts or os.environ.get(ARTIFACTS_ENV)):
         return None
     report = validation_report(
-        metrics, study=trial.study.study_name, trial=trial.number, params=trial.params
+        metrics, study=study.study_name, trial=trial.number, params=trial.params
     )
     try:
-        store = _store_for(trial.storage, artifacts)
+        store = _store_for(storage, artifacts)
         with tempfile.TemporaryDirectory(prefix="clothopt-report-") as tmp:
             path = Path(tmp) / REPORT_NAME  # the file name is the artifact's name
             path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-            return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+            return _attach_to_finished(study, trial, store, path)
     except (OSError, UserError) as exc:
-        reason = f"validation report not uploaded: {exc}"
-        _log.warning("trial %d: %s", trial.number, reason)
-        trial.set_user_attr("report_error", reason[:500])
+        _log.warning("trial %d: validation report not uploaded: %s", trial.number, exc)
         return None
 
 
@@ -287,7 +302,7 @@ def attach_files(
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise UserError(f"cannot attach {', '.join(missing)}: no such file")
-    storage = study._storage
+    storage = storage_of(study)
     store = artifact_store(artifact_dir(storage_url or storage_url_of(storage), artifacts))
     if trial_number is None:
         return [
@@ -304,17 +319,25 @@ def attach_files(
             )
             for p in files
         ]
-    ids = []
-    for path in files:
-        # a finished trial's attributes are frozen: its metadata goes where optuna-dashboard
-        # looks for it too (the study's system attrs); the file first, so a listed one exists
-        meta = _meta_for(path)
-        with open(path, "rb") as fh:
-            store.write(meta.artifact_id, fh)
-        key = f"{_FINISHED_TRIAL_ARTIFACT_PREFIX}{trial._trial_id}:{meta.artifact_id}"
-        storage.set_study_system_attr(study._study_id, key, json.dumps(dataclasses.asdict(meta)))
-        ids.append(meta.artifact_id)
-    return ids
+    return [_attach_to_finished(study, trial, store, path) for path in files]
+
+
+def _attach_to_finished(
+    study: optuna.Study, trial: FrozenTrial, store: ArtifactStore, path: Path
+) -> str:
+    """Upload ``path`` as an artifact of a finished trial; returns its id.
+
+    A finished trial's attributes are frozen: its metadata goes where optuna-dashboard looks
+    for it too (the study's system attrs); the file first, so a listed one exists.
+    """
+    meta = _meta_for(path)
+    with open(path, "rb") as fh:
+        store.write(meta.artifact_id, fh)
+    key = f"{_FINISHED_TRIAL_ARTIFACT_PREFIX}{trial_id(trial)}:{meta.artifact_id}"
+    storage_of(study).set_study_system_attr(
+        study_id(study), key, json.dumps(dataclasses.asdict(meta))
+    )
+    return meta.artifact_id
 
 
 def _meta_for(path: Path) -> optuna.artifacts.ArtifactMeta:
@@ -323,13 +346,12 @@ def _meta_for(path: Path) -> optuna.artifacts.ArtifactMeta:
     import uuid
 
     from optuna.artifacts import ArtifactMeta
-    from optuna.artifacts._upload import DEFAULT_MIME_TYPE
 
     mimetype, encoding = mimetypes.guess_type(path.name)
     return ArtifactMeta(
         artifact_id=str(uuid.uuid4()),
         filename=path.name,
-        mimetype=mimetype or DEFAULT_MIME_TYPE,
+        mimetype=mimetype or default_artifact_mimetype(),
         encoding=encoding,
     )
 
@@ -362,7 +384,7 @@ class DashboardServer:
     ) -> None:
         from optuna_dashboard import wsgi
 
-        from clothopt.study import open_storage
+        from clothopt.engine import open_storage
 
         self.storage_url = storage_url or DEFAULT_STORAGE
         _check_sqlite_exists(self.storage_url)

@@ -244,11 +244,11 @@ def finalize(
     from clothopt import study as study_mod
     from clothopt._export import build_exported_model
     from clothopt.backbones import get_backbone
-    from clothopt.data import SPLITS, open_dataset
-    from clothopt.features import FeatureCache
+    from clothopt.data import SPLITS
     from clothopt.metrics import bootstrap_ci, classification_metrics
     from clothopt.objective import train_head, trial_seed
     from clothopt.predict import CLASSES_FILE, iter_images, load_classifier, predict_image
+    from clothopt.runs import open_run
 
     if not 1 <= epochs <= 1000:
         raise UserError(f"--epochs must be between 1 and 1000, not {epochs}")
@@ -266,22 +266,11 @@ def finalize(
             "PIL's nearest resize (the paper's)"
         )
     spec = get_backbone(config.backbone)
-    dataset = open_dataset(data or config.data)
-    if dataset.fingerprint != config.data_fingerprint:
-        raise UserError(
-            f"data set {dataset.root} differs from the one study {name!r} was created with "
-            f"(fingerprint {dataset.fingerprint[:12]} != {config.data_fingerprint[:12]})"
-        )
+    dataset, cache = open_run(config, data, cache_dir, progress)
     classes = list(dataset.classes)
     size, batch, lr = params["image_size"], params["batch_size"], params["learning_rate"]
 
     # 1. features of every split at the trial's size (the search cached train and validation)
-    cache = FeatureCache(
-        cache_dir or config.cache_dir,
-        batch_size=config.extract_batch_size,
-        threads=config.threads,
-        progress=progress,
-    )
     feats = {
         s: cache.get(spec, config.weights, config.seed, size, config.resize, dataset[s])
         for s in SPLITS
@@ -383,7 +372,7 @@ def finalize(
             ),
             "data": str(dataset.root.absolute()),
             "data_fingerprint": dataset.fingerprint,
-            "versions": study_mod._versions(),
+            "versions": study_mod.versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         title = (

@@ -8,19 +8,20 @@ both start from the same head and see the same batches in the same order.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from clothopt.backbones import BackboneSpec, build_extractor, get_backbone
-from clothopt.dashboard import upload_validation_report
 from clothopt.data import Dataset, Split, default_threads, load_batch
+from clothopt.errors import TrialFailed, UnreadableImage
 from clothopt.metrics import classification_metrics
 
 if TYPE_CHECKING:
@@ -169,6 +170,7 @@ def _image_dataset(
     order: np.ndarray,
     num_classes: int | None,
     threads: int,
+    unreadable: list[UnreadableImage],
 ) -> keras.utils.PyDataset:
     import keras
 
@@ -182,12 +184,27 @@ def _image_dataset(
 
         def __getitem__(self, i: int) -> Any:
             sl = slice(i * batch_size, (i + 1) * batch_size)
-            x = load_batch(paths[sl], image_size, resize).astype(np.float32)
+            try:
+                x = load_batch(paths[sl], image_size, resize).astype(np.float32)
+            except UnreadableImage as exc:
+                unreadable.append(exc)  # Keras re-raises it wrapped in its own error type
+                raise
             if num_classes is None:
                 return (x,)
             return x, _one_hot(labels[sl], num_classes)
 
     return _Images(workers=threads, use_multiprocessing=False, max_queue_size=4)
+
+
+@contextlib.contextmanager
+def _unwrapped(unreadable: list[UnreadableImage]) -> Iterator[None]:
+    """Raise the image error itself when Keras wrapped it, so the objective can tell it apart."""
+    try:
+        yield
+    except Exception:
+        if unreadable:
+            raise unreadable[0] from None
+        raise
 
 
 def train_end_to_end(
@@ -217,15 +234,20 @@ def train_end_to_end(
     )
     compile_for_training(model, learning_rate)
     result = HeadResult([], np.zeros(0, np.int64), {})
+    unreadable: list[UnreadableImage] = []
     start = time.perf_counter()
     for epoch in range(epochs):
         order = batch_order(len(train), epoch, seed)
-        data = _image_dataset(train, image_size, resize, batch_size, order, len(classes), threads)
-        hist = model.fit(data, epochs=1, shuffle=False, verbose=0)
-        val_data = _image_dataset(
-            val, image_size, resize, eval_batch_size, np.arange(len(val)), None, threads
+        data = _image_dataset(
+            train, image_size, resize, batch_size, order, len(classes), threads, unreadable
         )
-        logits = model.predict(val_data, verbose=0)
+        with _unwrapped(unreadable):
+            hist = model.fit(data, epochs=1, shuffle=False, verbose=0)
+        val_data = _image_dataset(
+            val, image_size, resize, eval_batch_size, np.arange(len(val)), None, threads, unreadable
+        )
+        with _unwrapped(unreadable):
+            logits = model.predict(val_data, verbose=0)
         _finish_epoch(
             result,
             float(hist.history["loss"][-1]),
@@ -246,8 +268,11 @@ class Objective:
     """``trial -> validation macro-F1`` for one study's configuration.
 
     Records in the trial's user attributes what the trial measured (validation precision,
-    recall, F1, accuracy; seconds extracting and training; parameter counts; per-epoch loss)
-    and reports per-epoch F1 as intermediate values for pruners.
+    recall, F1, accuracy, per-class figures and confusion matrix; seconds extracting and
+    training; parameter counts; per-epoch loss) and reports per-epoch F1 as intermediate
+    values for pruners. An image that does not decode fails this trial only
+    (:class:`~clothopt.errors.TrialFailed`); any other :class:`~clothopt.errors.UserError`
+    stops the run.
     """
 
     def __init__(self, config: StudyConfig, dataset: Dataset, cache: FeatureCache) -> None:
@@ -259,6 +284,9 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         try:
             return self._run(trial)
+        except UnreadableImage as exc:
+            # this trial's fault (the study goes on); predict and data check keep the UserError
+            raise TrialFailed(str(exc)) from exc
         finally:
             self._release()
 
@@ -319,6 +347,9 @@ class Objective:
             "val_f1_macro": m["f1_macro"],
             "val_accuracy": m["accuracy"],
             "val_f1_per_class": {c: v["f1"] for c, v in m["per_class"].items()},
+            # the rest of the per-class report (the dashboard's validation_report.json)
+            "val_per_class": m["per_class"],
+            "val_confusion_matrix": m["confusion_matrix"],
             "extract_seconds": round(extract_seconds, 3),
             "train_seconds": round(result.train_seconds, 3),
             "total_params": result.total_params,
@@ -330,7 +361,6 @@ class Objective:
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        upload_validation_report(trial, m)  # per-class report, downloadable from the dashboard
         return m["f1_macro"]
 
     def _release(self) -> None:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import tomllib
 
 from clothopt.errors import UserError
 

@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,7 @@ def fetch(
                 "bytes": size,
                 "fingerprint": dataset.fingerprint,
                 "images": sum(len(s) for s in dataset.splits.values()),
-                "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "fetched_by": "clothopt",
             },
         )

@@ -14,7 +14,7 @@ from itertools import islice
 
 import numpy as np
 
-from clothopt.errors import UserError
+from clothopt.errors import UnreadableImage, UserError
 
 __all__ = [
     "RESIZE_METHODS",
@@ -63,7 +63,7 @@ def load_image(
                 img = img.resize((size, size), _pil_filter(resize))
             return np.asarray(img, dtype=np.uint8)
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
-        raise UserError(
+        raise UnreadableImage(
             f"cannot read image {path}: {exc} (run `clothopt data check` on the data set)"
         ) from None
 

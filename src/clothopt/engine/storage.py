@@ -1,0 +1,168 @@
+"""Opening a storage, and THE ONE adapter to Optuna internals.
+
+Every private attribute of an Optuna object that clothopt needs (a study's storage and id, a
+trial's id, the RDB storage behind optuna's cache wrapper, an artifact store's file path) is
+read here, by a small named function, so an Optuna upgrade that renames one breaks one place.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clothopt.errors import UserError
+from clothopt.paths import DEFAULT_STORAGE, masked_url
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
+
+__all__ = [
+    "GRACE_PERIOD",
+    "HEARTBEAT_INTERVAL",
+    "artifact_file",
+    "default_artifact_mimetype",
+    "open_storage",
+    "rdb_of",
+    "sql_engine_of",
+    "storage_of",
+    "storage_url_of",
+    "study_id",
+    "trial_id",
+]
+
+HEARTBEAT_INTERVAL = int(os.environ.get("CLOTHOPT_HEARTBEAT_INTERVAL", "10"))
+GRACE_PERIOD = int(os.environ.get("CLOTHOPT_GRACE_PERIOD", "30"))
+
+StaleCallback = Callable[["optuna.Study", "FrozenTrial"], None]
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+def storage_of(study: optuna.Study) -> BaseStorage:
+    """The storage a study reads and writes (Optuna keeps it private)."""
+    return study._storage
+
+
+def study_id(study: Any) -> int:
+    """The storage's id of a ``Study`` or a ``FrozenStudy`` (a summary from get_all_studies)."""
+    return int(study._study_id)
+
+
+def trial_id(trial: Any) -> int:
+    """The storage's id of a ``Trial`` or a ``FrozenTrial`` (not its number)."""
+    return int(trial._trial_id)
+
+
+def rdb_of(storage: Any) -> Any:
+    """The RDBStorage itself: ``optuna.load_study`` wraps it in a cache."""
+    return getattr(storage, "_backend", storage)
+
+
+def storage_url_of(storage: Any) -> str | None:
+    """The URL of an RDB storage (also behind optuna's cache wrapper); None for others."""
+    url = getattr(rdb_of(storage), "url", None)
+    return url if isinstance(url, str) else None
+
+
+def sql_engine_of(study: optuna.Study) -> Any:
+    """The SQLAlchemy engine behind a study's storage; None for a storage without one."""
+    return getattr(rdb_of(storage_of(study)), "engine", None)
+
+
+def artifact_file(store: Any, artifact_id: str) -> Path:
+    """Where a ``FileSystemArtifactStore`` keeps an artifact (it rejects ids that leave it)."""
+    return Path(store._get_filepath(artifact_id))
+
+
+def default_artifact_mimetype() -> str:
+    """The MIME type ``optuna.artifacts.upload_artifact`` gives a file it cannot guess."""
+    from optuna.artifacts._upload import DEFAULT_MIME_TYPE
+
+    return DEFAULT_MIME_TYPE
+
+
+# --------------------------------------------------------------------------- open
+
+
+def open_storage(
+    url: str | None = None, *, stale_trial_callback: StaleCallback | None = None
+) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats on; one clear line for any URL or connection problem.
+
+    ``stale_trial_callback`` runs for a trial Optuna fails because its heartbeat stopped.
+    """
+    import optuna
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    url = url or DEFAULT_STORAGE
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise UserError(
+            f"bad storage URL {url.split('@')[-1]!r} (e.g. {DEFAULT_STORAGE} or "
+            "postgresql+psycopg://USER:PASS@HOST/DB)"
+        ) from None
+    backend = parsed.get_backend_name()
+    engine_kwargs: dict[str, Any] = {}
+    if backend == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # local workers share the file: wait for its lock instead of failing
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    elif backend == "postgresql":
+        engine_kwargs["connect_args"] = {"connect_timeout": 5}
+        engine_kwargs["pool_pre_ping"] = True
+    elif backend not in ("mysql",):
+        raise UserError(f"unsupported storage {backend!r}: use sqlite:/// or postgresql+psycopg://")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeat arguments are flagged experimental
+        try:
+            storage = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_INTERVAL,
+                grace_period=GRACE_PERIOD,
+                heartbeat_stale_trial_callback=stale_trial_callback,
+            )
+        except ModuleNotFoundError as exc:
+            raise UserError(
+                f"storage {masked_url(url)} needs the driver {exc.name}: "
+                "pip install 'clothopt[postgres]'"
+            ) from None
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            if parsed.password:
+                reason = reason.replace(str(parsed.password), "***")
+            raise UserError(f"cannot open storage {masked_url(url)}: {reason}") from None
+    if backend == "sqlite":
+        _serialize_sqlite_transactions(storage.engine)
+    return storage
+
+
+def _serialize_sqlite_transactions(engine: Any) -> None:
+    """Make every SQLite transaction ``BEGIN IMMEDIATE``.
+
+    pysqlite starts a transaction only at the first write, so two workers can both read a
+    trial as WAITING and both switch it to RUNNING: the check-and-set that makes a queue pop
+    atomic is not atomic on SQLite by default. Taking the write lock at BEGIN (SQLAlchemy's
+    documented recipe) serializes those transactions; waiting workers queue on the lock
+    (timeout 60 s) instead of failing with "database is locked".
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the hooks (schema checks) are not reused
