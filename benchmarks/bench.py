@@ -42,6 +42,7 @@ from benchmarks.measure import (  # noqa: E402
     run_section,
 )
 from clothopt._io import atomic_write_json, atomic_write_text  # noqa: E402
+from clothopt.reports.render import markdown_table  # noqa: E402
 
 __all__ = ["QUICK", "build_settings", "main", "render_markdown", "run_all", "summarize"]
 
@@ -443,9 +444,9 @@ def _device_line(summary: dict[str, Any]) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    # cells as str() writes them (the figures are rounded already), laid out by the one renderer
+    cells = [dict(zip(header, map(str, row), strict=True)) for row in rows]
+    return markdown_table(cells, header)
 
 
 def render_markdown(report: dict[str, Any]) -> str:

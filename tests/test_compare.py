@@ -23,7 +23,7 @@ from clothopt import study as study_mod
 from clothopt.cli import main
 from clothopt.compare import parse_samplers, run_comparison, study_name
 from clothopt.errors import UserError
-from clothopt.report import best_so_far, first_within, step_curve_mean
+from clothopt.reports.stats import best_so_far, first_within, step_curve_mean
 from conftest import make_dataset
 
 SPACE = """

@@ -22,16 +22,19 @@ from PIL import Image
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from clothopt import engine, paths
-from clothopt import finalize as finalize_mod
 from clothopt import study as study_mod
 from clothopt.backbones import get_backbone
 from clothopt.cli import main
 from clothopt.data import open_dataset
 from clothopt.errors import UserError
 from clothopt.features import FeatureCache
-from clothopt.finalize import FINAL_ATTR, finalize, load_final, paper_table
+from clothopt.final import finalize as finalize_mod
+from clothopt.final import store
+from clothopt.final.finalize import finalize
+from clothopt.final.store import FINAL_ATTR, load_final
 from clothopt.metrics import bootstrap_ci, classification_metrics
 from clothopt.objective import Objective
+from clothopt.reports.paper import paper_table
 from conftest import make_dataset
 
 SPACE = """
@@ -302,12 +305,12 @@ def test_a_kill_between_the_two_renames_brings_the_previous_result_back(tmp_path
     (dead / "report.json").write_text("{}")
     stale_tmp = tmp_path / ".final-tmp-999999999-xyz"
     stale_tmp.mkdir()
-    finalize_mod._recover(dest)
+    store.recover(dest)
     assert (dest / "report.json").read_text() == "{}"
     assert not dead.exists() and not stale_tmp.exists()
     live = tmp_path / f".final-tmp-{os.getpid()}-mine"  # a running finalize's: left alone
     live.mkdir()
-    finalize_mod._recover(dest)
+    store.recover(dest)
     assert live.is_dir()
 
 

@@ -27,9 +27,11 @@ from clothopt.cli import COMMANDS, main
 from clothopt.data import open_dataset
 from clothopt.errors import UserError
 from clothopt.features import FeatureCache
-from clothopt.metrics import classification_metrics, mcnemar
+from clothopt.final.store import FINAL_ATTR
+from clothopt.metrics import classification_metrics
 from clothopt.objective import Objective
-from clothopt.report import FINAL_ATTR, backbone_report, holm
+from clothopt.reports.backbones import backbone_report
+from clothopt.reports.stats import holm, mcnemar
 from conftest import REAL_WEIGHTS, make_dataset
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper"

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from clothopt import __version__
-from clothopt._table import format_table
 from clothopt.errors import UserError
+from clothopt.reports.render import format_table
 
 __all__ = ["main"]
 
@@ -304,7 +304,7 @@ def _paper_arg(p: argparse.ArgumentParser) -> None:
 def _paper_dir(value: str | None) -> Any:
     from pathlib import Path
 
-    from clothopt.finalize import default_paper_dir
+    from clothopt.reports.paper import default_paper_dir
 
     if value is None:
         return default_paper_dir()
@@ -327,7 +327,7 @@ class StudyFinalize(_Command):
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        from clothopt.finalize import DEFAULT_EPOCHS, DEFAULT_RESAMPLES
+        from clothopt.final.finalize import DEFAULT_EPOCHS, DEFAULT_RESAMPLES
 
         p.add_argument("name")
         _storage_arg(p)
@@ -348,7 +348,10 @@ class StudyFinalize(_Command):
         p.add_argument("--quiet", action="store_true", help="no progress lines")
 
     def run(self, args: argparse.Namespace) -> int:
-        from clothopt.finalize import final_dir, finalize, format_report, paper_table
+        from clothopt.final.finalize import finalize
+        from clothopt.final.store import final_dir
+        from clothopt.reports.finalized import format_report
+        from clothopt.reports.paper import paper_table
 
         paper = _paper_dir(args.paper)
         report = finalize(
@@ -361,11 +364,26 @@ class StudyFinalize(_Command):
             resamples=args.resamples,
             bootstrap_seed=args.bootstrap_seed,
             progress=not args.quiet,
+            on_finalized=_attach_to_dashboard(args.storage),
         )
         print(format_report(report, final_dir(args.storage, args.name)))
         print()
         print(paper_table(report, paper))
         return 0
+
+
+def _attach_to_dashboard(storage: str | None) -> Any:
+    """A finalize callback: show the final files under the trial in optuna-dashboard."""
+
+    def attach(st: Any, number: int, files: list[Any]) -> None:
+        from clothopt.dashboard import attach_files
+
+        try:
+            attach_files(st, number, storage, files)
+        except (UserError, OSError) as exc:  # best effort: the files are on disk either way
+            print(f"finalize: not attached to the dashboard: {exc}", file=sys.stderr)
+
+    return attach
 
 
 class StudyReport(_Command):
@@ -379,7 +397,9 @@ class StudyReport(_Command):
         p.add_argument("--json", action="store_true", help="print report.json itself")
 
     def run(self, args: argparse.Namespace) -> int:
-        from clothopt.finalize import format_report, load_final, paper_table
+        from clothopt.final.store import load_final
+        from clothopt.reports.finalized import format_report
+        from clothopt.reports.paper import paper_table
 
         paper = _paper_dir(args.paper)
         report, folder = load_final(args.name, args.storage)
@@ -518,11 +538,11 @@ class CompareBackbones(_Command):
     def run(self, args: argparse.Namespace) -> int:
         from pathlib import Path
 
-        from clothopt.report import backbone_report
+        from clothopt.reports.backbones import backbone_report
+        from clothopt.reports.paper import GRID_FILE, default_paper_dir
 
         if args.paper is None:
-            found = Path("../shared/paper")
-            paper = found if (found / "grid_validation_f1.csv").is_file() else None
+            paper = default_paper_dir(GRID_FILE)
         elif args.paper == "none":
             paper = None
         else:
@@ -569,7 +589,7 @@ class CompareSamplers(_Command):
     def run(self, args: argparse.Namespace) -> int:
         from clothopt.compare import parse_samplers, run_comparison
         from clothopt.dashboard import describe_study, upload_validation_report
-        from clothopt.report import load_sampler_runs, sampler_report
+        from clothopt.reports.samplers import load_sampler_runs, sampler_report
 
         samplers = parse_samplers(args.samplers)
         # the settings that define the comparison (not where it is stored), to rerun it

@@ -47,6 +47,7 @@ from clothopt.engine import storage_of, storage_url_of, study_id, trial_id
 from clothopt.engine.storage import artifact_file, default_artifact_mimetype
 from clothopt.errors import UserError
 from clothopt.paths import ARTIFACTS_ENV, DEFAULT_STORAGE, artifact_dir, masked_url
+from clothopt.reports.render import markdown_table
 
 if TYPE_CHECKING:
     import optuna
@@ -116,16 +117,15 @@ def _store_for(storage: BaseStorage, override: str | os.PathLike[str] | None) ->
 
 
 def _cell(value: Any) -> str:
-    """A value as inline code in a Markdown table cell."""
-    text = str(value).replace("\n", " ").replace("|", "\\|")
+    """A value as inline code in a Markdown table cell (the renderer escapes its pipes)."""
+    text = str(value).replace("\n", " ")
     fence = "``" if "`" in text else "`"
     return f"{fence}{text}{fence}" if text else "—"
 
 
 def _table(header: tuple[str, str], rows: Sequence[tuple[str, Any]]) -> list[str]:
-    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
-    lines += [f"| {key} | {_cell(value)} |" for key, value in rows]
-    return lines
+    cells = [{header[0]: key, header[1]: _cell(value)} for key, value in rows]
+    return markdown_table(cells, header).splitlines()
 
 
 def _fenced(text: str, lang: str = "") -> list[str]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["bootstrap_ci", "classification_metrics", "mcnemar"]
+__all__ = ["bootstrap_ci", "classification_metrics"]
 
 
 def classification_metrics(
@@ -41,49 +41,6 @@ def classification_metrics(
             for i, c in enumerate(classes)
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-    }
-
-
-def mcnemar(
-    y_true: Sequence[int] | np.ndarray,
-    pred_a: Sequence[int] | np.ndarray,
-    pred_b: Sequence[int] | np.ndarray,
-    exact: bool | None = None,
-) -> dict[str, Any]:
-    """McNemar's test on two classifiers' predictions for the same images, in the same order.
-
-    Only the discordant images carry information: ``a_only`` (A right, B wrong) and ``b_only``.
-    ``exact=None`` picks the exact binomial test when they number fewer than 25 (where the
-    chi-square approximation is poor), else chi-square with continuity correction; both as
-    statsmodels' ``mcnemar(table, exact=..., correction=True)`` computes them. It tests
-    whether the two error rates (accuracies) differ, not macro-F1.
-    """
-    from scipy.stats import binomtest, chi2
-
-    y, a, b = (np.asarray(v).ravel() for v in (y_true, pred_a, pred_b))
-    if not len(y) == len(a) == len(b):
-        raise ValueError(f"lengths differ: labels {len(y)}, A {len(a)}, B {len(b)}")
-    right_a, right_b = a == y, b == y
-    a_only = int(np.sum(right_a & ~right_b))
-    b_only = int(np.sum(~right_a & right_b))
-    discordant = a_only + b_only
-    use_exact = discordant < 25 if exact is None else exact
-    if use_exact:
-        statistic = float(min(a_only, b_only))
-        p_value = float(binomtest(a_only, discordant, 0.5).pvalue) if discordant else 1.0
-    elif discordant == 0:
-        statistic, p_value = 0.0, 1.0  # no discordant pair: no evidence of any difference
-    else:
-        statistic = (abs(a_only - b_only) - 1) ** 2 / discordant
-        p_value = float(chi2.sf(statistic, df=1))
-    return {
-        "both_correct": int(np.sum(right_a & right_b)),
-        "a_only": a_only,
-        "b_only": b_only,
-        "both_wrong": int(np.sum(~right_a & ~right_b)),
-        "method": "exact binomial" if use_exact else "chi-square, continuity corrected",
-        "statistic": float(statistic),
-        "p_value": min(p_value, 1.0),
     }
 
 

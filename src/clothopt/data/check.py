@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from clothopt._table import format_table
 from clothopt.data.images import default_threads
 from clothopt.data.layout import IMAGE_EXTENSIONS, SPLITS
 from clothopt.errors import UserError
+from clothopt.reports.render import format_table
 
 __all__ = ["PROBLEM_KINDS", "WARNING_KINDS", "CheckReport", "Problem", "check"]
 

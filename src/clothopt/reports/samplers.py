@@ -1,0 +1,478 @@
+"""Which sampler to search with: best-so-far curves over trials and seconds, over seeds.
+
+Per sampler: the best validation macro-F1 after each trial (mean and spread over seeds), the
+trials and seconds until it first comes within 0.5 points of the grid's best, and its final
+best. Markdown, CSV files, ``comparison.json`` (how to rerun it) and one self-contained HTML
+page. Numbers are percentages (F1 x 100).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clothopt._io import atomic_write_json
+from clothopt.errors import UserError
+from clothopt.reports.paper import GRID_KEYS
+from clothopt.reports.render import (
+    Report,
+    figure_html,
+    html_page,
+    html_table,
+    markdown_table,
+    text_to_html,
+    write_outputs,
+)
+from clothopt.reports.sampler_figures import sampler_figures
+from clothopt.reports.stats import (
+    TOLERANCE,
+    best_so_far,
+    first_within,
+    mean_or_none,
+    pct,
+    sd_or_none,
+)
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    from clothopt.config import StudyConfig
+
+__all__ = ["SamplerRun", "load_sampler_runs", "sampler_report"]
+
+
+@dataclass
+class SamplerRun:
+    """One sampler comparison study: its completed trials in the order they ran."""
+
+    sampler: str
+    seed: int
+    name: str
+    config: StudyConfig
+    trials: list[FrozenTrial]  # COMPLETE, by trial number
+    grid_order_seed: int | None = None
+
+    @property
+    def values(self) -> list[float]:
+        return [float(t.value) for t in self.trials if t.value is not None]
+
+    @property
+    def head_seconds(self) -> list[float]:
+        return [float(t.user_attrs.get("train_seconds", 0.0)) for t in self.trials]
+
+
+def load_sampler_runs(names: Sequence[str], storage: str | None) -> list[SamplerRun]:
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.trial import TrialState
+
+    from clothopt import study as study_mod
+
+    runs = []
+    for name in names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # QMCSampler's, on every load
+            st, cfg = study_mod.load(name, storage)
+        trials = sorted(
+            st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number
+        )
+        runs.append(
+            SamplerRun(
+                cfg.sampler, cfg.seed, name, cfg, trials, st.user_attrs.get("grid_order_seed")
+            )
+        )
+    return runs
+
+
+class _ExtractionCosts:
+    """Seconds to extract train + validation features at an image size, for one study's setup.
+
+    From the feature cache's own record (what computing the entry cost, whoever did it); else
+    from the trials that computed it; else 0 (then the report says so).
+    """
+
+    def __init__(self, runs: Sequence[SamplerRun]) -> None:
+        self._runs = runs
+        self._datasets: dict[str, Any] = {}
+        self._memo: dict[tuple[Any, ...], float | None] = {}
+        self.missing: set[int] = set()
+
+    def _setup(self, cfg: StudyConfig) -> tuple[Any, ...]:
+        weights = cfg.weights if cfg.weights != "none" else f"none-{cfg.seed}"
+        return (cfg.backbone, weights, cfg.resize, cfg.data_fingerprint, cfg.cache_dir)
+
+    def __call__(self, cfg: StudyConfig, size: int) -> float:
+        key = (*self._setup(cfg), size)
+        if key not in self._memo:
+            self._memo[key] = self._from_cache(cfg, size)
+            if self._memo[key] is None:
+                self._memo[key] = self._from_trials(cfg, size)
+        value = self._memo[key]
+        if value is None:
+            self.missing.add(size)
+        return value or 0.0
+
+    def _from_cache(self, cfg: StudyConfig, size: int) -> float | None:
+        from clothopt.backbones import get_backbone
+        from clothopt.data import open_dataset
+        from clothopt.features import FeatureCache
+
+        try:
+            if cfg.data not in self._datasets:
+                self._datasets[cfg.data] = open_dataset(cfg.data, ("train", "validation"))
+            ds = self._datasets[cfg.data]
+            cache, spec = FeatureCache(cfg.cache_dir), get_backbone(cfg.backbone)
+            total = 0.0
+            for split in ("train", "validation"):
+                key = cache.key(spec, cfg.weights, cfg.seed, size, cfg.resize, ds[split])
+                path = cache.path(key)
+                if path is None:
+                    return None
+                total += float(json.loads(path.with_suffix(".json").read_text())["extract_seconds"])
+            return total
+        except (UserError, OSError, ValueError, KeyError):
+            return None
+
+    def _from_trials(self, cfg: StudyConfig, size: int) -> float | None:
+        setup = self._setup(cfg)
+        seen = [
+            float(t.user_attrs.get("extract_seconds", 0.0))
+            for r in self._runs
+            if self._setup(r.config) == setup
+            for t in r.trials
+            if t.params.get("image_size") == size
+        ]
+        return max(seen) if seen and max(seen) > 0 else None
+
+
+def _standalone_seconds(run: SamplerRun, costs: Callable[[StudyConfig, int], float]) -> list[float]:
+    """Each trial's head training, plus extraction at the study's first trial of each size."""
+    seen: set[int] = set()
+    out = []
+    for t in run.trials:
+        size = int(t.params["image_size"])
+        extra = 0.0 if size in seen else costs(run.config, size)
+        seen.add(size)
+        out.append(float(t.user_attrs.get("train_seconds", 0.0)) + extra)
+    return out
+
+
+def _targets(runs: Sequence[SamplerRun]) -> tuple[dict[int, float], str]:
+    """Per seed: the best validation F1 of that seed's full grid (else of any study)."""
+    grid = {r.seed: r for r in runs if r.sampler == "grid"}
+    targets, how = {}, "grid"
+    for seed in sorted({r.seed for r in runs}):
+        ref = grid.get(seed)
+        if ref is not None and ref.values and ref.config.space.is_grid:
+            done = {tuple(t.params[k] for k in GRID_KEYS) for t in ref.trials}
+            if len(done) < len(ref.config.space.grid()):
+                how = "grid (incomplete)"
+            targets[seed] = max(ref.values)
+        else:
+            values = [v for r in runs if r.seed == seed for v in r.values]
+            if values:
+                targets[seed] = max(values)
+                how = "any"
+    return targets, how
+
+
+def sampler_report(
+    runs: Sequence[SamplerRun],
+    budget: int,
+    out: Path,
+    samplers: Sequence[str] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> Report:
+    """Best-so-far curves, trials and seconds to the grid's best, final bests; over seeds.
+
+    ``runs`` holds every study of the comparison (the grid ones too: they set each seed's
+    target); ``samplers`` says which to report (default: all).
+    """
+    import optuna
+
+    samplers = list(samplers or dict.fromkeys(r.sampler for r in runs))
+    targets, target_how = _targets(runs)
+    costs = _ExtractionCosts(runs)
+    per_seed: list[dict[str, Any]] = []
+    curves: list[dict[str, Any]] = []
+    by_sampler: dict[str, list[dict[str, Any]]] = {s: [] for s in samplers}
+    notes: list[str] = []
+    for run in runs:
+        if run.sampler not in by_sampler:
+            continue
+        n = min(budget, len(run.trials))
+        if n < budget:
+            notes.append(f"study {run.name} has {n} of {budget} trials complete")
+        values = run.values[:n]
+        best = best_so_far(values)
+        secs = np.cumsum(_standalone_seconds(run, costs)[:n])
+        head = np.cumsum(run.head_seconds[:n])
+        target = targets.get(run.seed)
+        hit = None if target is None else first_within(best, target)
+        row = {
+            "sampler": run.sampler,
+            "seed": run.seed,
+            "study": run.name,
+            "trials": n,
+            "distinct_points": len({tuple(t.params[k] for k in GRID_KEYS) for t in run.trials[:n]}),
+            "target": pct(target),
+            "final_best": pct(best[-1]) if n else None,
+            "trials_to_target": hit,
+            "seconds_to_target": None if hit is None else float(secs[hit - 1]),
+            "head_seconds_to_target": None if hit is None else float(head[hit - 1]),
+            "seconds": float(secs[-1]) if n else None,
+            "head_seconds": float(head[-1]) if n else None,
+        }
+        per_seed.append(row)
+        by_sampler[run.sampler].append(row | {"_best": best, "_secs": secs, "_run": run})
+        for k in range(n):
+            curves.append(
+                {
+                    "sampler": run.sampler,
+                    "seed": run.seed,
+                    "trial": k + 1,
+                    "number": run.trials[k].number,
+                    **{p: run.trials[k].params[p] for p in GRID_KEYS},
+                    "value": pct(values[k]),
+                    "best_so_far": pct(best[k]),
+                    "seconds": float(secs[k]),
+                    "head_seconds": float(head[k]),
+                }
+            )
+    if costs.missing:
+        notes.append(
+            "no record of the feature extraction cost at "
+            + ", ".join(f"{s}px" for s in sorted(costs.missing))
+            + ": counted as 0 s"
+        )
+    summary, mean_curves = [], []
+    for sampler in samplers:
+        rows = by_sampler[sampler]
+        if not rows:
+            continue
+        finals = [r["final_best"] for r in rows if r["final_best"] is not None]
+        reached = [r for r in rows if r["trials_to_target"] is not None]
+        summary.append(
+            {
+                "sampler": sampler,
+                "seeds": len(rows),
+                "final_best_mean": mean_or_none(finals),
+                "final_best_sd": sd_or_none(finals),
+                "final_best_min": min(finals, default=None),
+                "final_best_max": max(finals, default=None),
+                "reached": f"{len(reached)}/{len(rows)}",
+                "trials_to_target_mean": mean_or_none([r["trials_to_target"] for r in reached]),
+                "trials_to_target_per_seed": " ".join(
+                    str(r["trials_to_target"] or "-") for r in rows
+                ),
+                "seconds_to_target_mean": mean_or_none([r["seconds_to_target"] for r in reached]),
+                "head_seconds_to_target_mean": mean_or_none(
+                    [r["head_seconds_to_target"] for r in reached]
+                ),
+                "distinct_points_mean": mean_or_none([r["distinct_points"] for r in rows]),
+                "seconds_mean": mean_or_none(
+                    [r["seconds"] for r in rows if r["seconds"] is not None]
+                ),
+            }
+        )
+        length = max(len(r["_best"]) for r in rows)
+        for k in range(length):
+            vals = [100 * float(r["_best"][k]) for r in rows if k < len(r["_best"])]
+            mean_curves.append(
+                {
+                    "sampler": sampler,
+                    "trial": k + 1,
+                    "seeds": len(vals),
+                    "mean": mean_or_none(vals),
+                    "sd": sd_or_none(vals),
+                    "min": min(vals),
+                    "max": max(vals),
+                }
+            )
+    # the settings a reader needs to rerun the comparison
+    versions = sorted({r.config.versions.get("optuna", "?") for r in runs})
+    sampler_args = {
+        s: {r.name: dict(r.config.sampler_args) for r in runs if r.sampler == s} for s in samplers
+    }
+    first = runs[0].config if runs else None
+    record = {
+        "budget": budget,
+        "samplers": samplers,
+        "seeds": sorted({r.seed for r in runs}),
+        "studies": [r.name for r in runs],
+        "optuna_versions_of_studies": versions,
+        "optuna_version_of_report": optuna.__version__,
+        "sampler_args": sampler_args,
+        "grid_order_seeds": {r.name: r.grid_order_seed for r in runs if r.sampler == "grid"},
+        "space": None if first is None else first.space.to_dict(),
+        "backbone": None if first is None else first.backbone,
+        "weights": None if first is None else first.weights,
+        "epochs": None if first is None else first.epochs,
+        "data": None if first is None else first.data,
+        "data_fingerprint": None if first is None else first.data_fingerprint,
+        "targets": {str(k): v for k, v in targets.items()},
+        "target": target_how,
+        "tolerance": TOLERANCE,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **dict(meta or {}),
+    }
+    atomic_write_json(out / "comparison.json", record)
+    markdown = _sampler_markdown(summary, per_seed, mean_curves, samplers, record, notes)
+    figs = sampler_figures(by_sampler, samplers, targets, budget)
+    blocks = [text_to_html(n) for n in notes]
+    blocks += [
+        "<h2>Summary</h2>",
+        text_to_html(_definitions(record)),
+        html_table(summary, _SUMMARY_COLUMNS, _SUMMARY_DIGITS),
+        *[figure_html(f) for f in figs],
+        "<h2>Per seed</h2>",
+        html_table(per_seed, _PER_SEED_COLUMNS, _SUMMARY_DIGITS),
+        "<h2>To rerun</h2>",
+        "<pre>" + html.escape(json.dumps(record, indent=2, default=str)) + "</pre>",
+    ]
+    title = f"Sampler comparison: {record['backbone']}"
+    files = write_outputs(
+        out,
+        markdown,
+        html_page(title, blocks),
+        {
+            "samplers_summary": (summary, _SUMMARY_COLUMNS),
+            "samplers_per_seed": (per_seed, _PER_SEED_COLUMNS),
+            "best_so_far": (curves, _CURVE_COLUMNS),
+            "best_so_far_mean": (
+                mean_curves,
+                ["sampler", "trial", "seeds", "mean", "sd", "min", "max"],
+            ),
+        },
+    )
+    return Report(markdown, [*files, out / "comparison.json"], notes)
+
+
+_SUMMARY_COLUMNS = [
+    "sampler",
+    "seeds",
+    "final_best_mean",
+    "final_best_sd",
+    "final_best_min",
+    "final_best_max",
+    "reached",
+    "trials_to_target_mean",
+    "trials_to_target_per_seed",
+    "seconds_to_target_mean",
+    "head_seconds_to_target_mean",
+    "distinct_points_mean",
+    "seconds_mean",
+]
+_PER_SEED_COLUMNS = [
+    "sampler",
+    "seed",
+    "study",
+    "trials",
+    "distinct_points",
+    "target",
+    "final_best",
+    "trials_to_target",
+    "seconds_to_target",
+    "head_seconds_to_target",
+    "seconds",
+    "head_seconds",
+]
+_CURVE_COLUMNS = [
+    "sampler",
+    "seed",
+    "trial",
+    "number",
+    *GRID_KEYS,
+    "value",
+    "best_so_far",
+    "seconds",
+    "head_seconds",
+]
+_SUMMARY_DIGITS = {
+    "trials_to_target_mean": 1,
+    "seconds_to_target_mean": 1,
+    "head_seconds_to_target_mean": 1,
+    "distinct_points_mean": 1,
+    "seconds_mean": 1,
+    "seconds_to_target": 1,
+    "head_seconds_to_target": 1,
+    "seconds": 1,
+    "head_seconds": 1,
+}
+
+
+def _definitions(record: Mapping[str, Any]) -> str:
+    target = {
+        "grid": "the best validation macro-F1 of the full grid with the same seed",
+        "grid (incomplete)": "the best of the grid study with the same seed, which is not "
+        "complete yet",
+        "any": "the best validation macro-F1 any study with the same seed found (the space "
+        "has no grid)",
+    }[record["target"]]
+    return (
+        f"Budget {record['budget']} trials per study; F1 in %. Target: per seed, {target} (a "
+        "seed fixes each point's head initialisation and batch order, so every sampler of that "
+        "seed scores a point exactly as the grid does). Reached: best-so-far within "
+        f"{100 * record['tolerance']:.1f} points of the target. Seconds: head training of each "
+        "trial plus feature extraction of an image size charged once, at the study's first "
+        "trial of that size (what the study costs alone on an empty feature cache); head "
+        "seconds: head training only. The grid sampler walks the grid in a random order drawn "
+        "from its seed. Spread: sample standard deviation (sd) and min-max over seeds."
+    )
+
+
+def _sampler_markdown(
+    summary: list[dict[str, Any]],
+    per_seed: list[dict[str, Any]],
+    mean_curves: list[dict[str, Any]],
+    samplers: Sequence[str],
+    record: Mapping[str, Any],
+    notes: Sequence[str],
+) -> str:
+    # best-so-far after each trial, one column per sampler: "mean ± sd"
+    by_trial: dict[int, dict[str, Any]] = {}
+    for c in mean_curves:
+        text = f"{c['mean']:.2f}" + (f" ± {c['sd']:.2f}" if c["sd"] is not None else "")
+        by_trial.setdefault(c["trial"], {"trial": c["trial"]})[c["sampler"]] = text
+    space = record.get("space") or {}
+    params = ", ".join(f"{k} {v.get('choices', v)}" for k, v in (space.get("params") or {}).items())
+    parts = [
+        f"# Sampler comparison: {record['backbone']}",
+        f"Space {space.get('name')} ({params}); {record['epochs']} epochs per trial; "
+        f"seeds {', '.join(map(str, record['seeds']))}; weights {record['weights']}; "
+        f"data {record['data']}.",
+        *[f"> {n}" for n in notes],
+        "## Summary",
+        _definitions(record),
+        markdown_table(summary, _SUMMARY_COLUMNS, _SUMMARY_DIGITS),
+        "## Per seed",
+        markdown_table(per_seed, _PER_SEED_COLUMNS, _SUMMARY_DIGITS),
+        "## Best validation macro-F1 (%) after each trial (mean ± sd over seeds)",
+        markdown_table(
+            list(by_trial.values()),
+            ["trial", *[s for s in samplers if any(s in r for r in by_trial.values())]],
+        ),
+        "## To rerun",
+        f"optuna {', '.join(record['optuna_versions_of_studies'])} (studies), "
+        f"{record['optuna_version_of_report']} (this report). Sampler arguments:",
+    ]
+    bullets = [
+        f"- {name}: `{json.dumps(a, sort_keys=True)}`"
+        for sampler in samplers
+        for name, a in (record["sampler_args"].get(sampler) or {}).items()
+    ]
+    parts.append("\n".join(bullets))
+    if record.get("skipped"):
+        parts.append(
+            "Skipped: " + "; ".join(f"{s} ({why})" for s, why in record["skipped"].items())
+        )
+    if record.get("command"):
+        parts.append(f"Command: `{record['command']}`")
+    return "\n\n".join(parts)
