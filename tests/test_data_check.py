@@ -147,3 +147,67 @@ def test_root_must_be_a_directory(tmp_path: Path) -> None:
     assert [p.kind for p in report.problems] == ["missing-split"] * 3
     assert not report.usable
     assert "verdict: NOT usable" in report.format()
+
+
+def _tree_with_bad_images(tree: Path) -> None:
+    """A broken link, a 16-bit PNG, a 144-megapixel header, a palette PNG with byte
+    transparency (PIL warns on it) and a FIFO named like a JPEG."""
+    import os
+
+    from test_data_images import write_png_header
+
+    (tree / "train" / "hat" / "gone.jpg").symlink_to(tree / "nowhere.jpg")
+    values = np.random.default_rng(7).integers(0, 65536, (20, 30), dtype=np.uint16)
+    Image.fromarray(values).save(tree / "train" / "pants" / "deep.png")
+    write_png_header(tree / "validation" / "hat" / "huge.png", 12000, 12000)
+    rgb = np.random.default_rng(8).integers(0, 256, (9, 9, 3), dtype=np.uint8)
+    Image.fromarray(rgb).quantize(colors=8).save(
+        tree / "test" / "pants" / "pal.png", transparency=bytes(range(8))
+    )
+    os.mkfifo(tree / "test" / "hat" / "pipe.jpg")
+
+
+def test_broken_link_large_image_and_fifo_are_problems_16_bit_is_usable(tree: Path) -> None:
+    _tree_with_bad_images(tree)
+    report = check(tree, threads=2)
+    assert kinds(report) == [
+        ("test/hat/pipe.jpg", "unreadable"),
+        ("train/hat/gone.jpg", "broken-link"),
+        ("validation/hat/huge.png", "too-large"),
+    ]
+    assert report.counts["train"]["pants"] == 5  # the 16-bit PNG decodes (scaled, not white)
+    assert report.counts["test"]["pants"] == 3
+    text = report.format()
+    assert "broken symbolic link to" in text
+    assert "12000x12000 = 144.0 megapixels, above clothopt's limit of 50 megapixels" in text
+
+
+def test_data_check_command_prints_findings_without_tracebacks_or_pil_warnings(
+    tree: Path, tmp_path: Path
+) -> None:
+    """The command as a user runs it (its own process: warnings reach stderr as they would)."""
+    import os
+    import subprocess
+    import sys
+
+    _tree_with_bad_images(tree)
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir(), home.mkdir()
+    before = sorted(p.as_posix() for p in tmp_path.rglob("*"))
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(cwd), "PYTHONWARNINGS": "default"}
+    src = Path(__file__).resolve().parents[1] / "src"
+    env["PYTHONPATH"] = f"{src}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "clothopt", "data", "check", str(tree)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == ""  # no DecompressionBombWarning, no palette warning, no traceback
+    assert proc.stdout.splitlines()[-1].startswith("verdict: NOT usable: 3 problem(s)")
+    for name in ("gone.jpg", "huge.png", "pipe.jpg"):
+        assert sum(name in line for line in proc.stdout.splitlines()) == 1, name
+    assert sorted(p.as_posix() for p in tmp_path.rglob("*")) == before  # wrote nothing

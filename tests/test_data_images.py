@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clothopt.data.images import iter_batches, load_batch, load_image, nearest_indices
+from clothopt.data.images import (
+    MAX_IMAGE_PIXELS,
+    UnusableImage,
+    iter_batches,
+    load_batch,
+    load_image,
+    nearest_indices,
+)
 from clothopt.errors import UserError
 
 REAL_TRAIN = Path("/work/shared/datasets/clothing-dataset-small/train")
@@ -148,3 +155,107 @@ def test_load_image_matches_keras_on_real_images(keras_load_img) -> None:
         size = (150, 224, 299)[i % 3]
         want = np.asarray(keras_load_img(path, target_size=(size, size), interpolation="nearest"))
         np.testing.assert_array_equal(load_image(path, size), want, err_msg=str(path))
+
+
+def write_png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width``×``height`` (8-bit RGB) but holds almost no data:
+    enough to test the pixel limit without gigabytes on disk or in memory."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("1", "png"), ("L", "bmp"), ("LA", "png"), ("RGBA", "tif"), ("CMYK", "jpg"), ("P", "gif")],
+)
+def test_other_8_bit_modes_match_keras(tmp_path: Path, keras_load_img, mode: str, fmt: str) -> None:
+    rng = np.random.default_rng(3)
+    rgb = Image.fromarray(rng.integers(0, 256, (29, 31, 3), dtype=np.uint8))
+    img = rgb.quantize(colors=32) if mode == "P" else rgb.convert(mode)
+    path = tmp_path / f"x.{fmt}"
+    img.save(path)
+    assert Image.open(path).mode == mode
+    for size in (None, 20):
+        target = None if size is None else (size, size)
+        want = np.asarray(keras_load_img(path, target_size=target, interpolation="nearest"))
+        np.testing.assert_array_equal(load_image(path, size), want)
+
+
+def test_palette_with_byte_transparency_matches_keras(tmp_path: Path, keras_load_img) -> None:
+    rgb = np.random.default_rng(4).integers(0, 256, (12, 9, 3), dtype=np.uint8)
+    path = tmp_path / "p.png"
+    Image.fromarray(rgb).quantize(colors=16).save(path, transparency=bytes(range(16)))
+    np.testing.assert_array_equal(load_image(path, None), np.asarray(keras_load_img(path)))
+
+
+@pytest.mark.parametrize("fmt", ["png", "tif"])
+def test_16_bit_gray_is_scaled_like_a_viewer_not_clipped_white(tmp_path: Path, fmt: str) -> None:
+    values = np.random.default_rng(5).integers(0, 65536, (23, 17), dtype=np.uint16)
+    path = tmp_path / f"g16.{fmt}"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode == "I;16"
+    got = load_image(path, None)
+    want = (values >> 8).astype(np.uint8)
+    np.testing.assert_array_equal(got, np.repeat(want[..., None], 3, axis=2))
+    assert got.mean() < 200  # load_img gives 253.8 here: nearly everything clipped to 255
+    resized = load_image(path, 8)
+    np.testing.assert_array_equal(
+        resized[..., 0], want[nearest_indices(23, 8)][:, nearest_indices(17, 8)]
+    )
+
+
+def test_16_bit_pgm_opens_as_mode_i_and_is_scaled(tmp_path: Path) -> None:
+    path = tmp_path / "g.ppm"
+    path.write_bytes(b"P5\n3 1\n65535\n\xff\xff\x80\x00\x00\xff")
+    assert Image.open(path).mode == "I"
+    np.testing.assert_array_equal(load_image(path, None)[0, :, 0], [255, 128, 0])
+
+
+@pytest.mark.parametrize("kind", ["int32", "float32"])
+def test_32_bit_pixels_are_refused_not_guessed(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / f"{kind}.tif"
+    Image.fromarray(np.arange(12, dtype=kind).reshape(3, 4) * 1000).save(path)
+    with pytest.raises(UnusableImage, match=r"mode [IF]\) have no agreed 8-bit scale") as info:
+        load_image(path, 8)
+    assert info.value.kind == "unreadable" and isinstance(info.value, UserError)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [(8661, 5774), (12000, 12000), (20000, 20000)],
+    ids=["limit", "pil-warns", "pil-refuses"],
+)
+def test_images_above_the_pixel_limit_are_refused_from_the_header(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    assert size[0] * size[1] > MAX_IMAGE_PIXELS
+    path = write_png_header(tmp_path / "big.png", *size)
+    with pytest.raises(UnusableImage, match=r"above clothopt's limit of 50 megapixels") as info:
+        load_image(path, 300)
+    assert info.value.kind == "too-large"
+    assert "\n" not in str(info.value)
+    # just under the limit, the same header is decoded (and found truncated)
+    ok = write_png_header(tmp_path / "ok.png", 100, MAX_IMAGE_PIXELS // 100)
+    with pytest.raises(UnusableImage) as info:
+        load_image(ok, 300)
+    assert info.value.kind == "truncated"
+
+
+def test_broken_symlink_is_named_as_such(tmp_path: Path) -> None:
+    link = tmp_path / "gone.jpg"
+    link.symlink_to(tmp_path / "nowhere.jpg")
+    with pytest.raises(
+        UnusableImage, match=r"gone\.jpg: broken symbolic link to .*nowhere"
+    ) as info:
+        load_image(link, 32)
+    assert info.value.kind == "broken-link"

@@ -122,3 +122,14 @@ def test_moving_an_image_between_classes_changes_fingerprint(tmp_path: Path) -> 
     fp = open_dataset(root).fingerprint
     (root / "train" / "hat" / "img_0.png").rename(root / "train" / "pants" / "img_9.png")
     assert open_dataset(root).fingerprint != fp
+
+
+def test_broken_link_is_one_user_error_not_a_crash(tmp_path: Path) -> None:
+    from clothopt.data.synthetic import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path / "data", counts=(2, 1, 1))
+    (root / "validation" / "pants" / "zz.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    with pytest.raises(
+        UserError, match=r"zz\.jpg is a broken symbolic link \(run `clothopt data check`"
+    ):
+        open_dataset(root)

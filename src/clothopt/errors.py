@@ -11,18 +11,13 @@
 
 from __future__ import annotations
 
-__all__ = ["Terminated", "TrialFailed", "UnreadableImage", "UserError"]
+__all__ = ["Terminated", "TrialFailed", "UserError"]
 
 
 class UserError(Exception):
     """A user-facing error: the CLI prints ``clothopt: error: <message>`` and exits non-zero."""
 
     exit_code: int = 2
-
-
-class UnreadableImage(UserError):
-    """An image that does not decode: the user's to fix in ``predict`` or ``data check``; the
-    objective turns it into :class:`TrialFailed` (that trial fails, the study goes on)."""
 
 
 class TrialFailed(Exception):

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt.backbones import BackboneSpec, build_extractor, get_backbone
-from clothopt.data import Dataset, Split, default_threads, load_batch
-from clothopt.errors import TrialFailed, UnreadableImage
+from clothopt.data import Dataset, Split, UnusableImage, default_threads, load_batch
+from clothopt.errors import TrialFailed
 from clothopt.metrics import classification_metrics
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def _image_dataset(
     order: np.ndarray,
     num_classes: int | None,
     threads: int,
-    unreadable: list[UnreadableImage],
+    unreadable: list[UnusableImage],
 ) -> keras.utils.PyDataset:
     import keras
 
@@ -186,7 +186,7 @@ def _image_dataset(
             sl = slice(i * batch_size, (i + 1) * batch_size)
             try:
                 x = load_batch(paths[sl], image_size, resize).astype(np.float32)
-            except UnreadableImage as exc:
+            except UnusableImage as exc:
                 unreadable.append(exc)  # Keras re-raises it wrapped in its own error type
                 raise
             if num_classes is None:
@@ -197,7 +197,7 @@ def _image_dataset(
 
 
 @contextlib.contextmanager
-def _unwrapped(unreadable: list[UnreadableImage]) -> Iterator[None]:
+def _unwrapped(unreadable: list[UnusableImage]) -> Iterator[None]:
     """Raise the image error itself when Keras wrapped it, so the objective can tell it apart."""
     try:
         yield
@@ -234,7 +234,7 @@ def train_end_to_end(
     )
     compile_for_training(model, learning_rate)
     result = HeadResult([], np.zeros(0, np.int64), {})
-    unreadable: list[UnreadableImage] = []
+    unreadable: list[UnusableImage] = []
     start = time.perf_counter()
     for epoch in range(epochs):
         order = batch_order(len(train), epoch, seed)
@@ -284,7 +284,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         try:
             return self._run(trial)
-        except UnreadableImage as exc:
+        except UnusableImage as exc:
             # this trial's fault (the study goes on); predict and data check keep the UserError
             raise TrialFailed(str(exc)) from exc
         finally:

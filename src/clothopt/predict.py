@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clothopt.data import IMAGE_EXTENSIONS, default_threads, load_image
+from clothopt.data import IMAGE_EXTENSIONS, UnusableImage, default_threads, load_image
 from clothopt.errors import UserError
 
 if TYPE_CHECKING:
@@ -102,8 +102,12 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
+            # a broken link with an image's name is listed too, so it gets its own error line
             out += sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                f
+                for f in p.rglob("*")
+                if f.suffix.lower() in IMAGE_EXTENSIONS
+                and (f.is_file() or (f.is_symlink() and not f.exists()))
             )
         else:
             out.append(p)
@@ -113,9 +117,11 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 def _read(path: Path) -> np.ndarray | UserError:
     try:
         return load_image(path, None)
-    except UserError as exc:
+    except UnusableImage as exc:
         # load_image's hint about `clothopt data check` is for data sets, not for one picture
-        return UserError(str(exc).split(" (run `clothopt data check`")[0])
+        return UserError(f"cannot read image {path}: {exc.detail}")
+    except UserError as exc:
+        return exc
 
 
 def iter_images(

@@ -12,7 +12,9 @@ from clothopt.data.fetch import (
     fetch,
 )
 from clothopt.data.images import (
+    MAX_IMAGE_PIXELS,
     RESIZE_METHODS,
+    UnusableImage,
     default_threads,
     iter_batches,
     load_batch,
@@ -35,11 +37,13 @@ __all__ = [
     "DATASET_REPO",
     "DATASET_URL",
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "RESIZE_METHODS",
     "SPLITS",
     "CheckReport",
     "Dataset",
     "Split",
+    "UnusableImage",
     "check",
     "default_threads",
     "fetch",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from clothopt.data.images import default_threads
+from clothopt.data.images import UnusableImage, default_threads, load_image
 from clothopt.data.layout import IMAGE_EXTENSIONS, SPLITS
 from clothopt.errors import UserError
 from clothopt.reports.render import format_table
@@ -24,6 +24,8 @@ __all__ = ["PROBLEM_KINDS", "WARNING_KINDS", "CheckReport", "Problem", "check"]
 PROBLEM_KINDS = (
     "unreadable",
     "truncated",
+    "too-large",
+    "broken-link",
     "not-an-image",
     "class-mismatch",
     "missing-split",
@@ -201,10 +203,15 @@ def _class_files(class_dir: Path, problems: list[Problem]) -> list[Path]:
         dirnames.sort()
         for name in filenames:
             path = Path(dirpath, name)
-            if not path.is_file():
-                continue  # a broken link or a socket: flow_from_directory would not list it
             if path.suffix.lower() in IMAGE_EXTENSIONS:
-                images.append(path)
+                # flow_from_directory lists it by name and training would fail on it: a broken
+                # link is probed (and reported) like any image; a FIFO could block the reader
+                if path.is_file() or (path.is_symlink() and not path.exists()):
+                    images.append(path)
+                else:
+                    problems.append(Problem(path, "unreadable", "not a regular file"))
+            elif not path.is_file():
+                continue  # a socket or a dangling link without an image name: never listed
             elif name.startswith("."):
                 problems.append(Problem(path, "not-an-image", "hidden file (ignored)"))
             else:
@@ -226,28 +233,8 @@ def _walk_error(problems: list[Problem]) -> Callable[[OSError], None]:
 
 def _probe(path: Path) -> tuple[str, str] | None:
     """None when ``path`` decodes as training reads it, else (kind, detail)."""
-    from PIL import Image
-
-    # PIL's decoders raise many types (OSError, SyntaxError, struct.error, DecompressionBombError,
-    # ...); any failure is a finding, never a crash
     try:
-        img = Image.open(path)
-    except Exception as exc:
-        return "unreadable", _describe(exc)
-    with img:
-        try:
-            # LOAD_TRUNCATED_IMAGES stays False (Keras' default), so a cut file fails here
-            img.load()
-        except Exception as exc:
-            return "truncated", _describe(exc)
-        try:
-            if img.mode != "RGB":
-                img.convert("RGB")
-        except Exception as exc:
-            return "unreadable", f"cannot convert {img.mode} to RGB: {_describe(exc)}"
+        load_image(path, None)
+    except UnusableImage as exc:
+        return exc.kind, exc.detail
     return None
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text and text[0] else type(exc).__name__

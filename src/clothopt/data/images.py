@@ -1,23 +1,44 @@
 """Image decoding and resizing, exactly as Keras ``load_img`` does it for ``flow_from_directory``.
 
-Training, evaluation and prediction all read images through :func:`load_image`; the exported
-model reproduces the same nearest-neighbour index tables (:func:`nearest_indices`) in Keras ops.
+Training, evaluation, prediction and ``clothopt data check`` all read images through
+:func:`load_image`; the exported model reproduces the same nearest-neighbour index tables
+(:func:`nearest_indices`) in Keras ops.
+
+The rules where clothopt departs from ``load_img`` (which would train on a wrong picture or
+exhaust memory without a word):
+
+- 16-bit grayscale (PIL modes ``I;16*``, and ``I`` read from a 16-bit PNG, PGM/PPM or TIFF) is
+  scaled to 8 bits by its high byte, as PIL itself reads 16-bit RGB PNGs; ``load_img`` clips it
+  to 255 (an all-white picture).
+- 32-bit integer (``I``) and floating-point (``F``) pixels have no agreed 8-bit scale: refused.
+- More than :data:`MAX_IMAGE_PIXELS` pixels: refused from the header, before decoding.
+
+Every other mode (8-bit RGB, L, P with or without transparency, LA, RGBA, CMYK, 1, ...) decodes
+bit for bit as ``load_img`` does: ``convert("RGB")``.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clothopt.errors import UnreadableImage, UserError
+from clothopt.errors import UserError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = [
+    "MAX_IMAGE_PIXELS",
     "RESIZE_METHODS",
+    "UnusableImage",
     "default_threads",
     "iter_batches",
     "load_batch",
@@ -26,6 +47,33 @@ __all__ = [
 ]
 
 RESIZE_METHODS = ("nearest", "bilinear", "bicubic")
+
+MAX_IMAGE_PIXELS = 50_000_000
+"""The largest image clothopt decodes (width × height; 50 megapixels, e.g. 8660×5773).
+
+Above any camera's photo of a garment, and a bound on memory: a decoded image takes 3 bytes a
+pixel (150 MB here), and ``predict`` hands the full image to the model, which converts it to
+float32 before resizing (about 1 GB at this limit). A larger file is refused from its header,
+before anything is decoded. It is lower than PIL's own threshold (``Image.MAX_IMAGE_PIXELS``,
+89.5 MP, where PIL only warns), so PIL's warning never comes into play.
+"""
+
+# Our limit is checked right after PIL's own (which only warns up to 2x its threshold), and
+# palette transparency is handled exactly as load_img handles it: PIL's warnings would only
+# print its source lines to the user. Filters, not catch_warnings: decoding runs in threads.
+warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds", module=r"PIL\.")
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+
+
+class UnusableImage(UserError):
+    """An image clothopt will not train on or predict, with ``kind`` (as ``data check`` names
+    it: unreadable, truncated, too-large, broken-link) and a one-line ``detail``."""
+
+    def __init__(self, path: str | os.PathLike[str], kind: str, detail: str) -> None:
+        super().__init__(
+            f"cannot read image {path}: {detail} (run `clothopt data check` on the data set)"
+        )
+        self.path, self.kind, self.detail = path, kind, detail
 
 
 def default_threads() -> int:
@@ -51,21 +99,92 @@ def load_image(
     """Decode one image to an ``(H, W, 3)`` uint8 RGB array, resized to ``size``×``size``.
 
     Same steps as ``keras.utils.load_img(path, target_size=(size, size),
-    interpolation=resize)``: convert to RGB, resize only when the size differs.
+    interpolation=resize)``: convert to RGB, resize only when the size differs; the departures
+    (16-bit, 32-bit, too large) are in the module's docstring. Raises :class:`UnusableImage`.
     """
     from PIL import Image
 
+    resample = _pil_filter(resize) if size is not None else None
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UnusableImage(path, "broken-link", f"broken symbolic link to {os.readlink(path)}")
+    # PIL raises many types (OSError, SyntaxError, struct.error, ...): each one is a finding
     try:
-        with Image.open(path) as img:
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            if size is not None and img.size != (size, size):
-                img = img.resize((size, size), _pil_filter(resize))
-            return np.asarray(img, dtype=np.uint8)
-    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
-        raise UnreadableImage(
-            f"cannot read image {path}: {exc} (run `clothopt data check` on the data set)"
-        ) from None
+        img = Image.open(path)
+    except Image.DecompressionBombError as exc:  # above 2x PIL's threshold: PIL refuses to open
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        detail = _too_large(int(pixels[1]) if pixels else None)
+        raise UnusableImage(path, "too-large", detail) from None
+    except Exception as exc:
+        raise UnusableImage(path, "unreadable", _describe(exc)) from None
+    with img:
+        width, height = img.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise UnusableImage(path, "too-large", _too_large(width * height, img.size))
+        try:
+            # LOAD_TRUNCATED_IMAGES stays False (Keras' default), so a cut file fails here
+            img.load()
+        except Exception as exc:
+            raise UnusableImage(path, "truncated", _describe(exc)) from None
+        try:
+            rgb = _to_rgb(img)
+        except _NoScale as exc:
+            raise UnusableImage(path, "unreadable", str(exc)) from None
+        except Exception as exc:
+            detail = f"cannot convert {img.mode} to RGB: {_describe(exc)}"
+            raise UnusableImage(path, "unreadable", detail) from None
+        if resample is not None and rgb.size != (size, size):
+            rgb = rgb.resize((size, size), resample)
+        return np.asarray(rgb, dtype=np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` in mode RGB: as ``load_img`` converts it, but 16-bit scaled and 32-bit refused."""
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    if _is_16_bit(img):
+        # the high byte, as PIL reads 16-bit RGB PNGs (convert() would clip at 255: all white)
+        high = (np.clip(np.asarray(img, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(high, mode="L").convert("RGB")
+    if img.mode in ("I", "F"):
+        what = "32-bit integer" if img.mode == "I" else "floating-point"
+        raise _NoScale(f"{what} pixels (mode {img.mode}) have no agreed 8-bit scale")
+    return img.convert("RGB")
+
+
+class _NoScale(Exception):
+    pass
+
+
+def _is_16_bit(img: Image.Image) -> bool:
+    if img.mode.startswith("I;16"):
+        return True
+    if img.mode != "I":
+        return False
+    if img.format in ("PNG", "PPM"):  # at most 16 bits a sample (PPM scales to 0..65535)
+        return True
+    if img.format == "TIFF":
+        tags = img.tag_v2  # type: ignore[attr-defined]
+        bits, sample_format = tags.get(258, ()), tags.get(339, 1)
+        bits = tuple(bits) if isinstance(bits, tuple | list) else (bits,)
+        fmt = tuple(sample_format) if isinstance(sample_format, tuple | list) else (sample_format,)
+        return bits == (16,) and fmt == (1,)  # unsigned 16-bit
+    return False
+
+
+def _too_large(pixels: int | None, size: tuple[int, int] | None = None) -> str:
+    shown = f"{size[0]}x{size[1]} = " if size else ""
+    amount = f"{shown}{pixels / 1e6:.1f} megapixels" if pixels else "too many pixels"
+    return (
+        f"{amount}, above clothopt's limit of {MAX_IMAGE_PIXELS / 1e6:g} megapixels "
+        "(MAX_IMAGE_PIXELS); shrink it first"
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text and text[0] else type(exc).__name__
 
 
 def load_batch(

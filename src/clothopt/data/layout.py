@@ -36,6 +36,17 @@ def _list_images(class_dir: Path) -> list[Path]:
     return found
 
 
+def _refuse_unreadable_entries(paths: list[Path]) -> None:
+    """A broken link or a FIFO with an image's name would crash (or block) hashing and training
+    later; name the first one now, in one line."""
+    for path in paths:
+        if not path.is_file():
+            what = "a broken symbolic link" if path.is_symlink() else "not a regular file"
+            raise UserError(
+                f"{path} is {what} (run `clothopt data check` on the data set for the full list)"
+            )
+
+
 @dataclass(frozen=True)
 class Split:
     """One split: image paths and their integer labels (indices into ``Dataset.classes``)."""
@@ -128,5 +139,6 @@ def open_dataset(root: str | os.PathLike[str], splits: tuple[str, ...] = SPLITS)
             labels.extend([label] * len(images))
         if not paths:
             raise UserError(f"{split_dir} holds no images")
+        _refuse_unreadable_entries(paths)
         result[name] = Split(name, split_dir, classes, tuple(paths), np.asarray(labels, np.int64))
     return Dataset(root, classes, result)
