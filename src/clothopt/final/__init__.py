@@ -1,0 +1,1 @@
+"""The finalized study: retrain, export, score; and what it stores."""
