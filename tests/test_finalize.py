@@ -24,13 +24,13 @@ from sklearn.metrics import f1_score, precision_recall_fscore_support
 from clothopt import finalize as finalize_mod
 from clothopt import paths
 from clothopt import study as study_mod
-from clothopt.backbones import get_backbone
 from clothopt.cli import main
 from clothopt.data import open_dataset
 from clothopt.errors import UserError
 from clothopt.features import FeatureCache
 from clothopt.finalize import FINAL_ATTR, finalize, load_final, paper_table
 from clothopt.metrics import bootstrap_ci, classification_metrics
+from clothopt.model.backbones import get_backbone
 from clothopt.objective import Objective
 from conftest import make_dataset
 
@@ -137,7 +137,7 @@ def _resize_model(tmp_path: Path, size: int) -> Any:
     """Only the export's resize block, saved and loaded back in safe mode."""
     import keras
 
-    from clothopt._export import pil_nearest_resize
+    from clothopt.model.compose import pil_nearest_resize
 
     inputs = keras.Input((None, None, 3), dtype="float32")
     model = keras.Model(inputs, pil_nearest_resize(inputs, size))
@@ -171,8 +171,8 @@ def test_in_model_running_sum_adds_in_order_like_pil() -> None:
     """The RNN's float64 running sum equals numpy's sequential one, where a closed form does not."""
     import keras
 
-    from clothopt._export import pil_nearest_resize
     from clothopt.data import nearest_indices
+    from clothopt.model.compose import pil_nearest_resize
 
     closed_form_differs = 0
     for size in (300, 400, 500):

@@ -99,7 +99,7 @@ def run_comparison(
     """Create (or resume) and run every study of the comparison; ``run=False`` only checks."""
     from optuna.exceptions import ExperimentalWarning
 
-    from clothopt.backbones import get_backbone
+    from clothopt.model.backbones import get_backbone
     from clothopt.spaces import load_space
 
     if seeds < 1 or budget < 1:

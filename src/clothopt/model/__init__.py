@@ -1,0 +1,1 @@
+"""The model: backbone specs, the one composition of the network, and the head."""
