@@ -57,8 +57,11 @@ Triple = tuple[float, float, float]
 
 @dataclass(frozen=True, kw_only=True)
 class BackboneSpec:
-    """One backbone. Its weights expect, from RGB 0..255 pixels, ``(x * scale - mean) / std``
-    per channel, the channels in ``channel_order`` (``mean`` and ``std`` in that order too)."""
+    """One backbone: how to build its base and what input its weights expect.
+
+    From RGB pixels 0..255 the weights expect ``(x * scale - mean) / std`` per channel, the
+    channels in ``channel_order`` (``mean`` and ``std`` listed in that order too).
+    """
 
     name: str
     module: str  # keras.applications submodule that holds constructor and preprocess_input
