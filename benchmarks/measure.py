@@ -209,9 +209,10 @@ def _extractor(
     s: Settings, size: int, precision: str = "float32", jit: bool | None = None
 ) -> keras.Model:
     """The extractor exactly as ``FeatureCache`` builds it."""
-    from clothopt.backbones import build_extractor, get_backbone
+    from clothopt.model.backbones import get_backbone
+    from clothopt.model.compose import compose
 
-    model = build_extractor(get_backbone(s.backbone), size, s.weights, s.seed, precision)
+    model = compose(get_backbone(s.backbone), size, s.weights, s.seed, precision=precision)
     if jit is not None:
         model.jit_compile = jit
     return model
@@ -411,9 +412,9 @@ def _head_f1s(
 
 def _precision_f1(s: Settings, precisions: list[str]) -> dict[str, Any]:
     """Trial F1 with each precision's features, on the search-cost subset (train + validation)."""
-    from clothopt.backbones import get_backbone
     from clothopt.data import open_dataset
     from clothopt.features import FeatureCache
+    from clothopt.model.backbones import get_backbone
 
     data = link_subset(
         s.data, Path(s.work) / "search-data", _search_counts(s)

@@ -28,10 +28,8 @@ from clothopt.data import load_batch, open_dataset  # noqa: E402
 from clothopt.features import FeatureCache  # noqa: E402
 from clothopt.final.ood import METHODS, calibrate, fit_detector  # noqa: E402
 
-try:
-    from clothopt.model.backbones import build_extractor, get_backbone  # type: ignore
-except ImportError:
-    from clothopt.backbones import build_extractor, get_backbone
+from clothopt.model.backbones import get_backbone  # noqa: E402
+from clothopt.model.compose import compose  # noqa: E402
 
 BACKBONE, SIZE, RESIZE = "mobilenet_025", 300, "nearest"
 SKIMAGE_PHOTOS = (
@@ -106,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         feats["train"].x, feats["train"].y, feats["validation"].x, feats["validation"].y,
         data.classes, learning_rate=1e-2, batch_size=64, epochs=5, seed=0,
     )  # fmt: skip
-    extractor = build_extractor(spec, SIZE, args.weights, 0)
+    extractor = compose(spec, SIZE, args.weights, 0)
     out_paths = sorted(Path(args.not_clothing).glob("*.jpg"))
     outside = {"not-clothing": folder_features(out_paths, extractor)}
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,15 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clothopt.backbones import (
+from clothopt.errors import UserError
+from clothopt.model.backbones import (
     BACKBONES,
     build_base,
-    build_extractor,
     get_backbone,
     preprocessing_layers,
     weights_id,
 )
-from clothopt.errors import UserError
+from clothopt.model.compose import compose
 
 PAPER = Path(__file__).resolve().parents[1].parent / "shared/paper/final_test.csv"
 
@@ -77,7 +77,7 @@ def test_random_weights_are_the_same_for_the_same_seed() -> None:
 
 
 def test_extractor_is_frozen_and_pools() -> None:
-    model = build_extractor(get_backbone("mobilenet_025"), 48, "none")
+    model = compose(get_backbone("mobilenet_025"), 48, "none")
     assert model.output.shape[-1] == 256
     assert not model.trainable_weights
 

@@ -138,10 +138,10 @@ def test_extraction_options_keep_features_within_their_tolerance(tiny_data: Path
     """Batch size, decode threads and XLA change speed only; precision is part of the key."""
     import numpy as np
 
-    from clothopt.backbones import get_backbone
     from clothopt.data import open_dataset
     from clothopt.errors import UserError
     from clothopt.features import CPU_EXTRACT_BATCH, FeatureCache
+    from clothopt.model.backbones import get_backbone
 
     spec, split = get_backbone("mobilenet_025"), open_dataset(tiny_data)["train"]
 
@@ -164,9 +164,10 @@ def test_extraction_options_keep_features_within_their_tolerance(tiny_data: Path
 def test_extractor_takes_uint8_images_as_they_are_decoded() -> None:
     import numpy as np
 
-    from clothopt.backbones import build_extractor, get_backbone
+    from clothopt.model.backbones import get_backbone
+    from clothopt.model.compose import compose
 
-    model = build_extractor(get_backbone("mobilenet_025"), 32, "none")
+    model = compose(get_backbone("mobilenet_025"), 32, "none")
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(
         np.asarray(model.predict_on_batch(images)),

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clothopt.backbones import get_backbone
 from clothopt.data import open_dataset
 from clothopt.features import FeatureCache
+from clothopt.model.backbones import get_backbone
 
 SPEC = get_backbone("mobilenet_025")
 

@@ -23,7 +23,6 @@ from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from clothopt import engine, paths
 from clothopt import study as study_mod
-from clothopt.backbones import get_backbone
 from clothopt.cli import main
 from clothopt.data import open_dataset
 from clothopt.errors import UserError
@@ -33,6 +32,7 @@ from clothopt.final import store
 from clothopt.final.finalize import finalize
 from clothopt.final.store import FINAL_ATTR, load_final
 from clothopt.metrics import bootstrap_ci, classification_metrics
+from clothopt.model.backbones import get_backbone
 from clothopt.objective import Objective
 from clothopt.reports.paper import paper_table
 from conftest import make_dataset
@@ -140,7 +140,7 @@ def _resize_model(tmp_path: Path, size: int) -> Any:
     """Only the export's resize block, saved and loaded back in safe mode."""
     import keras
 
-    from clothopt._export import pil_nearest_resize
+    from clothopt.model.compose import pil_nearest_resize
 
     inputs = keras.Input((None, None, 3), dtype="float32")
     model = keras.Model(inputs, pil_nearest_resize(inputs, size))
@@ -174,8 +174,8 @@ def test_in_model_running_sum_adds_in_order_like_pil() -> None:
     """The RNN's float64 running sum equals numpy's sequential one, where a closed form does not."""
     import keras
 
-    from clothopt._export import pil_nearest_resize
     from clothopt.data import nearest_indices
+    from clothopt.model.compose import pil_nearest_resize
 
     closed_form_differs = 0
     for size in (300, 400, 500):

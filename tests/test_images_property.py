@@ -108,13 +108,15 @@ def _tree(root: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny exported model as finalize builds it (random base), as in test_predict.py."""
-    from clothopt._export import build_exported_model
-    from clothopt.backbones import get_backbone
+    from clothopt.model.backbones import get_backbone
+    from clothopt.model.compose import Head, compose
     from clothopt.predict import CLASSES_FILE
 
     folder = tmp_path_factory.mktemp("model")
     head = [np.zeros((256, len(CLASSES)), "float32"), np.zeros(len(CLASSES), "float32")]
-    model = build_exported_model(get_backbone("mobilenet_025"), 32, "none", 0, head, CLASSES)
+    trained = Head(num_classes=len(CLASSES), weights=head)
+    spec = get_backbone("mobilenet_025")
+    model = compose(spec, 32, "none", 0, raw_input=True, head=trained, softmax=True)
     model.save(folder / "model.keras")
     (folder / CLASSES_FILE).write_text(json.dumps(CLASSES))
     return folder / "model.keras"

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clothopt.backbones import get_backbone
 from clothopt.data import open_dataset
 from clothopt.features import FeatureCache
+from clothopt.model.backbones import get_backbone
 from clothopt.objective import batch_order, train_end_to_end, train_head, trial_seed
 
 SPEC = get_backbone("mobilenet_025")

@@ -208,7 +208,8 @@ def test_keras_score_equals_numpy_and_survives_safe_mode_loading(
 def test_knn_rejects_real_not_clothing_photos(
     real_data: Path, real_weights: Path, tmp_path: Path
 ) -> None:
-    from clothopt.backbones import build_extractor, get_backbone
+    from clothopt.model.backbones import get_backbone
+    from clothopt.model.compose import compose
     from clothopt.data import load_batch, open_dataset
     from clothopt.features import FeatureCache
 
@@ -218,7 +219,7 @@ def test_knn_rejects_real_not_clothing_photos(
     spec, data = get_backbone("mobilenet_025"), open_dataset(real_data)
     cache = FeatureCache(tmp_path / "features")
     feats = {s: cache.get(spec, str(real_weights), 0, 300, "nearest", data[s]) for s in data.splits}
-    extractor = build_extractor(spec, 300, str(real_weights), 0)
+    extractor = compose(spec, 300, str(real_weights), 0)
     paths = sorted(out_dir.glob("*.jpg"))
     x_out = np.concatenate(
         [

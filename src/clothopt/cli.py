@@ -104,7 +104,7 @@ class Backbones(_Command):
     """List the backbones clothopt knows, with their input sizes."""
 
     def run(self, args: argparse.Namespace) -> int:
-        from clothopt.backbones import BACKBONES
+        from clothopt.model.backbones import BACKBONES
 
         rows = [
             {
@@ -129,7 +129,7 @@ class StudyCreate(_Command):
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        from clothopt.backbones import BACKBONES
+        from clothopt.model.backbones import BACKBONES
         from clothopt.spaces import SAMPLERS
 
         p.add_argument("--backbone", required=True, help=f"one of: {', '.join(BACKBONES)}")
@@ -565,7 +565,7 @@ class CompareSamplers(_Command):
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        from clothopt.backbones import BACKBONES
+        from clothopt.model.backbones import BACKBONES
 
         p.add_argument("--backbone", required=True, help=f"one of: {', '.join(BACKBONES)}")
         p.add_argument(

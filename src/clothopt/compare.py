@@ -106,7 +106,7 @@ def run_comparison(
     """
     from optuna.exceptions import ExperimentalWarning
 
-    from clothopt.backbones import get_backbone
+    from clothopt.model.backbones import get_backbone
     from clothopt.spaces import load_space
 
     if seeds < 1 or budget < 1:

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt._io import atomic_path, atomic_write_json, file_lock
-from clothopt.backbones import PRECISIONS, BackboneSpec, build_extractor, weights_id
 from clothopt.data import Split, default_threads, iter_batches
 from clothopt.errors import UserError
+from clothopt.model.backbones import PRECISIONS, BackboneSpec, weights_id
+from clothopt.model.compose import compose
 
 if TYPE_CHECKING:
     import keras
@@ -111,7 +112,7 @@ def extract_features(
     threads: int | None = None,
     progress: bool = False,
 ) -> np.ndarray:
-    """Run ``model`` (an extractor from build_extractor) over every image of ``split``, in order.
+    """Run ``model`` (a :func:`~clothopt.model.compose.compose` extractor) over ``split``, in order.
 
     ``batch_size`` is only how many images go through the base at once: it changes speed and
     memory, not the features (beyond float rounding in the backend's kernels).
@@ -265,7 +266,7 @@ class FeatureCache:
         ident = (spec.name, image_size, weights_id(weights, seed))
         if self._extractor is None or self._extractor[0] != ident:
             self._extractor = None
-            model = build_extractor(spec, image_size, weights, seed, self.precision)
+            model = compose(spec, image_size, weights, seed, precision=self.precision)
             if self.jit_compile is not None:
                 model.jit_compile = self.jit_compile
             self._extractor = (ident, model)

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clothopt.backbones import BackboneSpec, build_extractor, get_backbone
 from clothopt.data import Dataset, Split, UnusableImage, default_threads, load_batch
 from clothopt.errors import TrialFailed
 from clothopt.metrics import classification_metrics
+from clothopt.model.backbones import BackboneSpec, get_backbone
+from clothopt.model.compose import Head, build_head, compose
 
 if TYPE_CHECKING:
     import keras
@@ -35,7 +36,6 @@ __all__ = [
     "HeadResult",
     "Objective",
     "batch_order",
-    "build_head",
     "compile_for_training",
     "train_end_to_end",
     "train_head",
@@ -57,18 +57,6 @@ def trial_seed(seed: int, params: Mapping[str, Any]) -> int:
 def batch_order(n: int, epoch: int, seed: int) -> np.ndarray:
     """The order in which an epoch visits the training examples (shared by both paths)."""
     return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def build_head(num_classes: int, seed: int) -> keras.layers.Dense:
-    """The paper's head: ``Dense(num_classes)`` logits, Glorot-uniform from ``seed``."""
-    import keras
-
-    return keras.layers.Dense(
-        num_classes,
-        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
-        bias_initializer="zeros",
-        name="logits",
-    )
 
 
 def compile_for_training(model: keras.Model, learning_rate: float) -> None:
@@ -224,13 +212,10 @@ def train_end_to_end(
     eval_batch_size: int = 32,
 ) -> HeadResult:
     """The paper's way: every epoch decodes every image and runs the frozen base again."""
-    import keras
-
     threads = threads or default_threads()
     classes = train.classes
-    extractor = build_extractor(spec, image_size, weights, weights_seed)
-    model = keras.Model(
-        extractor.input, build_head(len(classes), seed)(extractor.output), name=f"{spec.name}_e2e"
+    model = compose(
+        spec, image_size, weights, weights_seed, head=Head(num_classes=len(classes), seed=seed)
     )
     compile_for_training(model, learning_rate)
     result = HeadResult([], np.zeros(0, np.int64), {})

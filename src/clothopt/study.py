@@ -97,8 +97,8 @@ def create(
     """
     import optuna
 
-    from clothopt.backbones import get_backbone, weights_id
     from clothopt.data import RESIZE_METHODS, open_dataset
+    from clothopt.model.backbones import get_backbone, weights_id
     from clothopt.spaces import load_space, sampler_args
 
     spec = get_backbone(backbone)

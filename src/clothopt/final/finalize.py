@@ -1,11 +1,11 @@
 """``clothopt study finalize``: the paper's final training, a test report and an exported model.
 
 The best trial's configuration (or one named) is trained again for 5 epochs on the train
-split's cached features, then exported as one Keras model that takes raw images
-(:mod:`clothopt._export`). The test split, which no trial saw, is scored by that model as
-saved, reloaded from its file: the figures in ``report.json`` are the file's own. Beside the
-paper's figures (precision, recall, F1, parameters, seconds) the report holds what the paper
-lacked: a 95% bootstrap interval of the test macro-F1.
+split's cached features, then exported as one Keras model that takes raw images (built
+by :func:`clothopt.model.compose.compose`, as every model is). The test split, which no trial
+saw, is scored by that model as saved, reloaded from its file: the figures in ``report.json``
+are the file's own. Beside the paper's figures (precision, recall, F1, parameters, seconds) the
+report holds what the paper lacked: a 95% bootstrap interval of the test macro-F1.
 
 What the folder holds and how it is swapped into place: :mod:`clothopt.final.store`.
 """
@@ -167,8 +167,8 @@ def finalize(
     model, classes), e.g. to show them in optuna-dashboard.
     """
     from clothopt import study as study_mod
-    from clothopt._export import build_exported_model
-    from clothopt.backbones import get_backbone
+    from clothopt.model.backbones import get_backbone
+    from clothopt.model.compose import Head, compose
     from clothopt.data import SPLITS
     from clothopt.metrics import bootstrap_ci, classification_metrics
     from clothopt.objective import train_head, trial_seed
@@ -214,8 +214,9 @@ def finalize(
     try:
         # 3. export, then score the test split with the model as saved (reloaded from its file)
         start = time.perf_counter()
-        exported = build_exported_model(
-            spec, size, config.weights, config.seed, head.head_weights, classes
+        trained = Head(num_classes=len(classes), weights=head.head_weights)
+        exported = compose(
+            spec, size, config.weights, config.seed, raw_input=True, head=trained, softmax=True
         )
         exported.save(tmp / MODEL_FILE)
         (tmp / CLASSES_FILE).write_text(json.dumps(classes, indent=2) + "\n")

@@ -120,7 +120,7 @@ class _ExtractionCosts:
         return value or 0.0
 
     def _from_cache(self, cfg: StudyConfig, size: int) -> float | None:
-        from clothopt.backbones import get_backbone
+        from clothopt.model.backbones import get_backbone
         from clothopt.data import open_dataset
         from clothopt.features import FeatureCache
 

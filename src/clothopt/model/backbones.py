@@ -1,8 +1,10 @@
 """Backbone registry: one frozen spec per ImageNet model, in the manner of timm.
 
 A spec knows how to build the frozen base (``include_top=False``), which preprocessing its
-weights expect (as built-in Keras layers equal to its ``preprocess_input``), and its default
-and minimum input sizes. Keras is imported only when a model is built.
+weights expect (named constants, as timm's ``mean``/``std``, turned into built-in Keras layers
+equal to its ``preprocess_input``), and its default and minimum input sizes. How the base,
+preprocessing, pooling and head are chained is :mod:`clothopt.model.compose`'s. Keras is
+imported only when a model is built.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from clothopt.errors import UserError
 
@@ -28,14 +30,20 @@ __all__ = [
     "PRECISIONS",
     "BackboneSpec",
     "build_base",
-    "build_extractor",
     "get_backbone",
     "preprocessing_layers",
     "weights_id",
 ]
 
-# keras.applications preprocess_input modes (imagenet_utils): what each backbone expects
-_MODES = ("tf", "torch", "caffe", "none")
+# keras.applications' preprocess_input modes (imagenet_utils), as spec fields; each is checked
+# against the backbone's own preprocess_input by tests/test_backbones.py
+_TF: Mapping[str, Any] = MappingProxyType({"scale": 1 / 127.5, "mean": (1.0, 1.0, 1.0)})  # [-1, 1]
+_TORCH: Mapping[str, Any] = MappingProxyType(
+    {"scale": 1 / 255, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+)
+_CAFFE: Mapping[str, Any] = MappingProxyType(
+    {"channel_order": "BGR", "mean": (103.939, 116.779, 123.68)}  # BGR means, 0..255
+)
 
 # Numeric precision of the frozen base's forward pass (Keras dtype policy while it is built).
 # Reduced precisions use the mixed policies: weights stay float32, convolutions run in 16 bits.
@@ -44,20 +52,34 @@ PRECISIONS: Mapping[str, str] = MappingProxyType(
 )
 
 
-@dataclass(frozen=True)
+Triple = tuple[float, float, float]
+
+
+@dataclass(frozen=True, kw_only=True)
 class BackboneSpec:
+    """One backbone: how to build its base and what input its weights expect.
+
+    From RGB pixels 0..255 the weights expect ``(x * scale - mean) / std`` per channel, the
+    channels in ``channel_order`` (``mean`` and ``std`` listed in that order too).
+    """
+
     name: str
     module: str  # keras.applications submodule that holds constructor and preprocess_input
     constructor: str
     default_size: int
     min_size: int
-    preprocess_mode: str  # "tf" [-1, 1], "torch" ImageNet mean/std, "caffe" BGR - mean, "none"
     feature_dim: int  # channels of the pooled features
     paper: bool = False  # one of the four backbones of the published study
     kwargs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # preprocessing (timm's mean/std, but in the units after ``scale``; defaults: identity)
+    scale: float = 1.0
+    mean: Triple = (0.0, 0.0, 0.0)
+    std: Triple = (1.0, 1.0, 1.0)
+    channel_order: Literal["RGB", "BGR"] = "RGB"
 
     def __post_init__(self) -> None:
-        assert self.preprocess_mode in _MODES, self.preprocess_mode
+        assert self.channel_order in ("RGB", "BGR"), self.channel_order
+        assert len(self.mean) == len(self.std) == 3 and all(v > 0 for v in self.std)
         assert self.min_size <= self.default_size
 
     def constructor_fn(self) -> Callable[..., keras.Model]:
@@ -80,26 +102,63 @@ BACKBONES: Mapping[str, BackboneSpec] = MappingProxyType(
     {
         spec.name: spec
         for spec in (
-            BackboneSpec("xception", "xception", "Xception", 299, 71, "tf", 2048, paper=True),
             BackboneSpec(
-                "densenet201", "densenet", "DenseNet201", 224, 32, "torch", 1920, paper=True
+                name="xception",
+                module="xception",
+                constructor="Xception",
+                default_size=299,
+                min_size=71,
+                feature_dim=2048,
+                paper=True,
+                **_TF,
             ),
             BackboneSpec(
-                "efficientnetb6", "efficientnet", "EfficientNetB6", 528, 32, "none", 2304, True
+                name="densenet201",
+                module="densenet",
+                constructor="DenseNet201",
+                default_size=224,
+                min_size=32,
+                feature_dim=1920,
+                paper=True,
+                **_TORCH,
+            ),
+            # EfficientNets rescale inside the model: their preprocess_input is the identity
+            BackboneSpec(
+                name="efficientnetb6",
+                module="efficientnet",
+                constructor="EfficientNetB6",
+                default_size=528,
+                min_size=32,
+                feature_dim=2304,
+                paper=True,
             ),
             BackboneSpec(
-                "efficientnetb7", "efficientnet", "EfficientNetB7", 600, 32, "none", 2560, True
+                name="efficientnetb7",
+                module="efficientnet",
+                constructor="EfficientNetB7",
+                default_size=600,
+                min_size=32,
+                feature_dim=2560,
+                paper=True,
             ),
-            BackboneSpec("resnet50", "resnet50", "ResNet50", 224, 32, "caffe", 2048),
             BackboneSpec(
-                "mobilenet_025",
-                "mobilenet",
-                "MobileNet",
-                224,
-                32,
-                "tf",
-                256,
+                name="resnet50",
+                module="resnet50",
+                constructor="ResNet50",
+                default_size=224,
+                min_size=32,
+                feature_dim=2048,
+                **_CAFFE,
+            ),
+            BackboneSpec(
+                name="mobilenet_025",
+                module="mobilenet",
+                constructor="MobileNet",
+                default_size=224,
+                min_size=32,
+                feature_dim=256,
                 kwargs=MappingProxyType({"alpha": 0.25}),
+                **_TF,
             ),
         )
     }
@@ -206,52 +265,28 @@ def _build_base(spec: BackboneSpec, size: int, weights: str, seed: int) -> keras
 def preprocessing_layers(spec: BackboneSpec) -> list[keras.layers.Layer]:
     """Built-in Keras layers equal to the backbone's ``preprocess_input`` on float RGB 0..255.
 
-    Built-in layers (no Lambda, no custom class) keep exported models loadable in safe mode
-    without clothopt; a test checks them against ``preprocess_input`` itself.
+    They compute ``(x * spec.scale - spec.mean) / spec.std`` in ``spec.channel_order``, each as
+    few layers as it needs. Built-in layers (no Lambda, no custom class) keep exported models
+    loadable in safe mode without clothopt; a test checks them against ``preprocess_input``.
     """
     import keras
     import numpy as np
 
-    mode = spec.preprocess_mode
-    if mode == "tf":
-        return [keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess_tf")]
-    if mode == "torch":
-        mean = np.array([0.485, 0.456, 0.406])
-        std = np.array([0.229, 0.224, 0.225])
-        return [
-            keras.layers.Rescaling(1.0 / 255.0, name="preprocess_scale"),
-            keras.layers.Normalization(mean=mean, variance=std**2, name="preprocess_torch"),
-        ]
-    if mode == "caffe":
-        # RGB -> BGR and minus the ImageNet mean, as one fixed affine map on the channel axis
-        flip = keras.layers.Dense(3, trainable=False, name="preprocess_caffe")
-        flip.build((None, None, None, 3))
-        kernel = np.eye(3, dtype="float32")[:, ::-1]
-        flip.set_weights([kernel, -np.array([103.939, 116.779, 123.68], dtype="float32")])
-        return [flip]
-    return []
-
-
-def build_extractor(
-    spec: BackboneSpec,
-    size: int,
-    weights: str = "imagenet",
-    seed: int = 0,
-    precision: str = "float32",
-) -> keras.Model:
-    """float RGB 0..255 batch -> pooled features: preprocess, frozen base (training=False), GAP.
-
-    The input may also be a uint8 batch: the model casts it to float32 itself, which costs less
-    than a NumPy ``astype`` on the host. ``precision`` sets the base's compute dtype only;
-    preprocessing and pooling stay float32, so the features are float32 whatever it is.
-    """
-    import keras
-
-    base = build_base(spec, size, weights, seed, precision)
-    inputs = keras.Input((size, size, 3), name="image")
-    x = inputs
-    for layer in preprocessing_layers(spec):
-        x = layer(x)
-    x = base(x, training=False)
-    outputs = keras.layers.GlobalAveragePooling2D(name="pool", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name=f"{spec.name}_features")
+    mean, std = np.array(spec.mean), np.array(spec.std)
+    if spec.channel_order == "BGR":
+        # RGB -> BGR, scale, mean and std as one fixed affine map on the channel axis
+        affine = keras.layers.Dense(3, trainable=False, name="preprocess_bgr")
+        affine.build((None, None, None, 3))
+        kernel = np.eye(3)[:, ::-1] * (spec.scale / std)
+        affine.set_weights([kernel.astype("float32"), (-mean / std).astype("float32")])
+        return [affine]
+    if np.all(std == 1.0) and np.all(mean == mean[0]):
+        if spec.scale == 1.0 and mean[0] == 0.0:
+            return []  # the base rescales itself (EfficientNet)
+        # one multiply-add, as imagenet_utils' "tf" mode computes x / 127.5 - 1
+        return [keras.layers.Rescaling(spec.scale, offset=-float(mean[0]), name="preprocess_scale")]
+    layers: list[keras.layers.Layer] = []
+    if spec.scale != 1.0:
+        layers.append(keras.layers.Rescaling(spec.scale, name="preprocess_scale"))
+    layers.append(keras.layers.Normalization(mean=mean, variance=std**2, name="preprocess_norm"))
+    return layers
