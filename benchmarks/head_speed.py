@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script as well as with -m from the repository root
     sys.path.insert(0, str(ROOT))
 
-from clothopt.model.backbones import get_backbone  # noqa: E402
 from clothopt.data import open_dataset  # noqa: E402
 from clothopt.features import FeatureCache  # noqa: E402
+from clothopt.model.backbones import get_backbone  # noqa: E402
 from clothopt.model.head import HeadParams, HeadTrainer  # noqa: E402
 from clothopt.objective import batch_order, train_head, trial_seed  # noqa: E402
 

@@ -27,7 +27,6 @@ if str(ROOT / "src") not in sys.path:  # run as a script from a checkout
 from clothopt.data import load_batch, open_dataset  # noqa: E402
 from clothopt.features import FeatureCache  # noqa: E402
 from clothopt.final.ood import METHODS, calibrate, fit_detector  # noqa: E402
-
 from clothopt.model.backbones import get_backbone  # noqa: E402
 from clothopt.model.compose import compose  # noqa: E402
 

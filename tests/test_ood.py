@@ -208,10 +208,10 @@ def test_keras_score_equals_numpy_and_survives_safe_mode_loading(
 def test_knn_rejects_real_not_clothing_photos(
     real_data: Path, real_weights: Path, tmp_path: Path
 ) -> None:
-    from clothopt.model.backbones import get_backbone
-    from clothopt.model.compose import compose
     from clothopt.data import load_batch, open_dataset
     from clothopt.features import FeatureCache
+    from clothopt.model.backbones import get_backbone
+    from clothopt.model.compose import compose
 
     out_dir = real_data.parent / "not-clothing"
     if not out_dir.is_dir():

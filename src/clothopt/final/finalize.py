@@ -167,10 +167,10 @@ def finalize(
     model, classes), e.g. to show them in optuna-dashboard.
     """
     from clothopt import study as study_mod
-    from clothopt.model.backbones import get_backbone
-    from clothopt.model.compose import Head, compose
     from clothopt.data import SPLITS
     from clothopt.metrics import bootstrap_ci, classification_metrics
+    from clothopt.model.backbones import get_backbone
+    from clothopt.model.compose import Head, compose
     from clothopt.objective import train_head, trial_seed
     from clothopt.predict import CLASSES_FILE, iter_images, load_classifier, predict_image
     from clothopt.runs import open_run

@@ -120,9 +120,9 @@ class _ExtractionCosts:
         return value or 0.0
 
     def _from_cache(self, cfg: StudyConfig, size: int) -> float | None:
-        from clothopt.model.backbones import get_backbone
         from clothopt.data import open_dataset
         from clothopt.features import FeatureCache
+        from clothopt.model.backbones import get_backbone
 
         try:
             if cfg.data not in self._datasets:
