@@ -15,10 +15,11 @@ fitted from scratch (``tests/test_head.py`` checks it against ``objective.train_
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +91,14 @@ class HeadParams:
         for ok, message in checks:
             if not ok:
                 raise UserError(f"head: {message} (got {self})")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **defaults: Any) -> HeadParams:
+        """The head a trial's parameters describe: its keys that are fields of HeadParams
+        (others, such as ``image_size``, are ignored), over ``defaults`` (e.g. the study's
+        ``epochs``)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**(defaults | {k: v for k, v in params.items() if k in names}))
 
 
 @dataclass
