@@ -226,6 +226,10 @@ def test_cli_mistakes_are_one_line_errors(model_file: Path, tmp_path: Path) -> N
     q = str(images[0])
     _one_line_error(*_run(["similar", str(tmp_path / "none.npz"), q]), r"index not found")
     _one_line_error(*_run(["similar", str(idx), str(tmp_path / "gone.png")]), r"image not found")
+    (tmp_path / "text.jpg").write_text("not a picture")
+    code, out, err = _run(["similar", str(idx), str(tmp_path / "text.jpg")])
+    _one_line_error(code, out, err, r"cannot read image .*text\.jpg")
+    assert "data check" not in err
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"PK\x03\x04 not really a zip")
     _one_line_error(*_run(["similar", str(bad), q]), r"not a readable similar-item index")

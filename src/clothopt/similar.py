@@ -294,7 +294,10 @@ def query(
     vectors = []
     for image in images:
         if not isinstance(image, np.ndarray):
-            image = load_image(image, None)
+            try:
+                image = load_image(image, None)
+            except UserError as exc:  # its hint about `clothopt data check` is for data sets
+                raise UserError(str(exc).split(" (run `clothopt data check`")[0]) from None
         vectors.append(embed(image))
     if not vectors:
         return []
