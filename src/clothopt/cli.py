@@ -457,6 +457,85 @@ class Predict(_Command):
         return 1 if failed else 0
 
 
+# --------------------------------------------------------------------------- similar items
+
+
+class IndexBuild(_Command):
+    """Embed every image under a folder with a finalized model; write a similar-item index.
+
+    The folder is read recursively in any layout; files that are not images are skipped and
+    counted, an unreadable image is reported and left out. The index (one .npz file, written
+    atomically) records the model's SHA-256 and the folder's fingerprint: `clothopt similar`
+    refuses it once either changed.
+    """
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", help="a .keras file written by clothopt study finalize")
+        p.add_argument("dir", help="the catalogue: a folder of images (any layout)")
+        p.add_argument("--out", help="index file (default: similar.npz beside the model)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from clothopt.similar import build_index
+
+        out = Path(args.out) if args.out else Path(args.model).with_name("similar.npz")
+        result = build_index(
+            args.model, args.dir, out, log=lambda line: print(f"clothopt: {line}", file=sys.stderr)
+        )
+        print(
+            f"indexed {result.images} images ({result.dims} dims) in {result.seconds:.1f} s: "
+            f"{result.skipped} non-image files skipped, {len(result.failed)} unreadable; "
+            f"wrote {result.out}"
+        )
+        return 0
+
+
+class Similar(_Command):
+    """The catalogue items most similar to each image, from an index (clothopt index build)."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("index", help="an index file written by clothopt index build")
+        p.add_argument("images", nargs="+", metavar="IMAGE")
+        p.add_argument("-k", type=_positive_int, default=5, help="items per image (5)")
+        p.add_argument("--json", action="store_true", help="one JSON object per image and line")
+        p.add_argument("--html", metavar="OUT", help="also write a self-contained HTML page")
+        p.add_argument("--model", help="the model (default: the one the index was built with)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from clothopt.predict import expand_paths, load_classifier
+        from clothopt.similar import load_index, query, write_html
+
+        paths = expand_paths(args.images)
+        if not paths:
+            raise UserError("no images in the folders given")
+        for path in paths:
+            if not path.is_file():
+                raise UserError(f"image not found: {path}")
+        index = load_index(args.index, args.model)
+        model, _ = load_classifier(args.model or index.meta["model"])
+        results = query(index, model, paths, args.k)
+        if args.json:
+            for path, hits in zip(paths, results, strict=True):
+                print(json.dumps({"image": str(path), "similar": [h.to_dict() for h in hits]}))
+        else:
+            rows = []
+            for path, hits in zip(paths, results, strict=True):
+                row: dict[str, Any] = {"image": str(path)}
+                for rank, hit in enumerate(hits, 1):
+                    row[str(rank)] = f"{hit.relpath} {hit.score:.3f}"
+                rows.append(row)
+            print(format_table(rows))
+        if args.html:
+            out = write_html(Path(args.html), [str(p) for p in paths], results)
+            print(f"wrote {out}", file=sys.stderr)
+        return 0
+
+
 # --------------------------------------------------------------------------- dashboard
 
 
@@ -638,6 +717,8 @@ COMMANDS: dict[str, type[_Command]] = {
     "study finalize": StudyFinalize,
     "study report": StudyReport,
     "predict": Predict,
+    "index build": IndexBuild,
+    "similar": Similar,
     "compare backbones": CompareBackbones,
     "compare samplers": CompareSamplers,
     "dashboard": Dashboard,

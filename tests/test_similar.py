@@ -1,0 +1,243 @@
+"""Similar items: index build/query round trip, stale indexes refused, CLI mistakes in one line."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clothopt.backbones import get_backbone
+from clothopt.cli import main
+from clothopt.errors import UserError
+from clothopt.predict import CLASSES_FILE, load_classifier
+from clothopt.similar import (
+    build_index,
+    embed_arrays,
+    embedder,
+    load_index,
+    query,
+    write_html,
+)
+
+CLASSES = ["hat", "pants", "shoes", "skirt"]
+
+
+def _save_model(folder: Path, seed: int) -> Path:
+    """An exported model as finalize builds it (random base, 32 px: fast), random head."""
+    from clothopt._export import build_exported_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    # the random base's features are tiny: a large kernel makes the probabilities differ
+    head = [rng.normal(0, 1e16, (256, len(CLASSES))).astype("float32"), np.zeros(4, "float32")]
+    model = build_exported_model(get_backbone("mobilenet_025"), 32, "none", 0, head, CLASSES)
+    model.save(folder / "model.keras")
+    (folder / CLASSES_FILE).write_text(json.dumps(CLASSES))
+    return folder / "model.keras"
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save_model(tmp_path_factory.mktemp("model"), 0)
+
+
+def _catalogue(root: Path, n: int = 6) -> list[Path]:
+    """Distinct pictures (stripes of different widths and colours, varied sizes), nested."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(n):
+        h, w = 30 + 7 * i, 45 - 3 * i
+        img = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+        img[:, :: i + 2] = (40 * i, 255 - 30 * i, 128)
+        path = root / ("a" if i % 2 else "b/c") / f"item{i}.png"  # any layout, recursive
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(path)
+        paths.append(path)
+    return paths
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_embeddings_are_unit_vectors_and_pooled_is_cosine() -> None:
+    rng = np.random.default_rng(0)
+    pooled, logits = rng.random((5, 8)) * 3, rng.normal(0, 4, (5, 3))
+    for name in ("pooled", "pooled+probs"):
+        e = embed_arrays(pooled, logits, name)
+        assert e.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-6)
+    cos = pooled @ pooled.T / np.outer(*(2 * [np.linalg.norm(pooled, axis=1)]))
+    e = embed_arrays(pooled, logits, "pooled")
+    np.testing.assert_allclose(e @ e.T, cos, atol=1e-6)
+    # pooled+probs: the mean of the visual cosine and the Bhattacharyya coefficient
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    e = embed_arrays(pooled, logits, "pooled+probs")
+    np.testing.assert_allclose(e @ e.T, (cos + np.sqrt(probs) @ np.sqrt(probs).T) / 2, atol=1e-6)
+    with pytest.raises(UserError, match="unknown embedding"):
+        embed_arrays(pooled, logits, "nope")
+
+
+def test_build_and_query_round_trip(model_file: Path, tmp_path: Path) -> None:
+    cat = tmp_path / "cat"
+    images = _catalogue(cat)
+    (cat / "notes.txt").write_text("not an image")
+    (cat / "a" / "broken.jpg").write_text("not a JPEG either")
+    out = tmp_path / "idx" / "similar.npz"
+    logged: list[str] = []
+    result = build_index(model_file, cat, out, log=logged.append)
+    assert (result.images, result.skipped, len(result.failed)) == (len(images), 1, 1)
+    assert "broken.jpg" in result.failed[0] and "broken.jpg" in logged[0]
+    assert [p.name for p in out.parent.iterdir()] == ["similar.npz"]  # no temporary left
+
+    with np.load(out, allow_pickle=False) as npz:  # plain arrays: no pickle needed to read it
+        meta = json.loads(str(npz["meta"]))
+    assert meta["embedding"] == "pooled+probs" and meta["dims"] == 256 + len(CLASSES)
+    assert meta["count"] == len(images) and len(meta["model_sha256"]) == 64
+
+    index = load_index(out)
+    assert sorted(index.paths) == sorted(p.relative_to(cat).as_posix() for p in images)
+    model, _ = load_classifier(model_file)
+    results = query(index, model, images, k=3)
+    for image, hits in zip(images, results, strict=True):
+        assert len(hits) == 3
+        assert Path(hits[0].path) == image  # the query itself, found first
+        assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert hits[0].score > hits[1].score >= hits[2].score
+    # the scores are the embeddings' inner products, as numpy computes them
+    embed = embedder(model)
+    from clothopt.data import load_image
+
+    q = embed(load_image(images[0], None))
+    for hit in results[0]:
+        assert hit.score == pytest.approx(float(q @ embed(load_image(hit.path, None))), abs=1e-5)
+    # a picture not in the catalogue still gets k answers; k above the size gives all
+    assert len(query(index, model, [np.full((20, 20, 3), 90, np.uint8)], k=50)[0]) == len(images)
+
+
+def test_stale_index_is_refused(model_file: Path, tmp_path: Path) -> None:
+    cat = tmp_path / "cat"
+    images = _catalogue(cat, 3)
+    model = tmp_path / "m" / "model.keras"
+    model.parent.mkdir()
+    model.write_bytes(model_file.read_bytes())
+    (model.parent / CLASSES_FILE).write_text(json.dumps(CLASSES))
+    out = tmp_path / "similar.npz"
+    build_index(model, cat, out)
+    load_index(out)  # fresh: accepted
+
+    other = _save_model(tmp_path / "other", 1)
+    with pytest.raises(UserError, match=r"stale: model .* not the one"):
+        load_index(out, other)  # another model given
+    model.write_bytes(other.read_bytes())  # the model re-finalized in place
+    with pytest.raises(UserError, match=r"stale: model"):
+        load_index(out)
+    model.write_bytes(model_file.read_bytes())
+    load_index(out)
+
+    st = images[0].stat()
+    os.utime(images[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # an image edited
+    with pytest.raises(UserError, match=r"stale: catalogue"):
+        load_index(out)
+    assert load_index(out, check_catalogue=False).meta["count"] == 3
+    os.utime(images[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    load_index(out)
+    (cat / "new.png").write_bytes(images[1].read_bytes())  # an image added
+    with pytest.raises(UserError, match=r"stale: catalogue"):
+        load_index(out)
+
+
+def test_html_page_is_self_contained(model_file: Path, tmp_path: Path) -> None:
+    images = _catalogue(tmp_path / "cat", 4)
+    build_index(model_file, tmp_path / "cat", tmp_path / "i.npz")
+    index = load_index(tmp_path / "i.npz")
+    results = query(index, load_classifier(model_file)[0], images[:2], k=3)
+    page = write_html(tmp_path / "page.html", [str(p) for p in images[:2]], results).read_text()
+    assert page.count('src="data:image/jpeg;base64,') == 2 * (1 + 3)
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing fetched from anywhere
+    assert page.count('class="row"') == 2 and "item0.png" in page
+
+
+def _one_line_error(code: int, out: str, err: str, pattern: str) -> None:
+    assert code == 2, (out, err)
+    assert err.count("\n") == 1 and err.startswith("clothopt: error: "), err
+    assert "Traceback" not in err + out
+    assert re.search(pattern, err), err
+
+
+def test_cli_build_and_query(model_file: Path, tmp_path: Path) -> None:
+    images = _catalogue(tmp_path / "cat", 4)
+    idx = tmp_path / "i.npz"
+    code, out, err = _run(
+        ["index", "build", str(model_file), str(tmp_path / "cat"), "--out", str(idx)]
+    )
+    assert code == 0, err
+    assert "indexed 4 images" in out and str(idx) in out
+
+    page = tmp_path / "p.html"
+    argv = ["similar", str(idx), str(images[2]), str(images[3]), "-k", "2", "--json"]
+    code, out, err = _run([*argv, "--html", str(page)])
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["image"] for line in lines] == [str(images[2]), str(images[3])]
+    assert [len(line["similar"]) for line in lines] == [2, 2]
+    assert lines[0]["similar"][0]["path"] == str(images[2])
+    assert page.read_text().count("data:image/jpeg;base64,") == 2 * 3
+
+    code, out, err = _run(["similar", str(idx), str(images[1]), "--model", str(model_file)])
+    assert code == 0, err
+    rows = out.splitlines()
+    assert rows[0].split() == ["image", "1", "2", "3", "4"]  # k=5 capped at the catalogue
+    assert rows[2].split()[1] == images[1].relative_to(tmp_path / "cat").as_posix()
+
+
+def test_cli_mistakes_are_one_line_errors(model_file: Path, tmp_path: Path) -> None:
+    images = _catalogue(tmp_path / "cat", 2)
+    idx = tmp_path / "i.npz"
+    build = ["index", "build", str(model_file)]
+    (tmp_path / "empty").mkdir()
+    _one_line_error(*_run([*build, str(tmp_path / "empty")]), r"no images under .*empty")
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("a")
+    _one_line_error(*_run([*build, str(tmp_path / "texts")]), r"\(1 other files skipped\)")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "x.jpg").write_text("no")
+    code, out, err = _run([*build, str(tmp_path / "broken")])
+    assert code == 2 and "Traceback" not in err + out
+    # each unreadable image is reported as it is met, then the one error
+    warning, error = err.splitlines()
+    assert warning.startswith("clothopt: warning: cannot read image") and "x.jpg" in warning
+    assert re.fullmatch(r"clothopt: error: none of the 1 images under .* could be read", error)
+    _one_line_error(*_run([*build, str(tmp_path / "nope")]), r"catalogue folder not found")
+    missing_model = ["index", "build", str(tmp_path / "no.keras"), str(tmp_path / "cat")]
+    _one_line_error(*_run(missing_model), r"model not found")
+
+    assert _run([*build, str(tmp_path / "cat"), "--out", str(idx)])[0] == 0
+    q = str(images[0])
+    _one_line_error(*_run(["similar", str(tmp_path / "none.npz"), q]), r"index not found")
+    _one_line_error(*_run(["similar", str(idx), str(tmp_path / "gone.png")]), r"image not found")
+    (tmp_path / "text.jpg").write_text("not a picture")
+    code, out, err = _run(["similar", str(idx), str(tmp_path / "text.jpg")])
+    _one_line_error(code, out, err, r"cannot read image .*text\.jpg")
+    assert "data check" not in err
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    _one_line_error(*_run(["similar", str(bad), q]), r"not a readable similar-item index")
+    truncated = tmp_path / "cut.npz"
+    truncated.write_bytes(idx.read_bytes()[:200])
+    _one_line_error(*_run(["similar", str(truncated), q]), r"not a readable similar-item index")
+
+    other = _save_model(tmp_path / "other", 1)
+    _one_line_error(*_run(["similar", str(idx), q, "--model", str(other)]), r"is stale: model")
+    (tmp_path / "cat" / "extra.png").write_bytes(images[1].read_bytes())
+    _one_line_error(*_run(["similar", str(idx), q]), r"is stale: catalogue")
