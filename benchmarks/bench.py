@@ -350,6 +350,12 @@ def _load_note(flag: Any) -> str:
     return " (loaded)" if flag else ""
 
 
+def _goal_row(
+    what: str, figure: str, goal: str, met: Any, loaded: Any
+) -> tuple[str, str, str, str]:
+    return (what, f"{figure}{_load_note(loaded)}", goal, _yes(met))
+
+
 def goal_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(measurement, figure, goal, met) for the table printed and written to bench.md."""
     rows = []
@@ -375,67 +381,58 @@ def goal_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         )
         rows.append(("Same F1 on both paths", f"max |dF1| = {s['max_f1_diff']}", "0", "-"))
     if e := summary.get("extraction"):
+        goal = f">= {100 * e['goal']:.0f}%"
         for r in e["sizes"]:
             bound = f" (2-core CPU bound {100 * r['cpu_bound']:.0f}%)" if r.get("cpu_bound") else ""
             rows.append(
-                (
+                _goal_row(
                     f"Extraction pipeline vs bare forward ({r['image_size']} px, batch "
                     f"{e['batch_size']}, {e['decode_threads']} decode threads)",
                     f"{r['pipeline_img_s']} vs {r['forward_img_s']} img/s = "
-                    f"{100 * r['pipeline_vs_forward']:.0f}%{bound}{_load_note(e['loaded'])}",
-                    f">= {100 * e['goal']:.0f}%",
-                    _yes(r["met"]),
+                    f"{100 * r['pipeline_vs_forward']:.0f}%{bound}",
+                    goal, r["met"], e["loaded"],
                 )
-            )
+            )  # fmt: skip
         if sd := e.get("shared_decode"):
             rows.append(
-                (
+                _goal_row(
                     f"Extraction of {'/'.join(map(str, sd['sizes']))} px in one pass (each image "
                     "decoded once) vs their bare forward passes",
                     f"{sd['seconds']} s vs {sd['forward_seconds']} s = "
                     f"{100 * sd['pipeline_vs_forward']:.0f}% ({sd['speedup_vs_size_by_size']}x "
-                    f"size by size){_load_note(e['loaded'])}",
-                    f">= {100 * e['goal']:.0f}%",
-                    _yes(sd["met"]),
+                    "size by size)",
+                    goal, sd["met"], e["loaded"],
                 )
-            )
+            )  # fmt: skip
     if h := summary.get("head"):
-        for name, what in (
-            ("paper", "paper head"),
-            ("wide", "wide head (512, dropout, adamw, cosine)"),
-        ):
+        for name, what in (("paper", "paper head"), ("wide", "wide head (512, dropout, adamw)")):
             f = h[name]
             rows.append(
-                (
+                _goal_row(
                     f"Head training per trial, reused HeadTrainer, {what}, "
                     f"{f['params']['epochs']} epochs, {h['train_images']} images",
                     f"median {f['seconds_per_trial']:.3f} s, max {f['seconds_max']:.3f} s "
-                    f"(first with compile {f['seconds_first_with_compile']:.2f} s)"
-                    f"{_load_note(h['loaded'])}",
-                    f"<= {f['goal_seconds']:g} s",
-                    _yes(f["met"]),
+                    f"(first with compile {f['seconds_first_with_compile']:.2f} s)",
+                    f"<= {f['goal_seconds']:g} s", f["met"], h["loaded"],
                 )
-            )
+            )  # fmt: skip
     if t := summary.get("search_trial"):
         rows.append(
-            (
+            _goal_row(
                 "Per trial outside training in the cached search (objective, storage, attributes)",
                 f"{1000 * (t['outside_training_seconds'] or 0):.0f} ms (head training "
-                f"{1000 * (t['train_seconds'] or 0):.0f} ms){_load_note(t['loaded'])}",
-                f"<= {t['goal']:g} s",
-                _yes(t["met"]),
+                f"{1000 * (t['train_seconds'] or 0):.0f} ms)",
+                f"<= {t['goal']:g} s", t["met"], t["loaded"],
             )
-        )
+        )  # fmt: skip
     if o := summary.get("overhead"):
         rows.append(
-            (
+            _goal_row(
                 f"Search overhead per trial (storage + sampling, {o['storage']}, "
                 f"{o['trials']} trials, no training)",
-                f"{o['ms_per_trial']:.1f} ms{_load_note(o['loaded'])}",
-                f"<= {o['goal_ms']:g} ms",
-                _yes(o["met"]),
+                f"{o['ms_per_trial']:.1f} ms", f"<= {o['goal_ms']:g} ms", o["met"], o["loaded"],
             )
-        )
+        )  # fmt: skip
     if m := summary.get("memory"):
         rows.append(
             (
