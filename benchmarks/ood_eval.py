@@ -7,7 +7,7 @@ folder of not-clothing photos and, separately, the sample photos shipped with sc
 scikit-learn (out). Prints AUROC, the share of out-of-distribution pictures accepted at the
 threshold, and the share of test images accepted.
 
-    python benchmarks/ood_eval.py --data DIR --weights FILE --not-clothing DIR [--k 10]
+    python -m benchmarks.ood_eval --data DIR --weights FILE --not-clothing DIR [--k 10]
 """
 
 from __future__ import annotations
@@ -20,15 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "src") not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT / "src"))
-
-from clothopt.data import load_batch, open_dataset  # noqa: E402
-from clothopt.features import FeatureCache  # noqa: E402
-from clothopt.final.ood import METHODS, calibrate, fit_detector  # noqa: E402
-from clothopt.model.backbones import get_backbone  # noqa: E402
-from clothopt.model.compose import compose  # noqa: E402
+from clothopt.data import load_batch, open_dataset
+from clothopt.features import FeatureCache
+from clothopt.final.ood import METHODS, calibrate, fit_detector
+from clothopt.model.backbones import get_backbone
+from clothopt.model.compose import compose
 
 BACKBONE, SIZE, RESIZE = "mobilenet_025", 300, "nearest"
 SKIMAGE_PHOTOS = (

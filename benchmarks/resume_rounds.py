@@ -5,7 +5,7 @@ weights, a fresh feature cache so kills also land in feature extraction), starts
 `clothopt study optimize` workers, kills one or all of them with SIGKILL at a random moment,
 runs one more worker to the end, and checks that every grid point is COMPLETE exactly once.
 
-    python benchmarks/resume_rounds.py --rounds 20 [--storage postgresql+psycopg://...]
+    python -m benchmarks.resume_rounds --rounds 20 [--storage postgresql+psycopg://...]
 """
 
 from __future__ import annotations

@@ -8,17 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.bench import goal_rows, run_all  # noqa: E402
-from benchmarks.measure import SECTIONS, Settings, _within_block_slope, link_subset  # noqa: E402
+from benchmarks.bench import goal_rows, run_all
+from benchmarks.measure import SECTIONS, Settings, _within_block_slope, link_subset
 
 
 def _positive(x: object) -> bool:
@@ -90,10 +84,24 @@ def test_bench_writes_every_documented_figure(report: dict, tmp_path: Path) -> N
         assert 0 < row["cpu_bound"] <= 1 and isinstance(row["met"], bool)
     assert all(r["same_features"] for r in report["sections"]["extraction"]["sizes"])
 
+    sd = e["shared_decode"]
+    assert sd["sizes"] == [32, 40] and _positive(sd["pipeline_vs_forward"])
+    assert _positive(sd["speedup_vs_size_by_size"]) and isinstance(sd["met"], bool)
+
     h = summary["head"]
-    assert _positive(h["ms_per_trial"]) and h["ms_outside_training_per_trial"] is not None
+    assert h["train_images"] == 24
+    for name, goal in (("paper", 0.1), ("wide", 1.0)):
+        fig = h[name]
+        assert fig["trials"] == 2 and fig["goal_seconds"] == goal
+        assert _positive(fig["seconds_per_trial"]) and isinstance(fig["met"], bool)
+        assert 0 <= fig["f1_median"] <= 1
+    assert h["wide"]["params"]["hidden_layers"] == 1 and h["wide"]["params"]["epochs"] >= 10
+    t = summary["search_trial"]
+    assert _positive(t["train_seconds"]) and t["outside_training_seconds"] is not None
+    assert t["goal"] == 0.3 and isinstance(t["met"], bool)
     o = summary["overhead"]
     assert o["trials"] == 27 and _positive(o["ms_per_trial"]) and o["storage"] == "sqlite"
+    assert o["goal_ms"] == 300 and isinstance(o["met"], bool)
 
     m = summary["memory"]
     assert m["trials"] == 4 and _positive(m["peak_rss_mb"])
@@ -123,7 +131,7 @@ def test_subset_links_keep_class_shares(tiny_data: Path, tmp_path: Path) -> None
 
 def test_memory_slope_ignores_the_step_of_a_new_image_size() -> None:
     def row(n: int, size: int, rss: float) -> dict:
-        return {"number": n, "state": "COMPLETE", "params": {"image_size": size}, "rss_mb": rss}
+        return {"number": n, "state": "COMPLETE", "image_size": size, "rss_mb": rss}
 
     flat = [row(i, 300, 900.0) for i in range(4)] + [row(i + 4, 400, 1100.0) for i in range(4)]
     assert _within_block_slope(flat) == 0.0

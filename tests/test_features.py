@@ -61,6 +61,93 @@ def test_memory_only_cache_writes_nothing(tiny_data: Path, tmp_path: Path) -> No
     assert not list(tmp_path.rglob("*.npz"))
 
 
+def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Patch the one decoder; the returned list gets one entry per decoded file."""
+    from clothopt.data import images
+
+    calls: list[int] = []
+    real = images.load_image_sizes
+
+    def counting(path, sizes, resize="nearest"):  # type: ignore[no-untyped-def]
+        calls.append(len(sizes))
+        return real(path, sizes, resize)
+
+    monkeypatch.setattr(images, "load_image_sizes", counting)
+    return calls
+
+
+def test_get_many_decodes_once_and_equals_get_bit_for_bit(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    split = open_dataset(tiny_data)["train"]
+    sizes = [32, 40, 48]
+    alone = {s: FeatureCache(None).get(SPEC, "none", 0, s, "nearest", split) for s in sizes}
+    calls = _count_decodes(monkeypatch)
+    root = tmp_path / "cache"
+    many = FeatureCache(root).get_many(SPEC, "none", 0, sizes, "nearest", split)
+    assert calls == [len(sizes)] * len(split)  # each file decoded once, for all three sizes
+    assert list(many) == sizes
+    for s in sizes:
+        assert not many[s].cached and many[s].key == alone[s].key
+        np.testing.assert_array_equal(many[s].x, alone[s].x)
+        np.testing.assert_array_equal(many[s].y, alone[s].y)
+        assert many[s].base_params == alone[s].base_params
+    # written as entries that a later run's get() reads; get_many then computes only what's new
+    calls.clear()
+    later = FeatureCache(root)
+    np.testing.assert_array_equal(later.get(SPEC, "none", 0, 40, "nearest", split).x, alone[40].x)
+    more = later.get_many(SPEC, "none", 0, [32, 40, 56], "nearest", split)
+    assert more[32].cached and more[40].cached and not more[56].cached
+    assert calls == [1] * len(split)
+    np.testing.assert_array_equal(
+        more[56].x, FeatureCache(None).get(SPEC, "none", 0, 56, "nearest", split).x
+    )
+
+
+def test_the_objective_extracts_every_size_of_the_space_on_its_first_trial(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clothopt import study
+
+    space = tmp_path / "space.toml"
+    space.write_text(
+        'sampler = "grid"\nepochs = 1\n[params]\nimage_size = [32, 40]\n'
+        "batch_size = [8]\nlearning_rate = [0.01]\n"
+    )
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    st, config = study.create(
+        backbone="mobilenet_025",
+        space=str(space),
+        name="warm",
+        storage=storage,
+        data=str(tiny_data),
+        weights="none",
+        cache_dir=str(tmp_path / "features"),
+    )
+    from clothopt.objective import Objective
+
+    calls = _count_decodes(monkeypatch)
+    ds = open_dataset(tiny_data)
+    objective = Objective(config, ds, FeatureCache(config.cache_dir))
+    study.optimize(st, config, objective, progress=False)
+    # train and validation decoded once each, at both sizes, by the first trial
+    assert calls == [2] * (len(ds["train"]) + len(ds["validation"]))
+    first, second = sorted(st.get_trials(), key=lambda t: t.number)
+    assert first.user_attrs["extract_seconds"] > 0 and not first.user_attrs["features_cached"]
+    assert second.user_attrs["features_cached"] and second.user_attrs["extract_seconds"] == 0
+
+
+@pytest.mark.slow
+def test_get_many_equals_get_on_real_photos(real_subset: Path, real_weights: Path) -> None:
+    """The paper's sizes on real JPEGs (EXIF, odd sizes): one decode, the same bits."""
+    split = open_dataset(real_subset)["validation"]
+    sizes = [300, 400, 500]
+    many = FeatureCache(None).get_many(SPEC, str(real_weights), 0, sizes, "nearest", split)
+    for s in sizes:
+        alone = FeatureCache(None).get(SPEC, str(real_weights), 0, s, "nearest", split)
+        np.testing.assert_array_equal(many[s].x, alone.x)
+
+
 @pytest.mark.slow
 def test_pretrained_features_separate_real_classes(real_subset: Path, real_weights: Path) -> None:
     ds = open_dataset(real_subset)

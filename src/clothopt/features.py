@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt._io import atomic_path, atomic_write_json, file_lock
-from clothopt.data import Split, default_threads, iter_batches
+from clothopt.data import Split, default_threads, iter_batches_sizes
 from clothopt.errors import UserError
 from clothopt.model.backbones import PRECISIONS, BackboneSpec, weights_id
 from clothopt.model.compose import compose
@@ -38,6 +39,8 @@ __all__ = [
     "Features",
     "default_extract_batch",
     "extract_features",
+    "extract_features_sizes",
+    "gpu_name",
 ]
 
 # Images per forward pass when extracting (not the trial's batch size: features do not depend
@@ -49,28 +52,31 @@ CPU_EXTRACT_BATCH = 16
 GPU_EXTRACT_BATCH = 32
 
 
-def _gpu_present() -> bool:
+def gpu_name() -> str | None:
+    """The GPU Keras's backend runs on, or None on a CPU-only machine."""
     import keras
 
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
 
-        return any(d.platform == "gpu" for d in jax.devices())
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        return str(getattr(gpus[0], "device_kind", "gpu")) if gpus else None
     if backend == "torch":
         import torch
 
-        return bool(torch.cuda.is_available())
+        return str(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return bool(tf.config.list_physical_devices("GPU"))
-    return False
+        gpus = tf.config.list_physical_devices("GPU")
+        return str(gpus[0].name) if gpus else None
+    return None
 
 
 def default_extract_batch() -> int:
     """The extraction batch size for this machine: small on CPU, larger on a GPU."""
-    return GPU_EXTRACT_BATCH if _gpu_present() else CPU_EXTRACT_BATCH
+    return GPU_EXTRACT_BATCH if gpu_name() else CPU_EXTRACT_BATCH
 
 
 @dataclass(frozen=True)
@@ -117,27 +123,52 @@ def extract_features(
     ``batch_size`` is only how many images go through the base at once: it changes speed and
     memory, not the features (beyond float rounding in the backend's kernels).
     """
-    out: list[np.ndarray] = []
+    return extract_features_sizes(
+        {image_size: model}, split, resize, batch_size, threads, progress
+    )[image_size]
+
+
+def extract_features_sizes(
+    models: Mapping[int, keras.Model],
+    split: Split,
+    resize: str = "nearest",
+    batch_size: int = 32,
+    threads: int | None = None,
+    progress: bool = False,
+) -> dict[int, np.ndarray]:
+    """:func:`extract_features` for several sizes (``{size: extractor}``), decoding once.
+
+    Each image is decoded once and resized to every size from that one decoded picture, so
+    each size's features are bit for bit those of :func:`extract_features` at that size.
+    """
+    sizes = list(models)
+    out: dict[int, list[np.ndarray]] = {size: [] for size in sizes}
     done = 0
     start = last = time.perf_counter()
     live = progress and sys.stderr.isatty()
-    for batch in iter_batches(split.paths, image_size, batch_size, resize, threads):
-        # uint8 in: the model casts inside its compiled graph, cheaper than astype on the host
-        feats = model.predict_on_batch(batch)
-        out.append(np.asarray(feats, dtype=np.float32))
-        done += len(batch)
+    shown = "/".join(map(str, sizes))
+    for batches in iter_batches_sizes(split.paths, sizes, batch_size, resize, threads):
+        for size, batch in zip(sizes, batches, strict=True):
+            # uint8 in: the model casts inside its compiled graph, cheaper than astype on the host
+            out[size].append(np.asarray(models[size].predict_on_batch(batch), dtype=np.float32))
+        done += len(batches[0])
         now = time.perf_counter()
         if progress and (done == len(split) or (live and now - last > 0.5)):
             last = now
             rate = done / max(now - start, 1e-9)
             end = "\n" if done == len(split) else ""
             print(
-                f"\r  features {split.name} {image_size}px: {done}/{len(split)} ({rate:.0f} img/s)",
+                f"\r  features {split.name} {shown}px: {done}/{len(split)} ({rate:.0f} img/s)",
                 end=end,
                 file=sys.stderr,
                 flush=True,
             )
-    return np.concatenate(out) if out else np.zeros((0, model.output.shape[-1]), np.float32)
+    return {
+        size: np.concatenate(parts)
+        if parts
+        else np.zeros((0, models[size].output.shape[-1]), np.float32)
+        for size, parts in out.items()
+    }
 
 
 class FeatureCache:
@@ -227,20 +258,63 @@ class FeatureCache:
             if (feats := self._read(path, key)) is not None:
                 return self._remember(feats)
             feats = self._compute(spec, weights, seed, key, split)
-            with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, x=feats.x, y=feats.y)
-            atomic_write_json(
-                path.with_suffix(".json"),
-                {
-                    "key": asdict(key),
-                    "extract_seconds": feats.extract_seconds,
-                    "images": len(feats.y),
-                    "feature_dim": int(feats.x.shape[1]),
-                    "base_params": feats.base_params,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                },
-            )
+            self._write(path, feats)
         return self._remember(feats)
+
+    def get_many(
+        self,
+        spec: BackboneSpec,
+        weights: str,
+        seed: int,
+        sizes: Sequence[int],
+        resize: str,
+        split: Split,
+    ) -> dict[int, Features]:
+        """:meth:`get` at each of ``sizes``, as ``{size: Features}``.
+
+        The sizes not cached yet are extracted in one pass that decodes each image once
+        (:func:`extract_features_sizes`): bit for bit what :meth:`get` computes size by size.
+        """
+        keys = {size: self.key(spec, weights, seed, size, resize, split) for size in sizes}
+        found = {size: f for size, key in keys.items() if (f := self._lookup(key)) is not None}
+        if missing := sorted(set(keys) - set(found)):
+            with contextlib.ExitStack() as locks:
+                paths = {size: self.path(keys[size]) for size in missing}
+                for path in paths.values():  # sorted by size: one lock order for every worker
+                    if path is not None:
+                        locks.enter_context(file_lock(path.with_suffix(".lock")))
+                # another worker may have written some while this one waited for the locks
+                found |= {s: f for s in missing if (f := self._lookup(keys[s])) is not None}
+                todo = {size: keys[size] for size in missing if size not in found}
+                computed = self._compute_many(spec, weights, seed, todo, split) if todo else {}
+                for size, feats in computed.items():
+                    if (path := paths[size]) is not None:
+                        self._write(path, feats)
+                found |= computed
+        return {size: self._remember(found[size]) for size in keys}
+
+    def _lookup(self, key: FeatureKey) -> Features | None:
+        """The entry from memory or disk (``cached`` set), or None when it must be computed."""
+        if key.digest in self._memory:
+            hit = self._memory[key.digest]
+            return Features(hit.x, hit.y, key, hit.extract_seconds, True, hit.base_params)
+        path = self.path(key)
+        return None if path is None else self._read(path, key)
+
+    def _write(self, path: Path, feats: Features) -> None:
+        with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, x=feats.x, y=feats.y)
+        atomic_write_json(
+            path.with_suffix(".json"),
+            {
+                "key": asdict(feats.key),
+                "extract_seconds": feats.extract_seconds,
+                "images": len(feats.y),
+                "feature_dim": int(feats.x.shape[1]),
+                "base_params": feats.base_params,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
 
     def _remember(self, feats: Features) -> Features:
         self._memory[feats.key.digest] = feats
@@ -275,13 +349,31 @@ class FeatureCache:
     def _compute(
         self, spec: BackboneSpec, weights: str, seed: int, key: FeatureKey, split: Split
     ) -> Features:
+        return self._compute_many(spec, weights, seed, {key.image_size: key}, split)[key.image_size]
+
+    def _compute_many(
+        self,
+        spec: BackboneSpec,
+        weights: str,
+        seed: int,
+        keys: Mapping[int, FeatureKey],
+        split: Split,
+    ) -> dict[int, Features]:
         start = time.perf_counter()
-        model = self._model(spec, weights, seed, key.image_size)
-        x = extract_features(
-            model, split, key.image_size, key.resize, self.batch_size, self.threads, self.progress
+        # the dict keeps each size's extractor alive; the cache's slot holds only the last one
+        models = {size: self._model(spec, weights, seed, size) for size in keys}
+        resize = next(iter(keys.values())).resize
+        xs = extract_features_sizes(
+            models, split, resize, self.batch_size, self.threads, self.progress
         )
-        seconds = time.perf_counter() - start
-        return Features(x, split.labels.copy(), key, seconds, False, model.count_params())
+        # one shared pass: each size is charged an equal share of it
+        seconds = (time.perf_counter() - start) / len(keys)
+        return {
+            size: Features(
+                xs[size], split.labels.copy(), key, seconds, False, models[size].count_params()
+            )
+            for size, key in keys.items()
+        }
 
     def release_model(self) -> None:
         """Drop the extractor (its memory) once every size a run needs is cached."""

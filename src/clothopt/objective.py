@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import optuna
 
     from clothopt.config import StudyConfig
-    from clothopt.features import FeatureCache
+    from clothopt.features import FeatureCache, Features
 
 __all__ = [
     "HeadResult",
@@ -265,6 +265,22 @@ class Objective:
         self.dataset = dataset
         self.cache = cache
         self.spec = get_backbone(config.backbone)
+        self._warmed: set[str] = set()  # splits whose every image size has been extracted
+
+    def _features(self, size: int, split: Split) -> tuple[Features, float]:
+        """This trial's features of ``split`` and the extraction seconds it paid.
+
+        The first time, every image size of a space of choices is extracted in one pass that
+        decodes each image once (later trials find them cached).
+        """
+        cfg = self.config
+        choices = cfg.space.params["image_size"].choices
+        sizes = [int(s) for s in choices] if choices and split.name not in self._warmed else []
+        self._warmed.add(split.name)
+        many = self.cache.get_many(
+            self.spec, cfg.weights, cfg.seed, sorted({size, *sizes}), cfg.resize, split
+        )
+        return many[size], sum(f.extract_seconds for f in many.values() if not f.cached)
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
@@ -291,9 +307,9 @@ class Objective:
 
         extract_seconds = 0.0
         if cfg.use_cache:
-            ftrain = self.cache.get(self.spec, cfg.weights, cfg.seed, size, cfg.resize, train)
-            fval = self.cache.get(self.spec, cfg.weights, cfg.seed, size, cfg.resize, val)
-            extract_seconds = sum(f.extract_seconds for f in (ftrain, fval) if not f.cached)
+            got = [self._features(size, split) for split in (train, val)]
+            (ftrain, _), (fval, _) = got
+            extract_seconds = sum(paid for _, paid in got)
             trial.set_user_attr("features_cached", ftrain.cached and fval.cached)
             result = train_head(
                 ftrain.x,

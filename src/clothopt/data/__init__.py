@@ -17,8 +17,10 @@ from clothopt.data.images import (
     UnusableImage,
     default_threads,
     iter_batches,
+    iter_batches_sizes,
     load_batch,
     load_image,
+    load_image_sizes,
     nearest_indices,
 )
 from clothopt.data.layout import (
@@ -49,8 +51,10 @@ __all__ = [
     "fetch",
     "file_sha256",
     "iter_batches",
+    "iter_batches_sizes",
     "load_batch",
     "load_image",
+    "load_image_sizes",
     "nearest_indices",
     "open_dataset",
 ]

@@ -25,6 +25,7 @@ import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from itertools import islice
 from typing import TYPE_CHECKING
 
@@ -41,8 +42,10 @@ __all__ = [
     "UnusableImage",
     "default_threads",
     "iter_batches",
+    "iter_batches_sizes",
     "load_batch",
     "load_image",
+    "load_image_sizes",
     "nearest_indices",
 ]
 
@@ -102,9 +105,20 @@ def load_image(
     interpolation=resize)``: convert to RGB, resize only when the size differs; the departures
     (16-bit, 32-bit, too large) are in the module's docstring. Raises :class:`UnusableImage`.
     """
+    return load_image_sizes(path, (size,), resize)[0]
+
+
+def load_image_sizes(
+    path: str | os.PathLike[str], sizes: Sequence[int | None], resize: str = "nearest"
+) -> list[np.ndarray]:
+    """Decode one image once and resize it to each of ``sizes`` (None: as decoded).
+
+    Each array is bit for bit what :func:`load_image` gives for that size: every resize starts
+    from the same decoded RGB picture.
+    """
     from PIL import Image
 
-    resample = _pil_filter(resize) if size is not None else None
+    resample = _pil_filter(resize) if any(s is not None for s in sizes) else None
     if os.path.islink(path) and not os.path.exists(path):
         raise UnusableImage(path, "broken-link", f"broken symbolic link to {os.readlink(path)}")
     # PIL raises many types (OSError, SyntaxError, struct.error, ...): each one is a finding
@@ -132,9 +146,13 @@ def load_image(
         except Exception as exc:
             detail = f"cannot convert {img.mode} to RGB: {_describe(exc)}"
             raise UnusableImage(path, "unreadable", detail) from None
-        if resample is not None and rgb.size != (size, size):
-            rgb = rgb.resize((size, size), resample)
-        return np.asarray(rgb, dtype=np.uint8)
+        return [
+            np.asarray(
+                rgb if s is None or rgb.size == (s, s) else rgb.resize((s, s), resample),
+                dtype=np.uint8,
+            )
+            for s in sizes
+        ]
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -213,11 +231,26 @@ def iter_batches(
 
     PIL releases the GIL while decoding, so the threads overlap decoding with the forward pass.
     """
+    with closing(iter_batches_sizes(paths, (size,), batch_size, resize, threads, prefetch)) as it:
+        for batches in it:
+            yield batches[0]
+
+
+def iter_batches_sizes(
+    paths: Sequence[str | os.PathLike[str]],
+    sizes: Sequence[int],
+    batch_size: int,
+    resize: str = "nearest",
+    threads: int | None = None,
+    prefetch: int = 2,
+) -> Iterator[list[np.ndarray]]:
+    """As :func:`iter_batches`, decoding each image once: one batch per size, in ``sizes`` order."""
     threads = threads or default_threads()
+    sizes = tuple(sizes)
     todo = iter(paths)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clothopt-decode") as pool:
-        queued: deque[Future[np.ndarray]] = deque(
-            pool.submit(load_image, p, size, resize)
+        queued: deque[Future[list[np.ndarray]]] = deque(
+            pool.submit(load_image_sizes, p, sizes, resize)
             for p in islice(todo, (prefetch + 1) * batch_size)
         )
         try:
@@ -226,8 +259,8 @@ def iter_batches(
                 for _ in range(min(batch_size, len(queued))):
                     batch.append(queued.popleft().result())
                     if (nxt := next(todo, None)) is not None:
-                        queued.append(pool.submit(load_image, nxt, size, resize))
-                yield np.stack(batch)
+                        queued.append(pool.submit(load_image_sizes, nxt, sizes, resize))
+                yield [np.stack(per_size) for per_size in zip(*batch, strict=True)]
         finally:
             for fut in queued:
                 fut.cancel()
