@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["native_stderr_captured", "quiet_import_keras", "verbose"]
+__all__ = ["VERBOSE_ENV", "native_stderr_captured", "quiet_import_keras", "verbose"]
 
 VERBOSE_ENV = "CLOTHOPT_VERBOSE"
 
@@ -54,7 +54,8 @@ def native_stderr_captured() -> Iterator[None]:
 
 def quiet_import_keras() -> None:
     """Import keras (and its backend) once, without the native start-up lines."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not verbose():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "keras" in sys.modules:
         return
     with native_stderr_captured():

@@ -282,13 +282,22 @@ class Objective:
         self.spec = get_backbone(config.backbone)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        done = False
         try:
-            return self._run(trial)
+            value = self._run(trial)
+            done = True
+            return value
         except UnusableImage as exc:
             # this trial's fault (the study goes on); predict and data check keep the UserError
             raise TrialFailed(str(exc)) from exc
         finally:
-            self._release()
+            try:
+                self._release()
+            except Exception:
+                # Ctrl-C during the Keras import leaves it half imported, and freeing it then
+                # fails: that must not replace the exception that stopped the trial
+                if done:
+                    raise
 
     def _run(self, trial: optuna.Trial) -> float:
         import optuna
