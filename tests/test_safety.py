@@ -365,6 +365,7 @@ def _interrupt_at(storage: str, seconds: float, sig: signal.Signals) -> tuple[in
     return proc.returncode, err
 
 
+@pytest.mark.slow  # ~70 s: six start-ups of TensorFlow
 def test_an_interrupt_at_any_moment_puts_the_trial_back_uncounted(
     tiny_data: Path, storage: str, tmp_path: Path
 ) -> None:

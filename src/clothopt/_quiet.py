@@ -26,7 +26,8 @@ def verbose() -> bool:
 
 @contextlib.contextmanager
 def native_stderr_captured() -> Iterator[None]:
-    """Route fd 2 to a temporary file for the block; replay it if the block raises."""
+    """Route fd 2 to a temporary file for the block; replay it if the block raises an error
+    (not on Ctrl-C or SIGTERM: the lines explain nothing then)."""
     if verbose():
         yield
         return
@@ -38,10 +39,12 @@ def native_stderr_captured() -> Iterator[None]:
     sys.stderr.flush()
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), 2)
-        failed = True
+        failed = False
         try:
             yield
-            failed = False
+        except Exception:
+            failed = True  # an error: the lines may explain it (an interrupt needs none)
+            raise
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)

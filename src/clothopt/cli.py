@@ -753,21 +753,10 @@ def _quiet_libraries() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit status (2: a user error, 130/143: interrupted)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "_command", None) is None:
-        parser.print_help()
-        return 2
-    args._argv = argv  # the command line as given, for the study's record
-    if args.verbose:
-        os.environ[VERBOSE_ENV] = "1"
     try:
         # SIGTERM at any moment (imports included) ends the command as cleanly as Ctrl-C
         with sigterm_raises():
-            _quiet_libraries()
-            with storage_errors(getattr(args, "name", None)):
-                return args._command().run(args)
+            return _main(list(sys.argv[1:] if argv is None else argv))
     except UserError as exc:
         print(f"clothopt: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -777,3 +766,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print("clothopt: terminated; the running trial was put back in the queue", file=sys.stderr)
         return 143
+
+
+def _main(argv: list[str]) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_command", None) is None:
+        parser.print_help()
+        return 2
+    args._argv = argv  # the command line as given, for the study's record
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    _quiet_libraries()
+    with storage_errors(getattr(args, "name", None)):
+        return args._command().run(args)
