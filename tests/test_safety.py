@@ -427,3 +427,77 @@ def test_tensorflow_start_up_lines_only_with_verbose(
     _, err = loud.communicate(timeout=300)
     assert loud.returncode == 0, err
     assert "oneDNN" in err or "cuda" in err.lower(), err
+
+
+# ----------------------------------------------------------------- property: create never breaks
+
+
+def test_create_with_generated_names_urls_and_spaces_is_0_or_2_and_stays_inside(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+    import io
+    import tempfile
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as hs
+
+    word = hs.text("abcxyz019_-.", min_size=1, max_size=12)
+    names = hs.one_of(hs.text(max_size=120), word, hs.sampled_from(["..", "../x", "/tmp/a", ""]))
+    urls = hs.one_of(
+        hs.sampled_from(
+            [
+                "sqlite:///studies/c.db",
+                "sqlite:///",
+                "sqlite://",
+                "sqlite:///:memory:",
+                "mysql://x",
+                "nonsense",
+                "redis://h/0",
+                f"postgresql+psycopg://u:{SECRET}@127.0.0.1:9/x",
+            ]
+        ),
+        hs.builds(lambda w: f"sqlite:///db/{w.strip('.') or 'x'}.db", word),
+    )
+    values = hs.one_of(
+        hs.lists(hs.sampled_from(["32", "40", "0", "-1", "1e9", '"a"', "0.01"]), max_size=3).map(
+            lambda xs: "[" + ", ".join(xs) + "]"
+        ),
+        hs.sampled_from(["{ low = 1e-4, high = 1e-2, log = true }", "3", '"x"', "{}"]),
+    )
+    spaces = hs.builds(
+        lambda size, batch, lr, extra: (
+            f"{extra}\n[params]\nimage_size = {size}\nbatch_size = {batch}\nlearning_rate = {lr}\n"
+        ),
+        values,
+        values,
+        values,
+        hs.sampled_from(["", 'sampler = "tpe"', 'sampler = "grid"', "epochs = 0", "[[["]),
+    )
+    outside = _listing(tmp_path)
+
+    @settings(
+        max_examples=40,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(name=names, url=urls, space=spaces)
+    def check(name: str, url: str, space: str) -> None:
+        with tempfile.TemporaryDirectory(dir=tmp_path) as root:
+            monkeypatch.chdir(root)
+            (Path(root) / "s.toml").write_text(space)
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    code = main(_create(Path(root) / "s.toml", tiny_data, name, url))
+                except SystemExit as exc:  # argparse's own one-line errors ("-x" as a value)
+                    code = exc.code
+            assert code in (0, 2), err.getvalue()
+            assert "Traceback" not in err.getvalue() and SECRET not in err.getvalue()
+            if code == 2:
+                _one_error_line(err.getvalue())
+            monkeypatch.chdir(tmp_path)
+        assert _listing(tmp_path) == outside  # nothing beside the example's folder
+
+    check()
