@@ -103,7 +103,10 @@ def test_mistakes_change_nothing(
     args.update(kwargs)
     with pytest.raises(UserError, match=message):
         st.create(**args)  # type: ignore[arg-type]
-    assert st.list_studies(storage) == []
+    # nothing changed: the storage was not even created (read-only commands refuse it)
+    assert not Path(storage.removeprefix("sqlite:///")).exists()
+    with pytest.raises(UserError, match="no storage at"):
+        st.list_studies(storage)
 
 
 def test_a_missing_split_is_refused(tiny_data: Path, storage: str, space_file: str) -> None:
@@ -134,6 +137,7 @@ def test_bad_storage_urls_are_one_line(tmp_path: Path) -> None:
 
 
 def test_unknown_study(storage: str) -> None:
+    engine.open_storage(storage, create=True)  # an empty storage
     with pytest.raises(UserError, match="no study named 'x'"):
         st.load("x", storage)
     with pytest.raises(UserError, match="no study named 'x'"):

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["native_stderr_captured", "quiet_import_keras", "verbose"]
+__all__ = ["VERBOSE_ENV", "native_stderr_captured", "quiet_import_keras", "verbose"]
 
 VERBOSE_ENV = "CLOTHOPT_VERBOSE"
 
@@ -26,7 +26,8 @@ def verbose() -> bool:
 
 @contextlib.contextmanager
 def native_stderr_captured() -> Iterator[None]:
-    """Route fd 2 to a temporary file for the block; replay it if the block raises."""
+    """Route fd 2 to a temporary file for the block; replay it if the block raises an error
+    (not on Ctrl-C or SIGTERM: the lines explain nothing then)."""
     if verbose():
         yield
         return
@@ -38,10 +39,12 @@ def native_stderr_captured() -> Iterator[None]:
     sys.stderr.flush()
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), 2)
-        failed = True
+        failed = False
         try:
             yield
-            failed = False
+        except Exception:
+            failed = True  # an error: the lines may explain it (an interrupt needs none)
+            raise
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -54,7 +57,8 @@ def native_stderr_captured() -> Iterator[None]:
 
 def quiet_import_keras() -> None:
     """Import keras (and its backend) once, without the native start-up lines."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not verbose():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "keras" in sys.modules:
         return
     with native_stderr_captured():

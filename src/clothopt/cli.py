@@ -16,7 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from clothopt import __version__
-from clothopt.errors import UserError
+from clothopt._quiet import VERBOSE_ENV, native_stderr_captured, quiet_import_keras, verbose
+from clothopt.engine.runner import sigterm_raises
+from clothopt.engine.storage import storage_errors
+from clothopt.errors import Terminated, UserError
 from clothopt.reports.render import format_table
 
 __all__ = ["main"]
@@ -176,18 +179,59 @@ class StudyCreate(_Command):
             use_cache=not args.no_cache,
             cache_dir=args.cache_dir,
             max_retries=args.max_retries,
-            command=shlex.join(["clothopt", *sys.argv[1:]]),
+            command=recorded_command(args._argv),
             on_create=describe_study,  # its note and metric name in optuna-dashboard
         )
         print(
             f"created study {config.name!r}: {config.backbone}, space {config.space.name} "
             f"({config.budget()} trials, sampler {config.sampler}), data {config.data}"
         )
-        print(
-            f"run it: clothopt study optimize {config.name}"
-            + (f" --storage {args.storage}" if args.storage else "")
-        )
+        print(run_it_line(config.name, args.storage))
         return 0
+
+
+def _has_password(text: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return bool(make_url(text).password)
+    except Exception:
+        return "@" in text and "://" in text  # not a URL SQLAlchemy reads: assume the worst
+
+
+def recorded_command(argv: Sequence[str]) -> str:
+    """The command line as stored with a study: shell-quoted, every URL's password masked."""
+    from clothopt.paths import masked_url
+
+    words = ["clothopt"]
+    for word in argv:
+        flag, eq, value = word.partition("=")
+        if eq and flag.startswith("--") and _has_password(value):
+            word = f"{flag}={masked_url(value)}"
+        elif _has_password(word):
+            word = masked_url(word)
+        words.append(word)
+    return shlex.join(words)
+
+
+def run_it_line(name: str, storage: str | None) -> str:
+    """``run it: clothopt study optimize NAME ...``, shell-quoted, never with a password.
+
+    A storage URL with a password is left to ``$CLOTHOPT_STORAGE`` (or ~/.pgpass/PGPASSWORD).
+    """
+    from clothopt.paths import masked_url
+
+    line = f"run it: {shlex.join(['clothopt', 'study', 'optimize', name])}"
+    if not storage or storage == os.environ.get("CLOTHOPT_STORAGE"):
+        return line  # the storage comes from $CLOTHOPT_STORAGE (or the default) again
+    if not _has_password(storage):
+        return f"{line} --storage {shlex.quote(storage)}"
+    without = masked_url(storage).replace(":***@", "@")
+    return (
+        f'{line} --storage "$CLOTHOPT_STORAGE"  (export CLOTHOPT_STORAGE=<the URL with its '
+        f"password>, or keep the password in ~/.pgpass or $PGPASSWORD and pass --storage "
+        f"{shlex.quote(without)})"
+    )
 
 
 class StudyOptimize(_Command):
@@ -211,6 +255,7 @@ class StudyOptimize(_Command):
 
         st, config = study.load(args.name, args.storage)
         dataset, cache = open_run(config, args.data, args.cache_dir, progress=not args.quiet)
+        quiet_import_keras()  # TensorFlow's start-up lines only with --verbose
         summary = study.optimize(
             st,
             config,
@@ -233,6 +278,13 @@ class StudyOptimize(_Command):
                 f"grid: {g['complete_once']}/{g['points']} points complete exactly once"
                 + (f"; duplicates {g['duplicates']}" if g["duplicates"] else "")
             )
+        if summary.failed and not summary.complete:
+            print(
+                f"clothopt: error: no trial completed and {summary.failed} failed "
+                f"(reasons: clothopt study show {shlex.quote(args.name)})",
+                file=sys.stderr,
+            )
+            return 1
         return 0
 
 
@@ -278,7 +330,8 @@ class StudyShow(_Command):
 
 
 class StudyDelete(_Command):
-    """Delete a study and its trials (the feature cache is kept: other studies share it)."""
+    """Delete a study, its trials, its run folder and its artifacts (not the feature cache,
+    which other studies share)."""
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -287,9 +340,12 @@ class StudyDelete(_Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from clothopt import study
+        from clothopt.dashboard import remove_artifacts
 
-        study.delete(args.name, args.storage)
+        removed = study.delete(args.name, args.storage, on_delete=remove_artifacts)
         print(f"deleted study {args.name!r}")
+        for what in removed[1:]:
+            print(f"removed {what}")
         return 0
 
 
@@ -354,6 +410,7 @@ class StudyFinalize(_Command):
         from clothopt.reports.paper import paper_table
 
         paper = _paper_dir(args.paper)
+        quiet_import_keras()
         report = finalize(
             args.name,
             args.storage,
@@ -436,7 +493,8 @@ class Predict(_Command):
         paths = expand_paths(args.images)
         if not paths:
             raise UserError("no images in the folders given")
-        model, classes = load_classifier(args.model)
+        with native_stderr_captured():  # TensorFlow start-up, "Not handling type DT_DOUBLE"
+            model, classes = load_classifier(args.model)
         failed = 0
         rows = []
         for pred in predict_files(model, classes, paths, args.top_k):
@@ -671,6 +729,7 @@ class CompareSamplers(_Command):
         from clothopt.reports.samplers import load_sampler_runs, sampler_report
 
         samplers = parse_samplers(args.samplers)
+        quiet_import_keras()
         # the settings that define the comparison (not where it is stored), to rerun it
         command = ["clothopt", "compare", "samplers", "--backbone", args.backbone]
         command += ["--samplers", ",".join(samplers), "--seeds", str(args.seeds)]
@@ -738,6 +797,11 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Backbone and hyperparameter search for clothing classifiers, on Optuna.",
     )
     parser.add_argument("--version", action="version", version=f"clothopt {__version__}")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the native libraries' start-up lines (TensorFlow's), hidden by default",
+    )
     top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     groups: dict[str, argparse._SubParsersAction[Any]] = {}
     for name, cls in COMMANDS.items():
@@ -759,7 +823,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _quiet_libraries() -> None:
     # TensorFlow's C++ start-up chatter (no CUDA here, oneDNN notes) is not the user's business
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not verbose():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -768,16 +833,11 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "_command", None) is None:
-        parser.print_help()
-        return 2
-    _quiet_libraries()
-    from clothopt.errors import Terminated
-
+    """Run one command; returns its exit status (2: a user error, 130/143: interrupted)."""
     try:
-        return args._command().run(args)
+        # SIGTERM at any moment (imports included) ends the command as cleanly as Ctrl-C
+        with sigterm_raises():
+            return _main(list(sys.argv[1:] if argv is None else argv))
     except UserError as exc:
         print(f"clothopt: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -787,3 +847,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print("clothopt: terminated; the running trial was put back in the queue", file=sys.stderr)
         return 143
+
+
+def _main(argv: list[str]) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_command", None) is None:
+        parser.print_help()
+        return 2
+    args._argv = argv  # the command line as given, for the study's record
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    _quiet_libraries()
+    with storage_errors(getattr(args, "name", None)):
+        return args._command().run(args)

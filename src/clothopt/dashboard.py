@@ -63,9 +63,11 @@ __all__ = [
     "REPORT_NAME",
     "DashboardServer",
     "artifact_dir",
+    "artifact_ids",
     "artifact_store",
     "attach_files",
     "describe_study",
+    "remove_artifacts",
     "serve",
     "study_note",
     "upload_validation_report",
@@ -107,6 +109,46 @@ def _atomic_store_class() -> type:
                 shutil.copyfileobj(content_body, fh)
 
     return AtomicFileSystemArtifactStore
+
+
+_ARTIFACT_PREFIX = "artifacts:"  # optuna.artifacts' own key prefix (study and trial attrs)
+
+
+def artifact_ids(study: optuna.Study) -> list[str]:
+    """The ids of every artifact of a study and of its trials (none of any other study)."""
+    keys = list(storage_of(study).get_study_system_attrs(study_id(study)))
+    for trial in study.get_trials(deepcopy=False):
+        keys += list(trial.system_attrs)
+    ids = []
+    for key in keys:
+        for prefix in (_FINISHED_TRIAL_ARTIFACT_PREFIX, _ARTIFACT_PREFIX):
+            if key.startswith(prefix):
+                ids.append(key[len(prefix) :].rsplit(":", 1)[-1])  # <trial id>:<id> or <id>
+                break
+    return sorted(set(ids))
+
+
+def remove_artifacts(
+    study: optuna.Study, artifacts: str | os.PathLike[str] | None = None
+) -> list[str]:
+    """Delete a study's artifact files from its store (``study delete``'s hook); returns
+    what was removed, in words."""
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    ids = artifact_ids(study)
+    url = storage_url_of(storage_of(study))
+    if not ids or (url is None and not (artifacts or os.environ.get(ARTIFACTS_ENV))):
+        return []
+    folder = artifact_dir(url, artifacts)
+    if not folder.is_dir():
+        return []
+    store = _atomic_store_class()(folder)
+    removed = 0
+    for artifact_id in ids:
+        with contextlib.suppress(ArtifactNotFound, FileNotFoundError):
+            store.remove(artifact_id)
+            removed += 1
+    return [f"{removed} artifact file(s) from {folder}"] if removed else []
 
 
 def _store_for(storage: BaseStorage, override: str | os.PathLike[str] | None) -> ArtifactStore:

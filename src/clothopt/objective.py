@@ -283,13 +283,22 @@ class Objective:
         return many[size], sum(f.extract_seconds for f in many.values() if not f.cached)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        done = False
         try:
-            return self._run(trial)
+            value = self._run(trial)
+            done = True
+            return value
         except UnusableImage as exc:
             # this trial's fault (the study goes on); predict and data check keep the UserError
             raise TrialFailed(str(exc)) from exc
         finally:
-            self._release()
+            try:
+                self._release()
+            except Exception:
+                # Ctrl-C during the Keras import leaves it half imported, and freeing it then
+                # fails: that must not replace the exception that stopped the trial
+                if done:
+                    raise
 
     def _run(self, trial: optuna.Trial) -> float:
         import optuna

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -28,7 +30,7 @@ from clothopt.engine import (
 )
 from clothopt.engine import optimize as _engine_optimize
 from clothopt.errors import UserError
-from clothopt.paths import default_cache_dir, masked_url, study_dir
+from clothopt.paths import check_name, default_cache_dir, masked_url, study_dir
 
 if TYPE_CHECKING:
     import optuna
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CreateHook",
+    "DeleteHook",
     "create",
     "delete",
     "grid_status",
@@ -47,6 +50,7 @@ __all__ = [
 ]
 
 CreateHook = Callable[["optuna.Study", StudyConfig], None]
+DeleteHook = Callable[["optuna.Study"], list[str]]  # returns what it removed, to show
 
 
 # --------------------------------------------------------------------------- create / load
@@ -115,9 +119,12 @@ def create(
     if weights not in ("imagenet", "none"):
         weights_id(weights)  # a missing file is a clear error now, not at the first trial
         weights = str(Path(weights).expanduser().absolute())
+    if name is None:
+        name = f"{spec.name}-{space_obj.name}-{space_obj.sampler}"
+    check_name(name)  # before it becomes a folder, and before anything is written
+    folder = study_dir(storage, name)
     dataset = open_dataset(data)
-    name = name or f"{spec.name}-{space_obj.name}-{space_obj.sampler}"
-    store = open_storage(storage)
+    store = open_storage(storage, create=True)
     if name in _study_names(store):
         raise UserError(f"study {name!r} already exists (pick another --name, or delete it)")
     config = StudyConfig(
@@ -140,13 +147,18 @@ def create(
         command=command,
         versions=versions(),
     )
-    study = optuna.create_study(
-        study_name=name,
-        storage=store,
-        direction="maximize",
-        sampler=_sampler(config),
-        pruner=_pruner(config),
-    )
+    try:
+        study = optuna.create_study(
+            study_name=name,
+            storage=store,
+            direction="maximize",
+            sampler=_sampler(config),
+            pruner=_pruner(config),
+        )
+    except optuna.exceptions.DuplicatedStudyError:  # another create won the race
+        raise UserError(
+            f"study {name!r} already exists (pick another --name, or delete it)"
+        ) from None
     try:
         study.set_user_attr(CONFIG_ATTR, config.to_json())
         for key in ("backbone", "weights", "sampler", "epochs", "seed", "data_fingerprint"):
@@ -163,9 +175,7 @@ def create(
                 order = np.random.default_rng(grid_order_seed).permutation(len(points))
                 points = [points[i] for i in order]
                 study.set_user_attr("grid_order_seed", grid_order_seed)
-            for params in points:
-                study.enqueue_trial(params, skip_if_exists=False)
-        folder = study_dir(storage, name)
+            _enqueue_grid(study, points)
         atomic_write_json(folder / "config.json", config.to_dict())
     except BaseException:
         optuna.delete_study(study_name=name, storage=store)
@@ -173,9 +183,33 @@ def create(
     return study, config
 
 
+def _enqueue_grid(study: optuna.Study, points: list[dict[str, Any]]) -> None:
+    """Enqueue every grid point; a large grid shows its progress (about 7 ms a point)."""
+    from tqdm import tqdm
+
+    with tqdm(
+        total=len(points),
+        desc="enqueueing the grid",
+        unit="point",
+        file=sys.stderr,
+        disable=True if len(points) < 500 else None,  # None: only on a terminal
+        leave=False,
+    ) as bar:
+        for params in points:
+            study.enqueue_trial(params, skip_if_exists=False)
+            bar.update(1)
+
+
 def _sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
+    import optuna
+
     from clothopt.spaces import make_sampler
 
+    if config.sampler == "grid":
+        # Every grid point is an enqueued trial and runs with its fixed parameters, so the
+        # sampler is never asked; GridSampler would still act after each trial and, on a
+        # one-point grid, fail looking for the "grid_id" it gives only to trials it chose.
+        return optuna.samplers.RandomSampler(seed=config.sampler_args.get("seed"))
     return make_sampler(config.sampler, config.sampler_args, config.space)
 
 
@@ -206,19 +240,45 @@ def load(name: str, storage: str | None = None) -> tuple[optuna.Study, StudyConf
     return study, config
 
 
-def delete(name: str, storage: str | None = None) -> None:
+def delete(name: str, storage: str | None = None, on_delete: DeleteHook | None = None) -> list[str]:
+    """Delete a study, its trials and its run folder (``paths.study_dir``).
+
+    ``on_delete(study)`` runs first (the CLI removes the study's artifacts with it) and says
+    what it removed. Returns what was removed, to show. The feature cache is kept: other
+    studies share it.
+    """
     import optuna
 
     store = open_storage(storage)
     if name not in _study_names(store):
         raise UserError(f"no study named {name!r} in {masked_url(storage)}")
+    study = optuna.load_study(study_name=name, storage=store)
+    folder = study_dir(storage, name) if _is_valid_name(name) else None
+    n_trials = len(study.get_trials(deepcopy=False))
+    removed = list(on_delete(study)) if on_delete is not None else []
     optuna.delete_study(study_name=name, storage=store)
+    removed.insert(0, f"study {name!r} and its {n_trials} trial(s)")
+    if folder is not None and (folder.is_dir() or folder.is_symlink()):
+        if folder.is_symlink():
+            folder.unlink()  # a link clothopt did not make: never follow it
+        else:
+            shutil.rmtree(folder)
+        removed.append(f"its folder {folder}")
+    return removed
+
+
+def _is_valid_name(name: str) -> bool:
+    try:
+        check_name(name)
+    except UserError:
+        return False  # made outside clothopt: it has no folder of ours
+    return True
 
 
 def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
     from optuna.trial import TrialState
 
-    store = open_storage(storage)
+    store = open_storage(storage)  # read only: a storage that does not exist is an error
     rows = []
     for summary in store.get_all_studies():
         trials = store.get_all_trials(study_id(summary), deepcopy=False)

@@ -28,6 +28,7 @@ from clothopt.engine.runner import RunSummary, TrialCallback, optimize
 from clothopt.engine.storage import (
     GRACE_PERIOD,
     HEARTBEAT_INTERVAL,
+    storage_errors,
     storage_of,
     storage_url_of,
     study_id,
@@ -54,6 +55,7 @@ __all__ = [
     "recover",
     "requeue",
     "set_max_retries",
+    "storage_errors",
     "storage_of",
     "storage_url_of",
     "study_id",
@@ -62,6 +64,7 @@ __all__ = [
 ]
 
 
-def open_storage(url: str | None = None) -> optuna.storages.RDBStorage:
-    """:func:`clothopt.engine.storage.open_storage` whose stale-heartbeat trials are requeued."""
-    return _storage.open_storage(url, stale_trial_callback=requeue_stale)
+def open_storage(url: str | None = None, *, create: bool = False) -> optuna.storages.RDBStorage:
+    """:func:`clothopt.engine.storage.open_storage` whose stale-heartbeat trials are requeued;
+    ``create``: make a SQLite file that does not exist (else it is a UserError)."""
+    return _storage.open_storage(url, stale_trial_callback=requeue_stale, create=create)

@@ -59,6 +59,8 @@ DEFAULT_MAX_RETRIES = 3
 DIED, INTERRUPTED, TERMINATED = "worker process died", "interrupted", "terminated"
 HEARTBEAT_LOST = "heartbeat lost (worker died or lost the database)"
 _REQUEUE_REASONS = (DIED, INTERRUPTED, TERMINATED)
+# a clean stop (Ctrl-C, SIGTERM) is not the trial's fault: its copy does not use up a retry
+_UNCOUNTED_REASONS = (INTERRUPTED, TERMINATED)
 
 _log = logging.getLogger(__name__)
 
@@ -147,17 +149,19 @@ def _orphans(study: optuna.Study) -> list[FrozenTrial]:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    copies = {_retry_key(t) for t in trials if "retry_of" in t.user_attrs}
+    copied = {t.user_attrs["copy_of"] for t in trials if "copy_of" in t.user_attrs}
+    keys = {_retry_key(t) for t in trials if "retry_of" in t.user_attrs}
     limit = max_retries(study)
     out = []
     for t in trials:
-        if (
-            t.state != TrialState.FAIL
-            or t.user_attrs.get("fail_reason", DIED) not in _REQUEUE_REASONS
-        ):
+        reason = t.user_attrs.get("fail_reason", DIED)
+        if t.state != TrialState.FAIL or reason not in _REQUEUE_REASONS or t.number in copied:
+            continue
+        if not trial_params(t):
             continue
         root, attempt = _retry_key(t)
-        if (root, attempt + 1) not in copies and attempt < limit and trial_params(t):
+        # (root, attempt + 1) present: copied before copies named their original
+        if (root, attempt + 1) not in keys and (reason in _UNCOUNTED_REASONS or attempt < limit):
             out.append(t)
     return out
 
@@ -168,7 +172,8 @@ def _enqueue_copy(
     """Queue a copy of ``trial`` unless one exists or its retries are spent (hold the lock).
 
     ``counted=False``: the copy is the same attempt again (the run stopped, the trial did not
-    fail), so it neither uses up a retry nor is refused for lack of one.
+    fail), so it neither uses up a retry nor is refused for lack of one. Each copy names the
+    trial it copies (``copy_of``), so a trial is copied once however often it is looked at.
     """
     root, attempt = _retry_key(trial)
     params = trial_params(trial)
@@ -178,15 +183,21 @@ def _enqueue_copy(
     if counted and attempt >= max_retries(study):
         _log.warning("trial %d failed %d times; not retried again", trial.number, attempt + 1)
         return
-    if any(
-        _retry_key(t) == (root, nxt) and t.number != trial.number
-        for t in study.get_trials(deepcopy=False)
-        if "retry_of" in t.user_attrs
-    ):
-        return
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("copy_of") == trial.number:
+            return
+        # a copy made before copies named their original
+        old_style = counted and "copy_of" not in t.user_attrs and "retry_of" in t.user_attrs
+        if old_style and _retry_key(t) == (root, nxt) and t.number != trial.number:
+            return
     study.enqueue_trial(
         params,
-        user_attrs={"retries": nxt, "retry_of": root, "retry_reason": reason},
+        user_attrs={
+            "retries": nxt,
+            "retry_of": root,
+            "retry_reason": reason,
+            "copy_of": trial.number,
+        },
         skip_if_exists=False,
     )
 
@@ -247,7 +258,8 @@ def recover(study: optuna.Study) -> int:
     if _orphans(study):  # rare: look again under the lock, where no one else enqueues
         with _queue_lock(study):
             for trial in _orphans(study):
-                _enqueue_copy(study, trial, trial.user_attrs.get("fail_reason", HEARTBEAT_LOST))
+                reason = trial.user_attrs.get("fail_reason", HEARTBEAT_LOST)
+                _enqueue_copy(study, trial, reason, counted=reason not in _UNCOUNTED_REASONS)
                 count += 1
     return count
 

@@ -10,8 +10,9 @@ How a trial ends, by what its objective raised:
   that reason, and the run goes on with the next trial;
 - :class:`~clothopt.errors.UserError`: the trial goes back in the queue (not counted as a
   retry) and the error is raised: every other trial would hit it too;
-- ``KeyboardInterrupt`` or :class:`~clothopt.errors.Terminated` (SIGTERM): back in the queue,
-  then raised;
+- ``KeyboardInterrupt`` or :class:`~clothopt.errors.Terminated` (SIGTERM), at any moment
+  from taking the trial to telling it: back in the queue (not counted as a retry), then raised.
+  Taking a trial and putting one back run with those signals held, so neither is cut in half;
 - anything else (a bug): FAIL with its repr, then raised.
 """
 
@@ -45,7 +46,15 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-__all__ = ["POLL_SECONDS", "RunSummary", "TrialCallback", "optimize", "rss_mb"]
+__all__ = [
+    "POLL_SECONDS",
+    "RunSummary",
+    "TrialCallback",
+    "optimize",
+    "rss_mb",
+    "signals_held",
+    "sigterm_raises",
+]
 
 POLL_SECONDS = float(os.environ.get("CLOTHOPT_POLL_SECONDS", "2"))
 
@@ -88,7 +97,8 @@ class _Heartbeat:
 
 
 @contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the main thread for the block (else: nothing)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -101,6 +111,31 @@ def _sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done, then raise as they would have.
+
+    For the short storage steps that must not be cut in half (taking a trial and naming its
+    owner, putting one back); if the block itself raises, that exception wins.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        got.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if got:
+        raise KeyboardInterrupt() if got[0] == signal.SIGINT else Terminated()
 
 
 def rss_mb() -> float:
@@ -134,19 +169,12 @@ def _run_one(
     storage = storage_of(study)
     tid = trial_id(trial)
     with _Heartbeat(storage, tid):
-        storage.set_trial_system_attr(tid, OWNER_ATTR, owner())
         try:
             value, state = objective(trial), TrialState.COMPLETE
             # resident memory after each trial: a long study must stay flat (benchmarks read it)
             storage.set_trial_user_attr(tid, "rss_mb", rss_mb())
         except optuna.TrialPruned:
             state, value = TrialState.PRUNED, None
-        except (KeyboardInterrupt, Terminated) as exc:
-            frozen = storage.get_trial(tid)
-            requeue(
-                study, frozen, INTERRUPTED if isinstance(exc, KeyboardInterrupt) else TERMINATED
-            )
-            raise
         except UserError as exc:
             # a mistake every trial would make: this one waits in the queue for the fix
             requeue(study, storage.get_trial(tid), f"stopped: {exc}"[:500], counted=False)
@@ -222,18 +250,29 @@ def optimize(
     start = time.perf_counter()
     bar = _progress_bar(study, budget) if progress else None
     try:
-        with _sigterm_raises():
+        with sigterm_raises():
             while n_trials is None or summary.ran < n_trials:
                 if timeout is not None and time.perf_counter() - start >= timeout:
                     break
-                summary.recovered += recover(study)
-                trial = _next_trial(study, budget, ask_sampler)
-                if trial is None:
-                    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                        break
-                    time.sleep(POLL_SECONDS)  # others are running trials that may come back
-                    continue
-                outcome = _run_one(study, trial, objective)
+                trial = None
+                try:
+                    with signals_held():
+                        summary.recovered += recover(study)
+                        trial = _next_trial(study, budget, ask_sampler)
+                        if trial is not None:
+                            storage_of(study).set_trial_system_attr(
+                                trial_id(trial), OWNER_ATTR, owner()
+                            )
+                    if trial is None:
+                        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                            break
+                        time.sleep(POLL_SECONDS)  # others are running trials that may come back
+                        continue
+                    outcome = _run_one(study, trial, objective)
+                except (KeyboardInterrupt, Terminated) as exc:
+                    if trial is not None:
+                        _put_back(study, trial, exc)
+                    raise
                 summary.ran += 1
                 if outcome == "complete":
                     summary.complete += 1
@@ -254,6 +293,13 @@ def optimize(
         best = study.best_trial
         summary.best_value, summary.best_params = best.value, best.params
     return summary
+
+
+def _put_back(study: optuna.Study, trial: optuna.Trial, exc: BaseException) -> None:
+    """A run stopped by Ctrl-C or SIGTERM: its trial goes back in the queue, uncounted."""
+    reason = INTERRUPTED if isinstance(exc, KeyboardInterrupt) else TERMINATED
+    with signals_held():  # a second Ctrl-C must not leave it half put back
+        requeue(study, storage_of(study).get_trial(trial_id(trial)), reason, counted=False)
 
 
 def _progress_bar(study: optuna.Study, total: int) -> Any:

@@ -7,9 +7,11 @@ read here, by a small named function, so an Optuna upgrade that renames one brea
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,7 @@ __all__ = [
     "open_storage",
     "rdb_of",
     "sql_engine_of",
+    "storage_errors",
     "storage_of",
     "storage_url_of",
     "study_id",
@@ -91,10 +94,15 @@ def default_artifact_mimetype() -> str:
 
 
 def open_storage(
-    url: str | None = None, *, stale_trial_callback: StaleCallback | None = None
+    url: str | None = None,
+    *,
+    stale_trial_callback: StaleCallback | None = None,
+    create: bool = False,
 ) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats on; one clear line for any URL or connection problem.
 
+    ``create``: a SQLite file that does not exist yet is made (only commands that create
+    studies pass it); otherwise its absence is a :class:`UserError` and nothing is written.
     ``stale_trial_callback`` runs for a trial Optuna fails because its heartbeat stopped.
     """
     import optuna
@@ -112,31 +120,47 @@ def open_storage(
     backend = parsed.get_backend_name()
     engine_kwargs: dict[str, Any] = {}
     if backend == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database in (None, "", ":memory:"):
+            raise UserError(
+                f"storage {masked_url(url)} names no file: use sqlite:///PATH/TO/FILE.db "
+                "(an in-memory database would vanish with this command)"
+            )
+        path = Path(parsed.database).expanduser()
+        if not path.is_file():
+            if not create:
+                raise UserError(f"no storage at {path}: create a study first, or pass --storage")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"cannot create {path.parent}: {exc.strerror}") from None
         # local workers share the file: wait for its lock instead of failing
         engine_kwargs["connect_args"] = {"timeout": 60}
     elif backend == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 5}
         engine_kwargs["pool_pre_ping"] = True
-    elif backend not in ("mysql",):
+    elif backend != "mysql":
         raise UserError(f"unsupported storage {backend!r}: use sqlite:/// or postgresql+psycopg://")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # heartbeat arguments are flagged experimental
+    for attempt in range(5):
         try:
-            storage = optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_INTERVAL,
-                grace_period=GRACE_PERIOD,
-                heartbeat_stale_trial_callback=stale_trial_callback,
-            )
-        except ModuleNotFoundError as exc:
+            storage = _rdb_storage(url, engine_kwargs, stale_trial_callback)
+            break
+        except sqlalchemy.exc.IntegrityError:
+            # another process made the schema at the same moment (alembic_version): it is
+            # there now, so opening again finds it
+            if attempt == 4:
+                raise UserError(f"cannot open storage {masked_url(url)}: schema race") from None
+            time.sleep(0.2 * (attempt + 1))
+        except ImportError as exc:
+            driver = getattr(exc, "name", None) or str(exc)
             raise UserError(
-                f"storage {masked_url(url)} needs the driver {exc.name}: "
-                "pip install 'clothopt[postgres]'"
+                f"storage {masked_url(url)} needs the driver {driver}: "
+                + (
+                    "pip install 'clothopt[postgres]'"
+                    if backend == "postgresql"
+                    else "install it, or use sqlite:/// or postgresql+psycopg://"
+                )
             ) from None
-        except sqlalchemy.exc.SQLAlchemyError as exc:
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             if parsed.password:
                 reason = reason.replace(str(parsed.password), "***")
@@ -144,6 +168,50 @@ def open_storage(
     if backend == "sqlite":
         _serialize_sqlite_transactions(storage.engine)
     return storage
+
+
+def _rdb_storage(
+    url: str, engine_kwargs: dict[str, Any], stale_trial_callback: StaleCallback | None
+) -> optuna.storages.RDBStorage:
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeat arguments are flagged experimental
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            grace_period=GRACE_PERIOD,
+            heartbeat_stale_trial_callback=stale_trial_callback,
+        )
+
+
+# Optuna's RDB storage says a study or trial is gone with this message (KeyError/ValueError)
+_NOT_FOUND = "Record does not exist."
+
+
+@contextlib.contextmanager
+def storage_errors(study_name: str | None = None) -> Iterator[None]:
+    """THE place where a storage's exceptions become one-line :class:`UserError`\\ s.
+
+    A study deleted under a running command, a study created twice at the same moment, a
+    database that went away: each is a state of the world, not a bug, so it gets a sentence.
+    """
+    import sqlalchemy
+    from optuna.exceptions import DuplicatedStudyError
+
+    what = f"study {study_name!r}" if study_name else "the study"
+    try:
+        yield
+    except DuplicatedStudyError:
+        raise UserError(f"{what} already exists (pick another --name, or delete it)") from None
+    except (KeyError, ValueError) as exc:
+        if not (exc.args and exc.args[0] == _NOT_FOUND):
+            raise
+        raise UserError(f"{what} was deleted while this command used it") from None
+    except sqlalchemy.exc.OperationalError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise UserError(f"lost the storage: {reason}") from None
 
 
 def _serialize_sqlite_transactions(engine: Any) -> None:

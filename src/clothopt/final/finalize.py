@@ -28,6 +28,7 @@ from clothopt.final.store import (
     FIGURE_STEM,
     MODEL_FILE,
     REPORT_FILE,
+    check_replaceable,
     final_dir,
     make_staging,
     publish,
@@ -180,6 +181,7 @@ def finalize(
     if resamples < MIN_RESAMPLES:
         raise UserError(f"--resamples must be at least {MIN_RESAMPLES}, not {resamples}")
     st, config = study_mod.load(name, storage)
+    check_replaceable(final_dir(storage, name))  # before the work, not only at the swap
     chosen = pick_trial(st, trial)
     try:
         params = {k: chosen.params[k] for k in ("image_size", "batch_size", "learning_rate")}

@@ -28,6 +28,7 @@ __all__ = [
     "MODEL_FILE",
     "REPORT_FILE",
     "REQUIRED_KEYS",
+    "check_replaceable",
     "final_dir",
     "load_final",
     "make_staging",
@@ -112,6 +113,7 @@ def _fsync_dir(folder: Path) -> None:
 def _swap_in(tmp: Path, dest: Path) -> None:
     # Two renames: a crash between them leaves the old result aside, restored by recover
     old = None
+    check_replaceable(dest)  # again: it may have appeared while the model trained
     if dest.exists():
         old = dest.with_name(f"{_OLD_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.replace(dest, old)
@@ -121,10 +123,25 @@ def _swap_in(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_replaceable(dest: Path) -> None:
+    """Refuse to replace a ``dest`` clothopt did not write (every one of ours has a report)."""
+    if (dest.exists() or dest.is_symlink()) and (
+        dest.is_symlink() or not dest.is_dir() or not (dest / REPORT_FILE).is_file()
+    ):
+        raise UserError(
+            f"{dest} exists and was not written by clothopt study finalize (no {REPORT_FILE}): "
+            "move it away first"
+        )
+
+
 def make_staging(dest: Path) -> Path:
-    """A new private temporary folder beside ``dest``, after tidying what a killed run left."""
+    """A new private temporary folder beside ``dest``, after tidying what a killed run left.
+
+    A ``dest`` that clothopt did not write is refused (a :class:`UserError`).
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     recover(dest)
+    check_replaceable(dest)
     return Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=dest.parent))
 
 
