@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clothopt.backbones import get_backbone
 from PIL import Image
 
-from clothopt.backbones import get_backbone
 from clothopt.cli import main
 from clothopt.errors import UserError
 from clothopt.predict import CLASSES_FILE, load_classifier
