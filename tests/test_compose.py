@@ -243,7 +243,10 @@ def test_exported_wide_head_with_tta_and_two_sizes_is_the_cached_head(
     # and it is the flip of the decoded image: flipping the resized one gives other features
     resized_first = [np.stack([_pil(i, s)[:, ::-1] for i in images]) for s in sizes]
     late = np.concatenate(
-        [np.asarray(extractors[s].predict_on_batch(b)) for s, b in zip(sizes, resized_first, strict=True)],
+        [
+            np.asarray(extractors[s].predict_on_batch(b))
+            for s, b in zip(sizes, resized_first, strict=True)
+        ],
         axis=1,
     )
     assert not np.allclose(late, flipped, rtol=1e-3)
