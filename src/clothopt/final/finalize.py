@@ -292,7 +292,7 @@ def finalize(
     params = {k: chosen.params[k] for k in PAPER_PARAMS if k in chosen.params}
     params |= {k: v for k, v in chosen.params.items() if k not in params}
     wide = set(params) != set(PAPER_PARAMS)
-    # the final training's epochs are --epochs', not the search's
+    # the final training runs --epochs epochs, whatever the search's were
     head_params = HeadParams.from_params({**params, "epochs": epochs})
     sizes = image_sizes(params)
     flip, tta = bool(params.get("flip", False)), bool(params.get("tta", False))
