@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -163,3 +165,177 @@ def _norm(pooled: Any) -> Any:
     from keras import ops
 
     return ops.sqrt(ops.sum(ops.square(pooled), axis=-1, keepdims=True))
+
+
+# --------------------------------------------------------------------------- any head
+
+
+def _pil(image: np.ndarray, size: int, flip: bool = False) -> np.ndarray:
+    """What the feature cache feeds the extractor: decoded, (flipped,) PIL-nearest resized."""
+    from PIL import Image
+
+    img = Image.fromarray(image)
+    if flip:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(img.resize((size, size), Image.NEAREST))
+
+
+def _wide_weights(dims: list[int], seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    for d_in, d_out in itertools.pairwise(dims):
+        out += [rng.normal(0, 0.3, (d_in, d_out)).astype("float32")]
+        out += [rng.normal(0, 0.3, d_out).astype("float32")]
+    return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_exported_wide_head_with_tta_and_two_sizes_is_the_cached_head(
+    tmp_path: Any, real_weights: Any
+) -> None:
+    """Exported probabilities == softmax(head(features)) from features computed as cached:
+    each size's pooled features concatenated, the flipped view flipped before its resize."""
+    import keras
+
+    from clothopt.model.head import HeadParams, head_logits, normalize_features
+
+    sizes = [32, 48]
+    rng = np.random.default_rng(4)
+    # width 64 -> 32 (or 48): nearest resize of a flipped image is not the flipped resize
+    images = [rng.integers(0, 256, (45, 64, 3), dtype=np.uint8) for _ in range(3)]
+    assert not np.array_equal(_pil(images[0], 32, flip=True), _pil(images[0], 32)[:, ::-1])
+    weights_file = str(real_weights)  # pretrained: random-weight features hardly vary
+    extractors = {s: compose(SPEC, s, weights_file) for s in sizes}
+
+    def features(flip: bool) -> np.ndarray:
+        per_size = [
+            np.asarray(extractors[s].predict_on_batch(np.stack([_pil(i, s, flip) for i in images])))
+            for s in sizes
+        ]
+        return np.concatenate(per_size, axis=1)
+
+    plain, flipped = features(False), features(True)
+    params = HeadParams(
+        hidden_layers=2,
+        hidden_units=8,
+        dropout=0.3,
+        normalize="l2",
+        learning_rate=1e-3,
+        batch_size=4,
+    )
+    weights = _wide_weights([plain.shape[1], 8, 8, CLASSES], 1)
+    head = Head.of(params, CLASSES, weights=weights)
+    model = compose(SPEC, sizes, weights_file, raw_input=True, head=head, softmax=True, tta=True)
+    assert [type(layer).__name__ for layer in model.layers].count("Dropout") == 2
+    path = tmp_path / "wide.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True)
+
+    def cached(x: np.ndarray) -> np.ndarray:
+        return head_logits(weights, normalize_features(x, x, "l2")[1])
+
+    want = _softmax((cached(plain) + cached(flipped)) / 2)
+    assert not np.allclose(want, _softmax(cached(plain)), atol=1e-3)  # the flip counts
+    # and it is the flip of the decoded image: flipping the resized one gives other features
+    resized_first = [np.stack([_pil(i, s)[:, ::-1] for i in images]) for s in sizes]
+    late = np.concatenate(
+        [
+            np.asarray(extractors[s].predict_on_batch(b))
+            for s, b in zip(sizes, resized_first, strict=True)
+        ],
+        axis=1,
+    )
+    assert not np.allclose(late, flipped, rtol=1e-3)
+    for m in (model, reloaded):
+        got = np.stack([np.asarray(m.predict_on_batch(i[None]))[0] for i in images])
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    with zipfile.ZipFile(path) as z:
+        config = z.read("config.json").decode()
+    assert "clothopt" not in config and "Lambda" not in config
+
+
+def test_l2_head_without_hidden_layers_matches_normalize_features() -> None:
+    from clothopt.model.head import HeadParams, head_logits, normalize_features
+
+    params = HeadParams(normalize="l2", dropout=0.5, learning_rate=1e-3, batch_size=4)
+    weights = _head_weights()
+    model = compose(
+        SPEC,
+        SIZE,
+        "none",
+        3,
+        raw_input=True,
+        head=Head.of(params, CLASSES, weights=weights),
+        softmax=True,
+        extra_outputs={"pooled": lambda pooled: pooled},
+    )
+    assert model.get_layer("head_l2") is not None
+    images = np.random.default_rng(5).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    out = model.predict_on_batch(images)
+    pooled = np.asarray(out["pooled"])
+    logits = head_logits(weights, normalize_features(pooled, pooled, "l2")[1])
+    np.testing.assert_allclose(np.asarray(out["probabilities"]), _softmax(logits), rtol=1e-4)
+
+
+def test_standardize_divides_by_a_std_below_keras_epsilon_as_the_trainer_does() -> None:
+    """Normalization divides by max(sqrt(var), 1e-7); the export folds the rest into the kernel."""
+    import keras
+
+    from clothopt.model import compose as compose_mod
+    from clothopt.model.head import feature_statistics, head_logits, normalize_features
+
+    rng = np.random.default_rng(6)
+    x_train = rng.normal(1.0, 1.0, (30, 5))
+    x_train[:, 2] = rng.normal(0, 1e-9, 30)  # std ~1e-9: above 1e-12, below 1e-7
+    x_train[:, 3] = 7.0  # constant: std taken as 1
+    x_train = x_train.astype("float64")
+    x = x_train[:4]
+    mean, std = feature_statistics(x_train)
+    assert 1e-12 < std[2] < 1e-8 and std[3] == 1.0
+    weights = _wide_weights([5, 6, 3], 2)
+    head = Head(
+        num_classes=3,
+        hidden_layers=1,
+        hidden_units=6,
+        normalize="standardize",
+        weights=weights,
+        mean=mean,
+        std=std,
+    )
+    layers, dense, trained = compose_mod._head_layers(head)
+    inputs = keras.Input((5,), dtype="float64")
+    out = inputs
+    for layer in layers:
+        out = layer(out)
+    model = keras.Model(inputs, out)
+    for i, layer in enumerate(dense):
+        layer.set_weights(trained[2 * i : 2 * i + 2])
+    want = head_logits(
+        [w.astype("float64") for w in weights], normalize_features(x_train, x, "standardize")[1]
+    )
+    np.testing.assert_allclose(np.asarray(model.predict_on_batch(x)), want, rtol=1e-3, atol=1e-3)
+
+
+def test_wide_head_starts_as_the_trainer_does_and_bad_heads_are_refused() -> None:
+    from clothopt.model.head import HeadParams
+
+    params = HeadParams(hidden_layers=1, hidden_units=5, learning_rate=1e-3, batch_size=4)
+    e2e = compose(SPEC, SIZE, "none", head=Head.of(params, CLASSES, seed=9))
+    import keras
+
+    for name, seed in (("hidden0", 10), ("logits", 9)):  # HeadTrainer: hidden i gets seed+1+i
+        layer = e2e.get_layer(name)
+        want = keras.initializers.GlorotUniform(seed=seed)(layer.kernel.shape)
+        np.testing.assert_array_equal(np.asarray(layer.kernel), np.asarray(want))
+    with pytest.raises(ValueError, match="4 weight arrays, not 2"):
+        compose(SPEC, SIZE, "none", head=Head.of(params, CLASSES, weights=_head_weights()))
+    with pytest.raises(ValueError, match="need raw_input"):
+        compose(SPEC, [SIZE, 48], "none")
+    with pytest.raises(ValueError, match="needs a head"):
+        compose(SPEC, SIZE, "none", raw_input=True, tta=True)
+    with pytest.raises(ValueError, match="mean and std"):
+        compose(SPEC, SIZE, "none", head=Head(num_classes=CLASSES, normalize="standardize"))

@@ -495,3 +495,131 @@ def test_finalized_files_are_downloadable_artifacts_of_the_trial(
         (store / m["artifact_id"]).read_bytes() for m in metas if m["filename"] == "model.keras"
     ]
     assert (folder / "model.keras").read_bytes() in models
+
+
+# --------------------------------------------------------------------------- any head
+
+
+def test_a_paper_trial_is_finalized_as_the_old_train_head_did(finalized: dict[str, Any]) -> None:
+    """HeadTrainer for the paper head: the same losses, F1 and weights as objective.train_head,
+    so a paper trial's report.json is what it was (no ``head`` entry, the three params)."""
+    import keras
+
+    from clothopt.objective import train_head
+
+    # the current result: another test may have finalized another trial meanwhile
+    report, folder = load_final("tiny", finalized["storage"])
+    _, cfg = study_mod.load("tiny", finalized["storage"])
+    assert "head" not in report
+    assert sorted(report["params"]) == ["batch_size", "image_size", "learning_rate"]
+    data = open_dataset(cfg.data)
+    cache, spec, size = FeatureCache(cfg.cache_dir), get_backbone(cfg.backbone), 32
+    tr, va = (cache.get(spec, cfg.weights, cfg.seed, size, cfg.resize, data[s]) for s in SPLITS2)
+    old = train_head(
+        tr.x, tr.y, va.x, va.y, data.classes, report["params"]["learning_rate"],
+        report["params"]["batch_size"], report["epochs"], report["seed"],
+    )  # fmt: skip
+    assert report["final_loss_per_epoch"] == old.epoch_loss
+    assert report["final_validation_f1_per_epoch"] == old.epoch_f1
+    model = keras.saving.load_model(folder / "model.keras", safe_mode=True)
+    for got, want in zip(model.get_layer("logits").get_weights(), old.head_weights, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+SPLITS2 = ("train", "validation")
+WIDE = {
+    "image_sizes": "32+48",
+    "batch_size": 4,
+    "learning_rate": 0.01,
+    "epochs": 3,  # the search's: --epochs decides the final training's
+    "hidden_layers": 1,
+    "hidden_units": 8,
+    "dropout": 0.2,
+    "weight_decay": 1e-4,
+    "label_smoothing": 0.1,
+    "optimizer": "adamw",
+    "schedule": "cosine",
+    "normalize": "l2",
+    "flip": True,
+    "tta": True,
+}
+
+
+def test_a_wide_trial_exports_the_head_its_params_describe(
+    tmp_path: Path, real_weights: Path
+) -> None:
+    """The saved model == the retrained wide head on features computed as cached (sizes
+    concatenated, flipped before the resize), and the trainer's weights are the model's."""
+    import keras
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from clothopt.model.compose import compose
+    from clothopt.model.head import HeadParams, HeadTrainer, head_logits, normalize_features
+    from clothopt.objective import batch_order, trial_seed
+
+    data = make_dataset(tmp_path / "data", counts=(8, 4, 6))
+    storage = f"sqlite:///{tmp_path / 'studies' / 'clothopt.db'}"
+    st, cfg = study_mod.create(
+        backbone="mobilenet_025",
+        space="quick",
+        name="wide",
+        storage=storage,
+        data=str(data),
+        weights=str(real_weights),  # pretrained: random-weight features hardly differ
+    )
+    dists = {k: CategoricalDistribution([v]) for k, v in WIDE.items()}
+    st.add_trial(optuna.trial.create_trial(params=WIDE, distributions=dists, value=0.5))
+    report = finalize("wide", storage, epochs=2)
+    assert report["params"] == WIDE and report["epochs"] == 2
+    head = report["head"]
+    assert head["hidden_layers"] == 1 and head["optimizer"] == "adamw" and head["epochs"] == 2
+    assert head["image_sizes"] == [32, 48] and head["flip"] and head["tta"]
+    assert 0.0 <= head["final_validation_f1_macro_tta"] <= 1.0
+    assert report["trainable_params"] == (2 * 256) * 8 + 8 + 8 * 3 + 3
+    assert "32x32 and 48x48" in report["model_input"] and "flipped" in report["model_input"]
+
+    # features as the cache holds them, computed here apart: PIL flip, then PIL nearest resize
+    dataset, spec = open_dataset(data), get_backbone("mobilenet_025")
+    extractors = {s: compose(spec, s, str(real_weights)) for s in (32, 48)}
+
+    def features(split: str, flip: bool) -> np.ndarray:
+        out = []
+        for s in (32, 48):
+            imgs = []
+            for path in dataset[split].paths:
+                with Image.open(path) as img:
+                    img = img.convert("RGB")
+                    if flip:
+                        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+                    imgs.append(np.asarray(img.resize((s, s), Image.NEAREST)))
+            out.append(np.asarray(extractors[s].predict_on_batch(np.stack(imgs))))
+        return np.concatenate(out, axis=1)
+
+    x_train = np.concatenate([features("train", False), features("train", True)])
+    y_train = np.concatenate([dataset["train"].labels] * 2)
+    params = HeadParams.from_params({**WIDE, "epochs": 2})
+    retrained = HeadTrainer().train(
+        x_train, y_train, features("validation", False), dataset["validation"].labels,
+        dataset.classes, params, trial_seed(cfg.seed, WIDE), batch_order,
+    )  # fmt: skip
+    _, folder = load_final("wide", storage)
+    model = keras.saving.load_model(folder / "model.keras", safe_mode=True)
+    saved = [*model.get_layer("hidden0").get_weights(), *model.get_layer("logits").get_weights()]
+    for got, want in zip(saved, retrained.weights, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        return head_logits(retrained.weights, normalize_features(x, x, "l2")[1])
+
+    want = (logits(features("test", False)) + logits(features("test", True))) / 2
+    want = np.exp(want - want.max(axis=1, keepdims=True))
+    want /= want.sum(axis=1, keepdims=True)
+    got = []
+    for path in dataset["test"].paths:
+        with Image.open(path) as img:
+            got.append(np.asarray(model.predict_on_batch(np.asarray(img.convert("RGB"))[None]))[0])
+    np.testing.assert_allclose(np.stack(got), want, rtol=1e-4, atol=1e-5)
+    assert report["test_predictions"] == np.argmax(want, axis=1).tolist()
+    agree = report["cached_path_agreement"]
+    assert agree["agree"] == agree["of"] == len(dataset["test"])

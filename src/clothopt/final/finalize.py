@@ -1,8 +1,14 @@
 """``clothopt study finalize``: the paper's final training, a test report and an exported model.
 
 The best trial's configuration (or one named) is trained again for 5 epochs on the train
-split's cached features, then exported as one Keras model that takes raw images (built
-by :func:`clothopt.model.compose.compose`, as every model is). The test split, which no trial
+split's cached features, with :class:`~clothopt.model.head.HeadTrainer` and the head its
+parameters describe (:meth:`HeadParams.from_params <clothopt.model.head.HeadParams.from_params>`:
+the paper's ``Dense(10)`` for a paper trial, bit for bit as the search trained it), then exported
+as one Keras model that takes raw images (built by :func:`clothopt.model.compose.compose`, as
+every model is). A wide trial's features are built as the search built them: ``image_sizes``
+concatenates the pooled features of each size in order, ``flip`` trains on the horizontally
+flipped images' features too, ``tta`` averages the logits of the image and its flip (in the
+cached-feature check and in the exported model). The test split, which no trial
 saw, is scored by that model as saved, reloaded from its file: the figures in ``report.json``
 are the file's own. Beside the paper's figures (precision, recall, F1, parameters, seconds) the
 report holds what the paper lacked: a 95% bootstrap interval of the test macro-F1.
@@ -12,7 +18,9 @@ What the folder holds and how it is swapped into place: :mod:`clothopt.final.sto
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import inspect
 import json
 import shutil
 import sys
@@ -40,6 +48,11 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
+    from clothopt.config import StudyConfig
+    from clothopt.data import Split
+    from clothopt.features import FeatureCache, Features
+    from clothopt.model.backbones import BackboneSpec
+
 __all__ = [
     "DEFAULT_EPOCHS",
     "DEFAULT_RESAMPLES",
@@ -52,6 +65,7 @@ __all__ = [
 DEFAULT_EPOCHS = 5  # the paper's final training
 DEFAULT_RESAMPLES = 2000
 MIN_RESAMPLES = 1000
+PAPER_PARAMS = ("image_size", "batch_size", "learning_rate")
 
 
 def _say(progress: bool, message: str) -> None:
@@ -99,6 +113,77 @@ def search_seconds(trials: Sequence[FrozenTrial]) -> tuple[float, float, int]:
         last = max(t.datetime_complete for t in ends)  # type: ignore[type-var]
         wall = (last - first).total_seconds()  # type: ignore[operator]
     return total, wall, len(trained)
+
+
+# --------------------------------------------------------------------------- features
+
+
+def image_sizes(params: dict[str, Any]) -> list[int]:
+    """The sizes whose pooled features a trial concatenates, in order: ``image_sizes``
+    (``"300+500"`` or a list) when it has one, else ``[image_size]``."""
+    if "image_sizes" not in params:
+        return [int(params["image_size"])]
+    raw = params["image_sizes"]
+    parts = str(raw).split("+") if isinstance(raw, (str, int)) else list(raw)
+    try:
+        sizes = [int(p) for p in parts]
+    except (TypeError, ValueError):
+        raise UserError(f"image_sizes must read like 300+500, not {raw!r}") from None
+    if not sizes or len(set(sizes)) != len(sizes) or min(sizes) < 1:
+        raise UserError(f"image_sizes must be distinct positive sizes, not {raw!r}")
+    return sizes
+
+
+def _flipped_features(
+    cache: FeatureCache, spec: BackboneSpec, config: StudyConfig, size: int, split: Split
+) -> Features:
+    """Features of ``split``'s images flipped left-right BEFORE the resize (what the exported
+    model's ``tta`` computes), until :class:`~clothopt.features.FeatureCache` has a ``flip`` key."""
+    from PIL import Image
+
+    from clothopt.data import load_image
+    from clothopt.features import Features
+    from clothopt.model.compose import compose
+
+    start = time.perf_counter()
+    model = compose(spec, size, config.weights, config.seed, precision=cache.precision)
+    out = []
+    for i in range(0, len(split), cache.batch_size):
+        batch = []
+        for path in split.paths[i : i + cache.batch_size]:
+            image = Image.fromarray(load_image(path, None)).transpose(Image.FLIP_LEFT_RIGHT)
+            if image.size != (size, size):
+                image = image.resize((size, size), Image.NEAREST)
+            batch.append(np.asarray(image, dtype=np.uint8))
+        out.append(np.asarray(model.predict_on_batch(np.stack(batch)), dtype=np.float32))
+    x = np.concatenate(out) if out else np.zeros((0, spec.feature_dim), np.float32)
+    key = cache.key(spec, config.weights, config.seed, size, config.resize, split)
+    seconds = time.perf_counter() - start
+    return Features(x, split.labels.copy(), key, seconds, False, model.count_params())
+
+
+def _features(
+    cache: FeatureCache,
+    spec: BackboneSpec,
+    config: StudyConfig,
+    sizes: Sequence[int],
+    split: Split,
+    flip: bool = False,
+) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """``(x, y, extract seconds, base parameters)`` of ``split``: each size's pooled features
+    concatenated in order, of the flipped images when ``flip``."""
+    got = []
+    for size in sizes:
+        args = (spec, config.weights, config.seed, size, config.resize, split)
+        if not flip:
+            got.append(cache.get(*args))
+        elif "flip" in inspect.signature(cache.get).parameters:
+            got.append(cache.get(*args, flip=True))  # type: ignore[call-arg]
+        else:
+            got.append(_flipped_features(cache, spec, config, size, split))
+    x = got[0].x if len(got) == 1 else np.concatenate([f.x for f in got], axis=1)
+    seconds = sum(f.extract_seconds for f in got if not f.cached)
+    return x, got[0].y, seconds, int(got[0].base_params)
 
 
 # --------------------------------------------------------------------------- figures
@@ -149,6 +234,19 @@ def _confusion_figure(
 # --------------------------------------------------------------------------- finalize
 
 
+def _model_input(backbone: str, sizes: Sequence[int], tta: bool) -> str:
+    resized = " and ".join(f"{s}x{s}" for s in sizes)
+    text = (
+        f"raw RGB images (B, H, W, 3), 0..255, any H and W (one size per batch); "
+        f"resized inside to {resized} as PIL NEAREST, then {backbone}'s preprocess_input"
+    )
+    if len(sizes) > 1:
+        text += "; the sizes' pooled features concatenated in that order"
+    if tta:
+        text += "; logits averaged with those of the image flipped left-right before its resize"
+    return text
+
+
 def finalize(
     name: str,
     storage: str | None = None,
@@ -168,11 +266,17 @@ def finalize(
     model, classes), e.g. to show them in optuna-dashboard.
     """
     from clothopt import study as study_mod
-    from clothopt.data import SPLITS
     from clothopt.metrics import bootstrap_ci, classification_metrics
     from clothopt.model.backbones import get_backbone
     from clothopt.model.compose import Head, compose
-    from clothopt.objective import train_head, trial_seed
+    from clothopt.model.head import (
+        HeadParams,
+        HeadTrainer,
+        feature_statistics,
+        head_logits,
+        normalize_features,
+    )
+    from clothopt.objective import batch_order, trial_seed
     from clothopt.predict import CLASSES_FILE, iter_images, load_classifier, predict_image
     from clothopt.runs import open_run
 
@@ -183,42 +287,78 @@ def finalize(
     st, config = study_mod.load(name, storage)
     check_replaceable(final_dir(storage, name))  # before the work, not only at the swap
     chosen = pick_trial(st, trial)
-    try:
-        params = {k: chosen.params[k] for k in ("image_size", "batch_size", "learning_rate")}
-    except KeyError as exc:
-        raise UserError(f"trial {chosen.number} has no {exc.args[0]} parameter") from None
+    needed = [k for k in PAPER_PARAMS if k != "image_size" or "image_sizes" not in chosen.params]
+    if missing := [k for k in needed if k not in chosen.params]:
+        raise UserError(f"trial {chosen.number} has no {missing[0]} parameter")
+    # the paper's three first (a paper trial's report as before), then what a wide trial adds
+    params = {k: chosen.params[k] for k in PAPER_PARAMS if k in chosen.params}
+    params |= {k: v for k, v in chosen.params.items() if k not in params}
+    wide = set(params) != set(PAPER_PARAMS)
+    # the final training runs --epochs epochs, whatever the search's were
+    head_params = HeadParams.from_params({**params, "epochs": epochs})
+    sizes = image_sizes(params)
+    flip, tta = bool(params.get("flip", False)), bool(params.get("tta", False))
     if config.resize != "nearest":
         raise UserError(
             f"study {name!r} resizes with {config.resize}: the exported model reproduces only "
             "PIL's nearest resize (the paper's)"
         )
-    spec = get_backbone(config.backbone)
+    spec = get_backbone(str(params.get("backbone", config.backbone)))
     dataset, cache = open_run(config, data, cache_dir, progress)
     classes = list(dataset.classes)
-    size, batch, lr = params["image_size"], params["batch_size"], params["learning_rate"]
 
-    # 1. features of every split at the trial's size (the search cached train and validation)
+    # 1. features of every split at the trial's sizes (the search cached train and validation),
+    # of the flipped images too where the head trains on them (flip) or averages them (tta)
     feats = {
-        s: cache.get(spec, config.weights, config.seed, size, config.resize, dataset[s])
-        for s in SPLITS
+        (s, False): _features(cache, spec, config, sizes, dataset[s])
+        for s in ("train", "validation", "test")
     }
+    for s in ["train"] * flip + ["validation", "test"] * tta:
+        feats[s, True] = _features(cache, spec, config, sizes, dataset[s], flip=True)
     cache.release_model()
-    extract_seconds = sum(f.extract_seconds for f in feats.values() if not f.cached)
+    extract_seconds = sum(f[2] for f in feats.values())
+    base_params = feats["train", False][3]
 
-    # 2. the paper's final training: train split only, validation scored after each epoch
+    # 2. the final training: train split only, validation scored after each epoch
     seed = trial_seed(config.seed, params)
     _say(progress, f"training trial {chosen.number}'s head for {epochs} epochs ({params})")
-    tr, va = feats["train"], feats["validation"]
-    head = train_head(tr.x, tr.y, va.x, va.y, classes, lr, batch, epochs, seed)
+    x_train, y_train = feats["train", False][:2]
+    if flip:
+        x_train = np.concatenate([x_train, feats["train", True][0]])
+        y_train = np.concatenate([y_train, feats["train", True][1]])
+    x_train = np.asarray(x_train, np.float32)  # as the trainer takes them
+    x_val, y_val = feats["validation", False][:2]
+    head = HeadTrainer(max_models=1).train(
+        x_train, y_train, x_val, y_val, classes, head_params, seed, batch_order
+    )
+    mean = std = None
+    if head_params.normalize == "standardize":
+        mean, std = feature_statistics(x_train)
+
+    def cached_logits(split: str) -> np.ndarray:
+        """The retrained head on cached features, as the exported model computes it."""
+        views = [feats[split, False][0]] + ([feats[split, True][0]] if tta else [])
+        logits = [
+            head_logits(head.weights, normalize_features(x_train, x, head_params.normalize)[1])
+            for x in views
+        ]
+        return logits[0] if len(logits) == 1 else (logits[0] + logits[1]) / 2
 
     dest = final_dir(storage, name)
     tmp = make_staging(dest)
     try:
         # 3. export, then score the test split with the model as saved (reloaded from its file)
         start = time.perf_counter()
-        trained = Head(num_classes=len(classes), weights=head.head_weights)
+        trained = Head.of(head_params, len(classes), weights=head.weights, mean=mean, std=std)
         exported = compose(
-            spec, size, config.weights, config.seed, raw_input=True, head=trained, softmax=True
+            spec,
+            sizes[0] if len(sizes) == 1 else sizes,
+            config.weights,
+            config.seed,
+            raw_input=True,
+            head=trained,
+            softmax=True,
+            tta=tta,
         )
         exported.save(tmp / MODEL_FILE)
         (tmp / CLASSES_FILE).write_text(json.dumps(classes, indent=2) + "\n")
@@ -238,8 +378,7 @@ def finalize(
         low, high = bootstrap_ci(
             y_test, y_pred, len(classes), resamples=resamples, seed=bootstrap_seed
         )
-        kernel, bias = head.head_weights
-        cached_pred = np.argmax(feats["test"].x @ kernel + bias, axis=1)
+        cached_pred = np.argmax(cached_logits("test"), axis=1)
         cached = classification_metrics(y_test, cached_pred, classes)
         if (disagree := int(np.sum(cached_pred != y_pred))) > 0:
             # float noise can flip a near tie; more than that means the export differs
@@ -248,7 +387,7 @@ def finalize(
                 f"{disagree} of {len(y_pred)} test images",
                 file=sys.stderr,
             )
-        head_params = int(kernel.size + bias.size)
+        trainable = int(sum(w.size for w in head.weights))
         search, search_wall, search_trials = search_seconds(st.get_trials(deepcopy=False))
 
         report: dict[str, Any] = {
@@ -279,8 +418,8 @@ def finalize(
             },
             "final_validation_f1_per_epoch": head.epoch_f1,
             "final_loss_per_epoch": head.epoch_loss,
-            "total_params": int(tr.base_params) + head_params,
-            "trainable_params": head_params,
+            "total_params": base_params + trainable,
+            "trainable_params": trainable,
             "exported_model_params": int(model.count_params()),
             "search_seconds": round(search, 3),
             "search_wall_seconds": round(search_wall, 3),
@@ -291,16 +430,24 @@ def finalize(
             "test_seconds": round(test_seconds, 3),
             "model": MODEL_FILE,
             "classes_file": CLASSES_FILE,
-            "model_input": (
-                f"raw RGB images (B, H, W, 3), 0..255, any H and W (one size per batch); "
-                f"resized inside to {size}x{size} as PIL NEAREST, then {spec.name}'s "
-                "preprocess_input"
-            ),
+            "model_input": _model_input(spec.name, sizes, tta),
             "data": str(dataset.root.absolute()),
             "data_fingerprint": dataset.fingerprint,
             "versions": study_mod.versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if wide:
+            val_tta = None
+            if tta:
+                val_pred = np.argmax(cached_logits("validation"), axis=1)
+                val_tta = classification_metrics(y_val, val_pred, classes)["f1_macro"]
+            report["head"] = dataclasses.asdict(head_params) | {
+                "image_sizes": sizes,
+                "flip": flip,
+                "tta": tta,
+                # the per-epoch validation F1 above is of plain images; with tta, this one
+                "final_validation_f1_macro_tta": val_tta,
+            }
         title = (
             f"{name}: test confusion matrix, macro-F1 {metrics['f1_macro']:.4f} "
             f"(95% CI {low:.4f}-{high:.4f})"

@@ -13,8 +13,17 @@ model that was trained:
    (:func:`clothopt.model.backbones.preprocessing_layers`);
 3. the frozen base (``training=False``) and global average pooling: the pooled features, what
    the feature cache stores (the training extractor ends here);
-4. (with a ``head``) the paper's head, :func:`build_head`, fresh or with trained weights;
+4. (with a ``head``) the head a :class:`~clothopt.model.head.HeadParams` describes, fresh or
+   with trained weights: feature normalisation, hidden Dense relu layers (Dropout between them,
+   inert at inference), the logits, :func:`build_head` (the paper's head: only the logits);
 5. (``softmax=True``) class probabilities.
+
+Several image sizes (``size=[300, 500]``, exported model only) run one branch per size (its own
+exact resize, the same preprocessing, a base of the same weights built at that size) and
+concatenate the pooled features in the listed order, as the features of each size cached apart
+and concatenated. ``tta=True`` (exported model only) runs the branches on the raw image flipped
+horizontally too and averages the two views' logits; the flip comes before the resize, as PIL's
+``FLIP_LEFT_RIGHT`` on the decoded image would (nearest resize does not commute with it).
 
 Only built-in Keras layers and ops (no Lambda, no custom class), so an exported model loads
 with ``keras.saving.load_model(path, safe_mode=True)`` in a process that never imports clothopt.
@@ -24,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,7 +42,14 @@ from clothopt.model.backbones import BackboneSpec, build_base, preprocessing_lay
 if TYPE_CHECKING:
     import keras
 
+    from clothopt.model.head import HeadParams
+
 __all__ = ["POOL_LAYER", "Head", "build_head", "compose", "pil_nearest_resize"]
+
+# The layer names of a head's parts, shared with the trainer's model (``model.head``)
+HIDDEN_LAYER = "hidden{}"
+L2_LAYER = "head_l2"
+STANDARDIZE_LAYER = "head_standardize"
 
 POOL_LAYER = "pool"  # the pooled features: ``model.get_layer(POOL_LAYER).output`` in any model
 
@@ -43,15 +59,37 @@ OutputBuilder = Callable[["keras.KerasTensor"], "keras.KerasTensor"]
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Head:
-    """The head :func:`compose` puts on the pooled features.
+    """The head :func:`compose` puts on the pooled features (the defaults: the paper's).
 
-    ``weights`` (``[kernel (D, C), bias (C,)]``, trained) replace the initial ones drawn from
-    ``seed``.
+    ``weights`` (trained: every Dense layer's ``[kernel, bias]`` in order, hidden layers first,
+    the logits last, as :attr:`HeadResult.weights <clothopt.model.head.HeadResult>`) replace
+    the initial ones drawn from ``seed`` (logits: ``seed``, hidden layer i: ``seed + 1 + i``, as
+    :class:`~clothopt.model.head.HeadTrainer` starts). ``normalize`` as
+    :func:`~clothopt.model.head.normalize_features`; ``"standardize"`` needs ``mean`` and
+    ``std``, the train statistics (:func:`~clothopt.model.head.feature_statistics`).
     """
 
     num_classes: int
     seed: int = 0
     weights: Sequence[np.ndarray] | None = None
+    hidden_layers: int = 0
+    hidden_units: int = 512
+    dropout: float = 0.0
+    normalize: str = "none"
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, params: HeadParams, num_classes: int, **fields: Any) -> Head:
+        """The head ``params`` describes; ``fields`` (seed, weights, mean, std) as above."""
+        return cls(
+            num_classes=num_classes,
+            hidden_layers=params.hidden_layers,
+            hidden_units=params.hidden_units,
+            dropout=params.dropout,
+            normalize=params.normalize,
+            **fields,
+        )
 
 
 def build_head(num_classes: int, seed: int) -> keras.layers.Dense:
@@ -66,11 +104,65 @@ def build_head(num_classes: int, seed: int) -> keras.layers.Dense:
     )
 
 
-def pil_nearest_resize(images: keras.KerasTensor, size: int) -> keras.KerasTensor:
+def _head_layers(
+    head: Head,
+) -> tuple[list[keras.layers.Layer], list[keras.layers.Dense], list[np.ndarray] | None]:
+    """Every layer of ``head`` in call order, its Dense layers, and their weights to set."""
+    import keras
+
+    layers: list[keras.layers.Layer] = []
+    weights = None if head.weights is None else [np.asarray(w, "float32") for w in head.weights]
+    if weights is not None and len(weights) != 2 * (head.hidden_layers + 1):
+        raise ValueError(
+            f"a head with {head.hidden_layers} hidden layers has {2 * (head.hidden_layers + 1)} "
+            f"weight arrays, not {len(weights)}"
+        )
+    if head.normalize == "l2":
+        # x * min(rsqrt(sum x^2), 1e12): x / max(norm, 1e-12), as normalize_features computes
+        layers.append(keras.layers.UnitNormalization(name=L2_LAYER))
+    elif head.normalize == "standardize":
+        if head.mean is None or head.std is None:
+            raise ValueError("a standardizing head needs the train features' mean and std")
+        mean, std = np.asarray(head.mean, "float64"), np.asarray(head.std, "float64")
+        # Normalization divides by max(sqrt(var), epsilon): a std below epsilon is divided by
+        # epsilon there, and the rest of its division folded into the next kernel's rows
+        clamped = np.maximum(std, keras.backend.epsilon())
+        layers.append(
+            keras.layers.Normalization(mean=mean, variance=clamped**2, name=STANDARDIZE_LAYER)
+        )
+        if weights is not None and np.any(clamped != std):
+            weights[0] = (weights[0] * (clamped / std)[:, None]).astype("float32")
+    elif head.normalize != "none":
+        raise ValueError(f"unknown normalization {head.normalize!r}")
+    dense: list[keras.layers.Dense] = []
+    for i in range(head.hidden_layers + 1):
+        # dropout as the trainer places it: before every Dense but the first hidden one
+        if head.dropout > 0.0 and (i > 0 or head.hidden_layers == 0):
+            layers.append(keras.layers.Dropout(head.dropout, seed=head.seed + 1000 + len(dense)))
+        if i == head.hidden_layers:
+            dense.append(build_head(head.num_classes, head.seed))
+        else:
+            dense.append(
+                keras.layers.Dense(
+                    head.hidden_units,
+                    activation="relu",
+                    kernel_initializer=keras.initializers.GlorotUniform(seed=head.seed + 1 + i),
+                    bias_initializer="zeros",
+                    name=HIDDEN_LAYER.format(i),
+                )
+            )
+        layers.append(dense[-1])
+    return layers, dense, weights
+
+
+def pil_nearest_resize(
+    images: keras.KerasTensor, size: int, name: str = "resize"
+) -> keras.KerasTensor:
     """Symbolic ``(B, H, W, C)`` -> ``(B, size, size, C)`` with PIL NEAREST's exact pixels.
 
     H and W are read from the tensor at run time (a sum of ones: ``ops.shape`` of a symbolic
     tensor is static), so one model serves every image size; a batch holds one size.
+    ``name`` prefixes its layers' names (one model may resize several times).
     """
     import keras
     from keras import ops
@@ -87,7 +179,7 @@ def pil_nearest_resize(images: keras.KerasTensor, size: int) -> keras.KerasTenso
         kernel_initializer="zeros",
         bias_initializer=keras.initializers.Constant(float(size)),
         trainable=False,
-        name="resize_out_size",
+        name=f"{name}_out_size",
     )(sizes)
     scale = ops.divide(sizes, out_size)  # IEEE division, as PIL's in_size / out_size
     first_half = np.ones((1, size, 1), dtype="float64")
@@ -104,7 +196,7 @@ def pil_nearest_resize(images: keras.KerasTensor, size: int) -> keras.KerasTenso
         recurrent_initializer="ones",
         bias_initializer="zeros",
         trainable=False,
-        name="resize_running_sum",
+        name=f"{name}_running_sum",
     )(steps)
     index = ops.minimum(ops.floor(running[:, :, 0]), sizes - 1.0)
     index = ops.cast(index, "int32")
@@ -114,7 +206,7 @@ def pil_nearest_resize(images: keras.KerasTensor, size: int) -> keras.KerasTenso
 
 def compose(
     spec: BackboneSpec,
-    size: int,
+    size: int | Sequence[int],
     weights: str = "imagenet",
     weights_seed: int = 0,
     *,
@@ -122,6 +214,7 @@ def compose(
     raw_input: bool = False,
     head: Head | None = None,
     softmax: bool = False,
+    tta: bool = False,
     extra_outputs: Mapping[str, OutputBuilder] | None = None,
     name: str | None = None,
 ) -> keras.Model:
@@ -133,30 +226,67 @@ def compose(
     - exported model: ``raw_input=True, head=Head(..., weights=trained), softmax=True``: raw RGB
       ``(B, H, W, 3)`` of any size (one per batch) -> ``(B, C)`` probabilities.
 
-    ``weights``/``weights_seed``/``precision`` go to :func:`build_base` (``precision`` sets the
-    base's compute dtype only: the pooled features are float32 whatever it is).
-    ``extra_outputs`` adds named outputs computed from the pooled features; with any, the model
-    returns a dict whose main output is named ``"probabilities"``, ``"logits"`` or
-    ``"features"``.
+    ``size`` may list several sizes and ``tta`` flip the image too (module docstring): both
+    need ``raw_input``. ``weights``/``weights_seed``/``precision`` go to :func:`build_base`
+    (``precision`` sets the base's compute dtype only: the pooled features are float32 whatever
+    it is). ``extra_outputs`` adds named outputs computed from the pooled features (of the
+    image as given); with any, the model returns a dict whose main output is named
+    ``"probabilities"``, ``"logits"`` or ``"features"``.
     """
     import keras
+    from keras import ops
 
+    sizes = [size] if isinstance(size, int) else [int(s) for s in size]
+    if not sizes or len(set(sizes)) != len(sizes):
+        raise ValueError(f"sizes must be distinct and at least one, not {sizes}")
     if softmax and head is None:
         raise ValueError("softmax needs a head")
-    base = build_base(spec, size, weights, weights_seed, precision)
-    shape = (None, None, 3) if raw_input else (size, size, 3)
+    if (len(sizes) > 1 or tta) and not raw_input:
+        raise ValueError("several sizes or tta need raw_input (the resize is in the model)")
+    if tta and head is None:
+        raise ValueError("tta averages logits: it needs a head")
+    many = len(sizes) > 1
+    bases = {}
+    for s in sizes:
+        bases[s] = build_base(spec, s, weights, weights_seed, precision)
+        if many:  # one base per size, the same weights; names must differ in one model
+            bases[s]._name = f"{bases[s].name}_{s}px"
+    preprocess = preprocessing_layers(spec)  # per pixel: one set serves every branch
+    shape = (None, None, 3) if raw_input else (sizes[0], sizes[0], 3)
     inputs = keras.Input(shape, dtype="float32", name="image")
-    x = pil_nearest_resize(inputs, size) if raw_input else inputs
-    for layer in preprocessing_layers(spec):
-        x = layer(x)
-    x = base(x, training=False)
-    pooled = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER, dtype="float32")(x)
+
+    def pooled_of(image: keras.KerasTensor, view: str) -> keras.KerasTensor:
+        branches = []
+        for s in sizes:
+            tag = (f"_{s}px" if many else "") + view
+            x = pil_nearest_resize(image, s, name=f"resize{tag}") if raw_input else image
+            for layer in preprocess:
+                x = layer(x)
+            x = bases[s](x, training=False)
+            pool = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER + tag, dtype="float32")
+            branches.append(pool(x))
+        if not many:
+            return branches[0]
+        return keras.layers.Concatenate(name=POOL_LAYER + view, dtype="float32")(branches)
+
+    pooled = pooled_of(inputs, "")
     out, main = pooled, "features"
     if head is not None:
-        dense = build_head(head.num_classes, head.seed)
-        out, main = dense(pooled), "logits"
-        if head.weights is not None:
-            dense.set_weights([np.asarray(w, dtype="float32") for w in head.weights])
+        layers, dense, trained = _head_layers(head)
+
+        def logits_of(features: keras.KerasTensor) -> keras.KerasTensor:
+            for layer in layers:
+                features = layer(features)
+            return features
+
+        out, main = logits_of(pooled), "logits"
+        if tta:
+            # the raw image flipped left-right (width: axis 2) before its resize
+            flipped = pooled_of(ops.flip(inputs, axis=2), "_flipped")
+            out = keras.layers.Average(name="tta_logits")([out, logits_of(flipped)])
+        if trained is not None:
+            for i, layer in enumerate(dense):
+                layer.set_weights(trained[2 * i : 2 * i + 2])
         if softmax:
             out, main = keras.layers.Softmax(name="probabilities")(out), "probabilities"
     if extra_outputs:
@@ -165,5 +295,6 @@ def compose(
         out = {main: out, **{k: build(pooled) for k, build in extra_outputs.items()}}
     if name is None:
         suffix = {"features": "features", "logits": "e2e", "probabilities": "classifier"}[main]
-        name = f"{spec.name}_{size}px_{suffix}" if raw_input else f"{spec.name}_{suffix}"
+        px = "_".join(f"{s}px" for s in sizes)  # "+" is not a valid TensorFlow scope name
+        name = f"{spec.name}_{px}_{suffix}" if raw_input else f"{spec.name}_{suffix}"
     return keras.Model(inputs, out, name=name)

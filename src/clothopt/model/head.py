@@ -38,6 +38,8 @@ __all__ = [
     "HeadParams",
     "HeadResult",
     "HeadTrainer",
+    "feature_statistics",
+    "head_logits",
     "normalize_features",
 ]
 
@@ -138,6 +140,26 @@ def normalize_features(
             ((x_val - mean) / std).astype(np.float32),
         )
     raise UserError(f"head: normalize must be one of {', '.join(NORMALIZE)} (got {how!r})")
+
+
+def feature_statistics(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(mean, std)`` (float64, per feature) that ``standardize`` uses: train statistics,
+    a constant feature's std taken as 1 (an exported model needs them as its trainer did)."""
+    mean = x_train.mean(axis=0, dtype=np.float64)
+    std = x_train.std(axis=0, dtype=np.float64)
+    return mean, np.where(std > 1e-12, std, 1.0)
+
+
+def head_logits(weights: Sequence[np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Logits of a trained head (:attr:`HeadResult.weights`: hidden Dense relu layers, then
+    the logits; dropout is inert at inference) on already normalised features ``x``, in
+    ``x``'s dtype (float32 features and weights: the paper head's ``x @ kernel + bias``)."""
+    pairs = list(zip(weights[::2], weights[1::2], strict=True))
+    for i, (kernel, bias) in enumerate(pairs):
+        x = x @ kernel + bias
+        if i < len(pairs) - 1:
+            x = np.maximum(x, 0)
+    return x
 
 
 @dataclass(frozen=True)
