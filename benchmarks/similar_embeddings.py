@@ -23,10 +23,9 @@ def _l2(v: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    from clothopt.backbones import get_backbone
-
     from clothopt.data import open_dataset
     from clothopt.features import FeatureCache
+    from clothopt.model.backbones import get_backbone
     from clothopt.objective import train_head
     from clothopt.similar import EMBEDDINGS, embed_arrays
 

@@ -1,0 +1,264 @@
+"""Artifacts in optuna-dashboard: the store, per-trial validation reports, attached files."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from clothopt._io import atomic_path
+from clothopt.engine import storage_of, storage_url_of, study_id, trial_id
+from clothopt.engine.storage import artifact_file, default_artifact_mimetype
+from clothopt.errors import UserError
+from clothopt.paths import ARTIFACTS_ENV, artifact_dir
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.artifacts._protocol import ArtifactStore
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
+
+
+__all__ = [
+    "METRIC_NAME",
+    "REPORT_NAME",
+    "artifact_ids",
+    "artifact_store",
+    "attach_files",
+    "remove_artifacts",
+    "upload_validation_report",
+    "validation_metrics_of",
+    "validation_report",
+]
+
+REPORT_NAME = "validation_report.json"
+METRIC_NAME = "val_f1_macro"  # what every trial's value is
+# optuna-dashboard's own place for a trial's artifact metadata in the study's system attrs
+# (optuna_dashboard.artifact._backend._dashboard_artifact_prefix); the only one it accepts for
+# a trial that has already finished, whose own attributes the storage no longer changes
+_FINISHED_TRIAL_ARTIFACT_PREFIX = "dashboard:artifacts:"
+
+_log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- artifact store
+
+
+def artifact_store(folder: str | os.PathLike[str]) -> ArtifactStore:
+    """A file-system artifact store in ``folder`` (created) whose writes are atomic."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the artifact folder {path}: {exc.strerror}") from None
+    return _atomic_store_class()(path)
+
+
+def _atomic_store_class() -> type:
+    from optuna.artifacts import FileSystemArtifactStore
+
+    class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
+        # the dashboard may read an artifact while it is written: it sees all of it or nothing
+        def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+            dest = artifact_file(self, artifact_id)  # rejects ids that leave the folder
+            with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
+                shutil.copyfileobj(content_body, fh)
+
+    return AtomicFileSystemArtifactStore
+
+
+_ARTIFACT_PREFIX = "artifacts:"  # optuna.artifacts' own key prefix (study and trial attrs)
+
+
+def artifact_ids(study: optuna.Study) -> list[str]:
+    """The ids of every artifact of a study and of its trials (none of any other study)."""
+    keys = list(storage_of(study).get_study_system_attrs(study_id(study)))
+    for trial in study.get_trials(deepcopy=False):
+        keys += list(trial.system_attrs)
+    ids = []
+    for key in keys:
+        for prefix in (_FINISHED_TRIAL_ARTIFACT_PREFIX, _ARTIFACT_PREFIX):
+            if key.startswith(prefix):
+                ids.append(key[len(prefix) :].rsplit(":", 1)[-1])  # <trial id>:<id> or <id>
+                break
+    return sorted(set(ids))
+
+
+def remove_artifacts(
+    study: optuna.Study, artifacts: str | os.PathLike[str] | None = None
+) -> list[str]:
+    """Delete a study's artifact files from its store (``study delete``'s hook); returns
+    what was removed, in words."""
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    ids = artifact_ids(study)
+    url = storage_url_of(storage_of(study))
+    if not ids or (url is None and not (artifacts or os.environ.get(ARTIFACTS_ENV))):
+        return []
+    folder = artifact_dir(url, artifacts)
+    if not folder.is_dir():
+        return []
+    store = _atomic_store_class()(folder)
+    removed = 0
+    for artifact_id in ids:
+        with contextlib.suppress(ArtifactNotFound, FileNotFoundError):
+            store.remove(artifact_id)
+            removed += 1
+    return [f"{removed} artifact file(s) from {folder}"] if removed else []
+
+
+def _store_for(storage: BaseStorage, override: str | os.PathLike[str] | None) -> ArtifactStore:
+    return artifact_store(artifact_dir(storage_url_of(storage), override))
+
+
+# --------------------------------------------------------------------------- trial artifacts
+
+
+def validation_report(
+    metrics: Mapping[str, Any], *, study: str = "", trial: int | None = None, params: Any = None
+) -> dict[str, Any]:
+    """A trial's per-class validation report from ``classification_metrics``' output."""
+    classes = list(metrics["per_class"])
+    return {
+        "study": study,
+        "trial": trial,
+        "params": dict(params or {}),
+        "split": "validation",
+        "classes": classes,
+        "per_class": {c: dict(metrics["per_class"][c]) for c in classes},
+        "precision_macro": metrics["precision_macro"],
+        "recall_macro": metrics["recall_macro"],
+        "f1_macro": metrics["f1_macro"],
+        "accuracy": metrics["accuracy"],
+        # rows: true class, columns: predicted class, both in the order of "classes"
+        "confusion_matrix": metrics["confusion_matrix"],
+    }
+
+
+def validation_metrics_of(trial: FrozenTrial) -> dict[str, Any] | None:
+    """What ``classification_metrics`` gave the objective, from the trial's user attributes
+    (the objective records them; see ``clothopt.objective.Objective``); None if it did not."""
+    a = trial.user_attrs
+    if "val_per_class" not in a or "val_confusion_matrix" not in a:
+        return None
+    return {
+        "per_class": a["val_per_class"],
+        "precision_macro": a["val_precision_macro"],
+        "recall_macro": a["val_recall_macro"],
+        "f1_macro": a["val_f1_macro"],
+        "accuracy": a["val_accuracy"],
+        "confusion_matrix": a["val_confusion_matrix"],
+    }
+
+
+def upload_validation_report(
+    study: optuna.Study, trial: FrozenTrial, artifacts: str | None = None
+) -> str | None:
+    """Upload a finished trial's per-class report as the artifact ``validation_report.json``.
+
+    An on-trial-end callback of the engine's runner (``callbacks=[upload_validation_report]``).
+    The store follows from the study's storage URL (or ``$CLOTHOPT_ARTIFACTS``); a storage
+    without a URL and no ``$CLOTHOPT_ARTIFACTS`` (in memory) has nowhere to put it, and a trial
+    without recorded metrics (failed, pruned) has nothing to put: None. A failed upload does
+    not fail the trial, whose figures are already in its user attributes: it is logged.
+    """
+    storage = storage_of(study)
+    metrics = validation_metrics_of(trial)
+    if metrics is None:
+        return None
+    if storage_url_of(storage) is None and not (artifacts or os.environ.get(ARTIFACTS_ENV)):
+        return None
+    report = validation_report(
+        metrics, study=study.study_name, trial=trial.number, params=trial.params
+    )
+    try:
+        store = _store_for(storage, artifacts)
+        with tempfile.TemporaryDirectory(prefix="clothopt-report-") as tmp:
+            path = Path(tmp) / REPORT_NAME  # the file name is the artifact's name
+            path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+            return _attach_to_finished(study, trial, store, path)
+    except (OSError, UserError) as exc:
+        _log.warning("trial %d: validation report not uploaded: %s", trial.number, exc)
+        return None
+
+
+def attach_files(
+    study: optuna.Study,
+    trial_number: int | None,
+    storage_url: str | None,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    artifacts: str | os.PathLike[str] | None = None,
+) -> list[str]:
+    """Upload files as artifacts of trial ``trial_number`` (None: of the study itself).
+
+    Works for finished trials too (what ``study finalize`` needs). ``storage_url`` picks the
+    artifact folder (see :func:`artifact_dir`; ``artifacts`` overrides it); pass the URL the
+    study was opened with. Every path is checked before anything is uploaded. Each file is
+    downloadable from the dashboard under its own name. Returns the artifact ids, in order.
+    """
+    from optuna.artifacts import upload_artifact
+
+    files = [Path(p) for p in paths]
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise UserError(f"cannot attach {', '.join(missing)}: no such file")
+    storage = storage_of(study)
+    store = artifact_store(artifact_dir(storage_url or storage_url_of(storage), artifacts))
+    if trial_number is None:
+        return [
+            upload_artifact(artifact_store=store, file_path=str(p), study_or_trial=study)
+            for p in files
+        ]
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == trial_number), None)
+    if trial is None:
+        raise UserError(f"study {study.study_name!r} has no trial {trial_number}")
+    if not trial.state.is_finished():
+        return [
+            upload_artifact(
+                artifact_store=store, file_path=str(p), study_or_trial=trial, storage=storage
+            )
+            for p in files
+        ]
+    return [_attach_to_finished(study, trial, store, path) for path in files]
+
+
+def _attach_to_finished(
+    study: optuna.Study, trial: FrozenTrial, store: ArtifactStore, path: Path
+) -> str:
+    """Upload ``path`` as an artifact of a finished trial; returns its id.
+
+    A finished trial's attributes are frozen: its metadata goes where optuna-dashboard looks
+    for it too (the study's system attrs); the file first, so a listed one exists.
+    """
+    meta = _meta_for(path)
+    with open(path, "rb") as fh:
+        store.write(meta.artifact_id, fh)
+    key = f"{_FINISHED_TRIAL_ARTIFACT_PREFIX}{trial_id(trial)}:{meta.artifact_id}"
+    storage_of(study).set_study_system_attr(
+        study_id(study), key, json.dumps(dataclasses.asdict(meta))
+    )
+    return meta.artifact_id
+
+
+def _meta_for(path: Path) -> optuna.artifacts.ArtifactMeta:
+    """Metadata as optuna.artifacts.upload_artifact makes it (a new id, type from the name)."""
+    import mimetypes
+    import uuid
+
+    from optuna.artifacts import ArtifactMeta
+
+    mimetype, encoding = mimetypes.guess_type(path.name)
+    return ArtifactMeta(
+        artifact_id=str(uuid.uuid4()),
+        filename=path.name,
+        mimetype=mimetype or default_artifact_mimetype(),
+        encoding=encoding,
+    )
