@@ -184,9 +184,16 @@ class _Runner:
         from clothopt import study as study_mod
 
         budget_here = None if sampler == "grid" else budget  # the grid always runs in full
-        if name not in {r["name"] for r in study_mod.list_studies(self.storage)}:
+        missing = UserError(f"study {name!r} does not exist: run the comparison first")
+        try:
+            existing = {r["name"] for r in study_mod.list_studies(self.storage, create=create)}
+        except UserError:
+            if create:
+                raise
+            raise missing from None  # no storage yet: nothing of the comparison has run
+        if name not in existing:
             if not create:
-                raise UserError(f"study {name!r} does not exist: run the comparison first")
+                raise missing
             return study_mod.create(
                 backbone=backbone,
                 space=self.space,

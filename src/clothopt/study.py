@@ -275,10 +275,11 @@ def _is_valid_name(name: str) -> bool:
     return True
 
 
-def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
+def list_studies(storage: str | None = None, *, create: bool = False) -> list[dict[str, Any]]:
+    """A row per study; a SQLite storage that does not exist is an error unless ``create``."""
     from optuna.trial import TrialState
 
-    store = open_storage(storage)  # read only: a storage that does not exist is an error
+    store = open_storage(storage, create=create)
     rows = []
     for summary in store.get_all_studies():
         trials = store.get_all_trials(study_id(summary), deepcopy=False)
