@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clothopt.backbones import get_backbone
 from clothopt.cli import main
 from clothopt.errors import UserError
+from clothopt.model.backbones import get_backbone
 from clothopt.predict import CLASSES_FILE, load_classifier
 from clothopt.similar import (
     build_index,
@@ -31,13 +31,16 @@ CLASSES = ["hat", "pants", "shoes", "skirt"]
 
 def _save_model(folder: Path, seed: int) -> Path:
     """An exported model as finalize builds it (random base, 32 px: fast), random head."""
-    from clothopt._export import build_exported_model
+    from clothopt.model.compose import Head, compose
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     # the random base's features are tiny: a large kernel makes the probabilities differ
     head = [rng.normal(0, 1e16, (256, len(CLASSES))).astype("float32"), np.zeros(4, "float32")]
-    model = build_exported_model(get_backbone("mobilenet_025"), 32, "none", 0, head, CLASSES)
+    trained = Head(num_classes=len(CLASSES), weights=head)
+    model = compose(
+        get_backbone("mobilenet_025"), 32, "none", 0, raw_input=True, head=trained, softmax=True
+    )
     model.save(folder / "model.keras")
     (folder / CLASSES_FILE).write_text(json.dumps(CLASSES))
     return folder / "model.keras"
