@@ -7,6 +7,7 @@ imports only Keras, NumPy and PIL, against the macro-F1 that report.json states.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -268,7 +269,7 @@ def test_finalize_writes_model_classes_and_an_offline_figure(finalized: dict[str
     html = (folder / "confusion_matrix.html").read_text()
     assert "plotly.js" in html and 'src="https://cdn.plot.ly' not in html  # opens offline
     assert all(c in html for c in report["classes"])
-    has_kaleido = finalize_mod.importlib.util.find_spec("kaleido") is not None
+    has_kaleido = importlib.util.find_spec("kaleido") is not None
     assert (folder / "confusion_matrix.png").is_file() == has_kaleido
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["model.keras", "classes.json", "report.json", *report["figures"]]
@@ -391,12 +392,15 @@ from PIL import Image
 folder, test_dir = sys.argv[1], sys.argv[2]
 model = keras.saving.load_model(os.path.join(folder, "model.keras"), safe_mode=True)
 classes = json.load(open(os.path.join(folder, "classes.json")))
-y, p = [], []
+y, p, scores, accepted = [], [], [], []
 for label, cls in enumerate(classes):  # flow_from_directory's order: classes, then files
     for name in sorted(os.listdir(os.path.join(test_dir, cls))):
         with Image.open(os.path.join(test_dir, cls, name)) as img:
             x = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        p.append(int(np.argmax(model.predict_on_batch(x[None])[0])))
+        out = model.predict_on_batch(x[None])  # a dict: probabilities, clothing_score, accepted
+        p.append(int(np.argmax(out["probabilities"][0])))
+        scores.append(float(np.asarray(out["clothing_score"]).reshape(-1)[0]))
+        accepted.append(bool(np.asarray(out["accepted"]).reshape(-1)[0] == 1.0))
         y.append(label)
 y, p = np.array(y), np.array(p)
 f1 = []
@@ -405,7 +409,10 @@ for c in range(len(classes)):
     denom = np.sum(y == c) + np.sum(p == c)
     f1.append(2 * tp / denom if denom else 0.0)
 assert not any(m.startswith("clothopt") for m in sys.modules)
-print(json.dumps({"f1_macro": float(np.mean(f1)), "predictions": p.tolist()}))
+print(json.dumps({
+    "f1_macro": float(np.mean(f1)), "predictions": p.tolist(), "outputs": sorted(model.output),
+    "scores": scores, "accepted": accepted,
+}))
 """
 
 
@@ -458,6 +465,42 @@ def test_tiny_finalized_model_reproduces_in_a_fresh_process(finalized: dict[str,
     got = _reproduce_in_fresh_process(folder, Path(cfg.data) / "test")
     assert got["predictions"] == report["test_predictions"]
     assert got["f1_macro"] == report["test"]["f1_macro"]
+    # the "not clothing" detector travels inside: plain Keras, safe mode, no clothopt
+    assert got["outputs"] == ["accepted", "clothing_score", "probabilities"]
+    assert np.mean(got["accepted"]) == report["ood"]["test_accepted_share"]
+
+
+def test_finalize_ships_the_detector_fitted_on_train_and_reports_what_it_accepts(
+    finalized: dict[str, Any],
+) -> None:
+    from clothopt.final.ood import calibrate, fit_detector
+    from clothopt.final.rejection import THRESHOLD_MARGIN
+
+    report, _ = load_final("tiny", finalized["storage"])
+    _, cfg = study_mod.load("tiny", finalized["storage"])
+    ood = report["ood"]
+    det = ood["detector"]
+    assert det["method"] == "knn" and det["k"] == 10 and det["accept"] == 0.95
+    assert det["arrays"] == {"bank": [24, 256]}  # the train split's 8 x 3 images only
+    # refit from the cached features: the same bank (checksum) and threshold
+    ds = open_dataset(cfg.data)
+    cache = FeatureCache(cfg.cache_dir)
+    spec = get_backbone(cfg.backbone)
+    size = report["params"]["image_size"]
+    feats = {s: cache.get(spec, cfg.weights, cfg.seed, size, cfg.resize, ds[s]) for s in ds.splits}
+    refit = calibrate(fit_detector("knn", feats["train"].x), feats["validation"].x)
+    assert det["sha256"] == refit.checksum
+    margin = THRESHOLD_MARGIN * abs(refit.threshold)
+    assert refit.threshold - 2 * margin < det["threshold"] <= refit.threshold - margin
+    assert ood["validation_accepted_share"] >= 0.95
+    assert 0.0 <= ood["test_accepted_share"] <= 1.0
+    samples = ood["samples"]
+    if samples["images"]:  # scikit-image / scikit-learn pictures, scored by the saved model
+        assert {"picture", "score", "accepted", "top_class"} <= set(samples["pictures"][0])
+        assert 0.0 <= samples["auroc"] <= 1.0
+    assert ("not_clothing_note" in ood) == (ood["not_clothing"] is None)
+    out = finalized["out"]
+    assert '"not clothing" detector in the model: knn, k=10' in out
 
 
 @pytest.mark.slow

@@ -378,7 +378,9 @@ class StudyFinalize(_Command):
     size in, class probabilities out; loads with plain Keras, safe mode), classes.json,
     report.json (per-class and macro precision, recall and F1, accuracy, confusion matrix, a
     95% bootstrap interval of the test macro-F1, parameters, seconds) and
-    confusion_matrix.html. The test figures are those of the saved model itself.
+    confusion_matrix.html. The test figures are those of the saved model itself. The model
+    also says "not clothing": a kNN detector fitted on the train features, its threshold set to
+    accept 95% of validation; report.json's "ood" gives what it accepts.
     """
 
     @staticmethod
@@ -400,6 +402,11 @@ class StudyFinalize(_Command):
             help=f"bootstrap resamples (default {DEFAULT_RESAMPLES}, at least 1000)",
         )
         p.add_argument("--bootstrap-seed", type=int, default=0)
+        p.add_argument(
+            "--not-clothing",
+            help="folder of non-clothing photos the model's rejection is measured on (default: "
+            "../shared/datasets/not-clothing when it exists; 'none' to skip)",
+        )
         _paper_arg(p)
         p.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -420,6 +427,13 @@ class StudyFinalize(_Command):
             cache_dir=args.cache_dir,
             resamples=args.resamples,
             bootstrap_seed=args.bootstrap_seed,
+            not_clothing=(
+                True
+                if args.not_clothing is None
+                else None
+                if args.not_clothing == "none"
+                else args.not_clothing
+            ),
             progress=not args.quiet,
             on_finalized=_attach_to_dashboard(args.storage),
         )
@@ -477,7 +491,8 @@ class Predict(_Command):
 
     A folder stands for the images in it. An unreadable file gets its own error line and the
     rest are still predicted; the exit status is 1 when any file failed. The model loads with
-    Keras safe mode on; class names come from classes.json beside it.
+    Keras safe mode on; class names come from classes.json beside it. A picture the model's
+    detector rejects reads "not clothing (score s < threshold t)".
     """
 
     @staticmethod
@@ -493,8 +508,12 @@ class Predict(_Command):
         paths = expand_paths(args.images)
         if not paths:
             raise UserError("no images in the folders given")
+        from clothopt.predict import NO_DETECTOR_NOTE, shipped_threshold
+
         with native_stderr_captured():  # TensorFlow start-up, "Not handling type DT_DOUBLE"
             model, classes = load_classifier(args.model)
+        if shipped_threshold(model) is None:
+            print(f"clothopt: note: {NO_DETECTOR_NOTE}", file=sys.stderr, flush=True)
         failed = 0
         rows = []
         for pred in predict_files(model, classes, paths, args.top_k):
@@ -505,14 +524,64 @@ class Predict(_Command):
                 print(f"clothopt: error: {pred.error}", file=sys.stderr, flush=True)
             else:
                 row: dict[str, Any] = {"image": pred.image}
-                for rank, (cls, prob) in enumerate(pred.top, 1):
-                    row[f"top {rank}"] = f"{cls} {prob:.3f}"
+                if pred.verdict:
+                    row["top 1"] = pred.verdict
+                else:
+                    for rank, (cls, prob) in enumerate(pred.top, 1):
+                        row[f"top {rank}"] = f"{cls} {prob:.3f}"
                 rows.append(row)
         if not args.json and rows:
             print(format_table(rows))
         if failed:
             print(f"clothopt: {failed} of {len(paths)} images failed", file=sys.stderr)
         return 1 if failed else 0
+
+
+class Evaluate(_Command):
+    """Finalize's test report for a labelled folder DIR/<class>/... with a finalized model.
+
+    Per-class and macro precision/recall/F1, accuracy, confusion matrix, 95% bootstrap interval
+    of the macro-F1 and the share the "not clothing" detector rejected. A folder that is no
+    class of the model (classes.json) is an error, unless --unknown-as-reject: its images
+    should then be rejected, and the AUROC of the detector is reported for them.
+    """
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        from clothopt.final.finalize import DEFAULT_RESAMPLES
+
+        p.add_argument("model", help="a .keras file written by clothopt study finalize")
+        p.add_argument("dir", help="labelled images: DIR/<class>/<images>")
+        p.add_argument("--json", action="store_true", help="print the report as JSON")
+        p.add_argument("--out", help="also write report.json and the confusion matrix here")
+        p.add_argument(
+            "--unknown-as-reject",
+            action="store_true",
+            help="folders that are no class of the model hold pictures to reject",
+        )
+        p.add_argument("--resamples", type=_positive_int, default=DEFAULT_RESAMPLES)
+        p.add_argument("--bootstrap-seed", type=int, default=0)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt.final.evaluate import evaluate, format_evaluation, write_evaluation
+        from clothopt.final.finalize import MIN_RESAMPLES
+
+        if args.resamples < MIN_RESAMPLES:
+            raise UserError(f"--resamples must be at least {MIN_RESAMPLES}, not {args.resamples}")
+        report = evaluate(
+            args.model,
+            args.dir,
+            unknown_as_reject=args.unknown_as_reject,
+            resamples=args.resamples,
+            seed=args.bootstrap_seed,
+        )
+        print(
+            json.dumps(report, indent=2, sort_keys=True) if args.json else format_evaluation(report)
+        )
+        if args.out:
+            written = write_evaluation(report, args.out)
+            print(f"wrote {', '.join(p.name for p in written)} to {args.out}", file=sys.stderr)
+        return 0
 
 
 # --------------------------------------------------------------------------- similar items
@@ -566,7 +635,7 @@ class Similar(_Command):
         from pathlib import Path
 
         from clothopt.predict import expand_paths, load_classifier
-        from clothopt.similar import load_index, query, write_html
+        from clothopt.similar import load_index, query, rejections, write_html
 
         paths = expand_paths(args.images)
         if not paths:
@@ -576,14 +645,23 @@ class Similar(_Command):
                 raise UserError(f"image not found: {path}")
         index = load_index(args.index, args.model)
         model, _ = load_classifier(args.model or index.meta["model"])
-        results = query(index, model, paths, args.k)
+        rejected = rejections(model, paths)
+        kept = [p for p, r in zip(paths, rejected, strict=True) if r is None]
+        found = iter(query(index, model, kept, args.k))
+        # a rejected query ("not clothing") gets its verdict instead of neighbours
+        results = [next(found) if r is None else [] for r in rejected]
         if args.json:
-            for path, hits in zip(paths, results, strict=True):
-                print(json.dumps({"image": str(path), "similar": [h.to_dict() for h in hits]}))
+            for path, hits, r in zip(paths, results, rejected, strict=True):
+                line: dict[str, Any] = {"image": str(path), "similar": [h.to_dict() for h in hits]}
+                if r is not None:
+                    line |= {"rejected": True, **r}
+                print(json.dumps(line))
         else:
             rows = []
-            for path, hits in zip(paths, results, strict=True):
+            for path, hits, r in zip(paths, results, rejected, strict=True):
                 row: dict[str, Any] = {"image": str(path)}
+                if r is not None:
+                    row["1"] = r["verdict"]
                 for rank, hit in enumerate(hits, 1):
                     row[str(rank)] = f"{hit.relpath} {hit.score:.3f}"
                 rows.append(row)
@@ -776,6 +854,7 @@ COMMANDS: dict[str, type[_Command]] = {
     "study finalize": StudyFinalize,
     "study report": StudyReport,
     "predict": Predict,
+    "evaluate": Evaluate,
     "index build": IndexBuild,
     "similar": Similar,
     "compare backbones": CompareBackbones,

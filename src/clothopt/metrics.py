@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["bootstrap_ci", "classification_metrics"]
+__all__ = ["auroc", "bootstrap_ci", "classification_metrics"]
 
 
 def classification_metrics(
@@ -82,3 +82,13 @@ def bootstrap_ci(
     alpha = 100 * (1 - confidence) / 2
     low, high = np.percentile(np.concatenate(scores), [alpha, 100 - alpha])
     return float(low), float(high)
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """Area under the ROC curve of scores where ``positive`` should rank above ``negative``
+    (ties count half): the chance a random positive outscores a random negative."""
+    from sklearn.metrics import roc_auc_score
+
+    pos, neg = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
+    labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    return float(roc_auc_score(labels, np.r_[pos, neg]))

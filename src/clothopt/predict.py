@@ -4,6 +4,11 @@ The model (``clothopt study finalize`` writes it) takes raw RGB images of any si
 resize and preprocessing itself, so images are only decoded here (as training decoded them:
 :func:`clothopt.data.load_image`, converted to RGB, not resized). Class names come from
 ``classes.json`` beside the model. Models load with Keras safe mode on.
+
+A model from ``clothopt study finalize`` since issue #13 returns a dict: ``"probabilities"``,
+``"clothing_score"`` (the shipped "not clothing" detector's score, higher = more like the train
+split) and ``"accepted"`` (1.0 where the score reaches the threshold the model holds in its
+layer ``"ood_threshold"``). An older model returns the probabilities alone; both load here.
 """
 
 from __future__ import annotations
@@ -26,17 +31,45 @@ if TYPE_CHECKING:
     import keras
 
 __all__ = [
+    "ACCEPTED_OUTPUT",
     "CLASSES_FILE",
+    "NO_DETECTOR_NOTE",
+    "PROBABILITIES_OUTPUT",
+    "SCORE_OUTPUT",
+    "THRESHOLD_LAYER",
+    "ModelOutput",
     "Prediction",
     "expand_paths",
     "iter_images",
     "load_classifier",
+    "not_clothing_line",
     "predict_files",
     "predict_image",
     "read_classes",
+    "run_model",
+    "shipped_threshold",
 ]
 
 CLASSES_FILE = "classes.json"  # beside the model: the class names, in output order
+# the exported model's outputs when it carries the "not clothing" detector
+PROBABILITIES_OUTPUT = "probabilities"
+SCORE_OUTPUT = "clothing_score"
+ACCEPTED_OUTPUT = "accepted"
+THRESHOLD_LAYER = "ood_threshold"  # its bias is the threshold (a weight: see final.rejection)
+NO_DETECTOR_NOTE = (
+    'this model has no "not clothing" detector: it names a class for any picture '
+    "(finalize the study again to get one)"
+)
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """What the exported model says about one image; ``score``/``accepted`` are None for a
+    model without the detector."""
+
+    probabilities: np.ndarray
+    score: float | None = None
+    accepted: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -44,14 +77,32 @@ class Prediction:
     image: str
     top: tuple[tuple[str, float], ...] = ()  # (class, probability), most likely first
     error: str | None = None
+    score: float | None = None  # the detector's (None: the model has none)
+    threshold: float | None = None
+    accepted: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         if self.error is not None:
             return {"image": self.image, "error": self.error}
-        return {
+        out: dict[str, Any] = {
             "image": self.image,
             "predictions": [{"class": c, "probability": p} for c, p in self.top],
         }
+        if self.score is not None:
+            out |= {"score": self.score, "threshold": self.threshold, "accepted": self.accepted}
+        return out
+
+    @property
+    def verdict(self) -> str:
+        """``not clothing (score s < threshold t)`` for a rejected image, else ""."""
+        if self.accepted is False and self.score is not None and self.threshold is not None:
+            return not_clothing_line(self.score, self.threshold)
+        return ""
+
+
+def not_clothing_line(score: float, threshold: float) -> str:
+    """What the commands print for a picture the model's detector rejects."""
+    return f"not clothing (score {score:.4f} < threshold {threshold:.4f})"
 
 
 def read_classes(model_path: str | os.PathLike[str]) -> tuple[str, ...]:
@@ -80,7 +131,7 @@ def load_classifier(path: str | os.PathLike[str]) -> tuple[keras.Model, tuple[st
     except Exception as exc:  # Keras raises ValueError, TypeError, zipfile errors, ...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model {path}: {reason}") from None
-    outputs = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+    outputs = _probabilities_width(model)
     if outputs != len(classes):
         raise UserError(
             f"model {path} gives {outputs} outputs but {CLASSES_FILE} names {len(classes)} classes"
@@ -88,13 +139,42 @@ def load_classifier(path: str | os.PathLike[str]) -> tuple[keras.Model, tuple[st
     return model, classes
 
 
-def predict_image(model: keras.Model, image: np.ndarray) -> np.ndarray:
-    """Class probabilities for one raw ``(H, W, 3)`` image.
+def _probabilities_width(model: keras.Model) -> int | None:
+    out = model.output
+    if isinstance(out, dict):
+        if set(out) != {PROBABILITIES_OUTPUT, SCORE_OUTPUT, ACCEPTED_OUTPUT}:
+            return None
+        out = out[PROBABILITIES_OUTPUT]
+    shape = getattr(out, "shape", None)
+    return None if shape is None or len(shape) != 2 else shape[-1]
+
+
+def shipped_threshold(model: keras.Model) -> float | None:
+    """The "not clothing" threshold the model holds, or None for a model without detector."""
+    if not isinstance(model.output, dict):
+        return None
+    return float(np.asarray(model.get_layer(THRESHOLD_LAYER).get_weights()[1]).reshape(-1)[0])
+
+
+def run_model(model: keras.Model, image: np.ndarray) -> ModelOutput:
+    """Probabilities (and the detector's verdict) for one raw ``(H, W, 3)`` image.
 
     One image per call (images differ in size), through ``predict_on_batch``: finalize scores
     the test split with exactly this call, so the reported figures are this function's.
     """
-    return np.asarray(model.predict_on_batch(image[None]))[0]
+    out = model.predict_on_batch(image[None])
+    if not isinstance(out, dict):
+        return ModelOutput(np.asarray(out)[0])
+    return ModelOutput(
+        np.asarray(out[PROBABILITIES_OUTPUT])[0],
+        float(np.asarray(out[SCORE_OUTPUT]).reshape(-1)[0]),
+        bool(np.asarray(out[ACCEPTED_OUTPUT]).reshape(-1)[0] >= 0.5),
+    )
+
+
+def predict_image(model: keras.Model, image: np.ndarray) -> np.ndarray:
+    """Class probabilities for one raw ``(H, W, 3)`` image (:func:`run_model`'s)."""
+    return run_model(model, image).probabilities
 
 
 def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
@@ -151,10 +231,13 @@ def predict_files(
 ) -> Iterator[Prediction]:
     """One :class:`Prediction` per path, in order; unreadable files give one with ``error``."""
     k = max(1, min(top_k, len(classes)))
+    threshold = shipped_threshold(model)
     for path, image in iter_images(paths, threads):
         if isinstance(image, UserError):
             yield Prediction(str(path), error=str(image))
             continue
-        probs = predict_image(model, image)
+        out = run_model(model, image)
+        probs = out.probabilities
         order = np.argsort(-probs, kind="stable")[:k]
-        yield Prediction(str(path), tuple((classes[i], float(probs[i])) for i in order))
+        top = tuple((classes[i], float(probs[i])) for i in order)
+        yield Prediction(str(path), top, None, out.score, threshold, out.accepted)

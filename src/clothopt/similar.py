@@ -56,6 +56,7 @@ __all__ = [
     "embedder",
     "load_index",
     "query",
+    "rejections",
     "write_html",
 ]
 
@@ -312,6 +313,32 @@ def query(
         ]
         for row_s, row_i in zip(scores, ids, strict=True)
     ]
+
+
+def rejections(
+    model: keras.Model, images: Sequence[str | os.PathLike[str]]
+) -> list[dict[str, Any] | None]:
+    """Per image file: ``{"score", "threshold", "verdict"}`` when the model's "not clothing"
+    detector rejects it (a catalogue of clothing has no neighbours to offer), else None;
+    all None for a model without the detector."""
+    from clothopt.predict import not_clothing_line, run_model, shipped_threshold
+
+    threshold = shipped_threshold(model)
+    if threshold is None:
+        return [None] * len(images)
+    out: list[dict[str, Any] | None] = []
+    for path in images:
+        try:
+            image = load_image(path, None)
+        except UserError as exc:  # its hint about `clothopt data check` is for data sets
+            raise UserError(str(exc).split(" (run `clothopt data check`")[0]) from None
+        verdict = run_model(model, image)
+        if verdict.accepted or verdict.score is None:
+            out.append(None)
+        else:
+            line = not_clothing_line(verdict.score, threshold)
+            out.append({"score": verdict.score, "threshold": threshold, "verdict": line})
+    return out
 
 
 # --------------------------------------------------------------------------- the HTML page

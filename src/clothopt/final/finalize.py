@@ -19,7 +19,6 @@ What the folder holds and how it is swapped into place: :mod:`clothopt.final.sto
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import inspect
 import json
 import shutil
@@ -32,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt.errors import UserError
+from clothopt.final.scoring import confusion_figure as _confusion_figure
 from clothopt.final.store import (
-    FIGURE_STEM,
     MODEL_FILE,
     REPORT_FILE,
     check_replaceable,
@@ -189,46 +188,56 @@ def _features(
 # --------------------------------------------------------------------------- figures
 
 
-def _confusion_figure(
-    cm: list[list[int]], classes: list[str], title: str, folder: Path
-) -> list[str]:
-    """``confusion_matrix.html`` (plotly.js inside: opens offline), and a PNG with kaleido."""
-    import plotly.graph_objects as go
+# --------------------------------------------------------------------------- the detector
+# (kept apart from the retrain/export code: the hooks above are one line each)
 
-    counts = np.asarray(cm)
-    rows = counts.sum(axis=1, keepdims=True)
-    share = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
-    fig = go.Figure(
-        go.Heatmap(
-            z=share,
-            x=classes,
-            y=classes,
-            text=counts,
-            texttemplate="%{text}",
-            colorscale="Blues",
-            zmin=0,
-            zmax=1,
-            colorbar={"title": {"text": "share of row"}},
-            hovertemplate="true %{y}<br>predicted %{x}<br>%{text} images<extra></extra>",
-        )
+
+def _not_clothing_dir(value: str | Path | bool | None) -> Path | None:
+    from clothopt.final.rejection import default_not_clothing_dir
+
+    if value is True:
+        return default_not_clothing_dir()
+    if value is None or value is False:
+        return None
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"--not-clothing {value}: no such folder")
+    return folder
+
+
+def _shipped_detector(x_train: np.ndarray, x_val: np.ndarray, progress: bool) -> Any:
+    """The detector the model ships: fitted on TRAIN features, 95% of VALIDATION accepted."""
+    from clothopt.final.rejection import fit_shipped_detector
+
+    _say(progress, "fitting the not-clothing detector on the train features")
+    return fit_shipped_detector(x_train, x_val)
+
+
+def _detector_outputs(detector: Any) -> Any:
+    from clothopt.final.rejection import detector_outputs
+
+    return detector_outputs(detector)
+
+
+def _measure_rejection(
+    model: Any,
+    detector: Any,
+    dataset: Any,
+    test: tuple[np.ndarray, np.ndarray],
+    not_clothing: Path | None,
+    config: Any,
+) -> dict[str, Any]:
+    from clothopt.final.rejection import ood_section
+
+    return ood_section(
+        model,
+        detector,
+        list(dataset["validation"].paths),
+        test,
+        not_clothing,
+        list(dataset.classes),
+        config.threads,
     )
-    side = 160 + 48 * len(classes)
-    fig.update_layout(
-        title={"text": title},
-        xaxis={"title": {"text": "predicted"}, "side": "bottom"},
-        yaxis={"title": {"text": "true"}, "autorange": "reversed"},
-        width=side + 140,
-        height=side + 60,
-    )
-    written = [f"{FIGURE_STEM}.html"]
-    fig.write_html(folder / written[0], include_plotlyjs=True, full_html=True)
-    if importlib.util.find_spec("kaleido") is not None:
-        try:
-            fig.write_image(folder / f"{FIGURE_STEM}.png", scale=2)
-            written.append(f"{FIGURE_STEM}.png")
-        except Exception as exc:  # kaleido needs a browser it may not find: the HTML is enough
-            print(f"finalize: no PNG figure ({exc})", file=sys.stderr)
-    return written
 
 
 # --------------------------------------------------------------------------- finalize
@@ -257,16 +266,22 @@ def finalize(
     cache_dir: str | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     bootstrap_seed: int = 0,
+    not_clothing: str | Path | bool | None = True,
     progress: bool = False,
     on_finalized: Callable[[optuna.Study, int, list[Path]], None] | None = None,
 ) -> dict[str, Any]:
     """Retrain, export, score the test split with the saved model; returns ``report.json``.
 
+    The model ships a "not clothing" detector (:mod:`clothopt.final.rejection`);
+    ``not_clothing`` is the folder of non-clothing photos its rejection is measured on (True:
+    ``../shared/datasets/not-clothing`` when it exists; None or False: not measured).
+
     ``on_finalized(study, trial_number, files)`` gets the published files (report, figures,
     model, classes), e.g. to show them in optuna-dashboard.
     """
     from clothopt import study as study_mod
-    from clothopt.metrics import bootstrap_ci, classification_metrics
+    from clothopt.final.scoring import labelled_report, score_set
+    from clothopt.metrics import classification_metrics
     from clothopt.model.backbones import get_backbone
     from clothopt.model.compose import Head, compose
     from clothopt.model.head import (
@@ -277,13 +292,14 @@ def finalize(
         normalize_features,
     )
     from clothopt.objective import batch_order, trial_seed
-    from clothopt.predict import CLASSES_FILE, iter_images, load_classifier, predict_image
+    from clothopt.predict import CLASSES_FILE, load_classifier
     from clothopt.runs import open_run
 
     if not 1 <= epochs <= 1000:
         raise UserError(f"--epochs must be between 1 and 1000, not {epochs}")
     if resamples < MIN_RESAMPLES:
         raise UserError(f"--resamples must be at least {MIN_RESAMPLES}, not {resamples}")
+    not_clothing_dir = _not_clothing_dir(not_clothing)
     st, config = study_mod.load(name, storage)
     check_replaceable(final_dir(storage, name))  # before the work, not only at the swap
     chosen = pick_trial(st, trial)
@@ -344,6 +360,10 @@ def finalize(
         ]
         return logits[0] if len(logits) == 1 else (logits[0] + logits[1]) / 2
 
+    # the "not clothing" detector: fitted on the train split's plain pooled features (what the
+    # exported model's extra outputs see), its threshold accepting 95% of validation
+    detector = _shipped_detector(feats["train", False][0], feats["validation", False][0], progress)
+
     dest = final_dir(storage, name)
     tmp = make_staging(dest)
     try:
@@ -359,6 +379,7 @@ def finalize(
             head=trained,
             softmax=True,
             tta=tta,
+            extra_outputs=_detector_outputs(detector),
         )
         exported.save(tmp / MODEL_FILE)
         (tmp / CLASSES_FILE).write_text(json.dumps(classes, indent=2) + "\n")
@@ -367,17 +388,14 @@ def finalize(
         test = dataset["test"]
         _say(progress, f"scoring the saved model on the {len(test)} test images")
         start = time.perf_counter()
-        preds = []
-        for _path, image in iter_images(list(test.paths), config.threads):
-            if isinstance(image, UserError):
-                raise image
-            preds.append(int(np.argmax(predict_image(model, image))))
+        probs, test_scores, test_accepted, errors = score_set(model, test.paths, config.threads)
+        if errors:
+            raise UserError(errors[0])
         test_seconds = time.perf_counter() - start
-        y_test, y_pred = test.labels, np.asarray(preds, dtype=np.int64)
-        metrics = classification_metrics(y_test, y_pred, classes)
-        low, high = bootstrap_ci(
-            y_test, y_pred, len(classes), resamples=resamples, seed=bootstrap_seed
-        )
+        y_test, y_pred = test.labels, np.argmax(probs, axis=1).astype(np.int64)
+        scored = labelled_report(y_test, y_pred, classes, resamples=resamples, seed=bootstrap_seed)
+        metrics = scored["test"]
+        low, high = scored["f1_macro_ci95"]
         cached_pred = np.argmax(cached_logits("test"), axis=1)
         cached = classification_metrics(y_test, cached_pred, classes)
         if (disagree := int(np.sum(cached_pred != y_pred))) > 0:
@@ -402,13 +420,8 @@ def finalize(
             "classes": classes,
             "test": metrics,
             "test_images": len(test),
-            "f1_macro_ci95": [low, high],
-            "bootstrap": {
-                "resamples": resamples,
-                "seed": bootstrap_seed,
-                "method": "percentile",
-                "confidence": 0.95,
-            },
+            "f1_macro_ci95": scored["f1_macro_ci95"],
+            "bootstrap": scored["bootstrap"],
             "test_labels": y_test.tolist(),
             "test_predictions": y_pred.tolist(),
             "cached_path_agreement": {
@@ -448,6 +461,10 @@ def finalize(
                 # the per-epoch validation F1 above is of plain images; with tta, this one
                 "final_validation_f1_macro_tta": val_tta,
             }
+        _say(progress, "measuring the not-clothing detector with the saved model")
+        report["ood"] = _measure_rejection(
+            model, detector, dataset, (test_scores, test_accepted), not_clothing_dir, config
+        )
         title = (
             f"{name}: test confusion matrix, macro-F1 {metrics['f1_macro']:.4f} "
             f"(95% CI {low:.4f}-{high:.4f})"

@@ -8,12 +8,11 @@ from typing import Any
 from clothopt.final.store import REPORT_FILE
 from clothopt.reports.render import format_table
 
-__all__ = ["format_report"]
+__all__ = ["format_ood", "format_report", "format_scores"]
 
 
 def format_report(report: dict[str, Any], folder: Path | None = None) -> str:
     """The test report as plain text for the terminal."""
-    t = report["test"]
     p = report["params"]
     lines = [
         f"study {report['study']} ({report['backbone']}): trial {report['trial']} "
@@ -21,7 +20,58 @@ def format_report(report: dict[str, Any], folder: Path | None = None) -> str:
         f"{p['learning_rate']:g}) retrained for {report['epochs']} epochs on the train split",
         f"test split: {report['test_images']} images no trial saw, scored by the saved model",
         "",
+        format_scores(report, report["test_images"]),
     ]
+    agree = report["cached_path_agreement"]
+    lines += [
+        f"parameters: {report['total_params']:,} total, {report['trainable_params']:,} trainable",
+        f"seconds: search {report['search_seconds']:.1f} (sum over {report['search_trials']} "
+        f"trials; {report['search_wall_seconds']:.1f} wall), final training "
+        f"{report['final_train_seconds']:.1f}",
+        f"saved model agrees with the cached-feature head on {agree['agree']}/{agree['of']} "
+        "test images",
+    ]
+    if "ood" in report:
+        lines += ["", format_ood(report["ood"])]
+    if folder is not None:
+        files = [report["model"], report.get("classes_file", "classes.json"), REPORT_FILE]
+        lines.append(f"wrote {', '.join(files + report.get('figures', []))} to {folder}")
+    return "\n".join(lines)
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def format_ood(ood: dict[str, Any]) -> str:
+    """report.json's ``ood`` section: the shipped "not clothing" detector and what it accepts."""
+    d = ood["detector"]
+    k = f", k={d['k']}" if "k" in d else ""
+    lines = [
+        f'"not clothing" detector in the model: {d["method"]}{k}, threshold '
+        f"{d['threshold']:.4f} (set to accept {_share(d['accept'])} of validation)",
+        f"accepted: validation {_share(ood['validation_accepted_share'])}, "
+        f"test {_share(ood['test_accepted_share'])}",
+    ]
+    for key, label in (("not_clothing", "not-clothing photos"), ("samples", "sample pictures")):
+        part = ood.get(key)
+        if part is None:
+            if key == "not_clothing":
+                lines.append(ood.get("not_clothing_note", "not-clothing photos: not measured"))
+            continue
+        auroc = "n/a" if part["auroc"] is None else f"{part['auroc']:.3f}"
+        lines.append(
+            f"{label}: {part['images']} images, {_share(part['accepted_share'])} accepted as "
+            f"clothing, AUROC {auroc} against the test split"
+        )
+    return "\n".join(lines)
+
+
+def format_scores(report: dict[str, Any], images: int) -> str:
+    """Per-class table, accuracy, macro-F1 with its interval and the confusion matrix of a
+    report holding ``test``, ``f1_macro_ci95``, ``bootstrap`` and ``classes``."""
+    t = report["test"]
+    lines: list[str] = []
     rows: list[dict[str, Any]] = [
         {"class": c, **{k: v[k] for k in ("precision", "recall", "f1", "support")}}
         for c, v in t["per_class"].items()
@@ -32,7 +82,7 @@ def format_report(report: dict[str, Any], folder: Path | None = None) -> str:
             "precision": t["precision_macro"],
             "recall": t["recall_macro"],
             "f1": t["f1_macro"],
-            "support": report["test_images"],
+            "support": images,
         }
     )
     lines += [format_table(rows), ""]
@@ -51,16 +101,4 @@ def format_report(report: dict[str, Any], folder: Path | None = None) -> str:
         for c, row in zip(classes, t["confusion_matrix"], strict=True)
     ]
     lines += [format_table(cm_rows), ""]
-    agree = report["cached_path_agreement"]
-    lines += [
-        f"parameters: {report['total_params']:,} total, {report['trainable_params']:,} trainable",
-        f"seconds: search {report['search_seconds']:.1f} (sum over {report['search_trials']} "
-        f"trials; {report['search_wall_seconds']:.1f} wall), final training "
-        f"{report['final_train_seconds']:.1f}",
-        f"saved model agrees with the cached-feature head on {agree['agree']}/{agree['of']} "
-        "test images",
-    ]
-    if folder is not None:
-        files = [report["model"], report.get("classes_file", "classes.json"), REPORT_FILE]
-        lines.append(f"wrote {', '.join(files + report.get('figures', []))} to {folder}")
     return "\n".join(lines)
