@@ -75,6 +75,13 @@ def default_extract_batch() -> int:
 
 @dataclass(frozen=True)
 class FeatureKey:
+    """What pooled features depend on; equal keys, equal features.
+
+    ``flip``: features of the horizontally mirrored images. The mirror is taken AFTER the resize
+    (on the ``image_size`` x ``image_size`` uint8 image the base sees, columns reversed), so a
+    model that reproduces them flips its resized input: ``keras.ops.flip(x, axis=2)`` on NHWC.
+    """
+
     backbone: str
     weights: str  # weights_id(): "imagenet", "file-<sha>", "random-seed<k>"
     image_size: int
@@ -82,15 +89,24 @@ class FeatureKey:
     split: str
     split_fingerprint: str
     precision: str = "float32"
+    flip: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The key's fields; ``flip`` only when set, so plain entries keep their digest."""
+        out = asdict(self)
+        if not self.flip:
+            del out["flip"]
+        return out
 
     @property
     def digest(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        blob = json.dumps(self.as_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:24]
 
     @property
     def filename(self) -> str:
-        return f"{self.backbone}/{self.image_size}px-{self.split}-{self.digest}.npz"
+        flip = "-flip" if self.flip else ""
+        return f"{self.backbone}/{self.image_size}px-{self.split}{flip}-{self.digest}.npz"
 
 
 @dataclass(frozen=True)
@@ -111,17 +127,21 @@ def extract_features(
     batch_size: int = 32,
     threads: int | None = None,
     progress: bool = False,
+    flip: bool = False,
 ) -> np.ndarray:
     """Run ``model`` (a :func:`~clothopt.model.compose.compose` extractor) over ``split``, in order.
 
     ``batch_size`` is only how many images go through the base at once: it changes speed and
-    memory, not the features (beyond float rounding in the backend's kernels).
+    memory, not the features (beyond float rounding in the backend's kernels). ``flip``: mirror
+    each resized image left-right first (see :class:`FeatureKey`).
     """
     out: list[np.ndarray] = []
     done = 0
     start = last = time.perf_counter()
     live = progress and sys.stderr.isatty()
     for batch in iter_batches(split.paths, image_size, batch_size, resize, threads):
+        if flip:
+            batch = np.ascontiguousarray(batch[:, :, ::-1, :])  # NHWC: reverse the columns
         # uint8 in: the model casts inside its compiled graph, cheaper than astype on the host
         feats = model.predict_on_batch(batch)
         out.append(np.asarray(feats, dtype=np.float32))
@@ -132,7 +152,8 @@ def extract_features(
             rate = done / max(now - start, 1e-9)
             end = "\n" if done == len(split) else ""
             print(
-                f"\r  features {split.name} {image_size}px: {done}/{len(split)} ({rate:.0f} img/s)",
+                f"\r  features {split.name} {image_size}px{' flipped' if flip else ''}: "
+                f"{done}/{len(split)} ({rate:.0f} img/s)",
                 end=end,
                 file=sys.stderr,
                 flush=True,
@@ -189,6 +210,8 @@ class FeatureCache:
         image_size: int,
         resize: str,
         split: Split,
+        *,
+        flip: bool = False,
     ) -> FeatureKey:
         return FeatureKey(
             spec.name,
@@ -198,6 +221,7 @@ class FeatureCache:
             split.name,
             split.fingerprint,
             self.precision,
+            flip,
         )
 
     def path(self, key: FeatureKey) -> Path | None:
@@ -211,8 +235,11 @@ class FeatureCache:
         image_size: int,
         resize: str,
         split: Split,
+        *,
+        flip: bool = False,
     ) -> Features:
-        key = self.key(spec, weights, seed, image_size, resize, split)
+        """The split's pooled features (``flip``: of the mirrored images), cached."""
+        key = self.key(spec, weights, seed, image_size, resize, split, flip=flip)
         if key.digest in self._memory:
             self._memory.move_to_end(key.digest)
             hit = self._memory[key.digest]
@@ -232,7 +259,7 @@ class FeatureCache:
             atomic_write_json(
                 path.with_suffix(".json"),
                 {
-                    "key": asdict(key),
+                    "key": key.as_dict(),
                     "extract_seconds": feats.extract_seconds,
                     "images": len(feats.y),
                     "feature_dim": int(feats.x.shape[1]),
@@ -258,7 +285,7 @@ class FeatureCache:
             meta = json.loads(path.with_suffix(".json").read_text())
         except (OSError, ValueError, KeyError):
             return None  # unreadable entry: recompute and replace it
-        if meta.get("key") != asdict(key):
+        if meta.get("key") != key.as_dict():
             return None
         return Features(x, y, key, float(meta["extract_seconds"]), True, int(meta["base_params"]))
 
@@ -278,7 +305,14 @@ class FeatureCache:
         start = time.perf_counter()
         model = self._model(spec, weights, seed, key.image_size)
         x = extract_features(
-            model, split, key.image_size, key.resize, self.batch_size, self.threads, self.progress
+            model,
+            split,
+            key.image_size,
+            key.resize,
+            self.batch_size,
+            self.threads,
+            self.progress,
+            flip=key.flip,
         )
         seconds = time.perf_counter() - start
         return Features(x, split.labels.copy(), key, seconds, False, model.count_params())
