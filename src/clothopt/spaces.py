@@ -140,7 +140,7 @@ class Param:
     def describe(self) -> str:
         """The values in words, for the dashboard's note."""
         if self.choices is not None:
-            out = ", ".join(_fmt(v) for v in self.choices) + (" (log)" if self.log else "")
+            out = ", ".join(_fmt(v) for v in self.choices)  # as before log lists existed
         else:
             out = f"{self.low:g} to {self.high:g}" + (" (log)" if self.log else "")
             out += f" step {self.step:g}" if self.step else ""
