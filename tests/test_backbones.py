@@ -24,6 +24,9 @@ def test_registry_holds_the_papers_backbones_and_more() -> None:
         n for n, s in BACKBONES.items() if s.paper
     }
     assert {"resnet50", "mobilenet_025"} <= set(BACKBONES)
+    newer = {f"efficientnetv2{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l")}
+    newer |= {f"convnext_{v}" for v in ("tiny", "small", "base", "large", "xlarge")}
+    assert newer | {"resnet50v2", "densenet121", "mobilenetv2"} <= set(BACKBONES)
     with pytest.raises(UserError, match="unknown backbone 'vgg'"):
         get_backbone("vgg")
 
@@ -99,3 +102,25 @@ def test_parameter_totals_match_the_paper(name: str) -> None:
     base = build_base(spec, max(spec.min_size, 75), "none")
     total = base.count_params() + spec.feature_dim * 10 + 10  # + Dense(10) head
     assert total == int(row[name])
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    # include_top=False parameter counts from Keras's own models (not built here: too slow)
+    [("efficientnetv2b0", 5_919_312), ("mobilenetv2", 2_257_984)],
+)
+def test_small_newer_backbones_build_with_their_feature_dim(name: str, params: int) -> None:
+    spec = get_backbone(name)
+    base = build_base(spec, 32, "none")
+    assert base.count_params() == params
+    assert base.output.shape[-1] == spec.feature_dim
+    assert not base.trainable
+
+
+def test_newer_backbones_preprocess_inside_the_model_where_keras_does() -> None:
+    # EfficientNetV2 and ConvNeXt rescale inside: preprocess_input is the identity, no layers
+    for name in ("efficientnetv2s", "convnext_tiny"):
+        spec = get_backbone(name)
+        assert spec.kwargs["include_preprocessing"] is True
+        assert preprocessing_layers(spec) == []
+        assert spec.min_size == 32

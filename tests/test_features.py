@@ -153,3 +153,36 @@ def test_pretrained_features_separate_real_classes(real_subset: Path, real_weigh
     ds = open_dataset(real_subset)
     feats = FeatureCache(None).get(SPEC, str(real_weights), 0, 96, "nearest", ds["train"])
     assert np.isfinite(feats.x).all() and feats.x.std() > 0
+
+
+def test_flipped_features_have_their_own_key_and_are_the_mirrored_input(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from clothopt.data import load_batch
+    from clothopt.model.compose import compose
+
+    ds = open_dataset(tiny_data)
+    cache = FeatureCache(tmp_path / "cache")
+    plain = cache.key(SPEC, "none", 0, 32, "nearest", ds["validation"])
+    mirrored = cache.key(SPEC, "none", 0, 32, "nearest", ds["validation"], flip=True)
+    assert plain != mirrored and plain.digest != mirrored.digest
+    assert "-flip-" in mirrored.filename and "-flip-" not in plain.filename
+    # entries written before the flip field keep their digest (and so their file)
+    before = {k: v for k, v in asdict(plain).items() if k != "flip"}
+    blob = json.dumps(before, sort_keys=True).encode()
+    assert plain.digest == hashlib.sha256(blob).hexdigest()[:24]
+    got = cache.get(SPEC, "none", 0, 32, "nearest", ds["validation"], flip=True)
+    assert got.key == mirrored and (tmp_path / "cache" / mirrored.filename).is_file()
+    # mirrored after the resize: the extractor on the resized images, columns reversed
+    images = load_batch(ds["validation"].paths, 32, "nearest")
+    want = compose(SPEC, 32, "none", 0).predict_on_batch(images[:, :, ::-1, :])
+    np.testing.assert_allclose(got.x, np.asarray(want), atol=1e-6)
+    again = FeatureCache(tmp_path / "cache").get(
+        SPEC, "none", 0, 32, "nearest", ds["validation"], flip=True
+    )
+    assert again.cached
+    np.testing.assert_array_equal(again.x, got.x)

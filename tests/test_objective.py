@@ -3,11 +3,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from clothopt import study
 from clothopt.data import open_dataset
+from clothopt.errors import UserError
 from clothopt.features import FeatureCache
 from clothopt.model.backbones import get_backbone
-from clothopt.objective import batch_order, train_end_to_end, train_head, trial_seed
+from clothopt.model.head import HeadParams
+from clothopt.objective import (
+    Objective,
+    batch_order,
+    head_inputs,
+    train_end_to_end,
+    train_head,
+    trial_seed,
+)
 
 SPEC = get_backbone("mobilenet_025")
 
@@ -73,3 +84,114 @@ def test_a_diverging_loss_is_flagged_not_raised(tiny_data: Path) -> None:
     result = train_head(x, y, x, y, ds.classes, 10.0, 4, 1, 0)
     assert result.diverged
     assert 0.0 <= result.val_metrics["f1_macro"] <= 1.0
+
+
+def _study(tmp_path: Path, data: Path, space_text: str, **kwargs: object) -> tuple[object, object]:
+    space = tmp_path / "space.toml"
+    space.write_text(space_text)
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    args = {"backbone": "mobilenet_025", "weights": "none", "name": "s"} | kwargs
+    return study.create(space=str(space), data=str(data), storage=storage, **args)  # type: ignore[arg-type]
+
+
+# two points: optuna's GridSampler raises KeyError after the last trial of a one-point grid
+PAPERLIKE = "[params]\nimage_size = [32]\nbatch_size = [8]\nlearning_rate = [0.01, 0.001]\n"
+
+
+def test_a_paper_trial_is_the_old_per_trial_keras_head(tiny_data: Path, tmp_path: Path) -> None:
+    """Same params dict to trial_seed, same maths: the objective's F1 equals train_head's."""
+    st, config = _study(tmp_path, tiny_data, PAPERLIKE)
+    ds = open_dataset(tiny_data)
+    cache = FeatureCache(None)
+    objective = Objective(config, ds, cache)  # type: ignore[arg-type]
+    study.optimize(st, config, objective, n_trials=1, progress=False)  # type: ignore[arg-type]
+    trial = st.trials[0]  # type: ignore[attr-defined]
+    params = {"image_size": 32, "batch_size": 8, "learning_rate": 0.01}
+    assert trial.params == params and trial.user_attrs["seed"] == trial_seed(0, params)
+    tr = cache.get(SPEC, "none", 0, 32, "nearest", ds["train"])
+    va = cache.get(SPEC, "none", 0, 32, "nearest", ds["validation"])
+    old = train_head(tr.x, tr.y, va.x, va.y, ds.classes, 0.01, 8, 2, trial_seed(0, params))
+    assert trial.value == old.val_metrics["f1_macro"]
+    assert trial.user_attrs["trainable_params"] == 256 * 3 + 3
+    assert trial.user_attrs["backbone"] == "mobilenet_025"
+    np.testing.assert_array_equal(
+        objective.trainer.train(
+            tr.x,
+            tr.y,
+            va.x,
+            va.y,
+            ds.classes,
+            HeadParams(learning_rate=0.01, batch_size=8),
+            trial_seed(0, params),
+            batch_order,
+        ).head_weights[0],
+        old.head_weights[0],
+    )
+
+
+def test_head_inputs_flip_tta_and_concatenation_shapes(tiny_data: Path, tmp_path: Path) -> None:
+    _, config = _study(tmp_path, tiny_data, PAPERLIKE)
+    ds = open_dataset(tiny_data)
+    cache = FeatureCache(None)
+    n_tr, n_va = len(ds["train"]), len(ds["validation"])
+    plain = head_inputs(cache, ds, config, {"image_size": 32})  # type: ignore[arg-type]
+    assert plain["train"].x.shape == (n_tr, 256) and plain["validation"].views == 1
+    params = {"image_sizes": "32+40", "flip": True, "tta": True}
+    got = head_inputs(cache, ds, config, params)  # type: ignore[arg-type]
+    tr, va = got["train"], got["validation"]
+    assert tr.x.shape == (2 * n_tr, 512) and tr.views == 1
+    np.testing.assert_array_equal(tr.y, np.tile(ds["train"].labels, 2))
+    assert va.x.shape == (2 * n_va, 512) and va.views == 2 and len(va.y) == n_va
+    # plain rows first, sizes in the order written
+    f40 = cache.get(SPEC, "none", 0, 40, "nearest", ds["train"])
+    np.testing.assert_array_equal(tr.x[:n_tr, :256], plain["train"].x)
+    np.testing.assert_array_equal(tr.x[:n_tr, 256:], f40.x)
+    flipped = cache.get(SPEC, "none", 0, 32, "nearest", ds["validation"], flip=True)
+    np.testing.assert_array_equal(va.x[n_va:, :256], flipped.x)
+    assert not np.array_equal(flipped.x, plain["validation"].x)
+
+
+def test_a_wide_trial_trains_its_own_head_on_synthetic_features(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    space = (
+        "sampler = 'tpe'\nn_trials = 3\n[params]\nimage_sizes = ['32+40']\nbatch_size = [8]\n"
+        "learning_rate = [0.01]\nepochs = [3]\nhidden_layers = [1]\nhidden_units = [16]\n"
+        "dropout = { choices = [0.25], when = { hidden_layers = [1] } }\n"
+        "weight_decay = [1e-4]\nlabel_smoothing = [0.1]\noptimizer = ['adamw']\n"
+        "schedule = ['cosine']\nnormalize = ['l2']\nflip = [true]\ntta = [true]\n"
+    )
+    st, config = _study(tmp_path, tiny_data, space)
+    objective = Objective(config, open_dataset(tiny_data), FeatureCache(None))  # type: ignore[arg-type]
+    study.optimize(st, config, objective, n_trials=2, progress=False)  # type: ignore[arg-type]
+    a, b = st.trials  # type: ignore[attr-defined]
+    assert a.params["dropout"] == 0.25 and a.params["image_sizes"] == "32+40"
+    # (512 + 1) * 16 + (16 + 1) * 3: the hidden layer on the concatenated features, then logits
+    assert a.user_attrs["trainable_params"] == 513 * 16 + 17 * 3
+    assert len(a.intermediate_values) == 3  # the trial's epochs, not the study's 2
+    assert a.value == b.value  # the reused trainer starts each trial afresh
+    assert 0.0 <= a.value <= 1.0 and a.user_attrs["train_seconds"] > 0
+
+
+def test_the_end_to_end_path_refuses_a_wide_space(tiny_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="end-to-end path"):
+        _study(tmp_path, tiny_data, PAPERLIKE + "flip = [true]\n", use_cache=False)
+
+
+def test_several_backbones_become_a_parameter_and_a_weights_file_fits_one(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    _, config = _study(tmp_path, tiny_data, PAPERLIKE, backbone="mobilenet_025,mobilenetv2")
+    assert config.space.backbones() == ("mobilenet_025", "mobilenetv2")  # type: ignore[attr-defined]
+    assert config.backbone == "mobilenet_025"  # type: ignore[attr-defined]
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"x")
+    with pytest.raises(UserError, match="a weights file fits one backbone"):
+        _study(
+            tmp_path,
+            tiny_data,
+            PAPERLIKE,
+            backbone="mobilenet_025,mobilenetv2",
+            weights=str(weights),
+            name="t",
+        )

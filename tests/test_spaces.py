@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from clothopt.errors import UserError
-from clothopt.spaces import load_space, make_sampler, sampler_args
+from clothopt.spaces import SearchSpace, image_sizes, load_space, make_sampler, sampler_args
 
 
 def test_paper_space_is_the_published_grid() -> None:
@@ -111,3 +111,169 @@ def test_space_round_trips_through_its_dict() -> None:
     space = load_space("tpe")
     again = type(space).from_dict(space.to_dict())
     assert again.to_dict() == space.to_dict()
+
+
+def _space(tmp_path: Path, text: str) -> SearchSpace:
+    path = tmp_path / "space.toml"
+    path.write_text(text)
+    return load_space(str(path))
+
+
+HEAD = P + "learning_rate = [0.1]\n"
+
+
+def test_every_trial_parameter_is_typed_and_checked(tmp_path: Path) -> None:
+    space = _space(
+        tmp_path,
+        HEAD + "epochs = [5, 10]\nhidden_layers = [0, 1]\nhidden_units = [64]\n"
+        "dropout = [0.0, 0.5]\nweight_decay = [0.0, 1e-4]\nlabel_smoothing = [0.1]\n"
+        "optimizer = ['adam', 'adamw', 'sgd']\nschedule = ['constant', 'cosine']\n"
+        "normalize = ['none', 'l2', 'standardize']\nflip = [true, false]\ntta = true\n"
+        "backbone = ['mobilenet_025', 'efficientnetv2b0']\n",
+    )
+    assert space.params["tta"].choices == (True,)  # a single value fixes the parameter
+    assert space.params["optimizer"].choices == ("adam", "adamw", "sgd")
+    assert space.backbones() == ("mobilenet_025", "efficientnetv2b0")
+    assert not space.is_paper_head() and load_space("paper").is_paper_head()
+    # weight decay is log by default, but a list holding 0 cannot be: it stays categorical
+    assert not space.params["weight_decay"].log
+    assert len(space.grid()) == 2 * 2 * 2 * 2 * 3 * 2 * 3 * 2 * 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("optimizer = ['rmsprop']", "'rmsprop' is not one of adam, adamw, sgd"),
+        ("flip = [1]", "flip value 1 is not a valid bool"),
+        ("backbone = ['vgg']", "'vgg' is not one of"),
+        ("dropout = [0.99]", r"dropout values must lie in \[0, 0.95\]"),
+        ("hidden_layers = [0]\ndropout = {low = 0.1, high = 0.5, when = {depth = [1]}}", "depth"),
+        (
+            "dropout = {low = 0.1, high = 0.5, when = {hidden_layers = [1]}}",
+            "not another parameter",
+        ),
+        ("hidden_layers = [0, 1]\nhidden_units = {choices = [8], when = {hidden_layers = 3}}", "3"),
+        ("weight_decay = {choices = [0.0, 1e-3], log = true}", "log = true needs float values > 0"),
+        ("hidden_units = {low = 8, high = 64, steps = 8}", "unknown key"),
+        ("image_sizes = ['300+300']", "names a size twice"),
+    ],
+)
+def test_bad_new_parameters_are_one_line(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(UserError, match=message) as info:
+        _space(tmp_path, HEAD + extra + "\n")
+    assert "\n" not in str(info.value)
+
+
+def test_image_size_and_image_sizes_are_exclusive_and_one_is_required(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="both image_size and image_sizes"):
+        _space(tmp_path, HEAD + "image_sizes = ['300+500']\n")
+    rest = "[params]\nbatch_size = [32]\nlearning_rate = [0.1]\n"
+    with pytest.raises(UserError, match="does not set image_size"):
+        _space(tmp_path, rest)
+    space = _space(tmp_path, rest + "image_sizes = ['224', '300+500']\n")
+    assert space.min_image_size() == 224
+    assert image_sizes(space.grid()[1]) == (300, 500)
+    assert image_sizes({"image_size": 96}) == (96,)
+
+
+def test_a_grid_expands_conditional_parameters_only_where_they_apply(tmp_path: Path) -> None:
+    space = _space(
+        tmp_path,
+        HEAD + "hidden_layers = [0, 1, 2]\n"
+        "hidden_units = { choices = [64, 128], when = { hidden_layers = [1, 2] } }\n"
+        "dropout = { choices = [0.0, 0.5], when = { hidden_layers = [2] } }\n",
+    )
+    grid = space.grid()
+    # 0 layers: 1 point; 1 layer: 2 widths; 2 layers: 2 widths x 2 dropouts
+    assert len(grid) == 1 + 2 + 4
+    assert grid[0] == {
+        "image_size": 300,
+        "batch_size": 32,
+        "learning_rate": 0.1,
+        "hidden_layers": 0,
+    }
+    assert all(("dropout" in p) == (p["hidden_layers"] == 2) for p in grid)
+
+
+def test_conditional_parameters_are_sampled_define_by_run() -> None:
+    space = load_space("wide")
+    study = optuna.create_study(sampler=make_sampler("tpe", sampler_args("tpe", 0, space), space))
+    study.optimize(lambda t: float(len(space.suggest(t))), n_trials=20)
+    seen = {t.params["hidden_layers"] for t in study.trials}
+    assert seen == {0, 1}
+    for t in study.trials:
+        has = "hidden_units" in t.params and "dropout" in t.params
+        assert has == (t.params["hidden_layers"] == 1)
+        assert set(t.params) >= {"image_sizes", "batch_size", "learning_rate"}
+
+
+def test_a_grid_records_a_log_list_as_a_log_float(tmp_path: Path) -> None:
+    """The paper's learning rates arrive fixed from the queue but are drawn on a log axis."""
+    space = load_space("paper")
+    dist = space.distributions()["learning_rate"]
+    assert isinstance(dist, optuna.distributions.FloatDistribution)
+    assert (dist.low, dist.high, dist.log) == (1e-4, 1e-2, True)
+    assert isinstance(
+        space.distributions()["batch_size"], optuna.distributions.CategoricalDistribution
+    )
+    study = optuna.create_study(sampler=make_sampler("grid", {"seed": 0}, space))
+    for point in space.grid()[:3]:
+        study.enqueue_trial(point)
+    study.optimize(lambda t: float(space.suggest(t)["learning_rate"]), n_trials=3)
+    got = [t.params for t in study.trials]
+    assert got == space.grid()[:3]  # same values and types as enqueued
+    assert type(got[0]["image_size"]) is int
+    assert study.trials[0].distributions["learning_rate"].log
+    # walked by TPE the same list stays a categorical: TPE must only pick listed values
+    tpe = space.with_sampler("tpe", 5)
+    assert isinstance(
+        tpe.distributions()["learning_rate"], optuna.distributions.CategoricalDistribution
+    )
+    # an explicit log list of other floats
+    other = _space(
+        tmp_path,
+        P + "learning_rate = [0.1]\nlabel_smoothing = {choices = [0.05, 0.1], log = true}\n",
+    )
+    assert other.distributions()["label_smoothing"].log  # type: ignore[attr-defined]
+    assert other.to_dict()["params"]["label_smoothing"] == {"choices": [0.05, 0.1], "log": True}
+
+
+def test_wide_space_ships_in_both_places_and_round_trips() -> None:
+    space = load_space("wide")
+    path = Path(__file__).resolve().parents[1] / "studies" / "wide.toml"
+    assert load_space(str(path)).to_dict() == space.to_dict() | {"name": "wide"}
+    assert space.sampler == "tpe" and space.n_trials and not space.is_grid
+    assert {"hidden_layers", "dropout", "weight_decay", "flip", "tta", "image_sizes"} <= set(
+        space.params
+    )
+    assert space.params["weight_decay"].log and space.params["learning_rate"].log
+    assert space.params["dropout"].when == {"hidden_layers": (1,)}
+    again = SearchSpace.from_dict(space.to_dict())
+    assert again.to_dict() == space.to_dict()
+
+
+def test_cmaes_sampler_searches_the_numbers_and_tolerates_categoricals() -> None:
+    space = load_space("wide").with_sampler("cmaes", 8)
+    args = sampler_args("cmaes", 5, space)
+    sampler = make_sampler("cmaes", args, space)
+    assert isinstance(sampler, optuna.samplers.CmaEsSampler) and args["seed"] == 5
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(lambda t: float(space.suggest(t)["learning_rate"]), n_trials=8)
+    assert len(study.trials) == 8
+
+
+def test_conditions_survive_a_stored_config_whose_keys_come_back_sorted(tmp_path: Path) -> None:
+    import json
+
+    space = load_space("wide")
+    stored = json.loads(json.dumps(space.to_dict(), sort_keys=True))
+    again = SearchSpace.from_dict(stored)
+    names = list(again.params)
+    assert names.index("hidden_layers") < names.index("dropout")
+    assert names.index("hidden_layers") < names.index("hidden_units")
+    with pytest.raises(UserError, match="form a cycle"):
+        _space(
+            tmp_path,
+            HEAD + "flip = {choices = [true, false], when = {tta = [true]}}\n"
+            "tta = {choices = [true, false], when = {flip = [true]}}\n",
+        )

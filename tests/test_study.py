@@ -572,3 +572,30 @@ def test_configs_of_earlier_versions_load_without_retired_keys(
     before.set_user_attr(CONFIG_ATTR, json.dumps(old))
     study, loaded = st.load("old", storage)
     assert loaded == config and engine.max_retries(study) == 5
+
+
+def test_a_grid_with_conditional_parameters_completes_each_valid_point_once(
+    tiny_data: Path, storage: str, tmp_path: Path
+) -> None:
+    space = tmp_path / "cond.toml"
+    space.write_text(
+        "[params]\nimage_size = [32]\nbatch_size = [8]\nlearning_rate = [0.01, 0.001]\n"
+        "hidden_layers = [0, 1]\n"
+        "dropout = { choices = [0.0, 0.5], when = { hidden_layers = [1] } }\n"
+    )
+    study, config = _create(tiny_data, storage, str(space))
+    assert len(study.trials) == 2 * (1 + 2)  # dropout only where there is a hidden layer
+
+    def objective(trial: optuna.Trial) -> float:
+        p = config.space.suggest(trial)  # type: ignore[attr-defined]
+        return p["learning_rate"] + p.get("dropout", 0.0)
+
+    assert st.optimize(study, config, objective, progress=False).ran == 6  # type: ignore[arg-type]
+    study, config = st.load("s", storage)
+    grid = st.grid_status(study, config)
+    assert grid == {"points": 6, "complete_once": 6, "duplicates": {}, "missing": []}
+    # the learning rate is recorded as a log-scale float, as the space's sampler says
+    assert all(t.distributions["learning_rate"].log for t in study.trials)
+    rows = st.trial_rows(study)
+    # best first: dropout 0.5 at each learning rate
+    assert [(r["learning_rate"], r["val_f1"]) for r in rows][:2] == [(0.01, 0.51), (0.001, 0.501)]

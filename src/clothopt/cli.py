@@ -135,8 +135,13 @@ class StudyCreate(_Command):
         from clothopt.model.backbones import BACKBONES
         from clothopt.spaces import SAMPLERS
 
-        p.add_argument("--backbone", required=True, help=f"one of: {', '.join(BACKBONES)}")
-        p.add_argument("--space", default="paper", help="paper, tpe, quick or a TOML file")
+        p.add_argument(
+            "--backbone",
+            required=True,
+            help=f"one of: {', '.join(BACKBONES)}; or several, comma-separated, for the trials "
+            "to choose from (a space with a backbone parameter decides itself)",
+        )
+        p.add_argument("--space", default="paper", help="paper, tpe, quick, wide or a TOML file")
         p.add_argument("--sampler", choices=SAMPLERS, help="default: the space's own")
         p.add_argument("--n-trials", type=_positive_int, help="budget for non-grid samplers")
         p.add_argument("--name", help="study name (default: BACKBONE-SPACE-SAMPLER)")

@@ -81,6 +81,13 @@ def default_extract_batch() -> int:
 
 @dataclass(frozen=True)
 class FeatureKey:
+    """What pooled features depend on; equal keys, equal features.
+
+    ``flip``: features of the horizontally mirrored images. The mirror is taken AFTER the resize
+    (on the ``image_size`` x ``image_size`` uint8 image the base sees, columns reversed), so a
+    model that reproduces them flips its resized input: ``keras.ops.flip(x, axis=2)`` on NHWC.
+    """
+
     backbone: str
     weights: str  # weights_id(): "imagenet", "file-<sha>", "random-seed<k>"
     image_size: int
@@ -88,15 +95,24 @@ class FeatureKey:
     split: str
     split_fingerprint: str
     precision: str = "float32"
+    flip: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The key's fields; ``flip`` only when set, so plain entries keep their digest."""
+        out = asdict(self)
+        if not self.flip:
+            del out["flip"]
+        return out
 
     @property
     def digest(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        blob = json.dumps(self.as_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:24]
 
     @property
     def filename(self) -> str:
-        return f"{self.backbone}/{self.image_size}px-{self.split}-{self.digest}.npz"
+        flip = "-flip" if self.flip else ""
+        return f"{self.backbone}/{self.image_size}px-{self.split}{flip}-{self.digest}.npz"
 
 
 @dataclass(frozen=True)
@@ -117,14 +133,16 @@ def extract_features(
     batch_size: int = 32,
     threads: int | None = None,
     progress: bool = False,
+    flip: bool = False,
 ) -> np.ndarray:
     """Run ``model`` (a :func:`~clothopt.model.compose.compose` extractor) over ``split``, in order.
 
     ``batch_size`` is only how many images go through the base at once: it changes speed and
-    memory, not the features (beyond float rounding in the backend's kernels).
+    memory, not the features (beyond float rounding in the backend's kernels). ``flip``: mirror
+    each resized image left-right first (see :class:`FeatureKey`).
     """
     return extract_features_sizes(
-        {image_size: model}, split, resize, batch_size, threads, progress
+        {image_size: model}, split, resize, batch_size, threads, progress, flip=flip
     )[image_size]
 
 
@@ -135,6 +153,7 @@ def extract_features_sizes(
     batch_size: int = 32,
     threads: int | None = None,
     progress: bool = False,
+    flip: bool = False,
 ) -> dict[int, np.ndarray]:
     """:func:`extract_features` for several sizes (``{size: extractor}``), decoding once.
 
@@ -146,9 +165,11 @@ def extract_features_sizes(
     done = 0
     start = last = time.perf_counter()
     live = progress and sys.stderr.isatty()
-    shown = "/".join(map(str, sizes))
+    shown = "/".join(map(str, sizes)) + ("px flipped" if flip else "px")
     for batches in iter_batches_sizes(split.paths, sizes, batch_size, resize, threads):
         for size, batch in zip(sizes, batches, strict=True):
+            if flip:
+                batch = np.ascontiguousarray(batch[:, :, ::-1, :])  # NHWC: reverse the columns
             # uint8 in: the model casts inside its compiled graph, cheaper than astype on the host
             out[size].append(np.asarray(models[size].predict_on_batch(batch), dtype=np.float32))
         done += len(batches[0])
@@ -158,7 +179,7 @@ def extract_features_sizes(
             rate = done / max(now - start, 1e-9)
             end = "\n" if done == len(split) else ""
             print(
-                f"\r  features {split.name} {shown}px: {done}/{len(split)} ({rate:.0f} img/s)",
+                f"\r  features {split.name} {shown}: {done}/{len(split)} ({rate:.0f} img/s)",
                 end=end,
                 file=sys.stderr,
                 flush=True,
@@ -220,6 +241,8 @@ class FeatureCache:
         image_size: int,
         resize: str,
         split: Split,
+        *,
+        flip: bool = False,
     ) -> FeatureKey:
         return FeatureKey(
             spec.name,
@@ -229,6 +252,7 @@ class FeatureCache:
             split.name,
             split.fingerprint,
             self.precision,
+            flip,
         )
 
     def path(self, key: FeatureKey) -> Path | None:
@@ -242,8 +266,11 @@ class FeatureCache:
         image_size: int,
         resize: str,
         split: Split,
+        *,
+        flip: bool = False,
     ) -> Features:
-        key = self.key(spec, weights, seed, image_size, resize, split)
+        """The split's pooled features (``flip``: of the mirrored images), cached."""
+        key = self.key(spec, weights, seed, image_size, resize, split, flip=flip)
         if key.digest in self._memory:
             self._memory.move_to_end(key.digest)
             hit = self._memory[key.digest]
@@ -269,13 +296,14 @@ class FeatureCache:
         sizes: Sequence[int],
         resize: str,
         split: Split,
+        flip: bool = False,
     ) -> dict[int, Features]:
         """:meth:`get` at each of ``sizes``, as ``{size: Features}``.
 
         The sizes not cached yet are extracted in one pass that decodes each image once
         (:func:`extract_features_sizes`): bit for bit what :meth:`get` computes size by size.
         """
-        keys = {size: self.key(spec, weights, seed, size, resize, split) for size in sizes}
+        keys = {s: self.key(spec, weights, seed, s, resize, split, flip=flip) for s in sizes}
         found = {size: f for size, key in keys.items() if (f := self._lookup(key)) is not None}
         if missing := sorted(set(keys) - set(found)):
             with contextlib.ExitStack() as locks:
@@ -307,7 +335,7 @@ class FeatureCache:
         atomic_write_json(
             path.with_suffix(".json"),
             {
-                "key": asdict(feats.key),
+                "key": feats.key.as_dict(),
                 "extract_seconds": feats.extract_seconds,
                 "images": len(feats.y),
                 "feature_dim": int(feats.x.shape[1]),
@@ -332,7 +360,7 @@ class FeatureCache:
             meta = json.loads(path.with_suffix(".json").read_text())
         except (OSError, ValueError, KeyError):
             return None  # unreadable entry: recompute and replace it
-        if meta.get("key") != asdict(key):
+        if meta.get("key") != key.as_dict():
             return None
         return Features(x, y, key, float(meta["extract_seconds"]), True, int(meta["base_params"]))
 
@@ -362,9 +390,15 @@ class FeatureCache:
         start = time.perf_counter()
         # the dict keeps each size's extractor alive; the cache's slot holds only the last one
         models = {size: self._model(spec, weights, seed, size) for size in keys}
-        resize = next(iter(keys.values())).resize
+        first = next(iter(keys.values()))
         xs = extract_features_sizes(
-            models, split, resize, self.batch_size, self.threads, self.progress
+            models,
+            split,
+            first.resize,
+            self.batch_size,
+            self.threads,
+            self.progress,
+            flip=first.flip,
         )
         # one shared pass: each size is charged an equal share of it
         seconds = (time.perf_counter() - start) / len(keys)

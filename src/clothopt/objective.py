@@ -1,9 +1,13 @@
-"""Trial objective: train the paper's head and score validation macro-F1.
+"""Trial objective: train the trial's head and score validation macro-F1.
 
-Two paths with the same mathematics: the cached path trains ``Dense(num_classes)`` on pooled
-features from the cache; the end-to-end path trains the whole model (preprocess, frozen base
-called with ``training=False``, GAP, Dense) on images, as the paper did. Given the same seed
-both start from the same head and see the same batches in the same order.
+The cached path trains the head a trial's parameters describe (:class:`HeadParams`: the paper's
+``Dense(num_classes)`` unless the space varies more) on pooled features from the cache, with one
+:class:`~clothopt.model.head.HeadTrainer` reused across trials; :func:`head_inputs` assembles
+those features (backbone, one size or several concatenated, flipped copies for training, a
+flipped view for test-time augmentation). The end-to-end path trains the whole paper model
+(preprocess, frozen base called with ``training=False``, GAP, Dense) on images, as the paper
+did. For the paper's head both start from the same head and see the same batches in the same
+order.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import contextlib
 import hashlib
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,21 +29,26 @@ from clothopt.errors import TrialFailed
 from clothopt.metrics import classification_metrics
 from clothopt.model.backbones import BackboneSpec, get_backbone
 from clothopt.model.compose import Head, build_head, compose
+from clothopt.model.head import HeadParams, HeadResult, HeadTrainer
+from clothopt.spaces import image_sizes
 
 if TYPE_CHECKING:
     import keras
     import optuna
 
     from clothopt.config import StudyConfig
-    from clothopt.features import FeatureCache, Features
+    from clothopt.features import FeatureCache
+    from clothopt.spaces import SearchSpace
 
 __all__ = [
-    "HeadResult",
+    "HeadInput",
     "Objective",
     "batch_order",
     "compile_for_training",
+    "head_inputs",
     "train_end_to_end",
     "train_head",
+    "trial_backbone",
     "trial_seed",
 ]
 
@@ -66,19 +76,6 @@ def compile_for_training(model: keras.Model, learning_rate: float) -> None:
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True),
     )
-
-
-@dataclass
-class HeadResult:
-    head_weights: list[np.ndarray]  # [kernel (D, C), bias (C,)]
-    val_pred: np.ndarray
-    val_metrics: dict[str, Any]
-    epoch_f1: list[float] = field(default_factory=list)
-    epoch_loss: list[float] = field(default_factory=list)
-    train_seconds: float = 0.0
-    diverged: bool = False
-    total_params: int = 0
-    trainable_params: int = 0
 
 
 def _one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
@@ -115,7 +112,9 @@ def train_head(
     seed: int,
     on_epoch: EpochCallback | None = None,
 ) -> HeadResult:
-    """Train the head on cached features; score validation macro-F1 after every epoch."""
+    """The paper's head (``Dense(C)``, Adam) built and fitted from scratch on cached features;
+    validation macro-F1 after every epoch. Trials use :class:`HeadTrainer`, which gives the
+    same result for this head; this stays as the reference it is checked against."""
     import keras
 
     num_classes = len(classes)
@@ -249,15 +248,89 @@ def train_end_to_end(
     return result
 
 
+def trial_backbone(config: StudyConfig, params: Mapping[str, Any]) -> str:
+    """The backbone a trial's features come from: its ``backbone`` parameter or the study's."""
+    return str(params.get("backbone", config.backbone))
+
+
+@dataclass(frozen=True)
+class HeadInput:
+    """One split's features as a head sees them for a trial's parameters."""
+
+    x: np.ndarray  # (views * N, D) or, for a training split with flip, (2N, D)
+    y: np.ndarray  # labels of the rows of x (training) or of the N examples (views > 1)
+    views: int  # stacked views of the same N examples whose logits are averaged (TTA)
+    extract_seconds: float  # what computing the features not yet cached cost now
+    cached: bool  # every entry was already in the cache
+    base_params: int  # parameters of the frozen base
+
+
+def head_inputs(
+    cache: FeatureCache,
+    dataset: Dataset,
+    config: StudyConfig,
+    params: Mapping[str, Any],
+    splits: Sequence[str] = ("train", "validation"),
+    train_splits: Sequence[str] = ("train",),
+) -> dict[str, HeadInput]:
+    """Per split name, the feature matrix a head with these trial ``params`` trains on or is
+    scored on.
+
+    Features of every size in ``image_sizes`` ("300+500") are concatenated along the feature
+    axis in the order written (else the one ``image_size``). With ``flip`` a split in
+    ``train_splits`` gets the mirrored images' features as extra rows (plain rows first, labels
+    repeated); with ``tta`` any other split gets them as a second view (plain first) whose logits
+    are averaged with the plain one's. Mirroring is that of
+    :class:`~clothopt.features.FeatureKey`. The paper's parameters give the cached matrix as is.
+    """
+    spec = get_backbone(trial_backbone(config, params))
+    sizes = image_sizes(params)
+    out: dict[str, HeadInput] = {}
+    for name in splits:
+        split = dataset[name]
+        training = name in train_splits
+        mirrored = bool(params.get("flip" if training else "tta", False))
+        blocks, labels, seconds, cached, base = [], None, 0.0, True, 0
+        for flip in (False, True) if mirrored else (False,):
+            feats = [
+                cache.get(spec, config.weights, config.seed, size, config.resize, split, flip=flip)
+                for size in sizes
+            ]
+            seconds += sum(f.extract_seconds for f in feats if not f.cached)
+            cached = cached and all(f.cached for f in feats)
+            base, labels = feats[0].base_params, feats[0].y
+            blocks.append(
+                feats[0].x if len(feats) == 1 else np.concatenate([f.x for f in feats], 1)
+            )
+        x = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        assert labels is not None
+        if training:
+            out[name] = HeadInput(x, np.tile(labels, len(blocks)), 1, seconds, cached, base)
+        else:
+            out[name] = HeadInput(x, labels, len(blocks), seconds, cached, base)
+    return out
+
+
+def _size_choices(space: SearchSpace) -> list[dict[str, Any]]:
+    """Every ``{image_size}`` / ``{image_sizes}`` value a space can give a trial."""
+    return [
+        {name: choice}
+        for name in ("image_size", "image_sizes")
+        if (p := space.params.get(name)) is not None and p.choices is not None
+        for choice in p.choices
+    ]
+
+
 class Objective:
     """``trial -> validation macro-F1`` for one study's configuration.
 
     Records in the trial's user attributes what the trial measured (validation precision,
     recall, F1, accuracy, per-class figures and confusion matrix; seconds extracting and
-    training; parameter counts; per-epoch loss) and reports per-epoch F1 as intermediate
-    values for pruners. An image that does not decode fails this trial only
+    training; parameter counts; per-epoch loss; the backbone) and reports per-epoch F1 as
+    intermediate values for pruners. An image that does not decode fails this trial only
     (:class:`~clothopt.errors.TrialFailed`); any other :class:`~clothopt.errors.UserError`
-    stops the run.
+    stops the run. Cached trials share one :class:`HeadTrainer` per worker thread: its compiled
+    models are what makes a trial cost what its head costs.
     """
 
     def __init__(self, config: StudyConfig, dataset: Dataset, cache: FeatureCache) -> None:
@@ -265,22 +338,32 @@ class Objective:
         self.dataset = dataset
         self.cache = cache
         self.spec = get_backbone(config.backbone)
-        self._warmed: set[str] = set()  # splits whose every image size has been extracted
+        self._local = threading.local()
+        self._warmed: set[tuple[str, str]] = set()  # (backbone, split) extracted at every size
 
-    def _features(self, size: int, split: Split) -> tuple[Features, float]:
-        """This trial's features of ``split`` and the extraction seconds it paid.
+    @property
+    def trainer(self) -> HeadTrainer:
+        """This thread's head trainer (HeadTrainer is not thread-safe)."""
+        if not hasattr(self._local, "trainer"):
+            self._local.trainer = HeadTrainer()
+        return self._local.trainer  # type: ignore[no-any-return]
 
-        The first time, every image size of a space of choices is extracted in one pass that
-        decodes each image once (later trials find them cached).
-        """
+    def _warm(self, backbone: str, splits: Sequence[str]) -> float:
+        """The first time a backbone is used, extract every image size the space can pick for
+        ``splits`` in one pass per split that decodes each image once (later trials find them
+        cached); returns the seconds paid."""
         cfg = self.config
-        choices = cfg.space.params["image_size"].choices
-        sizes = [int(s) for s in choices] if choices and split.name not in self._warmed else []
-        self._warmed.add(split.name)
-        many = self.cache.get_many(
-            self.spec, cfg.weights, cfg.seed, sorted({size, *sizes}), cfg.resize, split
-        )
-        return many[size], sum(f.extract_seconds for f in many.values() if not f.cached)
+        sizes = sorted({s for p in _size_choices(cfg.space) for s in image_sizes(p)})
+        spec, paid = get_backbone(backbone), 0.0
+        for name in splits:
+            if (backbone, name) in self._warmed or len(sizes) < 2:
+                continue
+            self._warmed.add((backbone, name))
+            got = self.cache.get_many(
+                spec, cfg.weights, cfg.seed, sizes, cfg.resize, self.dataset[name]
+            )
+            paid += sum(f.extract_seconds for f in got.values() if not f.cached)
+        return paid
 
     def __call__(self, trial: optuna.Trial) -> float:
         done = False
@@ -305,7 +388,6 @@ class Objective:
 
         cfg = self.config
         params = cfg.space.suggest(trial)
-        size, batch, lr = params["image_size"], params["batch_size"], params["learning_rate"]
         seed = trial_seed(cfg.seed, params)
         train, val = self.dataset["train"], self.dataset["validation"]
 
@@ -315,36 +397,40 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} (F1 {f1:.4f})")
 
         extract_seconds = 0.0
+        backbone = trial_backbone(cfg, params)
+        trial.set_user_attr("backbone", backbone)
         if cfg.use_cache:
-            got = [self._features(size, split) for split in (train, val)]
-            (ftrain, _), (fval, _) = got
-            extract_seconds = sum(paid for _, paid in got)
-            trial.set_user_attr("features_cached", ftrain.cached and fval.cached)
-            result = train_head(
-                ftrain.x,
-                ftrain.y,
-                fval.x,
-                fval.y,
+            warm = self._warm(backbone, ("train", "validation"))
+            inputs = head_inputs(self.cache, self.dataset, cfg, params)
+            tr, va = inputs["train"], inputs["validation"]
+            extract_seconds = warm + tr.extract_seconds + va.extract_seconds
+            trial.set_user_attr("features_cached", tr.cached and va.cached and not warm)
+            head = HeadParams.from_params(params, epochs=cfg.epochs)
+            result = self.trainer.train(
+                tr.x,
+                tr.y,
+                va.x,
+                va.y,
                 train.classes,
-                lr,
-                batch,
-                cfg.epochs,
+                head,
                 seed,
+                batch_order,
                 on_epoch,
+                val_views=va.views,
             )
-            head = ftrain.x.shape[1] * len(train.classes) + len(train.classes)
-            result.total_params, result.trainable_params = ftrain.base_params + head, head
+            result.total_params = tr.base_params + result.trainable_params
         else:
+            # the paper's head only (study.create refuses other spaces without the cache)
             result = train_end_to_end(
                 self.spec,
                 cfg.weights,
                 cfg.seed,
                 train,
                 val,
-                size,
+                params["image_size"],
                 cfg.resize,
-                lr,
-                batch,
+                params["learning_rate"],
+                params["batch_size"],
                 cfg.epochs,
                 seed,
                 on_epoch,
@@ -374,11 +460,13 @@ class Objective:
         return m["f1_macro"]
 
     def _release(self) -> None:
-        # Free the trial's Keras state so memory stays flat over a long study
+        # Free the trial's Keras state so memory stays flat over a long study; the head
+        # trainer's few compiled models stay (clearing the session would rebuild them per trial)
         import gc
 
         import keras
 
         self.cache.release_model()
-        keras.backend.clear_session()
+        if not self.config.use_cache:
+            keras.backend.clear_session()
         gc.collect()

@@ -8,55 +8,126 @@ and recorded, so a study says exactly how to rerun it.
 
 from __future__ import annotations
 
-import itertools
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clothopt.errors import UserError
+from clothopt.model.head import NORMALIZE, OPTIMIZERS, SCHEDULES
 
 if TYPE_CHECKING:
     import optuna
 
 __all__ = [
     "BUILTIN_SPACES",
+    "PAPER_PARAMS",
     "PARAMS",
     "SAMPLERS",
     "Param",
+    "ParamKind",
     "SearchSpace",
+    "image_sizes",
     "load_space",
     "make_sampler",
     "sampler_args",
 ]
 
-# What a trial may vary, and the type each value must have
-PARAMS: Mapping[str, type] = {"image_size": int, "batch_size": int, "learning_rate": float}
+Value = int | float | str | bool
+
+
+@dataclass(frozen=True)
+class ParamKind:
+    """What one trial parameter is: its type, its limits (numbers) or allowed values (strings),
+    and whether it is searched on a log scale unless the space says otherwise."""
+
+    type: type
+    limits: tuple[float, float] | None = None
+    allowed: tuple[str, ...] | None = None
+    log: bool = False
+
+
+def _backbone_names() -> tuple[str, ...]:
+    from clothopt.model.backbones import BACKBONES
+
+    return tuple(BACKBONES)
+
+
+# What a trial may vary. Absent ones take the paper's head (model.head.HeadParams defaults),
+# no flip, no TTA, the study's backbone and epochs.
+PARAMS: Mapping[str, ParamKind] = {
+    "image_size": ParamKind(int, (32, 2048)),
+    "image_sizes": ParamKind(str),  # "300+500": pooled features of each size, concatenated
+    "batch_size": ParamKind(int, (1, 4096)),
+    "learning_rate": ParamKind(float, (1e-8, 10.0), log=True),
+    "epochs": ParamKind(int, (1, 1000)),
+    "hidden_layers": ParamKind(int, (0, 8)),
+    "hidden_units": ParamKind(int, (1, 8192)),
+    "dropout": ParamKind(float, (0.0, 0.95)),
+    "weight_decay": ParamKind(float, (0.0, 1.0), log=True),
+    "label_smoothing": ParamKind(float, (0.0, 0.5)),
+    "optimizer": ParamKind(str, allowed=OPTIMIZERS),
+    "schedule": ParamKind(str, allowed=SCHEDULES),
+    "normalize": ParamKind(str, allowed=NORMALIZE),
+    "flip": ParamKind(bool),  # train on features of horizontally flipped images too
+    "tta": ParamKind(bool),  # average the logits of plain and flipped evaluation features
+    "backbone": ParamKind(str),  # registry names, checked when the space is loaded
+}
+PAPER_PARAMS = ("image_size", "batch_size", "learning_rate")  # all the end-to-end path knows
 _SPACE_KEYS = {"description", "sampler", "n_trials", "epochs", "params", "sampler_args"}
-_RANGE_KEYS = {"low", "high", "log", "step"}
-BUILTIN_SPACES = ("paper", "tpe", "quick")
-SAMPLERS = ("grid", "tpe", "random", "qmc", "gp")
+_TABLE_KEYS = {"low", "high", "log", "step", "choices", "when"}
+BUILTIN_SPACES = ("paper", "tpe", "quick", "wide")
+SAMPLERS = ("grid", "tpe", "random", "qmc", "gp", "cmaes")
+
+
+def image_sizes(params: Mapping[str, Any]) -> tuple[int, ...]:
+    """The image sizes a trial's features come from: ``image_sizes`` ("300+500") or
+    ``image_size``."""
+    if "image_sizes" in params:
+        return tuple(int(s) for s in str(params["image_sizes"]).split("+"))
+    return (int(params["image_size"]),)
+
+
+def _fmt(v: Value) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 @dataclass(frozen=True)
 class Param:
+    """One parameter: a list of ``choices`` or a range; sampled only when ``when`` holds
+    (every named earlier parameter has one of the listed values)."""
+
     name: str
-    choices: tuple[int | float, ...] | None = None
+    choices: tuple[Value, ...] | None = None
     low: float | None = None
     high: float | None = None
     log: bool = False
     step: float | None = None
+    when: Mapping[str, tuple[Value, ...]] = field(default_factory=dict)
 
-    def distribution(self) -> optuna.distributions.BaseDistribution:
+    @property
+    def kind(self) -> ParamKind:
+        return PARAMS[self.name]
+
+    def active(self, values: Mapping[str, Any]) -> bool:
+        """Whether the condition holds for the values sampled so far."""
+        return all(n in values and values[n] in allowed for n, allowed in self.when.items())
+
+    def distribution(self, grid: bool = False) -> optuna.distributions.BaseDistribution:
+        """How optuna records the parameter; a log list in a grid study is a log float range,
+        so plots draw it on a log axis (the grid's values arrive fixed from the queue)."""
         from optuna import distributions as d
 
         if self.choices is not None:
+            if grid and self.log:
+                nums = [float(v) for v in self.choices]  # type: ignore[arg-type]
+                return d.FloatDistribution(min(nums), max(nums), log=True)
             return d.CategoricalDistribution(self.choices)
         assert self.low is not None and self.high is not None
-        if PARAMS[self.name] is int:
+        if self.kind.type is int:
             return d.IntDistribution(
                 int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
             )
@@ -64,14 +135,33 @@ class Param:
 
     def values_between(self, low: float, high: float) -> bool:
         vals = self.choices if self.choices is not None else (self.low, self.high)
-        return all(low <= v <= high for v in vals if v is not None)
+        return all(low <= v <= high for v in vals if v is not None)  # type: ignore[operator]
+
+    def describe(self) -> str:
+        """The values in words, for the dashboard's note."""
+        if self.choices is not None:
+            out = ", ".join(_fmt(v) for v in self.choices)  # as before log lists existed
+        else:
+            out = f"{self.low:g} to {self.high:g}" + (" (log)" if self.log else "")
+            out += f" step {self.step:g}" if self.step else ""
+        if self.when:
+            cond = "; ".join(
+                f"{n} in {', '.join(_fmt(v) for v in vs)}" for n, vs in self.when.items()
+            )
+            out += f" when {cond}"
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         if self.choices is not None:
-            return {"choices": list(self.choices)}
-        out: dict[str, Any] = {"low": self.low, "high": self.high, "log": self.log}
-        if self.step is not None:
-            out["step"] = self.step
+            out: dict[str, Any] = {"choices": list(self.choices)}
+            if self.log:
+                out["log"] = True
+        else:
+            out = {"low": self.low, "high": self.high, "log": self.log}
+            if self.step is not None:
+                out["step"] = self.step
+        if self.when:
+            out["when"] = {n: list(v) for n, v in self.when.items()}
         return out
 
 
@@ -90,31 +180,51 @@ class SearchSpace:
         return all(p.choices is not None for p in self.params.values())
 
     def grid(self) -> list[dict[str, Any]]:
-        """Every grid point, image size outermost so a run extracts each size once."""
+        """Every grid point, image size outermost so a run extracts each size once.
+
+        A conditional parameter is expanded only where its condition holds (absent elsewhere).
+        """
         if not self.is_grid:
             raise UserError(f"space {self.name!r} has ranges, so it has no grid")
-        names = list(self.params)
-        axes = [self.params[n].choices or () for n in names]
-        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes)]
+        points: list[dict[str, Any]] = [{}]
+        for name, p in self.params.items():
+            grown: list[dict[str, Any]] = []
+            for pt in points:
+                if p.active(pt):
+                    grown += [pt | {name: v} for v in p.choices or ()]
+                else:
+                    grown.append(pt)
+            points = grown
+        return points
 
     def budget(self) -> int:
         return len(self.grid()) if self.sampler == "grid" else int(self.n_trials or 0)
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
-        return {n: p.distribution() for n, p in self.params.items()}
+        grid = self.sampler == "grid"
+        return {n: p.distribution(grid) for n, p in self.params.items()}
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The trial's parameters, define-by-run: a conditional one only when it applies."""
+        from optuna.distributions import FloatDistribution
+
         out: dict[str, Any] = {}
+        grid = self.sampler == "grid"
         for name, p in self.params.items():
-            if p.choices is not None:
-                out[name] = trial.suggest_categorical(name, p.choices)
-            elif PARAMS[name] is int:
+            if not p.active(out):
+                continue
+            if p.choices is not None and not (grid and p.log):
+                out[name] = trial.suggest_categorical(name, p.choices)  # type: ignore[arg-type]
+                continue
+            dist = p.distribution(grid)
+            if p.kind.type is int:
                 out[name] = trial.suggest_int(
                     name, int(p.low or 0), int(p.high or 0), log=p.log, step=int(p.step or 1)
                 )
             else:
+                assert isinstance(dist, FloatDistribution)
                 out[name] = trial.suggest_float(
-                    name, float(p.low or 0), float(p.high or 0), log=p.log, step=p.step
+                    name, dist.low, dist.high, log=dist.log, step=dist.step
                 )
         return out
 
@@ -143,10 +253,18 @@ class SearchSpace:
         raw = data.get("params")
         if not isinstance(raw, Mapping) or not raw:
             raise UserError(f"space {name!r} needs a [params] table")
-        params = {pname: _parse_param(name, pname, spec) for pname, spec in raw.items()}
-        missing = [p for p in PARAMS if p not in params]
+        params = _in_condition_order(
+            name, {pname: _parse_param(name, pname, spec) for pname, spec in raw.items()}
+        )
+        sizes = [p for p in ("image_size", "image_sizes") if p in params]
+        if len(sizes) == 2:
+            raise UserError(f"space {name!r} sets both image_size and image_sizes: pick one")
+        missing = [p for p in PAPER_PARAMS if p not in params and (p != "image_size" or not sizes)]
         if missing:
             raise UserError(f"space {name!r} does not set {', '.join(missing)}")
+        for req in [*sizes, "batch_size", "learning_rate"]:
+            if params[req].when:
+                raise UserError(f"space {name!r}: {req} is required, so it cannot have 'when'")
         sampler = str(data.get("sampler", "grid"))
         if sampler not in SAMPLERS:
             raise UserError(
@@ -179,6 +297,14 @@ class SearchSpace:
             data["n_trials"] = len(self.grid()) if self.is_grid else 27
         return SearchSpace.from_dict(data, self.name)
 
+    def with_param(self, name: str, values: Sequence[Value]) -> SearchSpace:
+        """The space with ``name`` a list of ``values`` (first, so it is the outermost axis)."""
+        data = self.to_dict()
+        data["params"] = {name: list(values)} | {
+            k: v for k, v in data["params"].items() if k != name
+        }
+        return SearchSpace.from_dict(data, self.name)
+
     def validate(self) -> None:
         if self.sampler == "grid" and not self.is_grid:
             raise UserError(
@@ -186,14 +312,22 @@ class SearchSpace:
             )
         if self.sampler != "grid" and not self.n_trials:
             raise UserError(f"space {self.name!r}: sampler {self.sampler} needs n_trials")
-        limits = {"image_size": (32, 2048), "batch_size": (1, 4096), "learning_rate": (1e-8, 10.0)}
-        for pname, (lo, hi) in limits.items():
-            if not self.params[pname].values_between(lo, hi):
-                raise UserError(f"space {self.name!r}: {pname} values must lie in [{lo}, {hi}]")
 
     def min_image_size(self) -> int:
+        if "image_sizes" in self.params:
+            choices = self.params["image_sizes"].choices or ()
+            return min(min(image_sizes({"image_sizes": c})) for c in choices)
         p = self.params["image_size"]
-        return int(min(p.choices) if p.choices is not None else (p.low or 0))
+        return int(min(p.choices) if p.choices is not None else (p.low or 0))  # type: ignore[type-var]
+
+    def backbones(self) -> tuple[str, ...]:
+        """The backbones the space's ``backbone`` parameter names (none: the study's)."""
+        p = self.params.get("backbone")
+        return tuple(str(v) for v in p.choices or ()) if p is not None else ()
+
+    def is_paper_head(self) -> bool:
+        """Whether every trial is the paper's head (all the end-to-end path can train)."""
+        return set(self.params) <= set(PAPER_PARAMS)
 
 
 def _positive_int(space: str, key: str, value: Any) -> int | None:
@@ -210,43 +344,144 @@ def _parse_param(space: str, pname: str, spec: Any) -> Param:
             f"space {space!r}: unknown parameter {pname!r} (allowed: {', '.join(PARAMS)})"
         )
     kind = PARAMS[pname]
-    if isinstance(spec, Mapping) and set(spec) == {"choices"}:
-        spec = spec["choices"]
-    if isinstance(spec, list):
-        if not spec:
-            raise UserError(f"space {space!r}: {pname} has no values")
-        values = tuple(_typed(space, pname, kind, v) for v in spec)
-        if len(set(values)) != len(values):
-            raise UserError(f"space {space!r}: {pname} lists a value twice")
-        return Param(pname, choices=values)
+    where = f"space {space!r}: {pname}"
+    when: dict[str, tuple[Value, ...]] = {}
+    log_given: bool | None = None
     if isinstance(spec, Mapping):
-        unknown = set(spec) - _RANGE_KEYS
-        if unknown or not {"low", "high"} <= set(spec):
+        unknown = set(spec) - _TABLE_KEYS
+        if unknown:
             raise UserError(
-                f"space {space!r}: {pname} must be a list or {{low, high[, log][, step]}}"
+                f"{where} has unknown key(s) {', '.join(sorted(unknown))} "
+                f"(allowed: {', '.join(sorted(_TABLE_KEYS))})"
             )
-        low, high = (_typed(space, pname, kind, spec[k]) for k in ("low", "high"))
-        if not low < high:
-            raise UserError(f"space {space!r}: {pname} needs low < high")
-        log = bool(spec.get("log", False))
-        if log and low <= 0:
-            raise UserError(f"space {space!r}: {pname} on a log scale needs low > 0")
-        step = spec.get("step")
-        return Param(pname, low=low, high=high, log=log, step=None if step is None else float(step))
-    raise UserError(f"space {space!r}: {pname} must be a list or a table")
+        when = _parse_when(where, spec.get("when", {}))
+        if "log" in spec:
+            if not isinstance(spec["log"], bool):
+                raise UserError(f"{where}: log must be true or false")
+            log_given = spec["log"]
+        if "choices" in spec:
+            if set(spec) - {"choices", "log", "when"}:
+                raise UserError(f"{where}: a table with choices takes only log and when")
+            spec = spec["choices"]
+    if not isinstance(spec, (list, Mapping)):
+        spec = [spec]  # a single value: the parameter fixed
+    if isinstance(spec, list):
+        values = _choices(where, pname, kind, spec)
+        numeric = kind.type in (int, float)
+        positive = numeric and all(v > 0 for v in values)  # type: ignore[operator]
+        if log_given and not (kind.type is float and positive):
+            raise UserError(f"{where}: log = true needs float values > 0")
+        log = positive and kind.type is float and (kind.log if log_given is None else log_given)
+        return Param(pname, choices=values, log=bool(log), when=when)
+    if kind.type not in (int, float):
+        raise UserError(f"{where} must be a list of values")
+    if not {"low", "high"} <= set(spec):
+        raise UserError(f"{where} must be a list or {{low, high[, log][, step][, when]}}")
+    low, high = (_typed(space, pname, kind, spec[k]) for k in ("low", "high"))
+    if not low < high:  # type: ignore[operator]
+        raise UserError(f"{where} needs low < high")
+    _check_limits(where, kind, (low, high))
+    if log_given and low <= 0:  # type: ignore[operator]
+        raise UserError(f"{where} on a log scale needs low > 0")
+    log = kind.log and low > 0 if log_given is None else log_given  # type: ignore[operator]
+    step = spec.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float))):
+        raise UserError(f"{where}: step must be a number")
+    return Param(
+        pname,
+        low=low,  # type: ignore[arg-type]
+        high=high,  # type: ignore[arg-type]
+        log=bool(log),
+        step=None if step is None else float(step),
+        when=when,
+    )
 
 
-def _typed(space: str, pname: str, kind: type, value: Any) -> int | float:
+def _choices(where: str, pname: str, kind: ParamKind, spec: list[Any]) -> tuple[Value, ...]:
+    if not spec:
+        raise UserError(f"{where} has no values")
+    space = where.split("'")[1]
+    values = tuple(_typed(space, pname, kind, v) for v in spec)
+    if len(set(values)) != len(values):
+        raise UserError(f"{where} lists a value twice")
+    _check_limits(where, kind, values)
+    return values
+
+
+def _check_limits(where: str, kind: ParamKind, values: Sequence[Value]) -> None:
+    name = where.rsplit(": ", 1)[-1]
+    if kind.limits is not None:
+        lo, hi = kind.limits
+        if not all(lo <= v <= hi for v in values):  # type: ignore[operator]
+            raise UserError(f"{where} values must lie in [{lo:g}, {hi:g}]")
+    allowed = kind.allowed or (_backbone_names() if name == "backbone" else None)
+    if allowed is not None:
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise UserError(f"{where}: {bad[0]!r} is not one of {', '.join(allowed)}")
+    if name == "image_sizes":
+        for v in values:
+            parts = str(v).split("+")
+            if not all(p.isdigit() and 32 <= int(p) <= 2048 for p in parts):
+                raise UserError(
+                    f"{where}: {v!r} is not sizes joined by '+' (e.g. \"300+500\"), each 32-2048"
+                )
+            if len(set(parts)) != len(parts):
+                raise UserError(f"{where}: {v!r} names a size twice")
+
+
+def _parse_when(where: str, when: Any) -> dict[str, tuple[Value, ...]]:
+    if not isinstance(when, Mapping):
+        raise UserError(f"{where}: when must be a table {{parameter = [values]}}")
+    out: dict[str, tuple[Value, ...]] = {}
+    for cname, vals in when.items():
+        vals = tuple(vals) if isinstance(vals, list) else (vals,)
+        if not vals:
+            raise UserError(f"{where}: when lists no values for {cname}")
+        out[str(cname)] = vals
+    return out
+
+
+def _in_condition_order(space: str, params: Mapping[str, Param]) -> dict[str, Param]:
+    """The parameters with each condition's parameters before it (else as written): the order
+    a trial samples them in. A stored config's keys come back sorted, so order is not trusted."""
+    for p in params.values():
+        where = f"space {space!r}: {p.name}"
+        for cname, vals in p.when.items():
+            cond = params.get(cname)
+            if cond is None or cname == p.name:
+                raise UserError(f"{where}: when names {cname!r}, which is not another parameter")
+            if cond.choices is None:
+                raise UserError(f"{where}: when needs {cname!r} to be a list of values")
+            stray = [v for v in vals if v not in cond.choices]
+            if stray:
+                raise UserError(f"{where}: when lists {cname} values it cannot take: {stray}")
+    ordered: dict[str, Param] = {}
+    while len(ordered) < len(params):
+        ready = [p for n, p in params.items() if n not in ordered and set(p.when) <= set(ordered)]
+        if not ready:
+            left = ", ".join(n for n in params if n not in ordered)
+            raise UserError(f"space {space!r}: the conditions of {left} form a cycle")
+        ordered[ready[0].name] = ready[0]
+    return ordered
+
+
+def _typed(space: str, pname: str, kind: ParamKind, value: Any) -> Value:
+    t = kind.type
+    if t is bool or t is str:
+        if not isinstance(value, t):
+            raise UserError(f"space {space!r}: {pname} value {value!r} is not a valid {t.__name__}")
+        return value  # type: ignore[no-any-return]
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int and not (ok and float(value).is_integer()):
+    if t is int and not (ok and float(value).is_integer()):
         ok = False
     if not ok or (isinstance(value, float) and not math.isfinite(value)):
-        raise UserError(f"space {space!r}: {pname} value {value!r} is not a valid {kind.__name__}")
-    return kind(value)
+        raise UserError(f"space {space!r}: {pname} value {value!r} is not a valid {t.__name__}")
+    return t(value)  # type: ignore[no-any-return]
 
 
 def load_space(ref: str) -> SearchSpace:
-    """A built-in space by name (``paper``, ``tpe``, ``quick``) or a TOML file by path."""
+    """A built-in space by name (``paper``, ``tpe``, ``quick``, ``wide``) or a TOML file."""
     if ref in BUILTIN_SPACES:
         text = resources.files("clothopt.space_files").joinpath(f"{ref}.toml").read_text()
         origin, name = f"built-in space {ref}", ref
@@ -278,6 +513,8 @@ def sampler_args(name: str, seed: int, space: SearchSpace) -> dict[str, Any]:
         args = {"qmc_type": "sobol", "scramble": True}
     elif name == "gp":
         args = {"n_startup_trials": 10, "deterministic_objective": False}
+    elif name == "cmaes":
+        args = {"n_startup_trials": 1, "consider_pruned_trials": False}
     elif name in ("grid", "random"):
         args = {}
     else:
@@ -305,6 +542,9 @@ def make_sampler(
         return samplers.RandomSampler(**args)
     if name == "qmc":
         return samplers.QMCSampler(**args, warn_independent_sampling=False)
+    if name == "cmaes":
+        # categoricals (optimizer, flip...) fall back to independent sampling, as intended
+        return samplers.CmaEsSampler(**args, warn_independent_sampling=False)
     if name == "gp":
         try:
             import torch  # noqa: F401  (GPSampler needs PyTorch)

@@ -105,9 +105,29 @@ def create(
     from clothopt.model.backbones import get_backbone, weights_id
     from clothopt.spaces import load_space, sampler_args
 
-    spec = get_backbone(backbone)
     space_obj = load_space(space).with_sampler(sampler, n_trials)
-    spec.check_size(space_obj.min_image_size())
+    names = [b.strip() for b in backbone.split(",") if b.strip()]
+    if len(names) > 1:
+        if space_obj.backbones():
+            raise UserError(
+                f"space {space_obj.name!r} has a backbone parameter: name one --backbone, not "
+                f"{backbone}"
+            )
+        space_obj = space_obj.with_param("backbone", names)
+    elif space_obj.backbones() and names and names[0] not in space_obj.backbones():
+        raise UserError(
+            f"--backbone {names[0]} is not among the space's backbones "
+            f"({', '.join(space_obj.backbones())})"
+        )
+    specs = [get_backbone(b) for b in space_obj.backbones() or names or [backbone]]
+    spec = get_backbone(names[0] if names else backbone)
+    for one in specs:
+        one.check_size(space_obj.min_image_size())
+    if not use_cache and not space_obj.is_paper_head():
+        raise UserError(
+            f"space {space_obj.name!r} varies more than image_size, batch_size and learning_rate: "
+            "the end-to-end path (--no-cache) trains only the paper's head"
+        )
     if resize not in RESIZE_METHODS:
         raise UserError(f"unknown resize {resize!r} (choose from {', '.join(RESIZE_METHODS)})")
     if pruner not in PRUNERS:
@@ -117,6 +137,11 @@ def create(
     if not 0 <= max_retries <= 100:
         raise UserError(f"--max-retries must be between 0 and 100, not {max_retries}")
     if weights not in ("imagenet", "none"):
+        if len(specs) > 1:
+            raise UserError(
+                f"a weights file fits one backbone, not {len(specs)} "
+                f"({', '.join(s.name for s in specs)}): use imagenet or none"
+            )
         weights_id(weights)  # a missing file is a clear error now, not at the first trial
         weights = str(Path(weights).expanduser().absolute())
     if name is None:
@@ -308,7 +333,8 @@ def grid_status(study: optuna.Study, config: StudyConfig) -> dict[str, Any]:
     from optuna.trial import TrialState
 
     def key(p: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(p[n] for n in config.space.params)
+        # a conditional parameter absent from a point is None in its key
+        return tuple(p.get(n) for n in config.space.params)
 
     complete: dict[tuple[Any, ...], int] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -325,8 +351,9 @@ def grid_status(study: optuna.Study, config: StudyConfig) -> dict[str, Any]:
 def _describe(trial: FrozenTrial) -> str:
     """A COMPLETE trial in the progress bar: its grid point and validation F1."""
     p = trial.params
+    size = p.get("image_size", p.get("image_sizes"))
     return (
-        f"#{trial.number} {p.get('image_size')}px b{p.get('batch_size')} "
+        f"#{trial.number} {size}px b{p.get('batch_size')} "
         f"lr{p.get('learning_rate'):g} F1 {trial.value:.4f}"
     )
 
@@ -376,7 +403,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             {
                 "number": t.number,
                 "state": t.state.name,
-                "image_size": params.get("image_size"),
+                "image_size": params.get("image_size", params.get("image_sizes")),
                 "batch_size": params.get("batch_size"),
                 "learning_rate": params.get("learning_rate"),
                 "val_f1": t.value,

@@ -80,17 +80,7 @@ def study_note(config: StudyConfig) -> str:
         lines += [space.description, ""]
     lines += _table(
         ("Parameter", "Values"),
-        [
-            (
-                name,
-                ", ".join(f"{v:g}" for v in p.choices)
-                if p.choices is not None
-                else f"{p.low:g} to {p.high:g}"
-                + (" (log)" if p.log else "")
-                + (f" step {p.step:g}" if p.step else ""),
-            )
-            for name, p in space.params.items()
-        ],
+        [(name, p.describe()) for name, p in space.params.items()],
     )
     lines += ["", f"## Sampler: {config.sampler}", ""]
     args = sorted(config.sampler_args.items())

@@ -98,6 +98,91 @@ class BackboneSpec:
             )
 
 
+def _newer_backbones() -> list[BackboneSpec]:
+    """Newer Keras applications with ImageNet weights, past the paper's four.
+
+    EfficientNetV2 and ConvNeXt rescale and normalise inside the model
+    (``include_preprocessing=True``, their default, stated here): their ``preprocess_input`` is
+    the identity, as for EfficientNet. ResNetV2 and MobileNetV2 expect [-1, 1] ("tf" mode),
+    DenseNet the torch mean/std. Minimum input size 32 px for all (Keras's own check).
+    """
+    inside = MappingProxyType({"include_preprocessing": True})
+    out = [
+        BackboneSpec(
+            name=f"efficientnetv2{variant.lower()}",
+            module="efficientnet_v2",
+            constructor=f"EfficientNetV2{variant}",
+            default_size=size,
+            min_size=32,
+            feature_dim=dim,
+            kwargs=inside,
+        )
+        for variant, size, dim in (
+            ("B0", 224, 1280),
+            ("B1", 240, 1280),
+            ("B2", 260, 1408),
+            ("B3", 300, 1536),
+            ("S", 384, 1280),
+            ("M", 480, 1280),
+            ("L", 480, 1280),
+        )
+    ]
+    out += [
+        BackboneSpec(
+            name=f"convnext_{variant.lower()}",
+            module="convnext",
+            constructor=f"ConvNeXt{variant}",
+            default_size=224,
+            min_size=32,
+            feature_dim=dim,
+            kwargs=inside,
+        )
+        for variant, dim in (
+            ("Tiny", 768),
+            ("Small", 768),
+            ("Base", 1024),
+            ("Large", 1536),
+            ("XLarge", 2048),
+        )
+    ]
+    out += [
+        BackboneSpec(
+            name=f"resnet{depth}v2",
+            module="resnet_v2",
+            constructor=f"ResNet{depth}V2",
+            default_size=224,
+            min_size=32,
+            feature_dim=2048,
+            **_TF,
+        )
+        for depth in (50, 101, 152)
+    ]
+    out += [
+        BackboneSpec(
+            name=f"densenet{depth}",
+            module="densenet",
+            constructor=f"DenseNet{depth}",
+            default_size=224,
+            min_size=32,
+            feature_dim=dim,
+            **_TORCH,
+        )
+        for depth, dim in ((121, 1024), (169, 1664))
+    ]
+    out.append(
+        BackboneSpec(
+            name="mobilenetv2",
+            module="mobilenet_v2",
+            constructor="MobileNetV2",
+            default_size=224,
+            min_size=32,
+            feature_dim=1280,
+            **_TF,
+        )
+    )
+    return out
+
+
 BACKBONES: Mapping[str, BackboneSpec] = MappingProxyType(
     {
         spec.name: spec
@@ -160,6 +245,7 @@ BACKBONES: Mapping[str, BackboneSpec] = MappingProxyType(
                 kwargs=MappingProxyType({"alpha": 0.25}),
                 **_TF,
             ),
+            *_newer_backbones(),
         )
     }
 )

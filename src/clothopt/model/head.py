@@ -38,6 +38,7 @@ __all__ = [
     "HeadParams",
     "HeadResult",
     "HeadTrainer",
+    "average_views",
     "feature_statistics",
     "head_logits",
     "normalize_features",
@@ -160,6 +161,17 @@ def head_logits(weights: Sequence[np.ndarray], x: np.ndarray) -> np.ndarray:
         if i < len(pairs) - 1:
             x = np.maximum(x, 0)
     return x
+
+
+def average_views(logits: np.ndarray, views: int) -> np.ndarray:
+    """Logits of ``views`` stacked copies of the same N examples (rows ``v*N .. v*N+N-1``),
+    averaged per example: test-time augmentation. ``views=1`` returns them unchanged."""
+    if views == 1:
+        return logits
+    n = len(logits) // views
+    if n * views != len(logits):
+        raise ValueError(f"{len(logits)} rows are not {views} views of the same examples")
+    return np.asarray(logits, np.float32).reshape(views, n, -1).mean(axis=0)
 
 
 @dataclass(frozen=True)
@@ -334,11 +346,14 @@ class HeadTrainer:
         seed: int,
         batch_order: BatchOrder,
         on_epoch: EpochCallback | None = None,
+        val_views: int = 1,
     ) -> HeadResult:
         """Train ``params``'s head from ``seed``; score validation macro-F1 after every epoch.
 
         Epoch ``e`` visits ``x_train[batch_order(n, e, seed)]`` in order (pass
         ``objective.batch_order`` for the study's order). ``on_epoch`` may raise to stop.
+        ``val_views``: ``x_val`` holds that many stacked views of the ``len(y_val)`` examples
+        (e.g. plain then flipped); their logits are averaged (:func:`average_views`).
         """
         num_classes = len(classes)
         x_train = np.asarray(x_train, np.float32)
@@ -365,6 +380,7 @@ class HeadTrainer:
         for epoch in range(params.epochs):
             order = batch_order(n, epoch, seed)
             loss, logits = compiled.run_epoch(x_train[order], y_onehot[order], x_val, params, total)
+            logits = average_views(logits, val_views)
             result.epoch_loss.append(loss)
             result.diverged |= not math.isfinite(loss)
             result.val_pred = np.argmax(logits, axis=1)
