@@ -171,7 +171,8 @@ def _norm(pooled: Any) -> Any:
 
 
 def _pil(image: np.ndarray, size: int, flip: bool = False) -> np.ndarray:
-    """What the feature cache feeds the extractor: decoded, (flipped,) PIL-nearest resized."""
+    """A decoded image PIL-nearest resized; ``flip`` mirrors it BEFORE the resize, which is not
+    what the cache or the model do (they mirror the resized image): the contrast in a test."""
     from PIL import Image
 
     img = Image.fromarray(image)
@@ -198,7 +199,7 @@ def test_exported_wide_head_with_tta_and_two_sizes_is_the_cached_head(
     tmp_path: Any, real_weights: Any
 ) -> None:
     """Exported probabilities == softmax(head(features)) from features computed as cached:
-    each size's pooled features concatenated, the flipped view flipped before its resize."""
+    each size's pooled features concatenated, the flipped view flipped after its resize."""
     import keras
 
     from clothopt.model.head import HeadParams, head_logits, normalize_features
@@ -208,12 +209,19 @@ def test_exported_wide_head_with_tta_and_two_sizes_is_the_cached_head(
     # width 64 -> 32 (or 48): nearest resize of a flipped image is not the flipped resize
     images = [rng.integers(0, 256, (45, 64, 3), dtype=np.uint8) for _ in range(3)]
     assert not np.array_equal(_pil(images[0], 32, flip=True), _pil(images[0], 32)[:, ::-1])
+
+    def resized(image: np.ndarray, size: int, flip: bool = False) -> np.ndarray:
+        out = _pil(image, size)
+        return np.ascontiguousarray(out[:, ::-1]) if flip else out
+
     weights_file = str(real_weights)  # pretrained: random-weight features hardly vary
     extractors = {s: compose(SPEC, s, weights_file) for s in sizes}
 
     def features(flip: bool) -> np.ndarray:
         per_size = [
-            np.asarray(extractors[s].predict_on_batch(np.stack([_pil(i, s, flip) for i in images])))
+            np.asarray(
+                extractors[s].predict_on_batch(np.stack([resized(i, s, flip) for i in images]))
+            )
             for s in sizes
         ]
         return np.concatenate(per_size, axis=1)
@@ -240,16 +248,16 @@ def test_exported_wide_head_with_tta_and_two_sizes_is_the_cached_head(
 
     want = _softmax((cached(plain) + cached(flipped)) / 2)
     assert not np.allclose(want, _softmax(cached(plain)), atol=1e-3)  # the flip counts
-    # and it is the flip of the decoded image: flipping the resized one gives other features
-    resized_first = [np.stack([_pil(i, s)[:, ::-1] for i in images]) for s in sizes]
-    late = np.concatenate(
+    # and it is the flip of the resized image: flipping the decoded one first gives others
+    flipped_first = [np.stack([_pil(i, s, flip=True) for i in images]) for s in sizes]
+    early = np.concatenate(
         [
             np.asarray(extractors[s].predict_on_batch(b))
-            for s, b in zip(sizes, resized_first, strict=True)
+            for s, b in zip(sizes, flipped_first, strict=True)
         ],
         axis=1,
     )
-    assert not np.allclose(late, flipped, rtol=1e-3)
+    assert not np.allclose(early, flipped, rtol=1e-3)
     for m in (model, reloaded):
         got = np.stack([np.asarray(m.predict_on_batch(i[None]))[0] for i in images])
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

@@ -592,7 +592,7 @@ def test_a_wide_trial_exports_the_head_its_params_describe(
     tmp_path: Path, real_weights: Path
 ) -> None:
     """The saved model == the retrained wide head on features computed as cached (sizes
-    concatenated, flipped before the resize), and the trainer's weights are the model's."""
+    concatenated, flipped after the resize), and the trainer's weights are the model's."""
     import keras
     import optuna
     from optuna.distributions import CategoricalDistribution
@@ -622,7 +622,7 @@ def test_a_wide_trial_exports_the_head_its_params_describe(
     assert report["trainable_params"] == (2 * 256) * 8 + 8 + 8 * 3 + 3
     assert "32x32 and 48x48" in report["model_input"] and "flipped" in report["model_input"]
 
-    # features as the cache holds them, computed here apart: PIL flip, then PIL nearest resize
+    # features as the cache holds them, computed here apart: PIL nearest resize, then the flip
     dataset, spec = open_dataset(data), get_backbone("mobilenet_025")
     extractors = {s: compose(spec, s, str(real_weights)) for s in (32, 48)}
 
@@ -632,10 +632,8 @@ def test_a_wide_trial_exports_the_head_its_params_describe(
             imgs = []
             for path in dataset[split].paths:
                 with Image.open(path) as img:
-                    img = img.convert("RGB")
-                    if flip:
-                        img = img.transpose(Image.FLIP_LEFT_RIGHT)
-                    imgs.append(np.asarray(img.resize((s, s), Image.NEAREST)))
+                    pixels = np.asarray(img.convert("RGB").resize((s, s), Image.NEAREST))
+                    imgs.append(np.ascontiguousarray(pixels[:, ::-1]) if flip else pixels)
             out.append(np.asarray(extractors[s].predict_on_batch(np.stack(imgs))))
         return np.concatenate(out, axis=1)
 
@@ -661,7 +659,8 @@ def test_a_wide_trial_exports_the_head_its_params_describe(
     got = []
     for path in dataset["test"].paths:
         with Image.open(path) as img:
-            got.append(np.asarray(model.predict_on_batch(np.asarray(img.convert("RGB"))[None]))[0])
+            out = model.predict_on_batch(np.asarray(img.convert("RGB"))[None])
+            got.append(np.asarray(out["probabilities"])[0])
     np.testing.assert_allclose(np.stack(got), want, rtol=1e-4, atol=1e-5)
     assert report["test_predictions"] == np.argmax(want, axis=1).tolist()
     agree = report["cached_path_agreement"]

@@ -19,7 +19,6 @@ What the folder holds and how it is swapped into place: :mod:`clothopt.final.sto
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import shutil
 import sys
@@ -47,10 +46,6 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from clothopt.config import StudyConfig
-    from clothopt.data import Split
-    from clothopt.features import FeatureCache, Features
-    from clothopt.model.backbones import BackboneSpec
 
 __all__ = [
     "DEFAULT_EPOCHS",
@@ -115,74 +110,6 @@ def search_seconds(trials: Sequence[FrozenTrial]) -> tuple[float, float, int]:
 
 
 # --------------------------------------------------------------------------- features
-
-
-def image_sizes(params: dict[str, Any]) -> list[int]:
-    """The sizes whose pooled features a trial concatenates, in order: ``image_sizes``
-    (``"300+500"`` or a list) when it has one, else ``[image_size]``."""
-    if "image_sizes" not in params:
-        return [int(params["image_size"])]
-    raw = params["image_sizes"]
-    parts = str(raw).split("+") if isinstance(raw, (str, int)) else list(raw)
-    try:
-        sizes = [int(p) for p in parts]
-    except (TypeError, ValueError):
-        raise UserError(f"image_sizes must read like 300+500, not {raw!r}") from None
-    if not sizes or len(set(sizes)) != len(sizes) or min(sizes) < 1:
-        raise UserError(f"image_sizes must be distinct positive sizes, not {raw!r}")
-    return sizes
-
-
-def _flipped_features(
-    cache: FeatureCache, spec: BackboneSpec, config: StudyConfig, size: int, split: Split
-) -> Features:
-    """Features of ``split``'s images flipped left-right BEFORE the resize (what the exported
-    model's ``tta`` computes), until :class:`~clothopt.features.FeatureCache` has a ``flip`` key."""
-    from PIL import Image
-
-    from clothopt.data import load_image
-    from clothopt.features import Features
-    from clothopt.model.compose import compose
-
-    start = time.perf_counter()
-    model = compose(spec, size, config.weights, config.seed, precision=cache.precision)
-    out = []
-    for i in range(0, len(split), cache.batch_size):
-        batch = []
-        for path in split.paths[i : i + cache.batch_size]:
-            image = Image.fromarray(load_image(path, None)).transpose(Image.FLIP_LEFT_RIGHT)
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.NEAREST)
-            batch.append(np.asarray(image, dtype=np.uint8))
-        out.append(np.asarray(model.predict_on_batch(np.stack(batch)), dtype=np.float32))
-    x = np.concatenate(out) if out else np.zeros((0, spec.feature_dim), np.float32)
-    key = cache.key(spec, config.weights, config.seed, size, config.resize, split)
-    seconds = time.perf_counter() - start
-    return Features(x, split.labels.copy(), key, seconds, False, model.count_params())
-
-
-def _features(
-    cache: FeatureCache,
-    spec: BackboneSpec,
-    config: StudyConfig,
-    sizes: Sequence[int],
-    split: Split,
-    flip: bool = False,
-) -> tuple[np.ndarray, np.ndarray, float, int]:
-    """``(x, y, extract seconds, base parameters)`` of ``split``: each size's pooled features
-    concatenated in order, of the flipped images when ``flip``."""
-    got = []
-    for size in sizes:
-        args = (spec, config.weights, config.seed, size, config.resize, split)
-        if not flip:
-            got.append(cache.get(*args))
-        elif "flip" in inspect.signature(cache.get).parameters:
-            got.append(cache.get(*args, flip=True))  # type: ignore[call-arg]
-        else:
-            got.append(_flipped_features(cache, spec, config, size, split))
-    x = got[0].x if len(got) == 1 else np.concatenate([f.x for f in got], axis=1)
-    seconds = sum(f.extract_seconds for f in got if not f.cached)
-    return x, got[0].y, seconds, int(got[0].base_params)
 
 
 # --------------------------------------------------------------------------- figures
@@ -252,7 +179,7 @@ def _model_input(backbone: str, sizes: Sequence[int], tta: bool) -> str:
     if len(sizes) > 1:
         text += "; the sizes' pooled features concatenated in that order"
     if tta:
-        text += "; logits averaged with those of the image flipped left-right before its resize"
+        text += "; logits averaged with those of the resized image flipped left-right"
     return text
 
 
@@ -287,13 +214,15 @@ def finalize(
     from clothopt.model.head import (
         HeadParams,
         HeadTrainer,
+        average_views,
         feature_statistics,
         head_logits,
         normalize_features,
     )
-    from clothopt.objective import batch_order, trial_seed
+    from clothopt.objective import batch_order, head_inputs, trial_seed
     from clothopt.predict import CLASSES_FILE, load_classifier
     from clothopt.runs import open_run
+    from clothopt.spaces import image_sizes
 
     if not 1 <= epochs <= 1000:
         raise UserError(f"--epochs must be between 1 and 1000, not {epochs}")
@@ -312,7 +241,7 @@ def finalize(
     wide = set(params) != set(PAPER_PARAMS)
     # the final training runs --epochs epochs, whatever the search's were
     head_params = HeadParams.from_params({**params, "epochs": epochs})
-    sizes = image_sizes(params)
+    sizes = list(image_sizes(params))
     flip, tta = bool(params.get("flip", False)), bool(params.get("tta", False))
     if config.resize != "nearest":
         raise UserError(
@@ -323,27 +252,20 @@ def finalize(
     dataset, cache = open_run(config, data, cache_dir, progress)
     classes = list(dataset.classes)
 
-    # 1. features of every split at the trial's sizes (the search cached train and validation),
-    # of the flipped images too where the head trains on them (flip) or averages them (tta)
-    feats = {
-        (s, False): _features(cache, spec, config, sizes, dataset[s])
-        for s in ("train", "validation", "test")
-    }
-    for s in ["train"] * flip + ["validation", "test"] * tta:
-        feats[s, True] = _features(cache, spec, config, sizes, dataset[s], flip=True)
+    # 1. features of every split as the head sees them (the search cached train and validation):
+    # sizes concatenated; with flip the train rows of the mirrored images follow the plain ones,
+    # with tta validation and test carry the mirrored images as a second view
+    inputs = head_inputs(cache, dataset, config, params, ("train", "validation", "test"))
     cache.release_model()
-    extract_seconds = sum(f[2] for f in feats.values())
-    base_params = feats["train", False][3]
+    extract_seconds = sum(f.extract_seconds for f in inputs.values())
+    base_params = inputs["train"].base_params
+    n_train, n_val = len(dataset["train"]), len(dataset["validation"])
 
-    # 2. the final training: train split only, validation scored after each epoch
+    # 2. the final training: train split only, validation (plain images) scored after each epoch
     seed = trial_seed(config.seed, params)
     _say(progress, f"training trial {chosen.number}'s head for {epochs} epochs ({params})")
-    x_train, y_train = feats["train", False][:2]
-    if flip:
-        x_train = np.concatenate([x_train, feats["train", True][0]])
-        y_train = np.concatenate([y_train, feats["train", True][1]])
-    x_train = np.asarray(x_train, np.float32)  # as the trainer takes them
-    x_val, y_val = feats["validation", False][:2]
+    x_train, y_train = np.asarray(inputs["train"].x, np.float32), inputs["train"].y
+    x_val, y_val = inputs["validation"].x[:n_val], inputs["validation"].y
     head = HeadTrainer(max_models=1).train(
         x_train, y_train, x_val, y_val, classes, head_params, seed, batch_order
     )
@@ -352,17 +274,13 @@ def finalize(
         mean, std = feature_statistics(x_train)
 
     def cached_logits(split: str) -> np.ndarray:
-        """The retrained head on cached features, as the exported model computes it."""
-        views = [feats[split, False][0]] + ([feats[split, True][0]] if tta else [])
-        logits = [
-            head_logits(head.weights, normalize_features(x_train, x, head_params.normalize)[1])
-            for x in views
-        ]
-        return logits[0] if len(logits) == 1 else (logits[0] + logits[1]) / 2
+        """The retrained head on cached features (views averaged), as the exported model does."""
+        x = normalize_features(x_train, inputs[split].x, head_params.normalize)[1]
+        return average_views(head_logits(head.weights, x), inputs[split].views)
 
     # the "not clothing" detector: fitted on the train split's plain pooled features (what the
     # exported model's extra outputs see), its threshold accepting 95% of validation
-    detector = _shipped_detector(feats["train", False][0], feats["validation", False][0], progress)
+    detector = _shipped_detector(x_train[:n_train], x_val, progress)
 
     dest = final_dir(storage, name)
     tmp = make_staging(dest)

@@ -21,9 +21,10 @@ model that was trained:
 Several image sizes (``size=[300, 500]``, exported model only) run one branch per size (its own
 exact resize, the same preprocessing, a base of the same weights built at that size) and
 concatenate the pooled features in the listed order, as the features of each size cached apart
-and concatenated. ``tta=True`` (exported model only) runs the branches on the raw image flipped
-horizontally too and averages the two views' logits; the flip comes before the resize, as PIL's
-``FLIP_LEFT_RIGHT`` on the decoded image would (nearest resize does not commute with it).
+and concatenated. ``tta=True`` (exported model only) runs the branches on the resized image
+flipped horizontally too and averages the two views' logits; the flip comes after the resize,
+as the feature cache's flipped entries do (nearest resize does not commute with a flip, so the
+order is part of the contract: :class:`clothopt.features.FeatureKey`).
 
 Only built-in Keras layers and ops (no Lambda, no custom class), so an exported model loads
 with ``keras.saving.load_model(path, safe_mode=True)`` in a process that never imports clothopt.
@@ -255,11 +256,13 @@ def compose(
     shape = (None, None, 3) if raw_input else (sizes[0], sizes[0], 3)
     inputs = keras.Input(shape, dtype="float32", name="image")
 
-    def pooled_of(image: keras.KerasTensor, view: str) -> keras.KerasTensor:
+    def pooled_of(image: keras.KerasTensor, view: str, flip: bool = False) -> keras.KerasTensor:
         branches = []
         for s in sizes:
             tag = (f"_{s}px" if many else "") + view
             x = pil_nearest_resize(image, s, name=f"resize{tag}") if raw_input else image
+            if flip:  # left-right (width: axis 2) after the resize, as the cache flips
+                x = ops.flip(x, axis=2)
             for layer in preprocess:
                 x = layer(x)
             x = bases[s](x, training=False)
@@ -281,8 +284,7 @@ def compose(
 
         out, main = logits_of(pooled), "logits"
         if tta:
-            # the raw image flipped left-right (width: axis 2) before its resize
-            flipped = pooled_of(ops.flip(inputs, axis=2), "_flipped")
+            flipped = pooled_of(inputs, "_flipped", flip=True)
             out = keras.layers.Average(name="tta_logits")([out, logits_of(flipped)])
         if trained is not None:
             for i, layer in enumerate(dense):
