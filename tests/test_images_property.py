@@ -183,7 +183,10 @@ def test_predict_names_every_unusable_file(
         assert "Traceback" not in out + err
         bad = [p for p in paths if not _usable(p)]
         assert code == (1 if bad else 0), err
-        err_lines = err.splitlines()
+        # this tiny model has no "not clothing" detector: predict says so once, first
+        note = "clothopt: note: "
+        assert sum(line.startswith(note) for line in err.splitlines()) == 1, err
+        err_lines = [line for line in err.splitlines() if not line.startswith(note)]
         for path in paths:
             named = [line for line in err_lines if str(path) in line]
             in_table = [line for line in out.splitlines() if line.startswith(str(path) + " ")]
@@ -196,4 +199,4 @@ def test_predict_names_every_unusable_file(
             assert err_lines[-1] == f"clothopt: {len(bad)} of {len(paths)} images failed"
             assert len(err_lines) == len(bad) + 1
         else:
-            assert err == ""
+            assert err_lines == []

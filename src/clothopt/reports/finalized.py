@@ -14,14 +14,17 @@ __all__ = ["format_ood", "format_report", "format_scores"]
 def format_report(report: dict[str, Any], folder: Path | None = None) -> str:
     """The test report as plain text for the terminal."""
     p = report["params"]
+    size = str(p.get("image_sizes", p.get("image_size"))).replace("+", "+px ")
     lines = [
         f"study {report['study']} ({report['backbone']}): trial {report['trial']} "
-        f"(image {p['image_size']} px, batch {p['batch_size']}, learning rate "
+        f"(image {size} px, batch {p['batch_size']}, learning rate "
         f"{p['learning_rate']:g}) retrained for {report['epochs']} epochs on the train split",
         f"test split: {report['test_images']} images no trial saw, scored by the saved model",
         "",
         format_scores(report, report["test_images"]),
     ]
+    if head := report.get("head"):
+        lines[1:1] = [f"head: {_head_text(head)}"]
     agree = report["cached_path_agreement"]
     lines += [
         f"parameters: {report['total_params']:,} total, {report['trainable_params']:,} trainable",
@@ -65,6 +68,22 @@ def format_ood(ood: dict[str, Any]) -> str:
             f"clothing, AUROC {auroc} against the test split"
         )
     return "\n".join(lines)
+
+
+def _head_text(head: dict[str, Any]) -> str:
+    """A wide trial's head and training in one line."""
+    layers = (
+        f"{head['hidden_layers']} x Dense({head['hidden_units']}, relu), dropout "
+        f"{head['dropout']:.2f}"
+        if head["hidden_layers"]
+        else "linear"
+    )
+    extras = [name for name in ("flip", "tta") if head.get(name)]
+    return (
+        f"{layers}; {head['optimizer']} {head['schedule']}, weight decay "
+        f"{head['weight_decay']:.2g}, label smoothing {head['label_smoothing']:.2f}, "
+        f"features {head['normalize']}" + (f"; {', '.join(extras)}" if extras else "")
+    )
 
 
 def format_scores(report: dict[str, Any], images: int) -> str:
