@@ -60,7 +60,6 @@ def test_trial_code_does_not_import_the_dashboard() -> None:
         assert "clothopt.dashboard" not in path.read_text(), path.name
 
 
-@pytest.mark.xfail(reason="report.py/finalize.py being split", strict=False)
 def test_no_module_exceeds_500_lines() -> None:
     long = {
         str(p.relative_to(SRC)): n

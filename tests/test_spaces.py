@@ -6,7 +6,8 @@ import optuna
 import pytest
 
 from clothopt.errors import UserError
-from clothopt.spaces import SearchSpace, image_sizes, load_space, make_sampler, sampler_args
+from clothopt.samplers import make_sampler, sampler_args
+from clothopt.spaces import SearchSpace, image_sizes, load_space
 
 
 def test_paper_space_is_the_published_grid() -> None:

@@ -38,7 +38,7 @@ def study_name(backbone: str, sampler: str, seed: int) -> str:
 
 
 def parse_samplers(text: str) -> list[str]:
-    from clothopt.spaces import SAMPLERS
+    from clothopt.samplers import SAMPLERS
 
     names = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in names if s not in SAMPLERS]

@@ -1,9 +1,8 @@
-"""Search spaces (from TOML) and the samplers that walk them.
+"""Search spaces (from TOML); the samplers that walk them are in ``clothopt.samplers``.
 
 A space names each parameter's values: a list is a categorical (and a grid axis), a table
 ``{low, high, log, step}`` a range. ``paper``, ``tpe`` and ``quick`` ship with clothopt; any
-TOML file with the same keys defines another. Samplers are built with every argument explicit
-and recorded, so a study says exactly how to rerun it.
+TOML file with the same keys defines another.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from clothopt.errors import UserError
 from clothopt.model.head import NORMALIZE, OPTIMIZERS, SCHEDULES
+from clothopt.samplers import SAMPLERS
 
 if TYPE_CHECKING:
     import optuna
@@ -26,14 +26,11 @@ __all__ = [
     "BUILTIN_SPACES",
     "PAPER_PARAMS",
     "PARAMS",
-    "SAMPLERS",
     "Param",
     "ParamKind",
     "SearchSpace",
     "image_sizes",
     "load_space",
-    "make_sampler",
-    "sampler_args",
 ]
 
 Value = int | float | str | bool
@@ -80,7 +77,6 @@ PAPER_PARAMS = ("image_size", "batch_size", "learning_rate")  # all the end-to-e
 _SPACE_KEYS = {"description", "sampler", "n_trials", "epochs", "params", "sampler_args"}
 _TABLE_KEYS = {"low", "high", "log", "step", "choices", "when"}
 BUILTIN_SPACES = ("paper", "tpe", "quick", "wide")
-SAMPLERS = ("grid", "tpe", "random", "qmc", "gp", "cmaes")
 
 
 def image_sizes(params: Mapping[str, Any]) -> tuple[int, ...]:
@@ -497,58 +493,3 @@ def load_space(ref: str) -> SearchSpace:
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"bad TOML in {origin}: {exc}") from None
     return SearchSpace.from_dict(data, name)
-
-
-def sampler_args(name: str, seed: int, space: SearchSpace) -> dict[str, Any]:
-    """Every argument the sampler will be built with (seeded), to record and to rebuild it."""
-    if name == "tpe":
-        args: dict[str, Any] = {
-            "n_startup_trials": 10,
-            "n_ei_candidates": 24,
-            "multivariate": True,
-            "group": False,
-            "constant_liar": True,  # several workers: running trials count as pessimistic results
-        }
-    elif name == "qmc":
-        args = {"qmc_type": "sobol", "scramble": True}
-    elif name == "gp":
-        args = {"n_startup_trials": 10, "deterministic_objective": False}
-    elif name == "cmaes":
-        args = {"n_startup_trials": 1, "consider_pruned_trials": False}
-    elif name in ("grid", "random"):
-        args = {}
-    else:
-        raise UserError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
-    unknown = set(space.sampler_args) - set(args)
-    if unknown:
-        raise UserError(
-            f"space {space.name!r}: sampler {name} has no argument(s) {', '.join(sorted(unknown))}"
-        )
-    return args | dict(space.sampler_args) | {"seed": seed}
-
-
-def make_sampler(
-    name: str, args: Mapping[str, Any], space: SearchSpace
-) -> optuna.samplers.BaseSampler:
-    import optuna
-
-    samplers = optuna.samplers
-    if name == "grid":
-        grid = {n: list(p.choices or ()) for n, p in space.params.items()}
-        return samplers.GridSampler(grid, seed=args["seed"])
-    if name == "tpe":
-        return samplers.TPESampler(**args)
-    if name == "random":
-        return samplers.RandomSampler(**args)
-    if name == "qmc":
-        return samplers.QMCSampler(**args, warn_independent_sampling=False)
-    if name == "cmaes":
-        # categoricals (optimizer, flip...) fall back to independent sampling, as intended
-        return samplers.CmaEsSampler(**args, warn_independent_sampling=False)
-    if name == "gp":
-        try:
-            import torch  # noqa: F401  (GPSampler needs PyTorch)
-        except ImportError:
-            raise UserError("the gp sampler needs PyTorch: pip install torch") from None
-        return samplers.GPSampler(**args)
-    raise UserError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")

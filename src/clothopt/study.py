@@ -103,7 +103,8 @@ def create(
 
     from clothopt.data import RESIZE_METHODS, open_dataset
     from clothopt.model.backbones import get_backbone, weights_id
-    from clothopt.spaces import load_space, sampler_args
+    from clothopt.samplers import sampler_args
+    from clothopt.spaces import load_space
 
     space_obj = load_space(space).with_sampler(sampler, n_trials)
     names = [b.strip() for b in backbone.split(",") if b.strip()]
@@ -228,7 +229,7 @@ def _enqueue_grid(study: optuna.Study, points: list[dict[str, Any]]) -> None:
 def _sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
     import optuna
 
-    from clothopt.spaces import make_sampler
+    from clothopt.samplers import make_sampler
 
     if config.sampler == "grid":
         # Every grid point is an enqueued trial and runs with its fixed parameters, so the

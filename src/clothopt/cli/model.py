@@ -1,0 +1,201 @@
+"""Commands that use a finalized model: predict, evaluate, index build, similar."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from clothopt._quiet import native_stderr_captured
+from clothopt.cli._args import _Command, _positive_int
+from clothopt.errors import UserError
+from clothopt.reports.render import format_table
+
+__all__ = ["Evaluate", "IndexBuild", "Predict", "Similar"]
+
+
+class Predict(_Command):
+    """Top-k classes of images with a model from `clothopt study finalize`.
+
+    A folder stands for the images in it. An unreadable file gets its own error line and the
+    rest are still predicted; the exit status is 1 when any file failed. The model loads with
+    Keras safe mode on; class names come from classes.json beside it. A picture the model's
+    detector rejects reads "not clothing (score s < threshold t)".
+    """
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", help="a .keras file written by clothopt study finalize")
+        p.add_argument("images", nargs="+", metavar="IMAGE")
+        p.add_argument("--top-k", type=_positive_int, default=3, help="classes per image (3)")
+        p.add_argument("--json", action="store_true", help="one JSON object per image and line")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt.predict import expand_paths, load_classifier, predict_files
+
+        paths = expand_paths(args.images)
+        if not paths:
+            raise UserError("no images in the folders given")
+        from clothopt.predict import NO_DETECTOR_NOTE, shipped_threshold
+
+        with native_stderr_captured():  # TensorFlow start-up, "Not handling type DT_DOUBLE"
+            model, classes = load_classifier(args.model)
+        if shipped_threshold(model) is None:
+            print(f"clothopt: note: {NO_DETECTOR_NOTE}", file=sys.stderr, flush=True)
+        failed = 0
+        rows = []
+        for pred in predict_files(model, classes, paths, args.top_k):
+            failed += pred.error is not None
+            if args.json:
+                print(json.dumps(pred.to_dict()), flush=True)
+            elif pred.error is not None:
+                print(f"clothopt: error: {pred.error}", file=sys.stderr, flush=True)
+            else:
+                row: dict[str, Any] = {"image": pred.image}
+                if pred.verdict:
+                    row["top 1"] = pred.verdict
+                else:
+                    for rank, (cls, prob) in enumerate(pred.top, 1):
+                        row[f"top {rank}"] = f"{cls} {prob:.3f}"
+                rows.append(row)
+        if not args.json and rows:
+            print(format_table(rows))
+        if failed:
+            print(f"clothopt: {failed} of {len(paths)} images failed", file=sys.stderr)
+        return 1 if failed else 0
+
+
+class Evaluate(_Command):
+    """Finalize's test report for a labelled folder DIR/<class>/... with a finalized model.
+
+    Per-class and macro precision/recall/F1, accuracy, confusion matrix, 95% bootstrap interval
+    of the macro-F1 and the share the "not clothing" detector rejected. A folder that is no
+    class of the model (classes.json) is an error, unless --unknown-as-reject: its images
+    should then be rejected, and the AUROC of the detector is reported for them.
+    """
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        from clothopt.final.finalize import DEFAULT_RESAMPLES
+
+        p.add_argument("model", help="a .keras file written by clothopt study finalize")
+        p.add_argument("dir", help="labelled images: DIR/<class>/<images>")
+        p.add_argument("--json", action="store_true", help="print the report as JSON")
+        p.add_argument("--out", help="also write report.json and the confusion matrix here")
+        p.add_argument(
+            "--unknown-as-reject",
+            action="store_true",
+            help="folders that are no class of the model hold pictures to reject",
+        )
+        p.add_argument("--resamples", type=_positive_int, default=DEFAULT_RESAMPLES)
+        p.add_argument("--bootstrap-seed", type=int, default=0)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt.final.evaluate import evaluate, format_evaluation, write_evaluation
+        from clothopt.final.finalize import MIN_RESAMPLES
+
+        if args.resamples < MIN_RESAMPLES:
+            raise UserError(f"--resamples must be at least {MIN_RESAMPLES}, not {args.resamples}")
+        report = evaluate(
+            args.model,
+            args.dir,
+            unknown_as_reject=args.unknown_as_reject,
+            resamples=args.resamples,
+            seed=args.bootstrap_seed,
+        )
+        print(
+            json.dumps(report, indent=2, sort_keys=True) if args.json else format_evaluation(report)
+        )
+        if args.out:
+            written = write_evaluation(report, args.out)
+            print(f"wrote {', '.join(p.name for p in written)} to {args.out}", file=sys.stderr)
+        return 0
+
+
+# --------------------------------------------------------------------------- similar items
+
+
+class IndexBuild(_Command):
+    """Embed every image under a folder with a finalized model; write a similar-item index.
+
+    The folder is read recursively in any layout; files that are not images are skipped and
+    counted, an unreadable image is reported and left out. The index (one .npz file, written
+    atomically) records the model's SHA-256 and the folder's fingerprint: `clothopt similar`
+    refuses it once either changed.
+    """
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", help="a .keras file written by clothopt study finalize")
+        p.add_argument("dir", help="the catalogue: a folder of images (any layout)")
+        p.add_argument("--out", help="index file (default: similar.npz beside the model)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from clothopt.similar import build_index
+
+        out = Path(args.out) if args.out else Path(args.model).with_name("similar.npz")
+        result = build_index(
+            args.model, args.dir, out, log=lambda line: print(f"clothopt: {line}", file=sys.stderr)
+        )
+        print(
+            f"indexed {result.images} images ({result.dims} dims) in {result.seconds:.1f} s: "
+            f"{result.skipped} non-image files skipped, {len(result.failed)} unreadable; "
+            f"wrote {result.out}"
+        )
+        return 0
+
+
+class Similar(_Command):
+    """The catalogue items most similar to each image, from an index (clothopt index build)."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("index", help="an index file written by clothopt index build")
+        p.add_argument("images", nargs="+", metavar="IMAGE")
+        p.add_argument("-k", type=_positive_int, default=5, help="items per image (5)")
+        p.add_argument("--json", action="store_true", help="one JSON object per image and line")
+        p.add_argument("--html", metavar="OUT", help="also write a self-contained HTML page")
+        p.add_argument("--model", help="the model (default: the one the index was built with)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from clothopt.predict import expand_paths, load_classifier
+        from clothopt.similar import load_index, query, rejections, write_html
+
+        paths = expand_paths(args.images)
+        if not paths:
+            raise UserError("no images in the folders given")
+        for path in paths:
+            if not path.is_file():
+                raise UserError(f"image not found: {path}")
+        index = load_index(args.index, args.model)
+        model, _ = load_classifier(args.model or index.meta["model"])
+        rejected = rejections(model, paths)
+        kept = [p for p, r in zip(paths, rejected, strict=True) if r is None]
+        found = iter(query(index, model, kept, args.k))
+        # a rejected query ("not clothing") gets its verdict instead of neighbours
+        results = [next(found) if r is None else [] for r in rejected]
+        if args.json:
+            for path, hits, r in zip(paths, results, rejected, strict=True):
+                line: dict[str, Any] = {"image": str(path), "similar": [h.to_dict() for h in hits]}
+                if r is not None:
+                    line |= {"rejected": True, **r}
+                print(json.dumps(line))
+        else:
+            rows = []
+            for path, hits, r in zip(paths, results, rejected, strict=True):
+                row: dict[str, Any] = {"image": str(path)}
+                if r is not None:
+                    row["1"] = r["verdict"]
+                for rank, hit in enumerate(hits, 1):
+                    row[str(rank)] = f"{hit.relpath} {hit.score:.3f}"
+                rows.append(row)
+            print(format_table(rows))
+        if args.html:
+            out = write_html(Path(args.html), [str(p) for p in paths], results)
+            print(f"wrote {out}", file=sys.stderr)
+        return 0

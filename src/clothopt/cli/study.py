@@ -1,0 +1,389 @@
+"""Commands for studies: create, optimize, list, show, delete, finalize, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from clothopt._quiet import quiet_import_keras
+from clothopt.cli._args import _Command, _positive_float, _positive_int, _storage_arg
+from clothopt.errors import UserError
+from clothopt.reports.render import format_table
+
+__all__ = [
+    "StudyCreate",
+    "StudyDelete",
+    "StudyFinalize",
+    "StudyList",
+    "StudyOptimize",
+    "StudyReport",
+    "StudyShow",
+    "recorded_command",
+    "run_it_line",
+]
+
+
+class StudyCreate(_Command):
+    """Create a study: a backbone, a search space and a sampler (the grid is enqueued)."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        from clothopt.model.backbones import BACKBONES
+        from clothopt.samplers import SAMPLERS
+
+        p.add_argument(
+            "--backbone",
+            required=True,
+            help=f"one of: {', '.join(BACKBONES)}; or several, comma-separated, for the trials "
+            "to choose from (a space with a backbone parameter decides itself)",
+        )
+        p.add_argument("--space", default="paper", help="paper, tpe, quick, wide or a TOML file")
+        p.add_argument("--sampler", choices=SAMPLERS, help="default: the space's own")
+        p.add_argument("--n-trials", type=_positive_int, help="budget for non-grid samplers")
+        p.add_argument("--name", help="study name (default: BACKBONE-SPACE-SAMPLER)")
+        _storage_arg(p)
+        p.add_argument("--data", default="data", help="data set folder (default: data)")
+        p.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file")
+        p.add_argument(
+            "--epochs", type=_positive_int, help="epochs per trial (default: space's, 2)"
+        )
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--resize", default="nearest", help="nearest (the paper's), bilinear, bicubic"
+        )
+        p.add_argument("--pruner", default="none", help="none or median")
+        p.add_argument(
+            "--no-cache", action="store_true", help="train end to end (no feature cache)"
+        )
+        p.add_argument("--cache-dir", help="feature cache folder (default: beside the SQLite file)")
+        p.add_argument(
+            "--max-retries", type=int, default=3, help="reruns of a trial whose worker died"
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt import study
+        from clothopt.dashboard import describe_study
+
+        _, config = study.create(
+            backbone=args.backbone,
+            space=args.space,
+            sampler=args.sampler,
+            n_trials=args.n_trials,
+            name=args.name,
+            storage=args.storage,
+            data=args.data,
+            weights=args.weights,
+            epochs=args.epochs,
+            seed=args.seed,
+            resize=args.resize,
+            pruner=args.pruner,
+            use_cache=not args.no_cache,
+            cache_dir=args.cache_dir,
+            max_retries=args.max_retries,
+            command=recorded_command(args._argv),
+            on_create=describe_study,  # its note and metric name in optuna-dashboard
+        )
+        print(
+            f"created study {config.name!r}: {config.backbone}, space {config.space.name} "
+            f"({config.budget()} trials, sampler {config.sampler}), data {config.data}"
+        )
+        print(run_it_line(config.name, args.storage))
+        return 0
+
+
+def _has_password(text: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return bool(make_url(text).password)
+    except Exception:
+        return "@" in text and "://" in text  # not a URL SQLAlchemy reads: assume the worst
+
+
+def recorded_command(argv: Sequence[str]) -> str:
+    """The command line as stored with a study: shell-quoted, every URL's password masked."""
+    from clothopt.paths import masked_url
+
+    words = ["clothopt"]
+    for word in argv:
+        flag, eq, value = word.partition("=")
+        if eq and flag.startswith("--") and _has_password(value):
+            word = f"{flag}={masked_url(value)}"
+        elif _has_password(word):
+            word = masked_url(word)
+        words.append(word)
+    return shlex.join(words)
+
+
+def run_it_line(name: str, storage: str | None) -> str:
+    """``run it: clothopt study optimize NAME ...``, shell-quoted, never with a password.
+
+    A storage URL with a password is left to ``$CLOTHOPT_STORAGE`` (or ~/.pgpass/PGPASSWORD).
+    """
+    from clothopt.paths import masked_url
+
+    line = f"run it: {shlex.join(['clothopt', 'study', 'optimize', name])}"
+    if not storage or storage == os.environ.get("CLOTHOPT_STORAGE"):
+        return line  # the storage comes from $CLOTHOPT_STORAGE (or the default) again
+    if not _has_password(storage):
+        return f"{line} --storage {shlex.quote(storage)}"
+    without = masked_url(storage).replace(":***@", "@")
+    return (
+        f'{line} --storage "$CLOTHOPT_STORAGE"  (export CLOTHOPT_STORAGE=<the URL with its '
+        f"password>, or keep the password in ~/.pgpass or $PGPASSWORD and pass --storage "
+        f"{shlex.quote(without)})"
+    )
+
+
+class StudyOptimize(_Command):
+    """Run a study's trials; run it again to continue where it stopped."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("name")
+        _storage_arg(p)
+        p.add_argument("--n-trials", type=_positive_int, help="stop after this many trials here")
+        p.add_argument("--timeout", type=_positive_float, help="start no trial after S seconds")
+        p.add_argument("--data", help="the data set's folder on this machine (same fingerprint)")
+        p.add_argument("--cache-dir", help="feature cache folder on this machine")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt import study
+        from clothopt.dashboard import upload_validation_report
+        from clothopt.objective import Objective
+        from clothopt.runs import open_run
+
+        st, config = study.load(args.name, args.storage)
+        dataset, cache = open_run(config, args.data, args.cache_dir, progress=not args.quiet)
+        quiet_import_keras()  # TensorFlow's start-up lines only with --verbose
+        summary = study.optimize(
+            st,
+            config,
+            Objective(config, dataset, cache),
+            n_trials=args.n_trials,
+            timeout=args.timeout,
+            progress=not args.quiet,
+            callbacks=[upload_validation_report],  # per-class report, shown by the dashboard
+        )
+        print(
+            f"ran {summary.ran} trial(s) in {summary.seconds:.1f} s: {summary.complete} complete, "
+            f"{summary.failed} failed, {summary.pruned} pruned, "
+            f"{summary.recovered} recovered from dead workers"
+        )
+        if summary.best_value is not None:
+            print(f"best validation macro-F1 {summary.best_value:.4f} with {summary.best_params}")
+        if config.sampler == "grid":
+            g = study.grid_status(st, config)
+            print(
+                f"grid: {g['complete_once']}/{g['points']} points complete exactly once"
+                + (f"; duplicates {g['duplicates']}" if g["duplicates"] else "")
+            )
+        if summary.failed and not summary.complete:
+            print(
+                f"clothopt: error: no trial completed and {summary.failed} failed "
+                f"(reasons: clothopt study show {shlex.quote(args.name)})",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+
+
+class StudyList(_Command):
+    """List the studies in a storage."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        _storage_arg(p)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt import study
+
+        print(format_table(study.list_studies(args.storage)))
+        return 0
+
+
+class StudyShow(_Command):
+    """Show a study's configuration and its trials, the best first."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("name")
+        _storage_arg(p)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt import study
+
+        st, config = study.load(args.name, args.storage)
+        rows = study.trial_rows(st)
+        if args.json:
+            print(json.dumps({"config": config.to_dict(), "trials": rows}, default=str))
+            return 0
+        print(
+            f"study {config.name}: {config.backbone} (weights {config.weights}), space "
+            f"{config.space.name}, sampler {config.sampler}, {config.epochs} epochs, "
+            f"seed {config.seed}, {'cached features' if config.use_cache else 'end to end'}"
+        )
+        print(f"data {config.data} ({config.data_fingerprint[:12]})")
+        print(format_table(rows))
+        return 0
+
+
+class StudyDelete(_Command):
+    """Delete a study, its trials, its run folder and its artifacts (not the feature cache,
+    which other studies share)."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("name")
+        _storage_arg(p)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt import study
+        from clothopt.dashboard import remove_artifacts
+
+        removed = study.delete(args.name, args.storage, on_delete=remove_artifacts)
+        print(f"deleted study {args.name!r}")
+        for what in removed[1:]:
+            print(f"removed {what}")
+        return 0
+
+
+def _paper_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--paper",
+        help="folder with the paper's final_test.csv, shown beside ours "
+        "(default: ../shared/paper when it exists; 'none' to leave it out)",
+    )
+
+
+def _paper_dir(value: str | None) -> Any:
+    from pathlib import Path
+
+    from clothopt.reports.paper import default_paper_dir
+
+    if value is None:
+        return default_paper_dir()
+    if value == "none":
+        return None
+    if not (Path(value) / "final_test.csv").is_file():
+        raise UserError(f"--paper {value}: no final_test.csv there")
+    return Path(value)
+
+
+class StudyFinalize(_Command):
+    """Retrain the best trial (or --trial N) for 5 epochs, score the test split, export a model.
+
+    Writes into the study's folder (final/, replaced whole): model.keras (raw RGB images of any
+    size in, class probabilities out; loads with plain Keras, safe mode), classes.json,
+    report.json (per-class and macro precision, recall and F1, accuracy, confusion matrix, a
+    95% bootstrap interval of the test macro-F1, parameters, seconds) and
+    confusion_matrix.html. The test figures are those of the saved model itself. The model
+    also says "not clothing": a kNN detector fitted on the train features, its threshold set to
+    accept 95% of validation; report.json's "ood" gives what it accepts.
+    """
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        from clothopt.final.finalize import DEFAULT_EPOCHS, DEFAULT_RESAMPLES
+
+        p.add_argument("name")
+        _storage_arg(p)
+        p.add_argument(
+            "--epochs", type=_positive_int, default=DEFAULT_EPOCHS, help="default 5 (the paper's)"
+        )
+        p.add_argument("--trial", type=int, help="trial number (default: the best)")
+        p.add_argument("--data", help="the data set's folder on this machine (same fingerprint)")
+        p.add_argument("--cache-dir", help="feature cache folder on this machine")
+        p.add_argument(
+            "--resamples",
+            type=_positive_int,
+            default=DEFAULT_RESAMPLES,
+            help=f"bootstrap resamples (default {DEFAULT_RESAMPLES}, at least 1000)",
+        )
+        p.add_argument("--bootstrap-seed", type=int, default=0)
+        p.add_argument(
+            "--not-clothing",
+            help="folder of non-clothing photos the model's rejection is measured on (default: "
+            "../shared/datasets/not-clothing when it exists; 'none' to skip)",
+        )
+        _paper_arg(p)
+        p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt.final.finalize import finalize
+        from clothopt.final.store import final_dir
+        from clothopt.reports.finalized import format_report
+        from clothopt.reports.paper import paper_table
+
+        paper = _paper_dir(args.paper)
+        quiet_import_keras()
+        report = finalize(
+            args.name,
+            args.storage,
+            epochs=args.epochs,
+            trial=args.trial,
+            data=args.data,
+            cache_dir=args.cache_dir,
+            resamples=args.resamples,
+            bootstrap_seed=args.bootstrap_seed,
+            not_clothing=(
+                True
+                if args.not_clothing is None
+                else None
+                if args.not_clothing == "none"
+                else args.not_clothing
+            ),
+            progress=not args.quiet,
+            on_finalized=_attach_to_dashboard(args.storage),
+        )
+        print(format_report(report, final_dir(args.storage, args.name)))
+        print()
+        print(paper_table(report, paper))
+        return 0
+
+
+def _attach_to_dashboard(storage: str | None) -> Any:
+    """A finalize callback: show the final files under the trial in optuna-dashboard."""
+
+    def attach(st: Any, number: int, files: list[Any]) -> None:
+        from clothopt.dashboard import attach_files
+
+        try:
+            attach_files(st, number, storage, files)
+        except (UserError, OSError) as exc:  # best effort: the files are on disk either way
+            print(f"finalize: not attached to the dashboard: {exc}", file=sys.stderr)
+
+    return attach
+
+
+class StudyReport(_Command):
+    """Print a finalized study's test report (its report.json) beside the paper's figures."""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("name")
+        _storage_arg(p)
+        _paper_arg(p)
+        p.add_argument("--json", action="store_true", help="print report.json itself")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from clothopt.final.store import load_final
+        from clothopt.reports.finalized import format_report
+        from clothopt.reports.paper import paper_table
+
+        paper = _paper_dir(args.paper)
+        report, folder = load_final(args.name, args.storage)
+        if args.json:
+            print(json.dumps(report, indent=2, sort_keys=True))
+            return 0
+        print(format_report(report, folder))
+        print()
+        print(paper_table(report, paper))
+        return 0

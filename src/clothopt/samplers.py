@@ -1,0 +1,76 @@
+"""The samplers that walk a search space, built with every argument explicit and recorded.
+
+A study stores ``sampler_args(name, seed, space)``, so it says exactly how to rerun it;
+``make_sampler`` builds the optuna sampler from that record again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from clothopt.errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from clothopt.spaces import SearchSpace
+
+__all__ = ["SAMPLERS", "make_sampler", "sampler_args"]
+
+SAMPLERS = ("grid", "tpe", "random", "qmc", "gp", "cmaes")
+
+
+def sampler_args(name: str, seed: int, space: SearchSpace) -> dict[str, Any]:
+    """Every argument the sampler will be built with (seeded), to record and to rebuild it."""
+    if name == "tpe":
+        args: dict[str, Any] = {
+            "n_startup_trials": 10,
+            "n_ei_candidates": 24,
+            "multivariate": True,
+            "group": False,
+            "constant_liar": True,  # several workers: running trials count as pessimistic results
+        }
+    elif name == "qmc":
+        args = {"qmc_type": "sobol", "scramble": True}
+    elif name == "gp":
+        args = {"n_startup_trials": 10, "deterministic_objective": False}
+    elif name == "cmaes":
+        args = {"n_startup_trials": 1, "consider_pruned_trials": False}
+    elif name in ("grid", "random"):
+        args = {}
+    else:
+        raise UserError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+    unknown = set(space.sampler_args) - set(args)
+    if unknown:
+        raise UserError(
+            f"space {space.name!r}: sampler {name} has no argument(s) {', '.join(sorted(unknown))}"
+        )
+    return args | dict(space.sampler_args) | {"seed": seed}
+
+
+def make_sampler(
+    name: str, args: Mapping[str, Any], space: SearchSpace
+) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    samplers = optuna.samplers
+    if name == "grid":
+        grid = {n: list(p.choices or ()) for n, p in space.params.items()}
+        return samplers.GridSampler(grid, seed=args["seed"])
+    if name == "tpe":
+        return samplers.TPESampler(**args)
+    if name == "random":
+        return samplers.RandomSampler(**args)
+    if name == "qmc":
+        return samplers.QMCSampler(**args, warn_independent_sampling=False)
+    if name == "cmaes":
+        # categoricals (optimizer, flip...) fall back to independent sampling, as intended
+        return samplers.CmaEsSampler(**args, warn_independent_sampling=False)
+    if name == "gp":
+        try:
+            import torch  # noqa: F401  (GPSampler needs PyTorch)
+        except ImportError:
+            raise UserError("the gp sampler needs PyTorch: pip install torch") from None
+        return samplers.GPSampler(**args)
+    raise UserError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
