@@ -52,6 +52,17 @@ def sampler_args(name: str, seed: int, space: SearchSpace) -> dict[str, Any]:
 def make_sampler(
     name: str, args: Mapping[str, Any], space: SearchSpace
 ) -> optuna.samplers.BaseSampler:
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        # arguments such as TPE's group are flagged experimental: the user chose them knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _make(name, args, space)
+
+
+def _make(name: str, args: Mapping[str, Any], space: SearchSpace) -> optuna.samplers.BaseSampler:
     import optuna
 
     samplers = optuna.samplers

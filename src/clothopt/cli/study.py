@@ -278,7 +278,7 @@ def _paper_dir(value: str | None) -> Any:
 
 
 class StudyFinalize(_Command):
-    """Retrain the best trial (or --trial N) for 5 epochs, score the test split, export a model.
+    """Retrain the best trial (or --trial N), score the test split, export a model.
 
     Writes into the study's folder (final/, replaced whole): model.keras (raw RGB images of any
     size in, class probabilities out; loads with plain Keras, safe mode), classes.json,
@@ -291,12 +291,14 @@ class StudyFinalize(_Command):
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        from clothopt.final.finalize import DEFAULT_EPOCHS, DEFAULT_RESAMPLES
+        from clothopt.final.finalize import DEFAULT_RESAMPLES
 
         p.add_argument("name")
         _storage_arg(p)
         p.add_argument(
-            "--epochs", type=_positive_int, default=DEFAULT_EPOCHS, help="default 5 (the paper's)"
+            "--epochs",
+            type=_positive_int,
+            help="default: the trial's own when its space searched them, else 5 (the paper's)",
         )
         p.add_argument("--trial", type=int, help="trial number (default: the best)")
         p.add_argument("--data", help="the data set's folder on this machine (same fingerprint)")

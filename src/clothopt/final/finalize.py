@@ -1,6 +1,6 @@
 """``clothopt study finalize``: the paper's final training, a test report and an exported model.
 
-The best trial's configuration (or one named) is trained again for 5 epochs on the train
+The best trial's configuration (or one named) is trained again on the train
 split's cached features, with :class:`~clothopt.model.head.HeadTrainer` and the head its
 parameters describe (:meth:`HeadParams.from_params <clothopt.model.head.HeadParams.from_params>`:
 the paper's ``Dense(10)`` for a paper trial, bit for bit as the search trained it), then exported
@@ -187,7 +187,7 @@ def finalize(
     name: str,
     storage: str | None = None,
     *,
-    epochs: int = DEFAULT_EPOCHS,
+    epochs: int | None = None,
     trial: int | None = None,
     data: str | None = None,
     cache_dir: str | None = None,
@@ -198,6 +198,9 @@ def finalize(
     on_finalized: Callable[[optuna.Study, int, list[Path]], None] | None = None,
 ) -> dict[str, Any]:
     """Retrain, export, score the test split with the saved model; returns ``report.json``.
+
+    ``epochs``: of the final training; by default the trial's own ``epochs`` when its space
+    searched them, else 5 (the paper's).
 
     The model ships a "not clothing" detector (:mod:`clothopt.final.rejection`);
     ``not_clothing`` is the folder of non-clothing photos its rejection is measured on (True:
@@ -224,7 +227,7 @@ def finalize(
     from clothopt.runs import open_run
     from clothopt.spaces import image_sizes
 
-    if not 1 <= epochs <= 1000:
+    if epochs is not None and not 1 <= epochs <= 1000:
         raise UserError(f"--epochs must be between 1 and 1000, not {epochs}")
     if resamples < MIN_RESAMPLES:
         raise UserError(f"--resamples must be at least {MIN_RESAMPLES}, not {resamples}")
@@ -239,7 +242,9 @@ def finalize(
     params = {k: chosen.params[k] for k in PAPER_PARAMS if k in chosen.params}
     params |= {k: v for k, v in chosen.params.items() if k not in params}
     wide = set(params) != set(PAPER_PARAMS)
-    # the final training runs --epochs epochs, whatever the search's were
+    # --epochs when given; else a trial that searched its epochs keeps them (its schedule was
+    # tuned for them), and a paper trial gets the paper's 5
+    epochs = epochs or int(params.get("epochs", DEFAULT_EPOCHS))
     head_params = HeadParams.from_params({**params, "epochs": epochs})
     sizes = list(image_sizes(params))
     flip, tta = bool(params.get("flip", False)), bool(params.get("tta", False))
