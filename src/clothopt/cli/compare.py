@@ -131,7 +131,7 @@ class CompareSamplers(_Command):
         )
         p.add_argument("--seeds", type=_positive_int, default=5, help="seeds 0..N-1 (default 5)")
         p.add_argument("--budget", type=_positive_int, default=27, help="trials per study")
-        p.add_argument("--space", default="paper", help="paper, tpe, quick or a TOML file")
+        p.add_argument("--space", default="paper", help="paper, tpe, quick, wide or a TOML file")
         _storage_arg(p)
         p.add_argument("--data", default="data", help="data set folder (default: data)")
         p.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file")
