@@ -6,17 +6,17 @@ PY := $(BIN)/python
 DATA ?= data
 WEIGHTS ?= imagenet
 STORAGE ?= sqlite:///studies/clothopt.db
-# make bench: the shared data set and MobileNet weights beside the checkout when present,
-# unless DATA / WEIGHTS are given; BENCH_ARGS passes more (python -m benchmarks.bench --help)
+# make demo / make bench: the shared data set and MobileNet weights beside the checkout when
+# present, unless DATA / WEIGHTS are given; BENCH_ARGS passes more (python -m benchmarks.bench --help)
 ifeq ($(origin DATA),file)
-BENCH_DATA := $(or $(wildcard ../shared/datasets/clothing-dataset-small),$(DATA))
+RUN_DATA := $(or $(wildcard ../shared/datasets/clothing-dataset-small),$(DATA))
 else
-BENCH_DATA := $(DATA)
+RUN_DATA := $(DATA)
 endif
 ifeq ($(origin WEIGHTS),file)
-BENCH_WEIGHTS := $(or $(wildcard ../shared/weights/mobilenet_2_5_224_tf_no_top.h5),$(WEIGHTS))
+RUN_WEIGHTS := $(or $(wildcard ../shared/weights/mobilenet_2_5_224_tf_no_top.h5),$(WEIGHTS))
 else
-BENCH_WEIGHTS := $(WEIGHTS)
+RUN_WEIGHTS := $(WEIGHTS)
 endif
 BENCH_ARGS ?=
 
@@ -30,8 +30,11 @@ $(BIN)/clothopt: pyproject.toml
 
 setup: $(BIN)/clothopt  ## create .venv and install clothopt with its test tools
 
-demo: setup  ## the main job: the paper's grid with mobilenet_025, finalize, the test report
-	BIN="$(BIN)" DATA="$(DATA)" WEIGHTS="$(WEIGHTS)" STORAGE="$(STORAGE)" bash scripts/demo.sh
+WIDE ?= 1
+
+demo: setup  ## the main job: the paper's grid and the wide search with mobilenet_025, finalized
+	BIN="$(BIN)" DATA="$(RUN_DATA)" WEIGHTS="$(RUN_WEIGHTS)" STORAGE="$(STORAGE)" \
+		WIDE="$(WIDE)" bash scripts/demo.sh
 
 test: setup  ## the whole suite (unit + slow tests on a subset of the real data)
 	$(PY) -m pytest -q
@@ -40,7 +43,7 @@ test-fast: setup  ## unit tests only
 	$(PY) -m pytest -q -m "not slow and not postgres"
 
 bench: setup  ## search cost, extraction, head training, memory, options -> bench-results/
-	$(PY) -m benchmarks.bench --data "$(BENCH_DATA)" --weights "$(BENCH_WEIGHTS)" \
+	$(PY) -m benchmarks.bench --data "$(RUN_DATA)" --weights "$(RUN_WEIGHTS)" \
 		--out bench-results $(BENCH_ARGS)
 
 lint: setup
