@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,47 @@ def any_storage(request: pytest.FixtureRequest, storage: str) -> str:
     if request.param == "sqlite":
         return storage
     return request.getfixturevalue("postgres_storage")
+
+
+# --------------------------------------------------------------------------- headless Chromium
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,1000",
+]
+
+
+def require_chromium() -> None:
+    """Skip without Chromium, unless CI requires it ($CLOTHOPT_REQUIRE_CHROMIUM): then fail."""
+    if CHROMIUM.is_file():
+        return
+    message = f"no {CHROMIUM} (apt-get install chromium)"
+    if os.environ.get("CLOTHOPT_REQUIRE_CHROMIUM"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]:
+    """Run headless Chromium (Debian's package) with a fresh profile folder."""
+    return subprocess.run(
+        [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def keep_artifact(path: Path) -> None:
+    """Copy ``path`` to ``$CLOTHOPT_TEST_ARTIFACTS`` (a folder CI collects after the run)."""
+    folder = os.environ.get("CLOTHOPT_TEST_ARTIFACTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, Path(folder) / path.name)

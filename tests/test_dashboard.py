@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -42,7 +41,7 @@ from clothopt.errors import UserError
 from clothopt.features import FeatureCache
 from clothopt.metrics import classification_metrics
 from clothopt.objective import Objective
-from conftest import make_dataset
+from conftest import chromium, keep_artifact, make_dataset, require_chromium
 
 SPACE = """
 description = "dashboard test grid"
@@ -53,18 +52,6 @@ image_size = [32]
 batch_size = [8]
 learning_rate = [0.01, 0.001]
 """
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1400,1000",
-]
 
 
 @dataclass
@@ -532,22 +519,13 @@ def test_the_command_serves_warns_when_exposed_and_stops_on_ctrl_c(built: Built)
 # --------------------------------------------------------------------------- browser
 
 
-def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def _page_text(url: str, profile: Path, expect: list[str]) -> str:
     """The rendered page's text; the budget grows if the page had not rendered yet."""
     import re
 
     text = ""
     for budget in (10_000, 20_000, 40_000):
-        dom = _chromium([f"--virtual-time-budget={budget}", "--dump-dom", url], profile).stdout
+        dom = chromium([f"--virtual-time-budget={budget}", "--dump-dom", url], profile).stdout
         dom = re.sub(r"<(style|script|svg)\b.*?</\1>", " ", dom, flags=re.S)
         text = " ".join(re.sub(r"<[^>]+>", " ", dom).split())
         if all(e in text for e in expect):
@@ -555,21 +533,12 @@ def _page_text(url: str, profile: Path, expect: list[str]) -> str:
     return text
 
 
-def _keep(path: Path) -> None:
-    # CI collects $CLOTHOPT_TEST_ARTIFACTS (a folder) after the run
-    folder = os.environ.get("CLOTHOPT_TEST_ARTIFACTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, Path(folder) / path.name)
-
-
 @pytest.mark.browser
 @pytest.mark.filterwarnings("ignore:Target and region quantiles")  # the page's importances
 def test_chromium_shows_the_study_its_trials_and_note(
     built: Built, server: DashboardServer, tmp_path: Path
 ) -> None:
-    if not CHROMIUM.is_file():
-        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
+    require_chromium()
     study_id = _study_id(server, "dash")
     base = f"http://127.0.0.1:{server.port}/dashboard/studies/{study_id}"
     best = built.study.best_trial
@@ -590,11 +559,9 @@ def test_chromium_shows_the_study_its_trials_and_note(
 
     for name, url in (("dashboard-study.png", base), ("dashboard-trials.png", f"{base}/trials")):
         shot = tmp_path / name
-        _chromium(
-            ["--virtual-time-budget=10000", f"--screenshot={shot}", url], tmp_path / "profile"
-        )
+        chromium(["--virtual-time-budget=10000", f"--screenshot={shot}", url], tmp_path / "profile")
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
-        _keep(shot)
+        keep_artifact(shot)
 
 
 # --------------------------------------------------------------------------- PostgreSQL

@@ -170,6 +170,24 @@ def test_html_page_is_self_contained(model_file: Path, tmp_path: Path) -> None:
     assert page.count('class="row"') == 2 and "item0.png" in page
 
 
+@pytest.mark.browser
+def test_chromium_renders_the_similar_items_page(model_file: Path, tmp_path: Path) -> None:
+    """What a person sees: the page rendered in headless Chromium, kept as a test artifact."""
+    from conftest import chromium, keep_artifact, require_chromium
+
+    require_chromium()
+    images = _catalogue(tmp_path / "cat", 4)
+    build_index(model_file, tmp_path / "cat", tmp_path / "i.npz")
+    results = query(load_index(tmp_path / "i.npz"), load_classifier(model_file)[0], images, k=3)
+    page = write_html(tmp_path / "similar.html", [str(p) for p in images], results)
+    dom = chromium(["--dump-dom", page.as_uri()], tmp_path / "profile").stdout
+    assert dom.count("<img") == len(images) * (1 + 3) and "item0.png" in dom
+    shot = tmp_path / "similar-items.png"
+    chromium(["--virtual-time-budget=5000", f"--screenshot={shot}", page.as_uri()], tmp_path / "p")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5_000
+    keep_artifact(shot)
+
+
 def _one_line_error(code: int, out: str, err: str, pattern: str) -> None:
     assert code == 2, (out, err)
     assert err.count("\n") == 1 and err.startswith("clothopt: error: "), err
