@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -35,11 +35,10 @@ from benchmarks.measure import (
     FEATURE_TOLERANCE,
     MIN_SPEEDUP,
     OVERHEAD_GOAL,
-    PIPELINE_GOAL,
     SEARCH_GOAL,
     SECTIONS,
     Settings,
-    cpu_flags,
+    cpu_info,
     run_section,
 )
 from clothopt._io import atomic_write_json, atomic_write_text
@@ -47,75 +46,111 @@ from clothopt.reports.render import format_table, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["QUICK", "build_settings", "main", "render_markdown", "run_all", "summarize"]
+__all__ = ["QUICK", "build_settings", "goal_rows", "main", "render_markdown", "run_all"]
 
-FIGURE_COLUMNS = ("Measurement", "Figure", "Goal", "Met")
 LOADED_CORES = 0.25  # other processes using more than this many cores: the figure is noisy
 
+# fmt: off
 # A smoke run of every section in a few minutes (figures are not meaningful at this scale)
 QUICK: dict[str, Any] = {
-    "extract_images": 64,
-    "rounds": 2,
-    "option_images": 64,
-    "option_rounds": 1,
-    "option_batches": [16, 32],
-    "extract_sizes": [300],
-    "batch_sizes_px": [300],
-    "batch_images": 32,
-    "option_threads": [1, 2],
-    "slow_variant_seconds": 10.0,
-    "train_images": 60,
-    "val_images": 30,
-    "search_batches": [32],
-    "search_lrs": [1e-3, 1e-4],
-    "memory_train_images": 30,
-    "memory_val_images": 20,
+    "extract_images": 64, "rounds": 2, "option_images": 64, "option_rounds": 1,
+    "option_batches": [16, 32], "extract_sizes": [300], "batch_sizes_px": [300],
+    "batch_images": 32, "option_threads": [1, 2], "slow_variant_seconds": 10.0,
+    "train_images": 60, "val_images": 30, "search_batches": [32], "search_lrs": [1e-3, 1e-4],
+    "memory_train_images": 30, "memory_val_images": 20,
 }
 
+# Settings a flag may override: (field, type, help)
+OVERRIDES = (
+    ("backbone", str, None), ("image_size", int, None), ("extract_batch", int, None),
+    ("threads", int, "decode threads (default: clothopt's)"),
+    ("extract_images", int, "images for the extraction figures"),
+    ("train_images", int, "training images for the search (0: all)"),
+    ("val_images", int, "validation images for the search (0: all)"),
+    ("memory_train_images", int, None), ("memory_val_images", int, None),
+)
 
-# --------------------------------------------------------------------------- load meter
-
-
-def _busy_cpu_seconds() -> float | None:
-    """CPU seconds all processes have used since boot (Linux /proc/stat), None elsewhere."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
+# The figures table, one row per entry: (summary key, measurement, figure, goal, met key).
+# "a.b" reads summary["a"] merged with its "b" (one row per item when that is a list), "a.*"
+# one row per entry of summary["a"] (its key as {name}). The templates are filled with it; a
+# figure is one template or several, and a template naming a missing figure is left out.
+Goal = tuple[str, str, str | tuple[str, ...], str, str | None]
+GOALS: tuple[Goal, ...] = (
+    ("search", "Search cost, {trials} trials at {image_size} px ({train_images} train + "
+     "{val_images} val images)",
+     "end-to-end {end_to_end_seconds:.1f} s vs cached {cached_seconds:.1f} s = {ratio}x",
+     ">= {goal:g}x", "met"),
+    ("search", "Search cost per trial after the first (amortized)",
+     "{end_to_end_trial_seconds:.2f} s vs {cached_trial_seconds_after_first:.2f} s = "
+     "{amortized_ratio}x", "-", None),
+    ("search", "Same F1 on both paths", "max |dF1| = {max_f1_diff}", "0", None),
+    ("extraction.sizes", "Extraction pipeline vs bare forward ({image_size} px, batch "
+     "{batch_size}, {decode_threads} decode threads)",
+     ("{pipeline_img_s} vs {forward_img_s} img/s = {pipeline_vs_forward:.0%}",
+      " (2-core CPU bound {cpu_bound:.0%})"), ">= {goal:.0%}", "met"),
+    ("extraction.shared_decode", "Extraction of {sizes} px in one pass (each image decoded "
+     "once) vs their bare forward passes", "{seconds} s vs {forward_seconds} s = "
+     "{pipeline_vs_forward:.0%} ({speedup_vs_size_by_size}x size by size)", ">= {goal:.0%}",
+     "met"),
+    *((f"head.{name}", f"Head training per trial, reused HeadTrainer, {what}, "
+       "{params[epochs]} epochs, {train_images} images", "median {seconds_per_trial:.3f} s, "
+       "max {seconds_max:.3f} s (first with compile {seconds_first_with_compile:.2f} s)",
+       "<= {goal_seconds:g} s", "met")
+      for name, what in (("paper", "paper head"), ("wide", "wide head (512, dropout, adamw)"))),
+    ("search_trial", "Per trial outside training in the cached search (objective, storage, "
+     "attributes)", "{outside_training_seconds:.3f} s (head training {train_seconds:.3f} s)",
+     "<= {goal:g} s", "met"),
+    ("overhead", "Search overhead per trial (storage + sampling, {storage}, {trials} trials, "
+     "no training)", "{ms_per_trial:.1f} ms", "<= {goal_ms:g} ms", "met"),
+    ("memory", "Memory, {trials}-trial grid (cached path)", "peak {peak_rss_mb:.0f} MiB; after "
+     "trials: first {rss_first_mb:.0f}, last {rss_last_mb:.0f}, max {rss_max_mb:.0f} MiB; "
+     "{slope_mb_per_trial:+.2f} MiB/trial within a size", "flat", "flat"),
+)
+# printed on the terminal too (bench.md has their own tables)
+TERMINAL_GOALS: tuple[Goal, ...] = (
+    ("options.*", "Option {name} (against the defaults)",
+     "{speedup}x, within tolerance: {within_tolerance}", "-", "recommended"),
+    ("batch_by_size", "Extraction batch size, grid seconds per 1000 images",
+     "{grid_seconds_per_1000_images}; default {default}, best {best}", "-", "recommended"),
+)
+# fmt: on
+FIGURES = ("Measurement", "Figure", "Goal", "Met")
 
 
 # --------------------------------------------------------------------------- running
 
 
-def _run_child(name: str, settings_file: Path, out_file: Path) -> dict[str, Any]:
-    """One section in a fresh process; its result plus what else ran on the machine meanwhile."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.bench",
-        "--section",
-        name,
-        "--settings-file",
-        str(settings_file),
-        "--section-out",
-        str(out_file),
-    ]
-    env = {"TF_CPP_MIN_LOG_LEVEL": "3", **os.environ}
-    busy0, own0, t0 = _busy_cpu_seconds(), _children_cpu_seconds(), time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, check=False)
-    wall = time.perf_counter() - t0
-    busy1, own1 = _busy_cpu_seconds(), _children_cpu_seconds()
-    if proc.returncode != 0 or not out_file.is_file():
-        result: dict[str, Any] = {"error": f"section {name} failed (exit {proc.returncode})"}
+def _cpu_seconds(in_process: bool) -> tuple[float | None, float]:
+    """CPU seconds all processes have used since boot (Linux /proc/stat, None elsewhere), and
+    those of this process (``in_process``) or of its finished children."""
+    ru = resource.getrusage(resource.RUSAGE_SELF if in_process else resource.RUSAGE_CHILDREN)
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None, ru.ru_utime + ru.ru_stime
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), ru.ru_utime + ru.ru_stime
+
+
+def _run_section(name: str, settings: Settings, in_process: bool) -> dict[str, Any]:
+    """One section, in a fresh process unless ``in_process`` (the smoke test: figures then
+    share one process's state); its result plus what else ran on the machine meanwhile."""
+    work = Path(settings.work)
+    settings_file, out_file = work / "settings.json", work / f"{name}.json"
+    cmd = [sys.executable, "-m", "benchmarks.bench", "--section", name]
+    cmd += ["--settings-file", str(settings_file), "--section-out", str(out_file)]
+    (busy0, own0), t0 = _cpu_seconds(in_process), time.perf_counter()
+    if in_process:
+        result = run_section(name, settings)
     else:
-        result = json.loads(out_file.read_text())
+        env = {"TF_CPP_MIN_LOG_LEVEL": "3", **os.environ}
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, check=False)
+        if proc.returncode != 0 or not out_file.is_file():
+            result = {"error": f"section {name} failed (exit {proc.returncode})"}
+        else:
+            result = json.loads(out_file.read_text())
+    wall = time.perf_counter() - t0
+    busy1, own1 = _cpu_seconds(in_process)
     result["wall_seconds"] = round(wall, 1)
     if busy0 is not None and busy1 is not None:
         other = max(0.0, (busy1 - busy0) - (own1 - own0))
@@ -133,25 +168,14 @@ def run_all(
     in_process: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run ``sections`` and write ``<out_dir>/<stem>.json`` and ``.md``; returns the results.
-
-    ``in_process`` runs the sections in this process (the smoke test); figures then share one
-    process's state, so ``make bench`` never uses it.
-    """
+    """Run ``sections`` and write ``<out_dir>/<stem>.json`` and ``.md``; returns the results."""
     started = time.time()
-    work = Path(settings.work)
-    work.mkdir(parents=True, exist_ok=True)
-    settings_file = work / "settings.json"
-    settings_file.write_text(json.dumps(asdict(settings)))
+    Path(settings.work).mkdir(parents=True, exist_ok=True)
+    (Path(settings.work) / "settings.json").write_text(json.dumps(asdict(settings)))
     results: dict[str, Any] = {}
     for name in sections:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        if in_process:
-            t0 = time.perf_counter()
-            results[name] = run_section(name, settings)
-            results[name]["wall_seconds"] = round(time.perf_counter() - t0, 1)
-        else:
-            results[name] = _run_child(name, settings_file, work / f"{name}.json")
+        results[name] = _run_section(name, settings, in_process)
         print(f"[bench] {name}: {results[name].get('wall_seconds')} s", file=sys.stderr)
     report = {
         "title": title,
@@ -170,14 +194,6 @@ def run_all(
 
 
 def machine_info() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
@@ -186,12 +202,12 @@ def machine_info() -> dict[str, Any]:
     for dist in ("clothopt", "keras", "tensorflow", "jax", "torch", "optuna", "numpy", "pillow"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
-    flags = sorted({"avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16"} & cpu_flags())
+    flags = {"avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16"} & set(cpu_info("flags").split())
     return {
-        "cpu": model or platform.processor(),
+        "cpu": cpu_info("model name") or platform.processor(),
         "cores": os.cpu_count(),
         "memory_gib": round(mem, 1),
-        "cpu_flags": flags,
+        "cpu_flags": sorted(flags),
         "python": platform.python_version(),
         "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
         "versions": versions,
@@ -210,127 +226,86 @@ def _key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row["image_size"], row["batch_size"], row["learning_rate"])
 
 
+def _pick(d: Mapping[str, Any], keys: str) -> dict[str, Any]:
+    return {k: d.get(k) for k in keys.split()}
+
+
+def _search(e2e: dict[str, Any], cached: dict[str, Any]) -> dict[str, Any]:
+    """The end-to-end search against the cached one, trial by trial."""
+    rows_e = {_key(r): r for r in e2e["trial_rows"] if r["state"] == "COMPLETE"}
+    done = [r for r in cached["trial_rows"] if r["state"] == "COMPLETE"]
+    later = sorted(done, key=lambda r: r["number"])[1:]
+    per_e, per_c = (
+        _med([r["seconds"] for r in rows_e.values()]),
+        _med([r["seconds"] for r in later]),
+    )
+    f1_diffs = [abs(r["val_f1"] - rows_e[_key(r)]["val_f1"]) for r in done if _key(r) in rows_e]
+    ratio = e2e["seconds"] / cached["seconds"] if cached["seconds"] else None
+    inside = [
+        r["seconds"] - r["train_s"] - (r["extract_s"] or 0.0)
+        for r in later
+        if r["train_s"] is not None
+    ]
+    search = _pick(cached, "image_size train_images val_images epochs trials") | {
+        "end_to_end_seconds": e2e["seconds"],
+        "cached_seconds": cached["seconds"],
+        "extract_seconds": sum(r["extract_s"] or 0.0 for r in done),
+        "ratio": round(ratio, 2) if ratio else None,
+        "end_to_end_trial_seconds": per_e,
+        "cached_trial_seconds_after_first": per_c,
+        "amortized_ratio": round(per_e / per_c, 1) if per_e and per_c else None,
+        "max_f1_diff": round(max(f1_diffs), 4) if f1_diffs else None,
+        "goal": SEARCH_GOAL,
+        "met": bool(ratio and ratio >= SEARCH_GOAL),
+        "loaded": bool(e2e.get("loaded") or cached.get("loaded")),
+    }
+    trial = {
+        "train_seconds": _med([r["train_s"] for r in later]),
+        "outside_training_seconds": _med(inside),
+        "goal": OVERHEAD_GOAL,
+        "met": (_med(inside) or 0.0) <= OVERHEAD_GOAL,
+        "loaded": bool(cached.get("loaded")),
+    }
+    return {"search": search, "search_trial": trial}
+
+
 def summarize(sections: dict[str, Any]) -> dict[str, Any]:
     """The figures the issue asks for, each with its goal where it has one."""
     out: dict[str, Any] = {}
     e2e, cached = sections.get("search_e2e", {}), sections.get("search_cached", {})
     if "trial_rows" in e2e and "trial_rows" in cached:
-        rows_e = {_key(r): r for r in e2e["trial_rows"] if r["state"] == "COMPLETE"}
-        rows_c = sorted(
-            (r for r in cached["trial_rows"] if r["state"] == "COMPLETE"),
-            key=lambda r: r["number"],
-        )
-        later = rows_c[1:]
-        per_e = _med([r["seconds"] for r in rows_e.values()])
-        per_c = _med([r["seconds"] for r in later])
-        f1_diffs = [
-            abs(r["val_f1"] - rows_e[_key(r)]["val_f1"]) for r in rows_c if _key(r) in rows_e
-        ]
-        ratio = e2e["seconds"] / cached["seconds"] if cached["seconds"] else None
-        out["search"] = {
-            "image_size": cached["image_size"],
-            "train_images": cached["train_images"],
-            "val_images": cached["val_images"],
-            "epochs": cached["epochs"],
-            "trials": cached["trials"],
-            "end_to_end_seconds": e2e["seconds"],
-            "cached_seconds": cached["seconds"],
-            "extract_seconds": sum(r["extract_s"] or 0.0 for r in rows_c),
-            "ratio": round(ratio, 2) if ratio else None,
-            "end_to_end_trial_seconds": per_e,
-            "cached_trial_seconds_after_first": per_c,
-            "amortized_ratio": round(per_e / per_c, 1) if per_e and per_c else None,
-            "max_f1_diff": round(max(f1_diffs), 4) if f1_diffs else None,
-            "goal": SEARCH_GOAL,
-            "met": bool(ratio and ratio >= SEARCH_GOAL),
-            "loaded": bool(e2e.get("loaded") or cached.get("loaded")),
-        }
-        inside = [
-            r["seconds"] - r["train_s"] - (r["extract_s"] or 0.0)
-            for r in later
-            if r["train_s"] is not None
-        ]
-        out["search_trial"] = {
-            "train_seconds": _med([r["train_s"] for r in later]),
-            "outside_training_seconds": _med(inside),
-            "goal": OVERHEAD_GOAL,
-            "met": (_med(inside) or 0.0) <= OVERHEAD_GOAL,
-            "loaded": bool(cached.get("loaded")),
-        }
+        out |= _search(e2e, cached)
     if "paper" in (head := sections.get("head", {})):
-        out["head"] = {k: head[k] for k in ("paper", "wide", "train_images", "image_size")} | {
+        out["head"] = _pick(head, "paper wide train_images image_size") | {
             "loaded": bool(head.get("loaded"))
         }
-    ext = sections.get("extraction", {})
-    if "sizes" in ext:
-        keep = (
-            "image_size",
-            "forward_img_s",
-            "pipeline_img_s",
-            "decode_only_img_s",
-            "pipeline_vs_forward",
-            "cpu_bound",
-            "pipeline_vs_bound",
-        )
-        out["extraction"] = {
-            "batch_size": ext["batch_size"],
-            "decode_threads": ext["decode_threads"],
-            "images": ext["images"],
-            "goal": PIPELINE_GOAL,
-            "sizes": [
-                {k: r.get(k) for k in keep} | {"met": r["pipeline_vs_forward"] >= PIPELINE_GOAL}
-                for r in ext["sizes"]
-            ],
-            "shared_decode": ext.get("shared_decode"),
+    if "sizes" in (ext := sections.get("extraction", {})):
+        keep = "image_size forward_img_s pipeline_img_s decode_only_img_s pipeline_vs_forward "
+        keep += "cpu_bound pipeline_vs_bound met"
+        out["extraction"] = _pick(ext, "batch_size decode_threads images goal shared_decode") | {
+            "sizes": [_pick(r, keep) for r in ext["sizes"]],
             "loaded": bool(ext.get("loaded")),
         }
-    ovh = sections.get("overhead", {})
-    if "ms_per_trial" in ovh:
-        out["overhead"] = {
-            "ms_per_trial": ovh["ms_per_trial"],
+    if "ms_per_trial" in (ovh := sections.get("overhead", {})):
+        out["overhead"] = _pick(ovh, "ms_per_trial trials storage") | {
             "goal_ms": 1000 * OVERHEAD_GOAL,
             "met": ovh["ms_per_trial"] <= 1000 * OVERHEAD_GOAL,
-            "trials": ovh["trials"],
-            "storage": ovh["storage"],
             "loaded": bool(ovh.get("loaded")),
         }
-    mem = sections.get("memory", {})
-    if "peak_rss_mb" in mem:
-        out["memory"] = {
-            k: mem[k]
-            for k in (
-                "trials",
-                "peak_rss_mb",
-                "rss_first_mb",
-                "rss_last_mb",
-                "rss_max_mb",
-                "slope_mb_per_trial",
-                "flat",
-            )
-        }
-    opt = sections.get("options", {})
-    if "variants" in opt:
+    if "peak_rss_mb" in (mem := sections.get("memory", {})):
+        out["memory"] = _pick(
+            mem, "trials peak_rss_mb rss_first_mb rss_last_mb rss_max_mb slope_mb_per_trial flat"
+        )
+    if "variants" in (opt := sections.get("options", {})):
         out["options"] = {
-            f"{v['option']}={v['value']}": {
-                "speedup": v["speedup"],
-                "within_tolerance": v.get("within_tolerance"),
-                "recommended": v["recommended"],
-            }
+            f"{v['option']}={v['value']}": _pick(v, "speedup within_tolerance recommended")
             for v in opt["variants"]
             if v["option"] != "baseline"
         }
         out["options_baseline"] = opt["baseline"]
         if bbs := opt.get("batch_by_size"):
-            out["batch_by_size"] = {
-                k: bbs[k]
-                for k in (
-                    "grid_seconds_per_1000_images",
-                    "default",
-                    "best",
-                    "best_speedup",
-                    "recommended",
-                )
-            }
+            keep = "grid_seconds_per_1000_images default best best_speedup recommended"
+            out["batch_by_size"] = _pick(bbs, keep)
     devices = [r["device"] for r in sections.values() if r.get("device")]
     out["device"] = devices[0] if devices else None
     out["gpu"] = bool(devices) and devices[0] != "cpu"
@@ -346,119 +321,63 @@ def _yes(flag: Any) -> str:
     return "yes" if flag else "**no**"
 
 
-def _load_note(flag: Any) -> str:
-    return " (loaded)" if flag else ""
+def _fill(template: str, figures: Mapping[str, Any]) -> str:
+    with contextlib.suppress(KeyError, IndexError, TypeError, ValueError):
+        return template.format_map(figures)
+    return ""
 
 
-def _goal_row(
-    what: str, figure: str, goal: str, met: Any, loaded: Any
-) -> tuple[str, str, str, str]:
-    return (what, f"{figure}{_load_note(loaded)}", goal, _yes(met))
-
-
-def goal_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(measurement, figure, goal, met) for the table printed and written to bench.md."""
+def goal_rows(summary: dict[str, Any], table: Sequence[tuple[Any, ...]] = GOALS) -> list[dict]:
+    """The rows of ``table`` (:data:`GOALS`) that ``summary`` has figures for."""
     rows = []
-    if s := summary.get("search"):
-        rows.append(
-            (
-                f"Search cost, {s['trials']} trials at {s['image_size']} px "
-                f"({s['train_images']} train + {s['val_images']} val images)",
-                f"end-to-end {s['end_to_end_seconds']:.1f} s vs cached {s['cached_seconds']:.1f} s"
-                f" = {s['ratio']}x{_load_note(s['loaded'])}",
-                f">= {s['goal']:g}x",
-                _yes(s["met"]),
-            )
-        )
-        rows.append(
-            (
-                "Search cost per trial after the first (amortized)",
-                f"{s['end_to_end_trial_seconds']:.2f} s vs "
-                f"{s['cached_trial_seconds_after_first']:.2f} s = {s['amortized_ratio']}x",
-                "-",
-                "-",
-            )
-        )
-        rows.append(("Same F1 on both paths", f"max |dF1| = {s['max_f1_diff']}", "0", "-"))
-    if e := summary.get("extraction"):
-        goal = f">= {100 * e['goal']:.0f}%"
-        for r in e["sizes"]:
-            bound = f" (2-core CPU bound {100 * r['cpu_bound']:.0f}%)" if r.get("cpu_bound") else ""
-            rows.append(
-                _goal_row(
-                    f"Extraction pipeline vs bare forward ({r['image_size']} px, batch "
-                    f"{e['batch_size']}, {e['decode_threads']} decode threads)",
-                    f"{r['pipeline_img_s']} vs {r['forward_img_s']} img/s = "
-                    f"{100 * r['pipeline_vs_forward']:.0f}%{bound}",
-                    goal, r["met"], e["loaded"],
-                )
-            )  # fmt: skip
-        if sd := e.get("shared_decode"):
-            rows.append(
-                _goal_row(
-                    f"Extraction of {'/'.join(map(str, sd['sizes']))} px in one pass (each image "
-                    "decoded once) vs their bare forward passes",
-                    f"{sd['seconds']} s vs {sd['forward_seconds']} s = "
-                    f"{100 * sd['pipeline_vs_forward']:.0f}% ({sd['speedup_vs_size_by_size']}x "
-                    "size by size)",
-                    goal, sd["met"], e["loaded"],
-                )
-            )  # fmt: skip
-    if h := summary.get("head"):
-        for name, what in (("paper", "paper head"), ("wide", "wide head (512, dropout, adamw)")):
-            f = h[name]
-            rows.append(
-                _goal_row(
-                    f"Head training per trial, reused HeadTrainer, {what}, "
-                    f"{f['params']['epochs']} epochs, {h['train_images']} images",
-                    f"median {f['seconds_per_trial']:.3f} s, max {f['seconds_max']:.3f} s "
-                    f"(first with compile {f['seconds_first_with_compile']:.2f} s)",
-                    f"<= {f['goal_seconds']:g} s", f["met"], h["loaded"],
-                )
-            )  # fmt: skip
-    if t := summary.get("search_trial"):
-        rows.append(
-            _goal_row(
-                "Per trial outside training in the cached search (objective, storage, attributes)",
-                f"{1000 * (t['outside_training_seconds'] or 0):.0f} ms (head training "
-                f"{1000 * (t['train_seconds'] or 0):.0f} ms)",
-                f"<= {t['goal']:g} s", t["met"], t["loaded"],
-            )
-        )  # fmt: skip
-    if o := summary.get("overhead"):
-        rows.append(
-            _goal_row(
-                f"Search overhead per trial (storage + sampling, {o['storage']}, "
-                f"{o['trials']} trials, no training)",
-                f"{o['ms_per_trial']:.1f} ms", f"<= {o['goal_ms']:g} ms", o["met"], o["loaded"],
-            )
-        )  # fmt: skip
-    if m := summary.get("memory"):
-        rows.append(
-            (
-                f"Memory, {m['trials']}-trial grid (cached path)",
-                f"peak {m['peak_rss_mb']:.0f} MiB; after trials: first {m['rss_first_mb']:.0f}, "
-                f"last {m['rss_last_mb']:.0f}, max {m['rss_max_mb']:.0f} MiB; "
-                f"{m['slope_mb_per_trial']:+.2f} MiB/trial within a size",
-                "flat",
-                _yes(m["flat"]),
-            )
-        )
+    for where, what, figure, goal, met in table:
+        top, _, part = where.partition(".")
+        if not (found := summary.get(top)):
+            continue
+        if part == "*":
+            items = [{"name": k, **v} for k, v in found.items()]
+        elif part:
+            inner = found.get(part) or []
+            items = [found | r for r in (inner if isinstance(inner, list) else [inner])]
+        else:
+            items = [found]
+        for f in items:
+            # a list of numbers reads 300/400/500
+            f = {k: "/".join(map(str, v)) if _numbers(v) else v for k, v in f.items()}
+            text = "".join(_fill(t, f) for t in ((figure,) if isinstance(figure, str) else figure))
+            text += " (loaded)" if f.get("loaded") else ""
+            cells = (_fill(what, f), text, _fill(goal, f), _yes(f.get(met)) if met else "-")
+            rows.append(dict(zip(FIGURES, cells, strict=True)))
     return rows
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, int | float) for x in value)
 
 
 def _device_line(summary: dict[str, Any]) -> str:
     if summary.get("gpu"):
         return f"GPU {summary['device']}"
-    if summary.get("device") == "cpu":
-        return "CPU only (no GPU found)"
-    return "unknown"
+    return "CPU only (no GPU found)" if summary.get("device") == "cpu" else "unknown"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    # cells as str() writes them (the figures are rounded already), laid out by the one renderer
-    cells = [dict(zip(header, map(str, row), strict=True)) for row in rows]
-    return markdown_table(cells, header)
+# the Markdown tables of the sections: their columns (keys of the rows) and decimals
+SEARCH_COLUMNS = "number batch_size learning_rate e2e_seconds seconds extract_s train_s e2e_val_f1"
+EXTRACTION_COLUMNS = (
+    "image_size forward_img_s forward_img_s_per_round pipeline_img_s pipeline_img_s_per_round "
+    "decode_only_img_s pipeline_vs_forward pipeline_vs_forward_per_round forward_cpu_ms_per_image "
+    "decode_cpu_ms_per_image cpu_bound same_features"
+)
+OPTION_COLUMNS = (
+    "option value images pipeline_img_s forward_img_s speedup max_abs_diff max_rel_diff"
+)
+DIGITS = {"val_f1": 4, "e2e_val_f1": 4, "pipeline_vs_forward": 3, "cpu_bound": 3, "speedup": 3}
+DIGITS |= dict.fromkeys(("forward_img_s", "pipeline_img_s", "decode_only_img_s"), 1)
+
+
+def _markdown(rows: Sequence[Mapping[str, Any]], columns: str | Sequence[str]) -> str:
+    columns = columns.split() if isinstance(columns, str) else columns
+    return markdown_table(rows, columns, DIGITS)
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -466,203 +385,59 @@ def render_markdown(report: dict[str, Any]) -> str:
     flags = ", ".join(mach["cpu_flags"]) or "none"
     versions = ", ".join(f"{k} {v}" for k, v in mach["versions"].items())
     parts = [
-        f"# {report['title']}",
-        "",
-        f"{report['created']}, {report['seconds']:.0f} s in all. Machine: {mach['cpu']}, "
-        f"{mach['cores']} cores, {mach['memory_gib']} GiB; CPU flags {flags}; Keras backend "
-        f"{mach['keras_backend']}; {versions}.",
-        "",
+        f"# {report['title']}\n\n{report['created']}, {report['seconds']:.0f} s in all. Machine: "
+        f"{mach['cpu']}, {mach['cores']} cores, {mach['memory_gib']} GiB; CPU flags {flags}; "
+        f"Keras backend {mach['keras_backend']}; {versions}.",
     ]
-    if summ.get("loaded_sections"):
-        parts += [
-            "**Taken under load**: other processes used more than "
-            f"{LOADED_CORES} cores during {', '.join(summ['loaded_sections'])} "
-            "(column `other cores` below); those figures are noisy.",
-            "",
-        ]
+    if loaded := summ.get("loaded_sections"):
+        parts.append(
+            f"**Taken under load**: other processes used more than {LOADED_CORES} cores during "
+            f"{', '.join(loaded)} (column `other_cpu_cores` below); those figures are noisy."
+        )
     if summ.get("failed_sections"):
-        parts += [f"**Failed sections**: {', '.join(summ['failed_sections'])}.", ""]
-    parts += [f"Note: {n}" for n in report.get("notes", [])] + [""] * bool(report.get("notes"))
-    parts += [f"Device: {_device_line(summ)}", ""]
-    parts += ["## Figures", "", _table(FIGURE_COLUMNS, goal_rows(summ))]
-    parts += [
-        "",
-        "## Sections",
-        "",
-        _table(
-            ("Section", "Seconds", "Other cores"),
-            [(n, r.get("wall_seconds"), r.get("other_cpu_cores", "?")) for n, r in sec.items()],
-        ),
-    ]
+        parts.append(f"**Failed sections**: {', '.join(summ['failed_sections'])}.")
+    if report.get("notes"):
+        parts.append("\n".join(f"Note: {n}" for n in report["notes"]))
+    parts += [f"Device: {_device_line(summ)}", "## Figures", _markdown(goal_rows(summ), FIGURES)]
+    sections = [{"section": n} | r for n, r in sec.items()]
+    parts += ["## Sections", _markdown(sections, "section wall_seconds other_cpu_cores")]
     e2e, cached = sec.get("search_e2e", {}), sec.get("search_cached", {})
     if "trial_rows" in e2e and "trial_rows" in cached:
         by_key = {_key(r): r for r in e2e["trial_rows"]}
-        rows = []
-        for r in cached["trial_rows"]:
-            e = by_key.get(_key(r), {})
-            rows.append(
-                (
-                    r["number"],
-                    r["batch_size"],
-                    r["learning_rate"],
-                    e.get("seconds"),
-                    r["seconds"],
-                    r["extract_s"],
-                    r["train_s"],
-                    e.get("val_f1") and round(e["val_f1"], 4),
-                    r["val_f1"] and round(r["val_f1"], 4),
-                )
-            )
+        trials = [
+            r | {f"e2e_{k}": by_key.get(_key(r), {}).get(k) for k in ("seconds", "val_f1")}
+            for r in cached["trial_rows"]
+        ]
         parts += [
-            "",
             f"## Search cost: {cached['trials']} trials at {cached['image_size']} px, "
             f"{cached['train_images']} train + {cached['val_images']} validation images, "
             f"{cached['epochs']} epochs",
-            "",
             "Both paths run through `study.optimize` on SQLite, each in a fresh process. The "
-            "end-to-end path (the paper's) decodes every image and runs the base every epoch of "
-            "every trial; the cached path extracts features once (first trial) and then trains "
-            f"only the head (extraction batch {cached.get('extract_batch')}, "
-            f"{cached.get('decode_threads')} decode threads, as `clothopt study run` sets them).",
-            "",
-            _table(
-                (
-                    "#",
-                    "batch",
-                    "lr",
-                    "end-to-end s",
-                    "cached s",
-                    "of which extract s",
-                    "head train s",
-                    "F1 end-to-end",
-                    "F1 cached",
-                ),
-                rows,
-            ),
+            "end-to-end path (`e2e_`, the paper's) decodes every image and runs the base every "
+            "epoch of every trial; the cached path extracts features once (first trial: "
+            "`extract_s`) and then trains only the head (`train_s`; extraction batch "
+            f"{cached.get('extract_batch')}, {cached.get('decode_threads')} decode threads, as "
+            "`clothopt study run` sets them). Seconds and validation macro-F1 per trial:",
+            _markdown(trials, SEARCH_COLUMNS + " val_f1"),
         ]
     if "sizes" in (ext := sec.get("extraction", {})):
-        rows = [
-            (
-                r["image_size"],
-                f"{r['forward_img_s']} {r['forward_img_s_per_round']}",
-                f"{r['pipeline_img_s']} {r['pipeline_img_s_per_round']}",
-                r["decode_only_img_s"],
-                f"{r['pipeline_vs_forward']} {r['pipeline_vs_forward_per_round']}",
-                r.get("forward_cpu_ms_per_image", "-"),
-                r.get("decode_cpu_ms_per_image", "-"),
-                r.get("cpu_bound", "-"),
-                r["same_features"],
-            )
-            for r in ext["sizes"]
-        ]
         parts += [
-            "",
             "## Feature extraction",
-            "",
             f"{ext['backbone']}, extraction batch {ext['batch_size']}, {ext['decode_threads']} "
             f"decode threads, {ext['images']} training images, median of {ext['rounds']} "
-            "interleaved rounds (each round's figure in brackets). The bare forward pass runs "
-            "the same extractor on the same images already decoded in memory (uint8); the "
-            "whole extraction is `extract_features` (read, decode, resize, preprocess, forward). "
-            "On a CPU-only machine decoding and the forward pass share the cores, so the "
-            "extraction can reach at most `cpu bound` = forward CPU time / (forward + decode "
-            "CPU time) of the bare forward rate.",
-            "",
-            _table(
-                (
-                    "px",
-                    "bare forward img/s",
-                    "whole extraction img/s",
-                    "decode only img/s",
-                    "extraction / forward",
-                    "forward CPU ms/img",
-                    "decode CPU ms/img",
-                    "cpu bound",
-                    "same features",
-                ),
-                rows,
-            ),
+            "interleaved rounds (`_per_round`: each round's figure). The bare forward pass "
+            "(`forward`) runs the same extractor on the same images already decoded in memory "
+            "(uint8); the whole extraction (`pipeline`) is `extract_features` (read, decode, "
+            "resize, preprocess, forward). On a CPU-only machine decoding and the forward pass "
+            "share the cores, so the extraction can reach at most `cpu_bound` = forward CPU time "
+            "/ (forward + decode CPU time) of the bare forward rate.",
+            _markdown(ext["sizes"], EXTRACTION_COLUMNS),
         ]
     if "variants" in (opt := sec.get("options", {})):
-        b = opt["baseline"]
-        rows = [
-            (
-                v["option"],
-                v["value"],
-                v["images"],
-                v["pipeline_img_s"],
-                v["forward_img_s"],
-                v["speedup"],
-                f"{v['max_abs_diff']:.3g} / {v['max_rel_diff']:.3g}",
-                v.get("max_f1_diff", ""),
-                "" if v["option"] == "baseline" else _yes(v.get("within_tolerance")),
-                "" if v["option"] == "baseline" else ("yes" if v["recommended"] else "no"),
-            )
-            for v in opt["variants"]
-        ]
-        parts += [
-            "",
-            "## Extraction options",
-            "",
-            f"Baseline: clothopt's defaults at {opt['image_size']} px: precision "
-            f"{b['precision']}, jit_compile {b['jit_compile']}, extraction batch "
-            f"{b['batch_size']}, {b['decode_threads']} decode threads ({opt['device']}). "
-            f"`recommended`: the whole extraction is at least {MIN_SPEEDUP:g}x faster than "
-            "with the defaults and results stay within tolerance: features within "
-            f"{FEATURE_TOLERANCE:g} of their largest value (float rounding) for options that "
-            f"should not change them; for a lower precision, every trial's validation F1 (the "
-            f"search-cost trials) within {F1_TOLERANCE} of float32.",
-            "",
-            _table(
-                (
-                    "option",
-                    "value",
-                    "images",
-                    "extraction img/s",
-                    "forward img/s",
-                    "speedup",
-                    "max |dx| abs / rel",
-                    "max |dF1|",
-                    "within tolerance",
-                    "recommended",
-                ),
-                rows,
-            ),
-        ]
-        if bbs := opt.get("batch_by_size"):
-            batches = list(bbs["grid_seconds_per_1000_images"])
-            parts += [
-                "",
-                f"Batch size by image size: bare forward img/s, {bbs['images']} images, median "
-                f"of {bbs['rounds']} rounds; the last row is what a grid pays (seconds to "
-                f"extract 1000 images at every size). Default {bbs['default']}, best "
-                f"{bbs['best']} ({bbs['best_speedup']}x); recommended to change: "
-                f"{_yes(bbs['recommended']) if bbs['recommended'] else 'no'}.",
-                "",
-                _table(
-                    ("px", *(f"batch {b}" for b in batches)),
-                    [
-                        (row["image_size"], *(row["img_s"][b] for b in batches))
-                        for row in bbs["sizes"]
-                    ]
-                    + [
-                        (
-                            "grid s / 1000 img",
-                            *(bbs["grid_seconds_per_1000_images"][b] for b in batches),
-                        )
-                    ],
-                ),
-            ]
-        if opt.get("skipped"):
-            parts += [
-                "",
-                "Not measured: " + "; ".join(f"{k}: {v}" for k, v in opt["skipped"].items()),
-            ]
+        parts += _options_markdown(opt)
     if "rss_mb" in (mem := sec.get("memory", {})):
         parts += [
-            "",
             "## Memory",
-            "",
             f"The `{mem['space']}` grid ({mem['trials']} trials) on the cached path through "
             f"`study.optimize`, {mem['train_images']} train + {mem['val_images']} validation "
             f"images, in a fresh process. Resident MiB after each trial (the `rss_mb` trial "
@@ -671,40 +446,49 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"Slope within each image size {mem['slope_mb_per_trial']:+.2f} MiB/trial "
             f"(over all trials {mem['slope_all_mb_per_trial']:+.2f}); rule: {mem['flat_rule']}.",
         ]
-    parts += ["", "Reproduce: `make bench` (or `python -m benchmarks.bench --help`).", ""]
-    return "\n".join(parts)
+    parts.append("Reproduce: `make bench` (or `python -m benchmarks.bench --help`).")
+    return "\n\n".join(parts) + "\n"
+
+
+def _options_markdown(opt: dict[str, Any]) -> list[str]:
+    b = opt["baseline"]
+    parts = [
+        "## Extraction options",
+        f"Baseline: clothopt's defaults at {opt['image_size']} px: precision {b['precision']}, "
+        f"jit_compile {b['jit_compile']}, extraction batch {b['batch_size']}, "
+        f"{b['decode_threads']} decode threads ({opt['device']}). `recommended`: the whole "
+        f"extraction is at least {MIN_SPEEDUP:g}x faster than with the defaults and results stay "
+        f"within tolerance: features within {FEATURE_TOLERANCE:g} of their largest value (float "
+        "rounding) for options that should not change them; for a lower precision, every "
+        f"trial's validation F1 (the search-cost trials) within {F1_TOLERANCE} of float32.",
+        _markdown(opt["variants"], OPTION_COLUMNS + " max_f1_diff within_tolerance recommended"),
+    ]
+    if bbs := opt.get("batch_by_size"):
+        grid = bbs["grid_seconds_per_1000_images"]
+        rows = [{"image_size": r["image_size"], **r["img_s"]} for r in bbs["sizes"]]
+        rows = [{str(k): v for k, v in r.items()} for r in [*rows, {"image_size": "grid", **grid}]]
+        parts += [
+            f"Batch size by image size: bare forward img/s per extraction batch, {bbs['images']} "
+            f"images, median of {bbs['rounds']} rounds; the last row, `grid`, is what a grid pays "
+            f"(seconds to extract 1000 images at every size). Default {bbs['default']}, best "
+            f"{bbs['best']} ({bbs['best_speedup']}x); recommended to change: "
+            f"{_yes(bbs['recommended']) if bbs['recommended'] else 'no'}.",
+            markdown_table(rows, ["image_size", *map(str, grid)], dict.fromkeys(map(str, grid), 1)),
+        ]
+    if opt.get("skipped"):
+        parts.append("Not measured: " + "; ".join(f"{k}: {v}" for k, v in opt["skipped"].items()))
+    return parts
 
 
 def print_table(report: dict[str, Any]) -> None:
-    rows = goal_rows(report["summary"])
-    for name, fig in (report["summary"].get("options") or {}).items():
-        rows.append(
-            (
-                f"Option {name} (against the defaults)",
-                f"{fig['speedup']}x, within tolerance: {fig['within_tolerance']}",
-                "-",
-                "recommended" if fig["recommended"] else "no",
-            )
-        )
-    if bbs := report["summary"].get("batch_by_size"):
-        grid = ", ".join(f"{b}: {v} s" for b, v in bbs["grid_seconds_per_1000_images"].items())
-        rows.append(
-            (
-                "Extraction batch size, grid seconds per 1000 images",
-                grid,
-                "-",
-                f"default {bbs['default']}, best {bbs['best']}",
-            )
-        )
-    print(f"\ndevice: {_device_line(report['summary'])}\n")
-    print(format_table([dict(zip(FIGURE_COLUMNS, map(str, r), strict=True)) for r in rows]))
-    if report["summary"].get("loaded_sections"):
-        print(
-            f"\nunder load (other processes > {LOADED_CORES} cores): "
-            + ", ".join(report["summary"]["loaded_sections"])
-        )
-    if report["summary"].get("failed_sections"):
-        print("FAILED: " + ", ".join(report["summary"]["failed_sections"]))
+    summary = report["summary"]
+    print(f"\ndevice: {_device_line(summary)}\n")
+    print(format_table(goal_rows(summary, GOALS + TERMINAL_GOALS), FIGURES))
+    if summary.get("loaded_sections"):
+        loaded = ", ".join(summary["loaded_sections"])
+        print(f"\nunder load (other processes > {LOADED_CORES} cores): {loaded}")
+    if summary.get("failed_sections"):
+        print("FAILED: " + ", ".join(summary["failed_sections"]))
     for note in report.get("notes", []):
         print(f"note: {note}")
 
@@ -713,23 +497,9 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def build_settings(args: argparse.Namespace, profile: dict[str, Any] | None = None) -> Settings:
-    values: dict[str, Any] = dict(profile or {})
-    for name in (
-        "backbone",
-        "image_size",
-        "extract_batch",
-        "threads",
-        "extract_images",
-        "train_images",
-        "val_images",
-        "memory_train_images",
-        "memory_val_images",
-    ):
-        if getattr(args, name, None) is not None:
-            values[name] = getattr(args, name)
-    return Settings(
-        data=str(Path(args.data).absolute()), weights=args.weights, work=args.work, **values
-    )
+    flags = {n: v for n, *_ in OVERRIDES if (v := getattr(args, n, None)) is not None}
+    data = str(Path(args.data).absolute())
+    return Settings(data=data, weights=args.weights, work=args.work, **((profile or {}) | flags))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -744,19 +514,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--work", help="scratch folder (default: a temporary one, removed after)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run; figures not meaningful")
     p.add_argument("--sections", help=f"comma-separated subset of {','.join(SECTIONS)}")
-    p.add_argument("--backbone")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--extract-batch", type=int)
-    p.add_argument("--threads", type=int, help="decode threads (default: clothopt's)")
-    p.add_argument("--extract-images", type=int, help="images for the extraction figures")
-    p.add_argument("--train-images", type=int, help="training images for the search (0: all)")
-    p.add_argument("--val-images", type=int, help="validation images for the search (0: all)")
-    p.add_argument("--memory-train-images", type=int)
-    p.add_argument("--memory-val-images", type=int)
+    for name, kind, text in OVERRIDES:
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
     # internal: one section in this process, for the orchestrator
-    p.add_argument("--section", help=argparse.SUPPRESS)
-    p.add_argument("--settings-file", help=argparse.SUPPRESS)
-    p.add_argument("--section-out", help=argparse.SUPPRESS)
+    for name in ("--section", "--settings-file", "--section-out"):
+        p.add_argument(name, help=argparse.SUPPRESS)
     return p
 
 
@@ -770,23 +532,18 @@ def main(
     args = _parser().parse_args(argv)
     if args.section:  # child process: one section, result to --section-out
         settings = Settings(**json.loads(Path(args.settings_file).read_text()))
-        result = run_section(args.section, settings)
-        atomic_write_json(args.section_out, result)
+        atomic_write_json(args.section_out, run_section(args.section, settings))
         return 0
     sections = args.sections.split(",") if args.sections else list(SECTIONS)
-    unknown = [s for s in sections if s not in SECTIONS]
-    if unknown:
+    if unknown := [s for s in sections if s not in SECTIONS]:
         print(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
         return 2
     if not Path(args.data).is_dir():
         print(f"data set not found: {args.data} (pass --data DIR)", file=sys.stderr)
         return 2
-    temp = None
-    if args.work is None:
-        temp = tempfile.mkdtemp(prefix="clothopt-bench-")
-        args.work = temp
-    profile = {**(profile or {}), **(QUICK if args.quick else {})}
-    settings = build_settings(args, profile)
+    temp = None if args.work else tempfile.mkdtemp(prefix="clothopt-bench-")
+    args.work = args.work or temp
+    settings = build_settings(args, {**(profile or {}), **(QUICK if args.quick else {})})
     try:
         report = run_all(settings, sections, Path(args.out), stem, title, extra=extra)
     finally:

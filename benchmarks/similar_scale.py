@@ -14,18 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import time
 
 import numpy as np
 
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from clothopt.engine.runner import rss_mb
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -85,7 +78,7 @@ def main() -> None:
         "faiss": faiss.__version__,
     }
 
-    rss = _rss_mb()
+    rss = rss_mb()
     t = time.perf_counter()
     flat = faiss.IndexFlatIP(args.dim)
     flat.add(x)
@@ -94,14 +87,14 @@ def main() -> None:
     _, truth = flat.search(q, args.k)
     out["flat"] = {
         "build_s": round(build, 2),
-        "rss_added_mb": round(_rss_mb() - rss, 1),
+        "rss_added_mb": round(rss_mb() - rss, 1),
         "ms_per_query_single": round(one, 3),
         "ms_per_query_batched": round(batch, 4),
     }
     print(json.dumps({"flat": out["flat"]}), flush=True)
 
     nlist = int(4 * math.sqrt(args.n))
-    rss = _rss_mb()
+    rss = rss_mb()
     t = time.perf_counter()
     quantizer = faiss.IndexFlatIP(args.dim)
     ivf = faiss.IndexIVFFlat(quantizer, args.dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -137,7 +130,7 @@ def main() -> None:
     out["ivf"] = {
         "nlist": nlist,
         "build_s": round(build, 2),
-        "rss_added_mb": round(_rss_mb() - rss, 1),
+        "rss_added_mb": round(rss_mb() - rss, 1),
         "nprobe": rows,
     }
     print(json.dumps(out, indent=2))
