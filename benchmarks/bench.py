@@ -373,6 +373,7 @@ OPTION_COLUMNS = (
 )
 DIGITS = {"val_f1": 4, "e2e_val_f1": 4, "pipeline_vs_forward": 3, "cpu_bound": 3, "speedup": 3}
 DIGITS |= dict.fromkeys(("forward_img_s", "pipeline_img_s", "decode_only_img_s"), 1)
+DIGITS |= dict.fromkeys(("max_abs_diff", "max_rel_diff"), 4)
 
 
 def _markdown(rows: Sequence[Mapping[str, Any]], columns: str | Sequence[str]) -> str:
