@@ -5,7 +5,7 @@
 set -euo pipefail
 PORT=${CLOTHOPT_PG_PORT:-55432}
 PGDATA=${CLOTHOPT_PGDATA:-/tmp/clothopt-pg}
-PASSWORD=clothopt
+PASSWORD=${CLOTHOPT_PG_PASSWORD:-pg-Test-7f3e1c}  # distinctive: the password-leak test greps for it
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 run_as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/bash -c "$*"; else bash -c "$*"; fi; }
 if ! "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; then

@@ -507,7 +507,7 @@ def test_the_command_serves_warns_when_exposed_and_stops_on_ctrl_c(built: Built)
             names = [s["study_name"] for s in json.load(r)["study_summaries"]]
         assert "dash" in names
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 0, err

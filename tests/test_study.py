@@ -410,7 +410,7 @@ def test_sigterm_and_ctrl_c_put_the_trial_back(
             def __init__(self, *a, **k):
                 pass
             def __call__(self, trial):
-                time.sleep(30)
+                time.sleep(600)  # far past the wait below: only the signal can end it in time
         ob.Objective = Slow
         from clothopt.cli import main
         sys.exit(main(["study", "optimize", "s", "--storage", {storage!r}, "--quiet"]))
@@ -425,7 +425,7 @@ def test_sigterm_and_ctrl_c_put_the_trial_back(
         )
     )
     proc.send_signal(getattr(signal, sig))
-    assert proc.wait(timeout=30) == code
+    assert proc.wait(timeout=60) == code
     trials = study.get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     (stopped,) = [t for t in trials if t.state == TrialState.FAIL]
