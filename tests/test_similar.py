@@ -168,6 +168,12 @@ def test_html_page_is_self_contained(model_file: Path, tmp_path: Path) -> None:
     assert page.count('src="data:image/jpeg;base64,') == 2 * (1 + 3)
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing fetched from anywhere
     assert page.count('class="row"') == 2 and "item0.png" in page
+    # a rejected query shows its verdict instead of neighbours
+    verdicts = ["not clothing (score 0.1 < threshold 0.5)", None]
+    page = write_html(tmp_path / "v.html", [str(p) for p in images[:2]], [[], results[1]], verdicts)
+    text = page.read_text()
+    assert text.count('class="verdict"') == 1 and "not clothing (score 0.1" in text
+    assert text.count('src="data:image/jpeg;base64,') == 1 + (1 + 3)
 
 
 @pytest.mark.browser

@@ -369,14 +369,19 @@ def write_html(
     out: str | os.PathLike[str],
     queries: Sequence[str | os.PathLike[str]],
     results: Sequence[Sequence[Hit]],
+    verdicts: Sequence[str | None] | None = None,
     title: str = "Similar items",
     thumb: int = 160,
 ) -> Path:
-    """One self-contained page (thumbnails inline as base64 JPEG): each query, then its hits."""
+    """One self-contained page (thumbnails inline as base64 JPEG): each query, then its hits;
+    a query with a verdict (``not clothing (...)``) shows it instead of hits."""
     rows = []
-    for q, hits in zip(queries, results, strict=True):
+    verdicts = verdicts or [None] * len(queries)
+    for q, hits, verdict in zip(queries, results, verdicts, strict=True):
         cells = [_cell(q, f"query: {Path(q).name}", thumb)]
         cells += [_cell(h.path, f"{h.relpath} ({h.score:.3f})", thumb) for h in hits]
+        if verdict is not None:
+            cells.append(f'<p class="verdict">{html.escape(verdict)}</p>')
         rows.append(f'<div class="row">{"".join(cells)}</div>')
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from clothopt._quiet import native_stderr_captured
+from clothopt._quiet import native_stderr_captured, quiet_import_keras
 from clothopt.cli._args import _Command, _positive_int
 from clothopt.errors import UserError
 from clothopt.reports.render import format_table
@@ -97,6 +97,7 @@ class Evaluate(_Command):
 
         if args.resamples < MIN_RESAMPLES:
             raise UserError(f"--resamples must be at least {MIN_RESAMPLES}, not {args.resamples}")
+        quiet_import_keras()  # TensorFlow's start-up lines only with --verbose
         report = evaluate(
             args.model,
             args.dir,
@@ -137,6 +138,7 @@ class IndexBuild(_Command):
         from clothopt.similar import build_index
 
         out = Path(args.out) if args.out else Path(args.model).with_name("similar.npz")
+        quiet_import_keras()  # TensorFlow's start-up lines only with --verbose
         result = build_index(
             args.model, args.dir, out, log=lambda line: print(f"clothopt: {line}", file=sys.stderr)
         )
@@ -173,7 +175,8 @@ class Similar(_Command):
             if not path.is_file():
                 raise UserError(f"image not found: {path}")
         index = load_index(args.index, args.model)
-        model, _ = load_classifier(args.model or index.meta["model"])
+        with native_stderr_captured():  # TensorFlow start-up, "Not handling type DT_DOUBLE"
+            model, _ = load_classifier(args.model or index.meta["model"])
         rejected = rejections(model, paths)
         kept = [p for p, r in zip(paths, rejected, strict=True) if r is None]
         found = iter(query(index, model, kept, args.k))
@@ -194,8 +197,11 @@ class Similar(_Command):
                 for rank, hit in enumerate(hits, 1):
                     row[str(rank)] = f"{hit.relpath} {hit.score:.3f}"
                 rows.append(row)
-            print(format_table(rows))
+            # every rank any row has: a rejected first query must not hide the others' columns
+            ranks = max((len(h) for h in results), default=0) or 1
+            print(format_table(rows, ["image", *map(str, range(1, ranks + 1))]))
         if args.html:
-            out = write_html(Path(args.html), [str(p) for p in paths], results)
+            verdicts = [None if r is None else r["verdict"] for r in rejected]
+            out = write_html(Path(args.html), [str(p) for p in paths], results, verdicts)
             print(f"wrote {out}", file=sys.stderr)
         return 0
