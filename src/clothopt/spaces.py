@@ -201,7 +201,15 @@ class SearchSpace:
         return {n: p.distribution(grid) for n, p in self.params.items()}
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        """The trial's parameters, define-by-run: a conditional one only when it applies."""
+        """The trial's parameters, define-by-run: a conditional one only when it applies.
+
+        They are written to the trial's storage together, in one transaction."""
+        from clothopt.engine.storage import one_transaction
+
+        with one_transaction(trial):
+            return self._suggest(trial)
+
+    def _suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         from optuna.distributions import FloatDistribution
 
         out: dict[str, Any] = {}
