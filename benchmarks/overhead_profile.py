@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import itertools
 import json
 import os
@@ -105,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         from clothopt._quiet import quiet_import_keras
 
         quiet_import_keras()  # as ``clothopt study optimize`` does, before the loop
+    from sqlalchemy import event
+
+    from clothopt.engine.storage import sql_engine_of
+
+    commits: list[int] = []
+    event.listen(sql_engine_of(st), "commit", lambda conn: commits.append(1))
     profiler = cProfile.Profile() if args.profile else None
     start = time.perf_counter()
     if profiler is not None:
@@ -122,7 +129,22 @@ def main(argv: list[str] | None = None) -> int:
         a = t.user_attrs
         span = (nxt.datetime_start - t.datetime_start).total_seconds()
         overhead.append(span - a.get("train_seconds", 0.0) - a.get("extract_seconds", 0.0))
+    # what was stored, to compare runs: parameters, values, attributes but the timings
+    timing = {"train_seconds", "extract_seconds", "rss_mb"}
+    stored = [
+        [
+            t.number,
+            t.state.name,
+            t.params,
+            t.value,
+            t.intermediate_values,
+            *sorted((k, v) for k, v in t.user_attrs.items() if k not in timing),
+        ]
+        for t in trials
+    ]
     out = {
+        "commits_per_trial": round(len(commits) / max(summary.ran, 1), 1),
+        "stored_sha": hashlib.sha256(json.dumps(stored, default=str).encode()).hexdigest()[:12],
         "objective": args.objective,
         "space": args.space,
         "trials": summary.ran,
