@@ -599,3 +599,54 @@ def test_a_grid_with_conditional_parameters_completes_each_valid_point_once(
     rows = st.trial_rows(study)
     # best first: dropout 0.5 at each learning rate
     assert [(r["learning_rate"], r["val_f1"]) for r in rows][:2] == [(0.01, 0.51), (0.001, 0.501)]
+
+
+def test_one_transaction_stores_what_one_by_one_writes_store(storage: str) -> None:
+    """A trial's parameters and user attributes written together: one commit, same rows."""
+    from sqlalchemy import event
+
+    from clothopt.engine.storage import one_transaction, set_user_attrs, sql_engine_of
+
+    study = optuna.create_study(storage=engine.open_storage(storage, create=True))
+    commits: list[int] = []
+    event.listen(sql_engine_of(study), "commit", lambda conn: commits.append(1))
+    attrs = {"a": 1, "nested": {"x": [1.5, None], "y": "z"}, "flag": True}
+
+    def write(trial: optuna.Trial) -> None:
+        trial.suggest_categorical("c", [1, 2])
+        trial.suggest_float("f", 0.1, 1.0, log=True)
+        trial.suggest_int("i", 1, 9)
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+
+    plain = study.ask()
+    commits.clear()
+    write(plain)
+    one_by_one = len(commits)  # six writes, and the sampler's reads
+    together = study.ask()
+    commits.clear()
+    with one_transaction(together):
+        write(together)
+        assert set(together.params) == {"c", "f", "i"}
+        assert together.user_attrs == attrs  # the trial sees its values at once
+    assert len(commits) == one_by_one - 5
+    mutable = {"v": [1]}
+    third = study.ask()
+    commits.clear()
+    set_user_attrs(third, {"m": mutable, "n": 2})
+    mutable["v"].append(2)  # stored as it was when set
+    assert len(commits) == 1
+    got = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert got[together.number].user_attrs == got[plain.number].user_attrs == attrs
+    assert set(got[together.number].params) == {"c", "f", "i"}
+    assert got[together.number].distributions == got[plain.number].distributions
+    assert got[third.number].user_attrs == {"m": {"v": [1]}, "n": 2}
+    # the block raised: what it made is written all the same, and the error goes on
+    fourth = study.ask()
+    with pytest.raises(KeyboardInterrupt), one_transaction(fourth):
+        fourth.suggest_int("i", 1, 9)
+        raise KeyboardInterrupt
+    assert set(engine.storage_of(study).get_trial(engine.trial_id(fourth)).params) == {"i"}
+    # a value the storage cannot hold is refused where it is set, as before
+    with pytest.raises(TypeError), one_transaction(fourth):
+        fourth.set_user_attr("bad", object())

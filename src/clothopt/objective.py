@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt.data import Dataset, Split, UnusableImage, default_threads, load_batch
+from clothopt.engine.storage import set_user_attrs
 from clothopt.errors import TrialFailed
 from clothopt.metrics import classification_metrics
 from clothopt.model.backbones import BackboneSpec, get_backbone
@@ -455,8 +456,7 @@ class Objective:
             "path": "cached" if cfg.use_cache else "end_to_end",
             "seed": seed,
         }
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        set_user_attrs(trial, attrs)  # one storage transaction, not one per attribute
         return m["f1_macro"]
 
     def _release(self) -> None:

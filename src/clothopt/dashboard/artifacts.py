@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -178,12 +178,11 @@ def upload_validation_report(
     report = validation_report(
         metrics, study=study.study_name, trial=trial.number, params=trial.params
     )
+    body = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
     try:
         store = _store_for(storage, artifacts)
-        with tempfile.TemporaryDirectory(prefix="clothopt-report-") as tmp:
-            path = Path(tmp) / REPORT_NAME  # the file name is the artifact's name
-            path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-            return _attach_to_finished(study, trial, store, path)
+        # written from memory, named as the file it is (no temporary file on the way)
+        return _attach_to_finished(study, trial, store, Path(REPORT_NAME), io.BytesIO(body))
     except (OSError, UserError) as exc:
         _log.warning("trial %d: validation report not uploaded: %s", trial.number, exc)
         return None
@@ -231,16 +230,24 @@ def attach_files(
 
 
 def _attach_to_finished(
-    study: optuna.Study, trial: FrozenTrial, store: ArtifactStore, path: Path
+    study: optuna.Study,
+    trial: FrozenTrial,
+    store: ArtifactStore,
+    path: Path,
+    body: BinaryIO | None = None,
 ) -> str:
-    """Upload ``path`` as an artifact of a finished trial; returns its id.
+    """Upload ``path`` (or ``body``, named ``path``) as an artifact of a finished trial;
+    returns its id.
 
     A finished trial's attributes are frozen: its metadata goes where optuna-dashboard looks
     for it too (the study's system attrs); the file first, so a listed one exists.
     """
     meta = _meta_for(path)
-    with open(path, "rb") as fh:
-        store.write(meta.artifact_id, fh)
+    if body is not None:
+        store.write(meta.artifact_id, body)
+    else:
+        with open(path, "rb") as fh:
+            store.write(meta.artifact_id, fh)
     key = f"{_FINISHED_TRIAL_ARTIFACT_PREFIX}{trial_id(trial)}:{meta.artifact_id}"
     storage_of(study).set_study_system_attr(
         study_id(study), key, json.dumps(dataclasses.asdict(meta))

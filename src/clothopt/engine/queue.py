@@ -139,16 +139,18 @@ def _queue_lock(study: optuna.Study) -> Iterator[None]:
         yield
 
 
-def _orphans(study: optuna.Study) -> list[FrozenTrial]:
+def _orphans(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
     """FAILed trials whose worker died and whose copy is not (yet) in the queue.
 
     A worker killed between failing a dead trial and enqueueing its copy leaves one; so does a
     stale-heartbeat trial failed by Optuna whose callback never ran. Faults inside a trial
     (with their own reason) are not orphans: running them again would fail again.
+    ``trials``: the study's trials as just read (else they are read).
     """
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
+    if trials is None:
+        trials = study.get_trials(deepcopy=False)
     copied = {t.user_attrs["copy_of"] for t in trials if "copy_of" in t.user_attrs}
     keys = {_retry_key(t) for t in trials if "retry_of" in t.user_attrs}
     limit = max_retries(study)
@@ -246,7 +248,9 @@ def recover(study: optuna.Study) -> int:
         optuna.storages.fail_stale_trials(study)
     now = time.time()
     count = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    # one read for the running trials and the orphans; again only if a trial was put back
+    trials = study.get_trials(deepcopy=False)
+    for trial in [t for t in trials if t.state == TrialState.RUNNING]:
         who = trial.system_attrs.get(OWNER_ATTR)
         if who is not None:
             dead = _owner_dead(who)
@@ -255,7 +259,7 @@ def recover(study: optuna.Study) -> int:
             dead = now - start > GRACE_PERIOD
         if dead and requeue(study, trial, DIED):
             count += 1
-    if _orphans(study):  # rare: look again under the lock, where no one else enqueues
+    if _orphans(study, None if count else trials):  # rare: look again under the lock
         with _queue_lock(study):
             for trial in _orphans(study):
                 reason = trial.user_attrs.get("fail_reason", HEARTBEAT_LOST)
@@ -264,16 +268,22 @@ def recover(study: optuna.Study) -> int:
     return count
 
 
-def pop_waiting(study: optuna.Study) -> optuna.Trial | None:
-    """Take one WAITING trial; the WAITING->RUNNING switch is atomic in the storage."""
+def pop_waiting(
+    study: optuna.Study, trials: list[FrozenTrial] | None = None
+) -> optuna.Trial | None:
+    """Take one WAITING trial; the WAITING->RUNNING switch is atomic in the storage.
+
+    ``trials``: a list to fill with the study's trials as read to find it (their states as
+    before the switch), so that the caller need not read them again."""
     import optuna
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     storage = storage_of(study)
-    for frozen in storage.get_all_trials(
-        study_id(study), deepcopy=False, states=(TrialState.WAITING,)
-    ):
+    read = storage.get_all_trials(study_id(study), deepcopy=False)
+    if trials is not None:
+        trials[:] = read
+    for frozen in (t for t in read if t.state == TrialState.WAITING):
         try:
             if storage.set_trial_state_values(trial_id(frozen), state=TrialState.RUNNING):
                 return optuna.Trial(study, trial_id(frozen))

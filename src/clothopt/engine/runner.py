@@ -161,7 +161,8 @@ def _fault_reason(exc: BaseException) -> str | None:
 
 def _run_one(
     study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]
-) -> str:
+) -> tuple[str, FrozenTrial]:
+    """Run one trial and tell it; returns how it ended and the trial as stored now."""
     import optuna
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
@@ -194,24 +195,29 @@ def _run_one(
             else:
                 study.tell(trial, state=state)
         except UpdateFinishedTrialError:
-            return "lost"  # declared dead meanwhile; its copy will run (or has run) instead
+            # declared dead meanwhile; its copy will run (or has run) instead
+            return "lost", storage.get_trial(tid)
         except ValueError as exc:
             if "finished" not in str(exc):
                 raise
-            return "lost"
-    return {TrialState.COMPLETE: "complete", TrialState.FAIL: "failed"}.get(
-        storage.get_trial(tid).state, "pruned"
+            return "lost", storage.get_trial(tid)
+    frozen = storage.get_trial(tid)
+    outcome = {TrialState.COMPLETE: "complete", TrialState.FAIL: "failed"}.get(
+        frozen.state, "pruned"
     )
+    return outcome, frozen
 
 
 def _next_trial(study: optuna.Study, budget: int, ask_sampler: bool) -> optuna.Trial | None:
     from optuna.trial import TrialState
 
-    trial = pop_waiting(study)
+    trials: list[FrozenTrial] = []
+    trial = pop_waiting(study, trials)
     if trial is not None or not ask_sampler:
         return trial
+    # nothing was WAITING: the trials pop_waiting just read are the ones to count
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-    if len(study.get_trials(deepcopy=False, states=counted)) >= budget:
+    if sum(t.state in counted for t in trials) >= budget:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeats are ours (see _Heartbeat), not optimize's
@@ -268,7 +274,7 @@ def optimize(
                             break
                         time.sleep(POLL_SECONDS)  # others are running trials that may come back
                         continue
-                    outcome = _run_one(study, trial, objective)
+                    outcome, frozen = _run_one(study, trial, objective)
                 except (KeyboardInterrupt, Terminated) as exc:
                     if trial is not None:
                         _put_back(study, trial, exc)
@@ -280,7 +286,6 @@ def optimize(
                     summary.failed += 1
                 elif outcome == "pruned":
                     summary.pruned += 1
-                frozen = storage_of(study).get_trial(trial_id(trial))
                 if bar is not None:
                     _advance(bar, frozen, describe)
                 for callback in callbacks:

@@ -8,10 +8,11 @@ read here, by a small named function, so an Optuna upgrade that renames one brea
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +29,10 @@ __all__ = [
     "HEARTBEAT_INTERVAL",
     "artifact_file",
     "default_artifact_mimetype",
+    "one_transaction",
     "open_storage",
     "rdb_of",
+    "set_user_attrs",
     "sql_engine_of",
     "storage_errors",
     "storage_of",
@@ -88,6 +91,92 @@ def default_artifact_mimetype() -> str:
     from optuna.artifacts._upload import DEFAULT_MIME_TYPE
 
     return DEFAULT_MIME_TYPE
+
+
+# --------------------------------------------------------------------------- one transaction
+
+
+class _BufferedStorage:
+    """A trial's storage that keeps the trial's parameter and user-attribute writes for later;
+    everything else (reads, other trials, other writes) goes straight to the storage."""
+
+    def __init__(self, storage: Any, trial_id: int) -> None:
+        self._storage = storage
+        self._trial_id = trial_id
+        self.writes: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    def set_trial_param(self, trial_id: int, name: str, value: float, distribution: Any) -> None:
+        if trial_id != self._trial_id:
+            self._storage.set_trial_param(trial_id, name, value, distribution)
+        else:
+            self.writes.append(("param", (name, value, distribution)))
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if trial_id != self._trial_id:
+            self._storage.set_trial_user_attr(trial_id, key, value)
+        else:
+            # a copy as stored now (not serializable: raise here, as the storage would)
+            self.writes.append(("user", (key, json.loads(json.dumps(value)))))
+
+
+def _write_all(rdb: Any, tid: int, writes: list[tuple[str, tuple[Any, ...]]]) -> None:
+    """The writes in order, in one session: one transaction, one commit (one fsync)."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    if not writes:
+        return
+    # ignore_integrity_error as optuna's own set_trial_param / set_trial_user_attr
+    with _create_scoped_session(rdb.scoped_session, True) as session:
+        for kind, args in writes:
+            if kind == "param":
+                rdb._set_trial_param_without_commit(session, tid, *args)
+            else:
+                rdb._set_trial_attr_without_commit(
+                    session, models.TrialUserAttributeModel, tid, *args
+                )
+
+
+@contextlib.contextmanager
+def one_transaction(trial: Any) -> Iterator[None]:
+    """The parameters a running trial suggests and the user attributes it sets in the block
+    are written in ONE storage transaction when the block ends, in the order they were made.
+
+    Optuna's RDB storage commits each of them on its own, and on SQLite each commit is an
+    fsync: a trial of a wide space (13 parameters, 15 attributes) paid ~30 of them. What is
+    stored is the same; the trial itself (``trial.params``, ``trial.user_attrs``) sees every
+    value at once, as before. If the block raises, what it made is still written (as the
+    one-by-one writes would have been), unless that fails too: then the block's error wins.
+    A trial of another storage (in memory) or not an ``optuna.Trial`` writes as usual.
+    """
+    import optuna
+
+    storage = getattr(trial, "storage", None)
+    rdb = rdb_of(storage)
+    if not isinstance(trial, optuna.Trial) or not isinstance(rdb, optuna.storages.RDBStorage):
+        yield
+        return
+    buffered = _BufferedStorage(storage, trial_id(trial))
+    trial.storage = buffered  # Trial writes through its own ``storage`` attribute
+    try:
+        yield
+    except BaseException:
+        trial.storage = storage
+        with contextlib.suppress(Exception):
+            _write_all(rdb, trial_id(trial), buffered.writes)
+        raise
+    trial.storage = storage
+    _write_all(rdb, trial_id(trial), buffered.writes)
+
+
+def set_user_attrs(trial: Any, attrs: Mapping[str, Any]) -> None:
+    """``trial.set_user_attr`` for each of ``attrs``, in one storage transaction."""
+    with one_transaction(trial):
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
 
 
 # --------------------------------------------------------------------------- open
