@@ -108,18 +108,18 @@ class _ExtractionCosts:
         weights = cfg.weights if cfg.weights != "none" else f"none-{cfg.seed}"
         return (cfg.backbone, weights, cfg.resize, cfg.data_fingerprint, cfg.cache_dir)
 
-    def __call__(self, cfg: StudyConfig, size: int) -> float:
-        key = (*self._setup(cfg), size)
+    def __call__(self, cfg: StudyConfig, size: int, flip: bool = False) -> float:
+        key = (*self._setup(cfg), size, flip)
         if key not in self._memo:
-            self._memo[key] = self._from_cache(cfg, size)
-            if self._memo[key] is None:
+            self._memo[key] = self._from_cache(cfg, size, flip)
+            if self._memo[key] is None and not flip:
                 self._memo[key] = self._from_trials(cfg, size)
         value = self._memo[key]
         if value is None:
             self.missing.add(size)
         return value or 0.0
 
-    def _from_cache(self, cfg: StudyConfig, size: int) -> float | None:
+    def _from_cache(self, cfg: StudyConfig, size: int, flip: bool = False) -> float | None:
         from clothopt.data import open_dataset
         from clothopt.features import FeatureCache
         from clothopt.model.backbones import get_backbone
@@ -131,7 +131,8 @@ class _ExtractionCosts:
             cache, spec = FeatureCache(cfg.cache_dir), get_backbone(cfg.backbone)
             total = 0.0
             for split in ("train", "validation"):
-                key = cache.key(spec, cfg.weights, cfg.seed, size, cfg.resize, ds[split])
+                split_ = ds[split]
+                key = cache.key(spec, cfg.weights, cfg.seed, size, cfg.resize, split_, flip=flip)
                 path = cache.path(key)
                 if path is None:
                     return None
@@ -152,14 +153,18 @@ class _ExtractionCosts:
         return max(seen) if seen and max(seen) > 0 else None
 
 
-def _standalone_seconds(run: SamplerRun, costs: Callable[[StudyConfig, int], float]) -> list[float]:
-    """Each trial's head training, plus extraction at the study's first trial of each size."""
-    seen: set[int] = set()
+def _standalone_seconds(run: SamplerRun, costs: Callable[..., float]) -> list[float]:
+    """Each trial's head training, plus the extraction of the features (each size, plain or
+    mirrored) that the study's trials needed first."""
+    from clothopt.spaces import image_sizes
+
+    seen: set[tuple[int, bool]] = set()
     out = []
     for t in run.trials:
-        size = int(t.params["image_size"])
-        extra = 0.0 if size in seen else costs(run.config, size)
-        seen.add(size)
+        mirrored = bool(t.params.get("flip") or t.params.get("tta"))
+        needs = {(int(size), flip) for size in image_sizes(t.params) for flip in {False, mirrored}}
+        extra = sum(costs(run.config, size, flip) for size, flip in needs - seen)
+        seen |= needs
         out.append(float(t.user_attrs.get("train_seconds", 0.0)) + extra)
     return out
 
@@ -221,7 +226,7 @@ def sampler_report(
             "seed": run.seed,
             "study": run.name,
             "trials": n,
-            "distinct_points": len({tuple(t.params[k] for k in GRID_KEYS) for t in run.trials[:n]}),
+            "distinct_points": len({tuple(sorted(t.params.items())) for t in run.trials[:n]}),
             "target": pct(target),
             "final_best": pct(best[-1]) if n else None,
             "trials_to_target": hit,
@@ -239,7 +244,7 @@ def sampler_report(
                     "seed": run.seed,
                     "trial": k + 1,
                     "number": run.trials[k].number,
-                    **{p: run.trials[k].params[p] for p in GRID_KEYS},
+                    **{p: run.trials[k].params.get(p) for p in GRID_KEYS},
                     "value": pct(values[k]),
                     "best_so_far": pct(best[k]),
                     "seconds": float(secs[k]),
@@ -325,7 +330,7 @@ def sampler_report(
     }
     atomic_write_json(out / "comparison.json", record)
     markdown = _sampler_markdown(summary, per_seed, mean_curves, samplers, record, notes)
-    figs = sampler_figures(by_sampler, samplers, targets, budget)
+    figs = sampler_figures(by_sampler, samplers, targets, budget, target_how)
     blocks = [text_to_html(n) for n in notes]
     blocks += [
         "<h2>Summary</h2>",
