@@ -345,3 +345,28 @@ def test_an_interrupted_comparison_resumes_its_studies(
     # a study with other settings is not silently reused
     with pytest.raises(UserError, match=r"exists with other settings.*budget 2, not 3"):
         run_comparison(samplers=["random"], **(kwargs | {"budget": 3}))
+
+
+def test_standalone_seconds_charge_each_size_and_mirror_once() -> None:
+    """A wide trial needs every size it concatenates, plain and (flip or tta) mirrored: each
+    extraction is charged to the first trial that needs it, head seconds to every trial."""
+    from types import SimpleNamespace
+
+    from clothopt.reports.samplers import _standalone_seconds
+
+    def trial(params: dict[str, Any]) -> Any:
+        return SimpleNamespace(params=params, user_attrs={"train_seconds": 1.0})
+
+    run: Any = SimpleNamespace(
+        config=None,
+        trials=[
+            trial({"image_size": 300}),
+            trial({"image_sizes": "300+500", "flip": True}),
+            trial({"image_sizes": "300+500", "tta": True}),
+            trial({"image_sizes": "224", "flip": False}),
+        ],
+    )
+    cost = {(300, False): 10.0, (500, False): 20.0, (300, True): 30.0, (500, True): 40.0}
+    cost[224, False] = 5.0
+    seconds = _standalone_seconds(run, lambda _cfg, size, flip=False: cost[size, flip])
+    assert seconds == [11.0, 1.0 + 20 + 30 + 40, 1.0, 6.0]
