@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -95,6 +96,13 @@ def any_storage(request: pytest.FixtureRequest, storage: str) -> str:
     if request.param == "sqlite":
         return storage
     return request.getfixturevalue("postgres_storage")
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT: the default disposition,
+    as a terminal's Ctrl-C finds it (a shell's background jobs, CI's included, ignore SIGINT,
+    and Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # --------------------------------------------------------------------------- headless Chromium

@@ -41,7 +41,7 @@ from clothopt.errors import UserError
 from clothopt.features import FeatureCache
 from clothopt.metrics import classification_metrics
 from clothopt.objective import Objective
-from conftest import chromium, keep_artifact, make_dataset, require_chromium
+from conftest import chromium, keep_artifact, make_dataset, require_chromium, sigint_default
 
 SPACE = """
 description = "dashboard test grid"
@@ -495,6 +495,7 @@ def test_the_command_serves_warns_when_exposed_and_stops_on_ctrl_c(built: Built)
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_default,
     )
     try:
         assert proc.stdout is not None

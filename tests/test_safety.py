@@ -23,6 +23,7 @@ from clothopt import paths
 from clothopt import study as st
 from clothopt.cli import main, recorded_command, run_it_line
 from clothopt.errors import UserError
+from conftest import sigint_default
 
 TWO = "[params]\nimage_size = [32]\nbatch_size = [8]\nlearning_rate = [0.01, 0.001]\n"
 ONE = "[params]\nimage_size = [32]\nbatch_size = [8]\nlearning_rate = [0.01]\n"
@@ -87,6 +88,7 @@ def _cli(*args: str, **kw: object) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env=kw.pop("env", None) or _env(),  # type: ignore[arg-type]
+        preexec_fn=sigint_default,  # interrupted with SIGINT too, whatever the runner ignores
         **kw,  # type: ignore[arg-type]
     )
 

@@ -18,6 +18,7 @@ from clothopt import engine, paths
 from clothopt import study as st
 from clothopt.engine.queue import pop_waiting
 from clothopt.errors import TrialFailed, UserError
+from conftest import sigint_default
 
 SMALL_SPACE = """
 description = "test grid"
@@ -416,7 +417,9 @@ def test_sigterm_and_ctrl_c_put_the_trial_back(
         sys.exit(main(["study", "optimize", "s", "--storage", {storage!r}, "--quiet"]))
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", cli], stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", cli], stderr=subprocess.PIPE, preexec_fn=sigint_default
+    )
     study, _ = st.load("s", storage)
     _wait_for(
         lambda: any(
