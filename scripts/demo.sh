@@ -29,35 +29,28 @@ if [ ! -d "$DATA" ]; then
     clothopt data fetch --dest "$DATA"
 fi
 
-# `study show` succeeds only for a study that exists: then this run continues it
-if clothopt study show "$NAME" --storage "$STORAGE" --json >/dev/null 2>&1; then
-    step "study $NAME exists: continuing it"
-else
-    step "creating study $NAME"
-    clothopt study create --backbone mobilenet_025 --space paper --data "$DATA" \
-        --weights "$WEIGHTS" --name "$NAME" --storage "$STORAGE"
-fi
+# search STUDY SPACE WHAT: create the study unless it exists (`study show` succeeds only for a
+# study that exists: then this run continues it), run it, finalize its best trial
+search() {
+    if clothopt study show "$1" --storage "$STORAGE" --json >/dev/null 2>&1; then
+        step "study $1 exists: continuing it"
+    else
+        step "creating study $1 (space $2)"
+        clothopt study create --backbone mobilenet_025 --space "$2" --data "$DATA" \
+            --weights "$WEIGHTS" --name "$1" --storage "$STORAGE"
+    fi
+    step "running $3"
+    clothopt study optimize "$1" --storage "$STORAGE"
+    step "final training of the best trial, test report, exported model"
+    clothopt study finalize "$1" --storage "$STORAGE" ${PAPER:+--paper "$PAPER"}
+}
 
-step "running the paper's grid (27 trials)"
-clothopt study optimize "$NAME" --storage "$STORAGE"
-
-step "final training (5 epochs), test report, exported model"
-clothopt study finalize "$NAME" --storage "$STORAGE" ${PAPER:+--paper "$PAPER"}
+search "$NAME" paper "the paper's grid (27 trials)"
 
 if [ "$WIDE" = 1 ]; then
     WNAME=${NAME%-mobilenet_025}-wide
     [ "$WNAME" != "$NAME" ] || WNAME="$NAME-wide"
-    if clothopt study show "$WNAME" --storage "$STORAGE" --json >/dev/null 2>&1; then
-        step "study $WNAME exists: continuing it"
-    else
-        step "creating study $WNAME (space wide: the head, its training and its features)"
-        clothopt study create --backbone mobilenet_025 --space wide --data "$DATA" \
-            --weights "$WEIGHTS" --name "$WNAME" --storage "$STORAGE"
-    fi
-    step "searching the wide space (TPE, 60 trials)"
-    clothopt study optimize "$WNAME" --storage "$STORAGE"
-    step "final training of the best wide trial, test report, exported model"
-    clothopt study finalize "$WNAME" --storage "$STORAGE" ${PAPER:+--paper "$PAPER"}
+    search "$WNAME" wide "TPE over the head, its training and its features (60 trials)"
     FINAL=$(dirname "${STORAGE#sqlite:///}")/runs/$WNAME/final
     if [ -d "$FINAL" ] && [ -d "$DATA/train" ]; then
         step "indexing the train split for similar items"

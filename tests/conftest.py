@@ -98,6 +98,39 @@ def any_storage(request: pytest.FixtureRequest, storage: str) -> str:
     return request.getfixturevalue("postgres_storage")
 
 
+def create_args(space: Path, data: Path, name: str, storage: str, *extra: str) -> list[str]:
+    """``clothopt study create`` of mobilenet_025 with random weights (fast plumbing)."""
+    args = ["study", "create", "--backbone", "mobilenet_025", "--space", str(space)]
+    args += ["--data", str(data), "--weights", "none", "--name", name, "--storage", storage]
+    return [*args, *extra]
+
+
+def save_tiny_model(folder: Path, classes: list[str], seed: int | None = 0) -> Path:
+    """An exported model as finalize builds it (random base, 32 px: fast) without a detector,
+    and its classes.json. ``seed``: a random head with a large kernel (the random base's
+    features are tiny, so outputs then depend on the image); None: an all-zero head."""
+    import json
+
+    import numpy as np
+
+    from clothopt.model.backbones import get_backbone
+    from clothopt.model.compose import Head, compose
+    from clothopt.predict import CLASSES_FILE
+
+    n = len(classes)
+    if seed is None:
+        kernel = np.zeros((256, n), "float32")
+    else:
+        kernel = np.random.default_rng(seed).normal(0, 1e16, (256, n)).astype("float32")
+    trained = Head(num_classes=n, weights=[kernel, np.zeros(n, "float32")])
+    spec = get_backbone("mobilenet_025")
+    model = compose(spec, 32, "none", 0, raw_input=True, head=trained, softmax=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    (folder / CLASSES_FILE).write_text(json.dumps(classes))
+    return folder / "model.keras"
+
+
 def sigint_default() -> None:
     """``preexec_fn`` for a child that a test interrupts with SIGINT: the default disposition,
     as a terminal's Ctrl-C finds it (a shell's background jobs, CI's included, ignore SIGINT,

@@ -10,27 +10,9 @@ from pathlib import Path
 import pytest
 
 from clothopt.cli import main
+from conftest import create_args
 
 SPACE = "[params]\nimage_size = [32]\nbatch_size = [8]\nlearning_rate = [0.01, 0.001]\n"
-
-
-def _create_args(space: Path, data: Path, name: str, storage: str) -> list[str]:
-    return [
-        "study",
-        "create",
-        "--backbone",
-        "mobilenet_025",
-        "--space",
-        str(space),
-        "--data",
-        str(data),
-        "--weights",
-        "none",
-        "--name",
-        name,
-        "--storage",
-        storage,
-    ]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -83,9 +65,9 @@ def test_create_optimize_show_delete(tiny_data: Path, storage: str, tmp_path: Pa
     space = tmp_path / "s.toml"
     space.write_text(SPACE)
     common = ["--storage", storage]
-    created = run(*_create_args(space, tiny_data, "t", storage))
+    created = run(*create_args(space, tiny_data, "t", storage))
     assert created.returncode == 0, created.stderr
-    again = run(*_create_args(space, tiny_data, "t", storage))
+    again = run(*create_args(space, tiny_data, "t", storage))
     assert again.returncode == 2 and "already exists" in again.stderr
     opt = run("study", "optimize", "t", "--quiet", *common)
     assert opt.returncode == 0, opt.stderr
@@ -105,7 +87,7 @@ def test_create_optimize_show_delete(tiny_data: Path, storage: str, tmp_path: Pa
 def test_optimize_refuses_a_changed_data_set(tiny_data: Path, storage: str, tmp_path: Path) -> None:
     space = tmp_path / "s.toml"
     space.write_text(SPACE)
-    assert main(_create_args(space, tiny_data, "t", storage)) == 0
+    assert main(create_args(space, tiny_data, "t", storage)) == 0
     victim = next((tiny_data / "train" / "hat").iterdir())
     victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
     assert main(["study", "optimize", "t", "--storage", storage, "--quiet"]) == 2
@@ -118,7 +100,7 @@ def test_every_study_command_works_on_postgresql(
     space = tmp_path / "s.toml"
     space.write_text(SPACE)
     common = ["--storage", postgres_storage]
-    assert main(_create_args(space, tiny_data, "pg", postgres_storage)) == 0
+    assert main(create_args(space, tiny_data, "pg", postgres_storage)) == 0
     assert main(["study", "optimize", "pg", "--quiet", *common]) == 0
     assert main(["study", "show", "pg", *common]) == 0
     assert main(["study", "list", *common]) == 0
@@ -159,7 +141,7 @@ def test_a_user_error_inside_a_trial_stops_optimize_with_one_line(
 
     space = tmp_path / "space.toml"
     space.write_text(SPACE)
-    assert main(_create_args(space, tiny_data, "s", storage)) == 0
+    assert main(create_args(space, tiny_data, "s", storage)) == 0
 
     def misconfigured(self: Objective, trial: object) -> float:
         raise UserError("weights file not found: /gone/w.h5")
@@ -184,7 +166,7 @@ def test_an_unreadable_image_fails_only_its_trial(
     victim.write_bytes(b"not an image")
     space = tmp_path / "space.toml"
     space.write_text(SPACE)
-    assert main(_create_args(space, tiny_data, "s", storage)) == 0
+    assert main(create_args(space, tiny_data, "s", storage)) == 0
     # every trial it ran failed: exit 1 (issue #11), after running them all
     assert main(["study", "optimize", "s", "--storage", storage, "--quiet"]) == 1
     assert "ran 2 trial(s)" in capsys.readouterr().out  # the second ran after the first failed

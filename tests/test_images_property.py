@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import tempfile
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from PIL import Image
 
 from clothopt.cli import main
 from clothopt.data import IMAGE_EXTENSIONS, UnusableImage, load_image
+from conftest import save_tiny_model
 
 CLASSES = ["hat", "pants"]
 FORMATS = {
@@ -108,18 +108,7 @@ def _tree(root: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny exported model as finalize builds it (random base), as in test_predict.py."""
-    from clothopt.model.backbones import get_backbone
-    from clothopt.model.compose import Head, compose
-    from clothopt.predict import CLASSES_FILE
-
-    folder = tmp_path_factory.mktemp("model")
-    head = [np.zeros((256, len(CLASSES)), "float32"), np.zeros(len(CLASSES), "float32")]
-    trained = Head(num_classes=len(CLASSES), weights=head)
-    spec = get_backbone("mobilenet_025")
-    model = compose(spec, 32, "none", 0, raw_input=True, head=trained, softmax=True)
-    model.save(folder / "model.keras")
-    (folder / CLASSES_FILE).write_text(json.dumps(CLASSES))
-    return folder / "model.keras"
+    return save_tiny_model(tmp_path_factory.mktemp("model"), CLASSES, seed=None)
 
 
 @pytest.fixture(scope="module")

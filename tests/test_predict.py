@@ -19,8 +19,8 @@ from PIL import Image
 from clothopt.cli import main
 from clothopt.data import load_image
 from clothopt.errors import UserError
-from clothopt.model.backbones import get_backbone
 from clothopt.predict import CLASSES_FILE, expand_paths, load_classifier, predict_files
+from conftest import save_tiny_model
 
 CLASSES = ["hat", "pants", "shoes", "skirt"]
 
@@ -41,17 +41,7 @@ def _sample_pictures() -> list[Path]:
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An exported model as finalize builds it (random base: fast), with a random head."""
-    from clothopt.model.compose import Head, compose
-
-    folder = tmp_path_factory.mktemp("model")
-    rng = np.random.default_rng(0)
-    # the random base's features are tiny: a large kernel makes outputs depend on the image
-    head = [rng.normal(0, 1e16, (256, len(CLASSES))).astype("float32"), np.zeros(4, "float32")]
-    spec, trained = get_backbone("mobilenet_025"), Head(num_classes=len(CLASSES), weights=head)
-    model = compose(spec, 32, "none", 0, raw_input=True, head=trained, softmax=True)
-    model.save(folder / "model.keras")
-    (folder / CLASSES_FILE).write_text(json.dumps(CLASSES))
-    return folder / "model.keras"
+    return save_tiny_model(tmp_path_factory.mktemp("model"), CLASSES, seed=0)
 
 
 def _run(argv: list[str]) -> tuple[int, str, str]:

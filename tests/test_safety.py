@@ -23,7 +23,7 @@ from clothopt import paths
 from clothopt import study as st
 from clothopt.cli import main, recorded_command, run_it_line
 from clothopt.errors import UserError
-from conftest import sigint_default
+from conftest import create_args, sigint_default
 
 TWO = "[params]\nimage_size = [32]\nbatch_size = [8]\nlearning_rate = [0.01, 0.001]\n"
 ONE = "[params]\nimage_size = [32]\nbatch_size = [8]\nlearning_rate = [0.01]\n"
@@ -43,26 +43,6 @@ def _space(tmp_path: Path, text: str = TWO) -> Path:
     path = tmp_path / "space.toml"
     path.write_text(text)
     return path
-
-
-def _create(space: Path, data: Path, name: str, storage: str, *extra: str) -> list[str]:
-    return [
-        "study",
-        "create",
-        "--backbone",
-        "mobilenet_025",
-        "--space",
-        str(space),
-        "--data",
-        str(data),
-        "--weights",
-        "none",
-        "--name",
-        name,
-        "--storage",
-        storage,
-        *extra,
-    ]
 
 
 def _one_error_line(err: str, *words: str) -> str:
@@ -102,7 +82,7 @@ def test_a_bad_study_name_is_one_line_and_writes_nothing(
 ) -> None:
     space = _space(tmp_path)
     before = _listing(tmp_path)
-    assert main(_create(space, tiny_data, name, storage)) == 2
+    assert main(create_args(space, tiny_data, name, storage)) == 2
     _one_error_line(capsys.readouterr().err, "bad study name", paths.NAME_RULE)
     assert _listing(tmp_path) == before  # not even the storage
     assert not Path("/tmp/abs").exists() or name != "/tmp/abs"
@@ -113,7 +93,7 @@ def test_delete_removes_the_run_folder_and_only_its_own_artifacts(
 ) -> None:
     space = _space(tmp_path)
     for name in ("a", "b"):
-        assert main(_create(space, tiny_data, name, storage)) == 0
+        assert main(create_args(space, tiny_data, name, storage)) == 0
         assert main(["study", "optimize", name, "--storage", storage, "--quiet"]) == 0
     artifacts = paths.artifact_dir(storage)
     assert len(list(artifacts.iterdir())) == 4  # a validation report per trial
@@ -159,7 +139,7 @@ def test_finalize_never_replaces_a_final_folder_it_did_not_write(tmp_path: Path)
 def test_a_one_point_grid_runs(
     tiny_data: Path, storage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(_create(_space(tmp_path, ONE), tiny_data, "one", storage)) == 0
+    assert main(create_args(_space(tmp_path, ONE), tiny_data, "one", storage)) == 0
     assert main(["study", "optimize", "one", "--storage", storage, "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "grid: 1/1 points complete exactly once" in captured.out
@@ -175,7 +155,7 @@ def test_a_password_is_never_printed_nor_stored(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:9/postgres"
-    assert main(_create(_space(tmp_path), tiny_data, "p", url)) == 2
+    assert main(create_args(_space(tmp_path), tiny_data, "p", url)) == 2
     err = capsys.readouterr().err
     _one_error_line(err, "cannot open storage", "***")
     assert SECRET not in err
@@ -202,7 +182,7 @@ def test_a_postgresql_password_is_nowhere(
     password = make_url(postgres_storage).password
     assert password
     monkeypatch.chdir(tmp_path)  # the run folder of a PostgreSQL storage is ./studies
-    assert main(_create(_space(tmp_path), tiny_data, "pg", postgres_storage)) == 0
+    assert main(create_args(_space(tmp_path), tiny_data, "pg", postgres_storage)) == 0
     assert main(["study", "show", "pg", "--json", "--storage", postgres_storage]) == 0
     printed = capsys.readouterr()
     assert password not in printed.out + printed.err
@@ -238,7 +218,7 @@ def test_bad_storage_urls_are_one_line(
     tiny_data: Path, tmp_path: Path, url: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = _listing(tmp_path)
-    assert main(_create(_space(tmp_path), tiny_data, "s", url)) == 2
+    assert main(create_args(_space(tmp_path), tiny_data, "s", url)) == 2
     _one_error_line(capsys.readouterr().err, message)
     assert _listing(tmp_path) == before | {"space.toml"}
 
@@ -268,7 +248,7 @@ def test_read_only_commands_create_nothing(
 
 def test_two_creates_at_the_same_moment_make_one_study(tiny_data: Path, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'fresh' / 'clothopt.db'}"  # a fresh database too
-    args = _create(_space(tmp_path), tiny_data, "X", storage)
+    args = create_args(_space(tmp_path), tiny_data, "X", storage)
     procs = [_cli(*args) for _ in range(3)]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
     assert sorted(code for code, _ in results) == [0, 2, 2], results
@@ -322,7 +302,7 @@ def _wait_for(predicate: object, timeout: float = 90) -> None:
 def test_delete_while_optimizing_stops_it_with_one_line(
     tiny_data: Path, storage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(_create(_space(tmp_path), tiny_data, "s", storage)) == 0
+    assert main(create_args(_space(tmp_path), tiny_data, "s", storage)) == 0
     proc = subprocess.Popen(
         [sys.executable, "-c", SLOW_OPTIMIZE, storage, "2"],
         stdout=subprocess.PIPE,
@@ -372,7 +352,7 @@ def test_an_interrupt_at_any_moment_puts_the_trial_back_uncounted(
     tiny_data: Path, storage: str, tmp_path: Path
 ) -> None:
     # max-retries 0: an interrupt counted as a retry would drop its grid point for good
-    args = _create(_space(tmp_path), tiny_data, "s", storage, "--max-retries", "0")
+    args = create_args(_space(tmp_path), tiny_data, "s", storage, "--max-retries", "0")
     assert main(args) == 0
     moments = [0.5, 1.0, 2.0, 3.0, 5.0, 8.0]
     for i, seconds in enumerate(moments):
@@ -395,7 +375,7 @@ def test_random_interrupts_then_resume_complete_each_point_once(
 ) -> None:
     rng = random.Random(11)
     # two SIGKILLs may each count (a dead worker), so max-retries 2; the rest must not count
-    args = _create(_space(tmp_path), tiny_data, "s", storage, "--max-retries", "2")
+    args = create_args(_space(tmp_path), tiny_data, "s", storage, "--max-retries", "2")
     assert main(args) == 0
     sigs = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL] * 2 + [signal.SIGINT, signal.SIGTERM]
     rng.shuffle(sigs)
@@ -416,7 +396,7 @@ def test_random_interrupts_then_resume_complete_each_point_once(
 def test_tensorflow_start_up_lines_only_with_verbose(
     tiny_data: Path, storage: str, tmp_path: Path
 ) -> None:
-    assert main(_create(_space(tmp_path, ONE), tiny_data, "s", storage)) == 0
+    assert main(create_args(_space(tmp_path, ONE), tiny_data, "s", storage)) == 0
     env = _env()
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     quiet = _cli("study", "optimize", "s", "--storage", storage, "--quiet", env=env)
@@ -424,7 +404,7 @@ def test_tensorflow_start_up_lines_only_with_verbose(
     assert quiet.returncode == 0, err
     assert "oneDNN" not in err and "cuda" not in err.lower(), err
     assert main(["study", "delete", "s", "--storage", storage]) == 0
-    assert main(_create(_space(tmp_path, ONE), tiny_data, "s", storage)) == 0
+    assert main(create_args(_space(tmp_path, ONE), tiny_data, "s", storage)) == 0
     loud = _cli("--verbose", "study", "optimize", "s", "--storage", storage, "--quiet", env=env)
     _, err = loud.communicate(timeout=300)
     assert loud.returncode == 0, err
@@ -492,7 +472,7 @@ def test_create_with_generated_names_urls_and_spaces_is_0_or_2_and_stays_inside(
             err = io.StringIO()
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
                 try:
-                    code = main(_create(Path(root) / "s.toml", tiny_data, name, url))
+                    code = main(create_args(Path(root) / "s.toml", tiny_data, name, url))
                 except SystemExit as exc:  # argparse's own one-line errors ("-x" as a value)
                     code = exc.code
             assert code in (0, 2), err.getvalue()

@@ -15,7 +15,6 @@ from PIL import Image
 
 from clothopt.cli import main
 from clothopt.errors import UserError
-from clothopt.model.backbones import get_backbone
 from clothopt.predict import CLASSES_FILE, load_classifier
 from clothopt.similar import (
     build_index,
@@ -25,24 +24,14 @@ from clothopt.similar import (
     query,
     write_html,
 )
+from conftest import save_tiny_model
 
 CLASSES = ["hat", "pants", "shoes", "skirt"]
 
 
 def _save_model(folder: Path, seed: int) -> Path:
     """An exported model as finalize builds it (random base, 32 px: fast), random head."""
-    from clothopt.model.compose import Head, compose
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    # the random base's features are tiny: a large kernel makes the probabilities differ
-    head = [rng.normal(0, 1e16, (256, len(CLASSES))).astype("float32"), np.zeros(4, "float32")]
-    trained = Head(num_classes=len(CLASSES), weights=head)
-    spec = get_backbone("mobilenet_025")
-    model = compose(spec, 32, "none", 0, raw_input=True, head=trained, softmax=True)
-    model.save(folder / "model.keras")
-    (folder / CLASSES_FILE).write_text(json.dumps(CLASSES))
-    return folder / "model.keras"
+    return save_tiny_model(folder, CLASSES, seed=seed)
 
 
 @pytest.fixture(scope="module")
