@@ -41,6 +41,7 @@ from clothopt.final.store import (
     set_final_attr,
     write_report,
 )
+from clothopt.spaces import PAPER_PARAMS
 
 if TYPE_CHECKING:
     import optuna
@@ -59,7 +60,6 @@ __all__ = [
 DEFAULT_EPOCHS = 5  # the paper's final training
 DEFAULT_RESAMPLES = 2000
 MIN_RESAMPLES = 1000
-PAPER_PARAMS = ("image_size", "batch_size", "learning_rate")
 
 
 def _say(progress: bool, message: str) -> None:

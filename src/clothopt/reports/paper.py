@@ -12,6 +12,7 @@ from typing import Any
 
 from clothopt.errors import UserError
 from clothopt.reports.render import format_table
+from clothopt.spaces import PAPER_PARAMS
 
 __all__ = [
     "GRID_FILE",
@@ -24,7 +25,7 @@ __all__ = [
     "read_paper",
 ]
 
-GRID_KEYS = ("image_size", "batch_size", "learning_rate")  # the paper's grid, in its order
+GRID_KEYS = PAPER_PARAMS  # the paper's grid, in its order
 GRID_FILE = "grid_validation_f1.csv"
 TEST_FILE = "final_test.csv"
 
