@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pytest
 from benchmarks.ood_candidates import (
+    _auroc,
+    auroc_gain_interval,
     averaged,
     halves,
     knn,
@@ -17,6 +20,7 @@ from benchmarks.ood_candidates import (
 )
 
 from clothopt.final.ood import calibrate, fit_detector
+from clothopt.metrics import auroc
 
 
 def _views(x: np.ndarray, mirror: np.ndarray | None = None) -> dict:
@@ -82,3 +86,12 @@ def test_predicted_class_knn_looks_only_at_that_class() -> None:
     score = predicted_class_knn(plain(300), 1, (kernel, bias, y))(sets)["test"]
     # predicted class 1: its nearest train image is [0.1, 0.9], not [1, 0] itself
     np.testing.assert_allclose(score, [0.1 / np.hypot(0.1, 0.9)])
+
+
+def test_auroc_gain_interval_is_paired() -> None:
+    rng = np.random.default_rng(3)
+    test, out = np.round(rng.normal(size=80), 1), np.round(rng.normal(-1.5, size=40), 1)
+    assert _auroc(test, out) == pytest.approx(auroc(test, out), abs=1e-12)  # ties count half
+    assert auroc_gain_interval((test, out), (test, out), resamples=200) == (0.0, 0.0)
+    low, high = auroc_gain_interval((test, out), (test, out - 0.5), resamples=200)
+    assert 0.0 < low <= high  # the same draws for both: a uniform gain is never negative
