@@ -178,21 +178,22 @@ def fitted(method: str, rep: Callable[[Views], np.ndarray], head: tuple) -> Scor
     return score
 
 
-def rank_mix(a: Scorer, b_method: str, rep: Callable, head: tuple, w: float, k: int) -> Scorer:
-    """``w`` x kNN's percentile + (1 - w) x ``b_method``'s, percentiles among TRAIN scores
-    (kNN's train scores leave the image itself out)."""
+def rank_mix(
+    rep: Callable[[Views], np.ndarray], k: int, method: str, head: tuple, w: float
+) -> Scorer:
+    """``w`` x the k-th-neighbour kNN score's percentile + (1 - w) x ``method``'s, percentiles
+    among the TRAIN split's own scores (kNN's leave the image itself out)."""
     kernel, bias, y_train = head
 
     def score(sets: Mapping[str, Views]) -> dict[str, np.ndarray]:
         train = rep(sets["train"])
         bank = _unit(train)
         knn_train = _kth(bank, train, k + 1)  # its own similarity (1.0) is the 1st
-        other = fit_detector(b_method, train, y_train, [kernel, bias])
+        other = fit_detector(method, train, y_train, [kernel, bias])
         other_train = np.sort(other.score(train))
         knn_train.sort()
-        s_a = a(sets)
         return {
-            n: w * np.searchsorted(knn_train, s_a[n], "right") / len(train)
+            n: w * np.searchsorted(knn_train, _kth(bank, rep(v), k), "right") / len(train)
             + (1 - w) * np.searchsorted(other_train, other.score(rep(v)), "right") / len(train)
             for n, v in sets.items()
             if n != "train"
@@ -216,9 +217,8 @@ def knn_standardized(rep: Callable[[Views], np.ndarray], k: int) -> Scorer:
 def candidates(head: tuple) -> dict[str, Scorer]:
     """The candidates, by name; ``head``: (kernel, bias, train labels) on 300 px features."""
     p3, a3, p5, a5 = plain(300), averaged(300), plain(500), averaged(500)
-    shipped = knn(p3, 10)
     return {
-        "kNN k=10, 300 px (shipped)": shipped,
+        "kNN k=10, 300 px (shipped)": knn(p3, 10),
         "kNN k=3, 300 px": knn(p3, 3),
         "kNN k=10, 300 px, train mirrors in the bank": knn(p3, 10, mirrored_bank=True),
         "kNN k=10, 300 px standardized": knn_standardized(p3, 10),
@@ -230,8 +230,8 @@ def candidates(head: tuple) -> dict[str, Scorer]:
         "kNN k=5 in the predicted class, 300 px": predicted_class_knn(p3, 5, head),
         "relative Mahalanobis, 300 px": fitted("relative_mahalanobis", p3, head),
         "ViM, 300 px": fitted("vim", p3, head),
-        "rank 0.75 kNN + 0.25 ViM, 300 px": rank_mix(shipped, "vim", p3, head, 0.75, 10),
-        "rank 0.75 kNN + 0.25 energy, 300 px": rank_mix(shipped, "energy", p3, head, 0.75, 10),
+        "rank 0.75 kNN + 0.25 ViM, 300 px": rank_mix(p3, 10, "vim", head, 0.75),
+        "rank 0.75 kNN + 0.25 energy, 300 px": rank_mix(p3, 10, "energy", head, 0.75),
     }
 
 

@@ -16,6 +16,7 @@ from benchmarks.ood_candidates import (
     permutation_p,
     plain,
     predicted_class_knn,
+    rank_mix,
     threshold_at,
 )
 
@@ -95,3 +96,17 @@ def test_auroc_gain_interval_is_paired() -> None:
     assert auroc_gain_interval((test, out), (test, out), resamples=200) == (0.0, 0.0)
     low, high = auroc_gain_interval((test, out), (test, out - 0.5), resamples=200)
     assert 0.0 < low <= high  # the same draws for both: a uniform gain is never negative
+
+
+def test_rank_mix_weight_one_is_knns_percentile_among_train() -> None:
+    rng = np.random.default_rng(4)
+    train, y = rng.normal(size=(40, 5)), np.arange(40) % 2
+    head = (rng.normal(size=(5, 2)), np.zeros(2), y)
+    query = np.r_[train[:3] * 1.0001, rng.normal(size=(5, 5))]
+    sets = {"train": _views(train), "test": _views(query)}
+    mixed = rank_mix(plain(300), 3, "energy", head, 1.0)(sets)["test"]
+    knn_scores = knn(plain(300), 3)(sets)["test"]
+    assert np.all((mixed >= 0) & (mixed <= 1))
+    lower = knn_scores[:, None] < knn_scores[None, :]
+    assert np.all(mixed[:, None] <= mixed[None, :], where=lower)  # a monotone map of kNN
+    assert len(np.unique(mixed)) > 1
