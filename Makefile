@@ -20,7 +20,7 @@ RUN_WEIGHTS := $(WEIGHTS)
 endif
 BENCH_ARGS ?=
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup backends demo test test-fast lint format bench clean
 
 $(BIN)/clothopt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,14 +30,31 @@ $(BIN)/clothopt: pyproject.toml
 
 setup: $(BIN)/clothopt  ## create .venv and install clothopt with its test tools
 
+# Plain Keras on JAX and on PyTorch, without TensorFlow or clothopt: what a catalogue may serve an
+# exported model with (tests/test_backends.py). The same Keras as .venv; torch 2.13.0 is a CPU
+# build (a bare `torch` pulls a CUDA build of several GB).
+JAX_VERSION ?= 0.10.2
+TORCH_VERSION ?= 2.13.0
+$(VENV)-%/installed: | $(BIN)/clothopt
+	rm -rf $(VENV)-$*
+	$(PYTHON) -m venv $(VENV)-$*
+	$(VENV)-$*/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)-$*/bin/python -m pip install --quiet pillow \
+		"keras==$$($(PY) -c 'import keras; print(keras.__version__)')" \
+		$(if $(filter jax,$*),"jax==$(JAX_VERSION)","torch==$(TORCH_VERSION)")
+	touch $@
+
+backends: $(VENV)-jax/installed $(VENV)-torch/installed  ## .venv-jax, .venv-torch
+
 WIDE ?= 1
 
 demo: setup  ## the main job: the paper's grid and the wide search with mobilenet_025, finalized
 	BIN="$(BIN)" DATA="$(RUN_DATA)" WEIGHTS="$(RUN_WEIGHTS)" STORAGE="$(STORAGE)" \
 		WIDE="$(WIDE)" bash scripts/demo.sh
 
-test: setup  ## the whole suite (unit + slow tests on a subset of the real data)
-	$(PY) -m pytest -q
+test: setup backends  ## the whole suite (unit + slow tests on a subset of the real data)
+	CLOTHOPT_BACKEND_PYTHONS="jax=$(VENV)-jax/bin/python torch=$(VENV)-torch/bin/python" \
+		$(PY) -m pytest -q
 
 test-fast: setup  ## unit tests only
 	$(PY) -m pytest -q -m "not slow and not postgres"

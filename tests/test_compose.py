@@ -10,10 +10,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from clothopt.data import nearest_indices
 from clothopt.model import compose as compose_mod
 from clothopt.model.backbones import get_backbone
-from clothopt.model.compose import POOL_LAYER, Head, build_head, compose
+from clothopt.model.compose import POOL_LAYER, Head, build_head, compose, nearest_corrections
 
 SPEC = get_backbone("mobilenet_025")
 SIZE = 32
@@ -347,3 +350,16 @@ def test_wide_head_starts_as_the_trainer_does_and_bad_heads_are_refused() -> Non
         compose(SPEC, SIZE, "none", raw_input=True, tta=True)
     with pytest.raises(ValueError, match="mean and std"):
         compose(SPEC, SIZE, "none", head=Head(num_classes=CLASSES, normalize="standardize"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 1200), st.integers(1, 6000))
+def test_the_correction_table_turns_the_exact_index_into_pils(size: int, side: int) -> None:
+    # what pil_nearest_resize computes in the graph, read back in NumPy
+    row_of_side, words = nearest_corrections(size, max_side=side)
+    k = np.arange(size)
+    word = words[int(row_of_side[side])][k // 24].astype(np.int64)
+    fix = (word >> (k % 24)) & 1
+    got = (2 * k + 1) * side // (2 * size) - fix
+    np.testing.assert_array_equal(got, nearest_indices(side, size))
+    assert row_of_side[-1] == 0  # longer sides: the closed form, no row

@@ -172,7 +172,8 @@ def test_in_model_resize_equals_pil_nearest_pixel_for_pixel(tmp_path: Path, size
 
 
 def test_in_model_running_sum_adds_in_order_like_pil() -> None:
-    """The RNN's float64 running sum equals numpy's sequential one, where a closed form does not."""
+    """The in-model index (exact int32 less the correction table) equals numpy's sequential
+    float64 sum, PIL's, where a closed form alone does not."""
     import keras
 
     from clothopt.data import nearest_indices

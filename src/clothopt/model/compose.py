@@ -6,9 +6,11 @@ model that was trained:
 1. (exported model only, ``raw_input=True``) resize to ``size``×``size`` exactly as PIL's
    NEAREST does (what ``flow_from_directory`` and :func:`clothopt.data.load_image` do). PIL
    walks each axis with a running float64 ``x = scale / 2; x += scale`` and takes ``int(x)``;
-   the accumulated rounding decides ~15% of size pairs, so the running sum is reproduced step
-   by step (a closed form, or Keras ``Resizing("nearest")``, picks other pixels: a silent
-   train/serve skew);
+   the accumulated rounding decides ~15% of size pairs (a closed form alone, or Keras
+   ``Resizing("nearest")``, picks other pixels: a silent train/serve skew). The model computes
+   the exact index in int32 and subtracts PIL's rounding from a table built once
+   (:func:`nearest_corrections`): the same pixels under TensorFlow, JAX and PyTorch, with no
+   float64 (JAX's default 32-bit mode truncates it);
 2. the backbone's ``preprocess_input`` as built-in layers
    (:func:`clothopt.model.backbones.preprocessing_layers`);
 3. the frozen base (``training=False``) and global average pooling: the pooled features, what
@@ -32,6 +34,7 @@ with ``keras.saving.load_model(path, safe_mode=True)`` in a process that never i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -156,53 +159,92 @@ def _head_layers(
     return layers, dense, weights
 
 
+# Sides up to this get PIL's exact pixels from the correction table; beyond it, the closed form
+# (off from PIL's only where its running sum rounded down onto an integer: rare, see below).
+RESIZE_MAX_SIDE = 16384
+_BITS = 24  # correction bits per float32 word: integers below 2**24 are exact in float32
+
+
+@functools.lru_cache(maxsize=16)
+def nearest_corrections(
+    size: int, max_side: int = RESIZE_MAX_SIDE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where PIL's running double sum and the exact index differ, for every input side.
+
+    PIL's NEAREST takes, for output pixel ``k`` of ``size``, ``int(x_k)`` where ``x_0 = s / 2``,
+    ``x_k = x_{k-1} + s`` in float64 and ``s = n / size``. The exact value ``(2k+1)n / (2 size)``
+    is a fraction with denominator ``2 size``: when it is not an integer it lies at least
+    ``1 / (2 size)`` from one, far beyond the sum's rounding error (< 1e-9 for these sides),
+    so both floors agree; when it is an integer, the float sum may land just below it and PIL
+    takes one less. The correction (0 or 1) is therefore a property of ``(n, k)`` alone,
+    computed here once with the float64 sequence PIL runs (as
+    :func:`clothopt.data.nearest_indices`).
+
+    Returns ``(row_of_side, words)``: ``row_of_side[n]`` (float32, ``n`` in
+    ``0..max_side + 1``) is the row of ``words`` holding side ``n``'s bits, 0 for sides without
+    corrections and for ``max_side + 1`` (where longer sides are clamped); ``words[r, k // 24]``
+    holds bit ``k % 24`` of row ``r`` (float32 integers below 2**24, exact on every backend).
+    """
+    n = np.arange(max_side + 2, dtype=np.float64)
+    scale = n / size
+    x = 0.5 * scale
+    running = np.empty((len(n), size), dtype=np.int64)
+    for k in range(size):  # sequential, as PIL adds: a vectorised cumsum may associate otherwise
+        running[:, k] = np.floor(x)
+        x = x + scale
+    exact = (2 * np.arange(size) + 1)[None, :] * np.arange(len(n))[:, None] // (2 * size)
+    corr = exact - running
+    corr[-1] = 0  # the clamp row for longer sides: no table, the closed form
+    if corr.min() < 0 or corr.max() > 1:  # the argument above, checked on every table built
+        raise AssertionError(f"nearest resize to {size}: a correction outside 0..1")
+    rows = np.flatnonzero(corr.any(axis=1))
+    row_of_side = np.zeros(len(n), dtype=np.float32)
+    row_of_side[rows] = np.arange(1, len(rows) + 1)
+    bits = np.zeros((len(rows) + 1, -(-size // _BITS) * _BITS), dtype=np.int64)
+    bits[1:, :size] = corr[rows]
+    weights = (bits.reshape(len(rows) + 1, -1, _BITS) << np.arange(_BITS)).sum(axis=2)
+    return row_of_side, weights.astype(np.float32)
+
+
 def pil_nearest_resize(
     images: keras.KerasTensor, size: int, name: str = "resize"
 ) -> keras.KerasTensor:
     """Symbolic ``(B, H, W, C)`` -> ``(B, size, size, C)`` with PIL NEAREST's exact pixels.
 
-    H and W are read from the tensor at run time (a sum of ones: ``ops.shape`` of a symbolic
-    tensor is static), so one model serves every image size; a batch holds one size.
-    ``name`` prefixes its layers' names (one model may resize several times).
+    Integer arithmetic only, so the pixels are the same under TensorFlow, JAX (whose default
+    32-bit mode once truncated a float64 running sum) and PyTorch: index ``k`` of a side ``n``
+    is ``(2k+1)n // (2 size)`` less PIL's rounding correction, looked up in a table stored as
+    two Embedding layers (:func:`nearest_corrections`). H and W are read from the tensor at run
+    time (a sum of ones: ``ops.shape`` of a symbolic tensor is static), so one model serves
+    every image size; a batch holds one size. ``name`` prefixes its layers' names.
     """
     import keras
     from keras import ops
 
-    # float64 sizes: a sum of ones is exact in any order
-    h = ops.sum(ops.cast(ops.ones_like(images[:1, :, :1, :1]), "float64"))  # one column
-    w = ops.sum(ops.cast(ops.ones_like(images[:1, :1, :, :1]), "float64"))  # one row
-    sizes = ops.reshape(ops.stack([h, w]), (2, 1))
-    # The output size comes from a layer weight, not a constant: TensorFlow's graph optimizer
-    # rewrites x / constant as x * (1 / constant), which rounds differently from PIL's division.
-    out_size = keras.layers.Dense(
-        1,
-        dtype="float64",
-        kernel_initializer="zeros",
-        bias_initializer=keras.initializers.Constant(float(size)),
-        trainable=False,
-        name=f"{name}_out_size",
-    )(sizes)
-    scale = ops.divide(sizes, out_size)  # IEEE division, as PIL's in_size / out_size
-    first_half = np.ones((1, size, 1), dtype="float64")
-    first_half[0, 0, 0] = 0.5  # x starts at scale / 2 (exact: a power of two)
-    steps = ops.multiply(ops.reshape(scale, (2, 1, 1)), first_half)
-    # The running sum: an RNN with h_t = x_t + h_{t-1} adds strictly in order on any device,
-    # as PIL's loop does (a parallel cumsum, as on GPUs, may associate differently).
-    running = keras.layers.SimpleRNN(
-        1,
-        activation="linear",
-        return_sequences=True,
-        dtype="float64",
-        kernel_initializer="ones",
-        recurrent_initializer="ones",
-        bias_initializer="zeros",
-        trainable=False,
-        name=f"{name}_running_sum",
-    )(steps)
-    index = ops.minimum(ops.floor(running[:, :, 0]), sizes - 1.0)
-    index = ops.cast(index, "int32")
-    rows = ops.take(images, index[0], axis=1)
-    return ops.take(rows, index[1], axis=2)
+    row_of_side, words = nearest_corrections(size)
+    max_row = len(row_of_side) - 1
+    h = ops.sum(ops.ones_like(images[:1, :, :1, :1], dtype="int32"))  # one column
+    w = ops.sum(ops.ones_like(images[:1, :1, :, :1], dtype="int32"))  # one row
+    sides = ops.reshape(ops.stack([h, w]), (2, 1))  # (2, 1) int32
+    # the tables are layer weights (saved in the .keras file's weights, not in its JSON config)
+    row_layer = keras.layers.Embedding(
+        max_row + 1, 1, trainable=False, name=f"{name}_correction_rows"
+    )
+    rows = row_layer(ops.minimum(sides, max_row))  # (2, 1, 1)
+    table_layer = keras.layers.Embedding(
+        words.shape[0], words.shape[1], trainable=False, name=f"{name}_corrections"
+    )
+    table = table_layer(ops.cast(rows[:, :, 0], "int32"))  # (2, 1, words)
+    row_layer.set_weights([row_of_side[:, None]])
+    table_layer.set_weights([words])
+    k = np.arange(size)
+    word = ops.cast(ops.take(table[:, 0, :], k // _BITS, axis=1), "int32")  # (2, size)
+    fix = ops.bitwise_and(
+        ops.right_shift(word, (k % _BITS).astype("int32")), np.ones(size, "int32")
+    )
+    index = ops.floor_divide(sides * (2 * k + 1).astype("int32"), 2 * size) - fix
+    rows_taken = ops.take(images, index[0], axis=1)
+    return ops.take(rows_taken, index[1], axis=2)
 
 
 def compose(
@@ -256,11 +298,17 @@ def compose(
     shape = (None, None, 3) if raw_input else (sizes[0], sizes[0], 3)
     inputs = keras.Input(shape, dtype="float32", name="image")
 
+    # one resize per size, shared by the plain and the flipped view (one correction table each)
+    resized = {
+        s: pil_nearest_resize(inputs, s, name="resize" + (f"_{s}px" if many else ""))
+        for s in (sizes if raw_input else [])
+    }
+
     def pooled_of(image: keras.KerasTensor, view: str, flip: bool = False) -> keras.KerasTensor:
         branches = []
         for s in sizes:
             tag = (f"_{s}px" if many else "") + view
-            x = pil_nearest_resize(image, s, name=f"resize{tag}") if raw_input else image
+            x = resized[s] if raw_input else image
             if flip:  # left-right (width: axis 2) after the resize, as the cache flips
                 x = ops.flip(x, axis=2)
             for layer in preprocess:
