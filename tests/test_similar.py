@@ -256,3 +256,34 @@ def test_cli_mistakes_are_one_line_errors(model_file: Path, tmp_path: Path) -> N
     _one_line_error(*_run(["similar", str(idx), q, "--model", str(other)]), r"is stale: model")
     (tmp_path / "cat" / "extra.png").write_bytes(images[1].read_bytes())
     _one_line_error(*_run(["similar", str(idx), q]), r"is stale: catalogue")
+
+
+def test_cli_ivf_index_build_and_nprobe(model_file: Path, tmp_path: Path) -> None:
+    images = _catalogue(tmp_path / "cat", 6)
+    cat, flat, ivf = str(tmp_path / "cat"), tmp_path / "flat.npz", tmp_path / "ivf.npz"
+    build = ["index", "build", str(model_file), cat]
+    code, out, err = _run([*build, "--out", str(flat)])
+    assert code == 0 and "flat" in out, err  # auto: a small catalogue is searched exactly
+    code, out, err = _run([*build, "--out", str(ivf), "--index", "ivf", "--nlist", "3"])
+    assert code == 0 and "ivf nlist=3 nprobe=3" in out, err  # nprobe: the default, capped
+    meta = load_index(ivf).meta
+    assert (meta["index_type"], meta["nlist"], meta["nprobe"]) == ("IndexIVFFlat", 3, 3)
+    assert load_index(ivf, nprobe=1).index.nprobe == 1
+
+    def top(index: Path, *extra: str) -> list[list[str]]:
+        code, out, err = _run(["similar", str(index), *map(str, images), "-k", "6", *extra])
+        assert code == 0, err
+        return [[h["path"] for h in json.loads(line)["similar"]] for line in out.splitlines()]
+
+    args = ["--json"]
+    assert top(ivf, *args, "--nprobe", "3") == top(flat, *args)  # all lists scanned: exact
+    assert [len(r) for r in top(ivf, *args, "--nprobe", "1")] != [6] * 6  # one list: fewer
+
+    _one_line_error(*_run([*build, "--index", "ivf", "--nlist", "7"]), r"--nlist 7 needs at least")
+    _one_line_error(*_run([*build, "--index", "flat", "--nprobe", "2"]), r"IVF index only")
+    _one_line_error(
+        *_run([*build, "--index", "ivf", "--nlist", "2", "--nprobe", "3"]), r"3 is more"
+    )
+    q = str(images[0])
+    _one_line_error(*_run(["similar", str(ivf), q, "--nprobe", "4"]), r"the index's 3 lists")
+    _one_line_error(*_run(["similar", str(flat), q, "--nprobe", "1"]), r"this index is exact")

@@ -37,6 +37,7 @@ import numpy as np
 from clothopt._io import atomic_path, atomic_write_text
 from clothopt.data import IMAGE_EXTENSIONS, file_sha256, load_image
 from clothopt.errors import UserError
+from clothopt.vector_index import index_info, make_index, plan_index, set_nprobe
 
 if TYPE_CHECKING:
     import faiss
@@ -167,6 +168,7 @@ class BuildResult:
     failed: list[str] = field(default_factory=list)  # unreadable images: one message each
     dims: int = 0
     seconds: float = 0.0
+    index: str = ""  # "flat", or "ivf nlist=N nprobe=P"
 
 
 def build_index(
@@ -175,9 +177,13 @@ def build_index(
     out_path: str | os.PathLike[str],
     embedding: str = DEFAULT_EMBEDDING,
     log: Callable[[str], None] | None = None,
+    index_kind: str = "auto",
+    nlist: int | None = None,
+    nprobe: int | None = None,
 ) -> BuildResult:
     """Embed every image under ``catalogue_dir`` and write one index file to ``out_path``.
 
+    ``index_kind``, ``nlist``, ``nprobe``: the faiss index (:func:`vector_index.plan_index`).
     An unreadable image is left out and reported (in the result and through ``log``); a folder
     with no readable image is a :class:`UserError`. The file is written atomically.
     """
@@ -191,6 +197,7 @@ def build_index(
     images, skipped = catalogue_files(root)
     if not images:
         raise UserError(f"no images under {root} ({skipped} other files skipped)")
+    plan_index(len(images), index_kind, nlist, nprobe)  # a bad choice fails before embedding
     model_path = Path(model_path).expanduser().resolve()
     model, _ = load_classifier(model_path)
     embed = embedder(model, embedding)
@@ -206,8 +213,7 @@ def build_index(
     if not vectors:
         raise UserError(f"none of the {len(images)} images under {root} could be read")
     x = np.stack(vectors)
-    index = faiss.IndexFlatIP(x.shape[1])  # exact search; vectors have unit norm: cosine
-    index.add(x)
+    index = make_index(x, plan_index(len(x), index_kind, nlist, nprobe))
     meta = {
         "format": INDEX_FORMAT,
         "clothopt": __version__,
@@ -220,7 +226,7 @@ def build_index(
         "dims": int(x.shape[1]),
         "count": len(kept),
         "faiss": faiss.__version__,
-        "index_type": type(index).__name__,
+        **index_info(index),  # index_type, and nlist, nprobe for IVF
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out = Path(out_path).expanduser()
@@ -231,15 +237,20 @@ def build_index(
             paths=np.array(kept, dtype=np.str_),
             meta=np.array(json.dumps(meta, sort_keys=True)),
         )
-    return BuildResult(out, len(kept), skipped, failed, x.shape[1], time.perf_counter() - start)
+    kind = "ivf nlist={nlist} nprobe={nprobe}".format(**meta) if "nlist" in meta else "flat"
+    took = time.perf_counter() - start
+    return BuildResult(out, len(kept), skipped, failed, x.shape[1], took, kind)
 
 
 def load_index(
     path: str | os.PathLike[str],
     model_path: str | os.PathLike[str] | None = None,
     check_catalogue: bool = True,
+    nprobe: int | None = None,
 ) -> SimilarIndex:
     """Read an index file; refuse it (:class:`UserError`) when it is stale or not an index.
+
+    ``nprobe`` overrides the one an IVF index was built with (a Flat index refuses it).
 
     Stale: the model file (``model_path``, else the one it was built with) is not the one it
     was built with, or (``check_catalogue``) an image under the catalogue folder was added,
@@ -278,6 +289,7 @@ def load_index(
                 f"index {path} is stale: catalogue {root} changed since it was built; "
                 "rebuild it with `clothopt index build`"
             )
+    set_nprobe(index, nprobe if nprobe is not None else meta.get("nprobe"))
     return SimilarIndex(index, paths, meta, path)
 
 
