@@ -325,7 +325,10 @@ def test_cli_ivf_index_build_and_nprobe(model_file: Path, tmp_path: Path) -> Non
     cat, flat, ivf = str(tmp_path / "cat"), tmp_path / "flat.npz", tmp_path / "ivf.npz"
     build = ["index", "build", str(model_file), cat]
     code, out, err = _run([*build, "--out", str(flat)])
-    assert code == 0 and "flat" in out, err  # auto: a small catalogue is searched exactly
+    assert code == 0 and "flat" in out and err == "", err  # auto: small is searched exactly
+    code, out, err = _run([*build, "--out", str(flat), "--nprobe", "4"])  # IVF tuning: moot
+    note = "clothopt: note: 6 images are searched exactly; --nlist and --nprobe do not apply\n"
+    assert code == 0 and err == note and "flat" in out
     code, out, err = _run([*build, "--out", str(ivf), "--index", "ivf", "--nlist", "3"])
     assert code == 0 and "ivf nlist=3 nprobe=3" in out, err  # nprobe: the default, capped
     meta = load_index(ivf).meta

@@ -253,7 +253,10 @@ def build_index(
     if not vectors:
         raise UserError(f"none of the {len(images)} images under {root} could be read")
     x = np.stack(vectors)
-    index = make_index(x, plan_index(len(x), index_kind, nlist, nprobe))
+    plan = plan_index(len(x), index_kind, nlist, nprobe)
+    if plan.kind == "flat" and (nlist, nprobe) != (None, None) and log:
+        log(f"note: {len(x)} images are searched exactly; --nlist and --nprobe do not apply")
+    index = make_index(x, plan)
     meta = {
         "format": INDEX_FORMAT,
         "clothopt": __version__,

@@ -141,7 +141,7 @@ class IndexBuild(_Command):
             help=f"flat (exact), ivf, or auto: ivf from {AUTO_IVF_FROM:,} images on (auto)",
         )
         p.add_argument(
-            "--nlist", type=_positive_int, help="IVF lists (default: 4*sqrt(n), 16 images a list)"
+            "--nlist", type=_positive_int, help="IVF lists (4*sqrt(n), at most one per 16 images)"
         )
         p.add_argument(
             "--nprobe",
