@@ -10,9 +10,10 @@ index gives.
 T = 0.1: the inner product is half the visual cosine, half the Bhattacharyya coefficient of
 the two sharpened class distributions. The sharp class half is near one-hot, so it acts as a
 gate: items the model puts in the query's class first, in the order of how alike they look.
-T was picked on the validation split (queries; the train split is the catalogue) as the
-highest class precision@5 among settings that keep the visual order within a class (Spearman
->= 0.95 between the scores and the visual cosine over the query's class), w <= 0.5. With the
+w and T were picked on the validation split (queries; the train split is the catalogue) as
+the highest class precision@5 among settings that keep the visual order within a class
+(Spearman >= 0.95 between the scores and the visual cosine over the query's class) and whose
+class half is not heavier than the visual one (w <= 0.5). With the
 ``wide`` demo model (mobilenet_025, 300 px, TTA; 85.2% test accuracy), test split: class
 precision@5 0.853, @1 0.852, visual order 0.991, mean visual cosine of the top 5 0.817; the
 previous embedding (T = 1) 0.834 / 0.839, order 0.852, cosine 0.808 (0.821 / 0.820 as it
@@ -74,8 +75,8 @@ __all__ = [
 
 EMBEDDINGS = ("pooled", "pooled+probs")
 DEFAULT_EMBEDDING = "pooled+probs"
-# equal halves (the class half never outweighs the look); the temperature picked on the
-# validation split (module docstring): a sharp class half keeps the visual order within a class
+# picked on the validation split (module docstring): equal halves, the class half sharp enough
+# to act as a gate, which keeps the visual order within a class
 CLASS_WEIGHT = 0.5
 TEMPERATURE = 0.1
 # bump when the file's layout or the embedding changes; older files are then refused
