@@ -17,9 +17,13 @@ from clothopt.cli import main
 from clothopt.errors import UserError
 from clothopt.predict import CLASSES_FILE, load_classifier
 from clothopt.similar import (
+    CLASS_WEIGHT,
+    INDEX_FORMAT,
+    TEMPERATURE,
     build_index,
     embed_arrays,
     embedder,
+    embedding_taps,
     load_index,
     query,
     write_html,
@@ -71,12 +75,57 @@ def test_embeddings_are_unit_vectors_and_pooled_is_cosine() -> None:
     cos = pooled @ pooled.T / np.outer(*(2 * [np.linalg.norm(pooled, axis=1)]))
     e = embed_arrays(pooled, logits, "pooled")
     np.testing.assert_allclose(e @ e.T, cos, atol=1e-6)
-    # pooled+probs: the mean of the visual cosine and the Bhattacharyya coefficient
-    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    e = embed_arrays(pooled, logits, "pooled+probs")
-    np.testing.assert_allclose(e @ e.T, (cos + np.sqrt(probs) @ np.sqrt(probs).T) / 2, atol=1e-6)
+    # pooled+probs: (1 - w) visual cosine + w Bhattacharyya coefficient of softmax(logits / T)
+    for w, t in ((CLASS_WEIGHT, TEMPERATURE), (0.5, 1.0), (0.3, 2.0)):
+        z = np.exp(logits / t)
+        bc = np.sqrt(z / z.sum(1, keepdims=True)) @ np.sqrt(z / z.sum(1, keepdims=True)).T
+        e = embed_arrays(pooled, logits, "pooled+probs", w, t)
+        np.testing.assert_allclose(e @ e.T, (1 - w) * cos + w * bc, atol=1e-6)
+    np.testing.assert_array_equal(
+        embed_arrays(pooled, logits), embed_arrays(pooled, logits, "pooled+probs", 0.5, 0.1)
+    )
     with pytest.raises(UserError, match="unknown embedding"):
         embed_arrays(pooled, logits, "nope")
+
+
+def test_the_shipped_embedding_puts_the_class_first_and_keeps_the_look_within_it() -> None:
+    """Items the model puts in the query's class come first, in the order of visual cosine;
+    even a visually closer item of another class comes after them."""
+    cos = np.array([0.95, 0.90, 0.85, 0.60, 0.97, 0.80])  # each item's cosine to the query
+    looks = np.zeros((6, 8))
+    looks[:, 0], looks[range(6), range(1, 7)] = cos, np.sqrt(1 - cos**2)
+    query_look = np.eye(8)[:1]
+    # the model: items 0-3 in the query's class (item 1 barely), items 4 and 5 in the other
+    logits = np.array([[4.0, 0], [0.5, 0], [4.0, 0], [3.0, 0], [0, 3.0], [0, 2.0]])
+    q = embed_arrays(query_look, np.array([[3.0, 0]]))
+    order = np.argsort(-(embed_arrays(looks, logits) @ q.T)[:, 0]).tolist()
+    assert order == [0, 1, 2, 3, 4, 5]  # item 4 looks closest, but is of another class
+    # the previous embedding (plain softmax) let the model's doubt about item 1 reorder the class
+    previous = (embed_arrays(looks, logits, "pooled+probs", 0.5, 1.0) @ q.T)[:, 0]
+    assert np.argsort(-previous).tolist()[:4] == [0, 2, 1, 3]
+
+
+def test_the_embedding_reads_the_logits_the_model_answers_with(tmp_path: Path) -> None:
+    """A model with test-time augmentation answers with the mean of the image's and its
+    mirror's logits ("tta_logits"): the embedding's class half comes from those."""
+    import keras
+
+    from clothopt.model.backbones import get_backbone
+    from clothopt.model.compose import Head, compose
+
+    kernel = np.random.default_rng(0).normal(0, 1e16, (256, 3)).astype("float32")
+    head = Head(num_classes=3, weights=[kernel, np.zeros(3, "float32")])
+    spec = get_backbone("mobilenet_025")
+    model = compose(spec, 32, "none", 0, raw_input=True, head=head, softmax=True, tta=True)
+    image = np.random.default_rng(1).integers(0, 256, (1, 40, 30, 3)).astype("uint8")
+    pooled, logits = embedding_taps(model).predict_on_batch(image)
+    layers = ("pool", "tta_logits", "logits")
+    want_pool, tta, plain = keras.Model(
+        model.inputs, [model.get_layer(n).output for n in layers]
+    ).predict_on_batch(image)
+    np.testing.assert_array_equal(pooled, want_pool)
+    np.testing.assert_array_equal(logits, tta)
+    assert not np.allclose(tta, plain)  # the mirror changed something: the test can fail
 
 
 def test_build_and_query_round_trip(model_file: Path, tmp_path: Path) -> None:
@@ -94,6 +143,8 @@ def test_build_and_query_round_trip(model_file: Path, tmp_path: Path) -> None:
     with np.load(out, allow_pickle=False) as npz:  # plain arrays: no pickle needed to read it
         meta = json.loads(str(npz["meta"]))
     assert meta["embedding"] == "pooled+probs" and meta["dims"] == 256 + len(CLASSES)
+    assert (meta["class_weight"], meta["temperature"]) == (CLASS_WEIGHT, TEMPERATURE)
+    assert (meta["format"], meta["index_type"]) == (INDEX_FORMAT, "IndexFlatIP")
     assert meta["count"] == len(images) and len(meta["model_sha256"]) == 64
 
     index = load_index(out)
@@ -146,6 +197,17 @@ def test_stale_index_is_refused(model_file: Path, tmp_path: Path) -> None:
     (cat / "new.png").write_bytes(images[1].read_bytes())  # an image added
     with pytest.raises(UserError, match=r"stale: catalogue"):
         load_index(out)
+
+    # an index of the previous format (another embedding) is refused, not misread
+    with np.load(out, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(str(arrays["meta"])) | {"format": 1}
+    old = tmp_path / "old.npz"
+    np.savez(old, **arrays | {"meta": np.array(json.dumps(meta))})
+    with pytest.raises(
+        UserError, match=rf"not a similar-item index of format {INDEX_FORMAT}; rebuild"
+    ):
+        load_index(old, check_catalogue=False)
 
 
 def test_html_page_is_self_contained(model_file: Path, tmp_path: Path) -> None:
@@ -256,3 +318,37 @@ def test_cli_mistakes_are_one_line_errors(model_file: Path, tmp_path: Path) -> N
     _one_line_error(*_run(["similar", str(idx), q, "--model", str(other)]), r"is stale: model")
     (tmp_path / "cat" / "extra.png").write_bytes(images[1].read_bytes())
     _one_line_error(*_run(["similar", str(idx), q]), r"is stale: catalogue")
+
+
+def test_cli_ivf_index_build_and_nprobe(model_file: Path, tmp_path: Path) -> None:
+    images = _catalogue(tmp_path / "cat", 6)
+    cat, flat, ivf = str(tmp_path / "cat"), tmp_path / "flat.npz", tmp_path / "ivf.npz"
+    build = ["index", "build", str(model_file), cat]
+    code, out, err = _run([*build, "--out", str(flat)])
+    assert code == 0 and "flat" in out and err == "", err  # auto: small is searched exactly
+    code, out, err = _run([*build, "--out", str(flat), "--nprobe", "4"])  # IVF tuning: moot
+    note = "clothopt: note: 6 images are searched exactly; --nlist and --nprobe do not apply\n"
+    assert code == 0 and err == note and "flat" in out
+    code, out, err = _run([*build, "--out", str(ivf), "--index", "ivf", "--nlist", "3"])
+    assert code == 0 and "ivf nlist=3 nprobe=3" in out, err  # nprobe: the default, capped
+    meta = load_index(ivf).meta
+    assert (meta["index_type"], meta["nlist"], meta["nprobe"]) == ("IndexIVFFlat", 3, 3)
+    assert load_index(ivf, nprobe=1).index.nprobe == 1
+
+    def top(index: Path, *extra: str) -> list[list[str]]:
+        code, out, err = _run(["similar", str(index), *map(str, images), "-k", "6", *extra])
+        assert code == 0, err
+        return [[h["path"] for h in json.loads(line)["similar"]] for line in out.splitlines()]
+
+    args = ["--json"]
+    assert top(ivf, *args, "--nprobe", "3") == top(flat, *args)  # all lists scanned: exact
+    assert [len(r) for r in top(ivf, *args, "--nprobe", "1")] != [6] * 6  # one list: fewer
+
+    _one_line_error(*_run([*build, "--index", "ivf", "--nlist", "7"]), r"--nlist 7 needs at least")
+    _one_line_error(*_run([*build, "--index", "flat", "--nprobe", "2"]), r"IVF index only")
+    _one_line_error(
+        *_run([*build, "--index", "ivf", "--nlist", "2", "--nprobe", "3"]), r"3 is more"
+    )
+    q = str(images[0])
+    _one_line_error(*_run(["similar", str(ivf), q, "--nprobe", "4"]), r"the index's 3 lists")
+    _one_line_error(*_run(["similar", str(flat), q, "--nprobe", "1"]), r"this index is exact")

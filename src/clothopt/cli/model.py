@@ -123,14 +123,31 @@ class IndexBuild(_Command):
     The folder is read recursively in any layout; files that are not images are skipped and
     counted, an unreadable image is reported and left out. The index (one .npz file, written
     atomically) records the model's SHA-256 and the folder's fingerprint: `clothopt similar`
-    refuses it once either changed.
+    refuses it once either changed. Search is exact (faiss Flat) below 100,000 images and
+    approximate above (IVF: nlist lists, nprobe of them scanned per query; --index chooses).
     """
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
+        from clothopt.vector_index import AUTO_IVF_FROM, DEFAULT_NPROBE, INDEX_KINDS
+
         p.add_argument("model", help="a .keras file written by clothopt study finalize")
         p.add_argument("dir", help="the catalogue: a folder of images (any layout)")
         p.add_argument("--out", help="index file (default: similar.npz beside the model)")
+        p.add_argument(
+            "--index",
+            choices=INDEX_KINDS,
+            default="auto",
+            help=f"flat (exact), ivf, or auto: ivf from {AUTO_IVF_FROM:,} images on (auto)",
+        )
+        p.add_argument(
+            "--nlist", type=_positive_int, help="IVF lists (4*sqrt(n), at most one per 16 images)"
+        )
+        p.add_argument(
+            "--nprobe",
+            type=_positive_int,
+            help=f"IVF lists scanned per query ({DEFAULT_NPROBE}); `similar --nprobe` overrides",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from pathlib import Path
@@ -140,10 +157,17 @@ class IndexBuild(_Command):
         out = Path(args.out) if args.out else Path(args.model).with_name("similar.npz")
         quiet_import_keras()  # TensorFlow's start-up lines only with --verbose
         result = build_index(
-            args.model, args.dir, out, log=lambda line: print(f"clothopt: {line}", file=sys.stderr)
+            args.model,
+            args.dir,
+            out,
+            log=lambda line: print(f"clothopt: {line}", file=sys.stderr),
+            index_kind=args.index,
+            nlist=args.nlist,
+            nprobe=args.nprobe,
         )
         print(
-            f"indexed {result.images} images ({result.dims} dims) in {result.seconds:.1f} s: "
+            f"indexed {result.images} images ({result.dims} dims, {result.index}) "
+            f"in {result.seconds:.1f} s: "
             f"{result.skipped} non-image files skipped, {len(result.failed)} unreadable; "
             f"wrote {result.out}"
         )
@@ -161,6 +185,9 @@ class Similar(_Command):
         p.add_argument("--json", action="store_true", help="one JSON object per image and line")
         p.add_argument("--html", metavar="OUT", help="also write a self-contained HTML page")
         p.add_argument("--model", help="the model (default: the one the index was built with)")
+        p.add_argument(
+            "--nprobe", type=_positive_int, help="IVF lists to scan (default: the index's own)"
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from pathlib import Path
@@ -174,7 +201,7 @@ class Similar(_Command):
         for path in paths:
             if not path.is_file():
                 raise UserError(f"image not found: {path}")
-        index = load_index(args.index, args.model)
+        index = load_index(args.index, args.model, nprobe=args.nprobe)
         with native_stderr_captured():  # TensorFlow start-up, "Not handling type DT_DOUBLE"
             model, _ = load_classifier(args.model or index.meta["model"])
         rejected = rejections(model, paths)
