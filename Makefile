@@ -40,7 +40,7 @@ $(VENV)-%/installed: | $(BIN)/clothopt
 	$(PYTHON) -m venv $(VENV)-$*
 	$(VENV)-$*/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)-$*/bin/python -m pip install --quiet pillow \
-		"keras==$$($(PY) -c 'import keras; print(keras.__version__)')" \
+		"keras==$$($(PY) -c 'from importlib.metadata import version; print(version("keras"))')" \
 		$(if $(filter jax,$*),"jax==$(JAX_VERSION)","torch==$(TORCH_VERSION)")
 	touch $@
 
