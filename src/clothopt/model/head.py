@@ -174,6 +174,14 @@ def average_views(logits: np.ndarray, views: int) -> np.ndarray:
     return np.asarray(logits, np.float32).reshape(views, n, -1).mean(axis=0)
 
 
+def _graph_loop() -> bool:
+    """Whether an epoch runs as one graph: it needs TensorFlow's train_step; other backends go
+    batch by batch."""
+    import keras
+
+    return GRAPH_LOOP and keras.backend.backend() == "tensorflow"
+
+
 @dataclass(frozen=True)
 class _Shape:
     """What is traced into the graph; trials that share it share one compiled model."""
@@ -182,11 +190,76 @@ class _Shape:
     num_classes: int
     hidden_layers: int
     hidden_units: int
-    dropout: float
-    weight_decay: float
-    label_smoothing: float
+    dropout: bool  # present at all (a rate > 0)
+    weight_decay: bool
+    label_smoothing: bool
     optimizer: str
     schedule: str
+    # The three rates themselves where the backend traces them as constants (not TensorFlow's
+    # graph loop); None: they are variables set per trial, so trials that differ only in them
+    # (every wide trial: they are continuous) share one model instead of tracing a new one.
+    constants: tuple[float, float, float] | None = None
+
+
+class _Knobs:
+    """The per-trial rates a shared model reads: TensorFlow variables, or the shape's constants.
+
+    Each holds the float32 a fresh Keras layer/loss/optimizer would turn its Python float into
+    (e.g. dropout's scale ``1/(1-rate)`` rounded once), so a shared model's steps are those of
+    a model built for the trial, bit for bit.
+    """
+
+    NAMES = ("dropout_rate", "dropout_scale", "weight_decay", "smooth_keep", "smooth_add")
+
+    def __init__(self, shape: _Shape) -> None:
+        self.variables = shape.constants is None
+        values = (0.0, 0.0, 0.0) if shape.constants is None else shape.constants
+        for name, value in zip(self.NAMES, self._values(shape.num_classes, *values), strict=True):
+            if self.variables:
+                import tensorflow as tf
+
+                value = tf.Variable(value, trainable=False, dtype=tf.float32, name=name)
+            setattr(self, name, value)
+
+    @staticmethod
+    def _values(classes: int, dropout: float, wd: float, smoothing: float) -> list[float]:
+        f32 = np.float32
+        return [
+            float(f32(dropout)),
+            float(f32(1 / (1 - dropout))),  # what stateless_dropout multiplies by
+            float(f32(wd)),
+            float(f32(1.0 - smoothing)),  # categorical_crossentropy's smoothing, as Keras rounds
+            float(f32(smoothing) / f32(classes)),
+        ]
+
+    def set(self, classes: int, params: HeadParams) -> None:
+        if not self.variables:
+            return
+        values = self._values(classes, params.dropout, params.weight_decay, params.label_smoothing)
+        for name, value in zip(self.NAMES, values, strict=True):
+            getattr(self, name).assign(value)
+
+
+def _trial_dropout(knobs: _Knobs) -> keras.layers.Layer:
+    """Keras's ``Dropout(rate, seed=0)`` with the rate read from ``knobs``: the same seed
+    generator and stateless draw, the same mask and scale (``stateless_dropout``'s maths)."""
+    import keras
+
+    class TrialDropout(keras.layers.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seed_generator = keras.random.SeedGenerator(0)
+
+        def call(self, inputs: Any, training: bool = False) -> Any:
+            if not training:
+                return inputs
+            ops = keras.ops
+            noise = keras.random.uniform(ops.shape(inputs), seed=self.seed_generator)
+            scaled = ops.multiply(inputs, ops.cast(knobs.dropout_scale, inputs.dtype))
+            keep = ops.greater_equal(noise, ops.cast(knobs.dropout_rate, inputs.dtype))
+            return ops.where(keep, scaled, ops.zeros((), inputs.dtype))
+
+    return TrialDropout()
 
 
 class _Compiled:
@@ -196,6 +269,7 @@ class _Compiled:
         import keras
 
         self.shape = shape
+        self.knobs = _Knobs(shape)
         inputs = keras.Input((shape.input_dim,), name="features")
         x = inputs
         self.dense: list[keras.layers.Dense] = []
@@ -211,39 +285,51 @@ class _Compiled:
         self.dense.append(logits)
         self.model = keras.Model(inputs, logits(x), name="head")
         self.optimizer = self._optimizer()
-        self.model.compile(
-            optimizer=self.optimizer,
-            loss=keras.losses.CategoricalCrossentropy(
-                from_logits=True, label_smoothing=shape.label_smoothing
-            ),
-        )
+        self.model.compile(optimizer=self.optimizer, loss=self._loss())
         self.optimizer.build(self.model.trainable_variables)
-        # one graph per epoch needs TensorFlow's train_step; other backends go batch by batch
-        self.graph_loop = GRAPH_LOOP and keras.backend.backend() == "tensorflow"
+        self.graph_loop = _graph_loop()
         self._epoch_fn = self._make_epoch_fn() if self.graph_loop else None
 
     def _dropout(self, x: Any) -> Any:
-        if self.shape.dropout <= 0.0:
+        if not self.shape.dropout:
             return x
-        import keras
-
-        layer = keras.layers.Dropout(self.shape.dropout, seed=0)
+        layer = _trial_dropout(self.knobs)
         self.dropouts.append(layer)
         return layer(x)
+
+    def _loss(self) -> keras.losses.Loss:
+        import keras
+
+        if not self.shape.label_smoothing:  # the paper's loss, as it always was
+            return keras.losses.CategoricalCrossentropy(from_logits=True)
+        knobs = self.knobs
+
+        class Smoothed(keras.losses.Loss):
+            def call(self, y_true: Any, y_pred: Any) -> Any:
+                # categorical_crossentropy(label_smoothing=s)'s maths, s read from the knobs
+                y_true = keras.ops.cast(y_true, y_pred.dtype) * knobs.smooth_keep
+                return keras.ops.categorical_crossentropy(
+                    y_true + knobs.smooth_add, y_pred, from_logits=True
+                )
+
+        return Smoothed(name="categorical_crossentropy")
 
     def _optimizer(self) -> keras.optimizers.Optimizer:
         import keras
 
-        kind, wd = self.shape.optimizer, self.shape.weight_decay or None
-        # the learning rate is a variable, set per trial; 0.001 is a placeholder
+        kind = self.shape.optimizer
+        decay = self.shape.weight_decay or kind == "adamw"
+        # built with a placeholder decay (a positive one builds the decay step), then the decay
+        # is read from the knobs at every step, as the learning rate (set per trial) is
         if kind == "adam":
-            opt: keras.optimizers.Optimizer = keras.optimizers.Adam(weight_decay=wd)
+            opt: keras.optimizers.Optimizer = keras.optimizers.Adam(weight_decay=decay or None)
         elif kind == "adamw":
-            opt = keras.optimizers.AdamW(weight_decay=self.shape.weight_decay)
+            opt = keras.optimizers.AdamW(weight_decay=1.0)
         else:
-            opt = keras.optimizers.SGD(momentum=0.9, weight_decay=wd)
-        if opt.weight_decay:
+            opt = keras.optimizers.SGD(momentum=0.9, weight_decay=decay or None)
+        if decay:
             opt.exclude_from_weight_decay(var_names=["bias"])
+            opt.weight_decay = self.knobs.weight_decay
         return opt
 
     def _make_epoch_fn(self) -> Callable[..., Any]:
@@ -272,8 +358,9 @@ class _Compiled:
 
         return epoch
 
-    def reset(self, seed: int, learning_rate: float) -> None:
-        """Weights as freshly built layers from ``seed`` get; the optimizer as a new one."""
+    def reset(self, seed: int, params: HeadParams) -> None:
+        """Weights as freshly built layers from ``seed`` get; the optimizer as a new one; the
+        trial's rates."""
         import keras
 
         for i, layer in enumerate(self.dense):
@@ -286,7 +373,8 @@ class _Compiled:
             layer.seed_generator.state.assign(np.array([seed + 1000 + i, 0], dtype="uint32"))
         for var in self.optimizer.variables:
             var.assign(keras.ops.zeros(var.shape, var.dtype))
-        self.optimizer.learning_rate.assign(learning_rate)
+        self.optimizer.learning_rate.assign(params.learning_rate)
+        self.knobs.set(self.shape.num_classes, params)
 
     def run_epoch(
         self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, params: HeadParams, total: int
@@ -359,19 +447,21 @@ class HeadTrainer:
         x_train = np.asarray(x_train, np.float32)
         x_val = np.asarray(x_val, np.float32)
         x_train, x_val = normalize_features(x_train, x_val, params.normalize)
+        rates = (params.dropout, params.weight_decay, params.label_smoothing)
         shape = _Shape(
             int(x_train.shape[1]),
             num_classes,
             params.hidden_layers,
             params.hidden_units,
-            params.dropout,
-            params.weight_decay,
-            params.label_smoothing,
+            params.dropout > 0,
+            params.weight_decay > 0,
+            params.label_smoothing > 0,
             params.optimizer,
             params.schedule,
+            None if _graph_loop() else rates,
         )
         compiled = self._compiled(shape)
-        compiled.reset(seed, params.learning_rate)
+        compiled.reset(seed, params)
         y_onehot = np.eye(num_classes, dtype=np.float32)[y_train]
         n = len(x_train)
         total = params.epochs * math.ceil(n / params.batch_size)
