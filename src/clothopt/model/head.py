@@ -340,6 +340,7 @@ class _Compiled:
         model, optimizer = self.model, self.optimizer
         cosine = self.shape.schedule == "cosine"
         spec = tf.TensorSpec((None, None), tf.float32)
+        order_spec = tf.TensorSpec((None,), tf.int64)
         scalar_i, scalar_f = tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.float32)
 
         def step(xb: Any, yb: Any, lr: Any, total_steps: Any) -> None:
@@ -349,9 +350,14 @@ class _Compiled:
             model.train_step((xb, yb))
 
         @tf.function(
-            input_signature=[spec, spec, spec, scalar_i, scalar_f, scalar_i], reduce_retracing=True
+            input_signature=[spec, spec, order_spec, spec, scalar_i, scalar_f, scalar_i],
+            reduce_retracing=True,
         )
-        def epoch(x: Any, y: Any, x_val: Any, batch: Any, lr: Any, total_steps: Any) -> Any:
+        def epoch(
+            x: Any, y: Any, order: Any, x_val: Any, batch: Any, lr: Any, total_steps: Any
+        ) -> Any:
+            # the trial's features stay on the device; each epoch only sends its order
+            x, y = tf.gather(x, order), tf.gather(y, order)
             for start in tf.range(0, tf.shape(x)[0], batch):
                 step(x[start : start + batch], y[start : start + batch], lr, total_steps)
             return model(x_val, training=False)
@@ -376,14 +382,26 @@ class _Compiled:
         self.optimizer.learning_rate.assign(params.learning_rate)
         self.knobs.set(self.shape.num_classes, params)
 
-    def run_epoch(
-        self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, params: HeadParams, total: int
-    ) -> tuple[float, np.ndarray]:
-        """One epoch over ``x`` in order; returns (mean training loss, validation logits)."""
+    def inputs(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray) -> tuple[Any, Any, Any]:
+        """A trial's arrays as :meth:`run_epoch` takes them: tensors made once per trial for
+        the graph loop (not one host-to-device copy per epoch), else as they are."""
         if self._epoch_fn is None:
-            return self._run_epoch_by_batch(x, y, x_val, params, total)
+            return x, y, x_val
+        import tensorflow as tf
+
+        return tf.constant(x), tf.constant(y), tf.constant(x_val)
+
+    def run_epoch(
+        self, data: tuple[Any, Any, Any], order: np.ndarray, params: HeadParams, total: int
+    ) -> tuple[float, np.ndarray]:
+        """One epoch over ``data``'s rows ``x[order]`` (``data`` from :meth:`inputs`) in that
+        order; returns (mean training loss, validation logits)."""
+        x, y, x_val = data
+        if self._epoch_fn is None:
+            return self._run_epoch_by_batch(x[order], y[order], x_val, params, total)
         self.model.reset_metrics()
-        logits = self._epoch_fn(x, y, x_val, params.batch_size, params.learning_rate, total)
+        lr, batch = params.learning_rate, params.batch_size
+        logits = self._epoch_fn(x, y, np.asarray(order, np.int64), x_val, batch, lr, total)
         loss = float(self.model.get_metrics_result()["loss"])
         return loss, np.asarray(logits)
 
@@ -467,9 +485,10 @@ class HeadTrainer:
         total = params.epochs * math.ceil(n / params.batch_size)
         result = HeadResult([], np.zeros(0, np.int64), {})
         start = time.perf_counter()
+        data = compiled.inputs(x_train, y_onehot, x_val)
         for epoch in range(params.epochs):
             order = batch_order(n, epoch, seed)
-            loss, logits = compiled.run_epoch(x_train[order], y_onehot[order], x_val, params, total)
+            loss, logits = compiled.run_epoch(data, order, params, total)
             logits = average_views(logits, val_views)
             result.epoch_loss.append(loss)
             result.diverged |= not math.isfinite(loss)
