@@ -2,11 +2,15 @@
 
 A trial of the paper's head used to build a model, compile it and trace a new train function
 (~1.2 s, nearly all of it set-up). :class:`HeadTrainer` keeps one compiled model per *shape*
-(everything traced into the graph: input dim, classes, hidden layers, dropout, optimizer kind,
-weight decay, label smoothing, schedule) and, per trial, resets the weights to exactly what a
-freshly built layer with ``GlorotUniform(seed)`` / zero bias gets and the optimizer's state to
-that of a new optimizer. One traced function runs a whole epoch (Keras's own ``train_step`` per
-batch, in a graph loop) and returns the validation logits.
+(what is traced into the graph: input dim, classes, hidden layers and units, optimizer kind,
+schedule, and whether there is dropout, weight decay, label smoothing) and, per trial, resets
+the weights to exactly what a freshly built layer with ``GlorotUniform(seed)`` / zero bias gets
+and the optimizer's state to that of a new optimizer. The dropout rate, weight decay and label
+smoothing are variables set per trial (on TensorFlow), so `wide` trials, whose rates are
+continuous and never repeat, share a model instead of tracing one each (~0.5-1 s a trial);
+their steps are bit for bit those of a model built for the trial. One traced function runs a
+whole epoch (Keras's own ``train_step`` per batch, in a graph loop, on the trial's features
+kept as tensors) and returns the validation logits.
 
 For :class:`HeadParams` defaults this is the paper's head (``Dense(C)`` logits, Adam, constant
 learning rate) and gives the same weights, per-epoch predictions and F1 as a model built and
@@ -27,6 +31,7 @@ import numpy as np
 
 from clothopt.errors import UserError
 from clothopt.metrics import classification_metrics
+from clothopt.model.rates import TrialRates, smoothed_crossentropy, trial_dropout
 
 if TYPE_CHECKING:
     import keras
@@ -201,67 +206,6 @@ class _Shape:
     constants: tuple[float, float, float] | None = None
 
 
-class _Knobs:
-    """The per-trial rates a shared model reads: TensorFlow variables, or the shape's constants.
-
-    Each holds the float32 a fresh Keras layer/loss/optimizer would turn its Python float into
-    (e.g. dropout's scale ``1/(1-rate)`` rounded once), so a shared model's steps are those of
-    a model built for the trial, bit for bit.
-    """
-
-    NAMES = ("dropout_rate", "dropout_scale", "weight_decay", "smooth_keep", "smooth_add")
-
-    def __init__(self, shape: _Shape) -> None:
-        self.variables = shape.constants is None
-        values = (0.0, 0.0, 0.0) if shape.constants is None else shape.constants
-        for name, value in zip(self.NAMES, self._values(shape.num_classes, *values), strict=True):
-            if self.variables:
-                import tensorflow as tf
-
-                value = tf.Variable(value, trainable=False, dtype=tf.float32, name=name)
-            setattr(self, name, value)
-
-    @staticmethod
-    def _values(classes: int, dropout: float, wd: float, smoothing: float) -> list[float]:
-        f32 = np.float32
-        return [
-            float(f32(dropout)),
-            float(f32(1 / (1 - dropout))),  # what stateless_dropout multiplies by
-            float(f32(wd)),
-            float(f32(1.0 - smoothing)),  # categorical_crossentropy's smoothing, as Keras rounds
-            float(f32(smoothing) / f32(classes)),
-        ]
-
-    def set(self, classes: int, params: HeadParams) -> None:
-        if not self.variables:
-            return
-        values = self._values(classes, params.dropout, params.weight_decay, params.label_smoothing)
-        for name, value in zip(self.NAMES, values, strict=True):
-            getattr(self, name).assign(value)
-
-
-def _trial_dropout(knobs: _Knobs) -> keras.layers.Layer:
-    """Keras's ``Dropout(rate, seed=0)`` with the rate read from ``knobs``: the same seed
-    generator and stateless draw, the same mask and scale (``stateless_dropout``'s maths)."""
-    import keras
-
-    class TrialDropout(keras.layers.Layer):
-        def __init__(self) -> None:
-            super().__init__()
-            self.seed_generator = keras.random.SeedGenerator(0)
-
-        def call(self, inputs: Any, training: bool = False) -> Any:
-            if not training:
-                return inputs
-            ops = keras.ops
-            noise = keras.random.uniform(ops.shape(inputs), seed=self.seed_generator)
-            scaled = ops.multiply(inputs, ops.cast(knobs.dropout_scale, inputs.dtype))
-            keep = ops.greater_equal(noise, ops.cast(knobs.dropout_rate, inputs.dtype))
-            return ops.where(keep, scaled, ops.zeros((), inputs.dtype))
-
-    return TrialDropout()
-
-
 class _Compiled:
     """One compiled head model, its optimizer, and its traced epoch function."""
 
@@ -269,7 +213,7 @@ class _Compiled:
         import keras
 
         self.shape = shape
-        self.knobs = _Knobs(shape)
+        self.rates = TrialRates(shape.num_classes, shape.constants)
         inputs = keras.Input((shape.input_dim,), name="features")
         x = inputs
         self.dense: list[keras.layers.Dense] = []
@@ -293,7 +237,7 @@ class _Compiled:
     def _dropout(self, x: Any) -> Any:
         if not self.shape.dropout:
             return x
-        layer = _trial_dropout(self.knobs)
+        layer = trial_dropout(self.rates)
         self.dropouts.append(layer)
         return layer(x)
 
@@ -302,17 +246,7 @@ class _Compiled:
 
         if not self.shape.label_smoothing:  # the paper's loss, as it always was
             return keras.losses.CategoricalCrossentropy(from_logits=True)
-        knobs = self.knobs
-
-        class Smoothed(keras.losses.Loss):
-            def call(self, y_true: Any, y_pred: Any) -> Any:
-                # categorical_crossentropy(label_smoothing=s)'s maths, s read from the knobs
-                y_true = keras.ops.cast(y_true, y_pred.dtype) * knobs.smooth_keep
-                return keras.ops.categorical_crossentropy(
-                    y_true + knobs.smooth_add, y_pred, from_logits=True
-                )
-
-        return Smoothed(name="categorical_crossentropy")
+        return smoothed_crossentropy(self.rates)
 
     def _optimizer(self) -> keras.optimizers.Optimizer:
         import keras
@@ -320,7 +254,7 @@ class _Compiled:
         kind = self.shape.optimizer
         decay = self.shape.weight_decay or kind == "adamw"
         # built with a placeholder decay (a positive one builds the decay step), then the decay
-        # is read from the knobs at every step, as the learning rate (set per trial) is
+        # is read from the trial rates at every step, as the learning rate (set per trial) is
         if kind == "adam":
             opt: keras.optimizers.Optimizer = keras.optimizers.Adam(weight_decay=decay or None)
         elif kind == "adamw":
@@ -329,7 +263,7 @@ class _Compiled:
             opt = keras.optimizers.SGD(momentum=0.9, weight_decay=decay or None)
         if decay:
             opt.exclude_from_weight_decay(var_names=["bias"])
-            opt.weight_decay = self.knobs.weight_decay
+            opt.weight_decay = self.rates.weight_decay
         return opt
 
     def _make_epoch_fn(self) -> Callable[..., Any]:
@@ -380,7 +314,7 @@ class _Compiled:
         for var in self.optimizer.variables:
             var.assign(keras.ops.zeros(var.shape, var.dtype))
         self.optimizer.learning_rate.assign(params.learning_rate)
-        self.knobs.set(self.shape.num_classes, params)
+        self.rates.set(params.dropout, params.weight_decay, params.label_smoothing)
 
     def inputs(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray) -> tuple[Any, Any, Any]:
         """A trial's arrays as :meth:`run_epoch` takes them: tensors made once per trial for
