@@ -1,6 +1,7 @@
 """The ``head`` section of ``make bench`` alone: seconds per trial of head training with the
-reused :class:`clothopt.model.head.HeadTrainer`, the paper's head and a wide one, against their
-goals; writes ``head_speed.json`` and ``.md`` beside ``bench.json``.
+reused :class:`clothopt.model.head.HeadTrainer`, the paper's head and wide heads as a `wide`
+study draws them (``--train-images 0``: the whole train split, as a study trains on), against
+their goals; writes ``head_speed.json`` and ``.md`` beside ``bench.json``.
 
     python -m benchmarks.head_speed --data DIR --weights FILE [--train-images N] [--image-size PX]
 """

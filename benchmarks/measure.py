@@ -10,6 +10,7 @@ code runs with ``KERAS_BACKEND=jax`` or ``torch``. Speed is reported, never asse
 from __future__ import annotations
 
 import gc
+import math
 import os
 import resource
 import time
@@ -52,16 +53,37 @@ F1_TOLERANCE = 0.01  # max |validation macro-F1 difference| over the trials, for
 PIPELINE_GOAL = 0.9  # whole extraction / bare forward pass, images per second
 SEARCH_GOAL = 15.0  # end-to-end seconds / cached seconds, the grid of one image size
 PAPER_HEAD_GOAL = 0.1  # seconds per trial, the paper's head with the reused HeadTrainer
-WIDE_HEAD_GOAL = 1.0  # median seconds per trial, WIDE_HEAD
+WIDE_HEAD_GOAL = 1.0  # median seconds per trial, the wide trials below
 OVERHEAD_GOAL = 0.3  # seconds per trial outside training (storage, sampling, attributes)
 
-# The wide head the goal names: one hidden layer of 512, dropout, AdamW, cosine schedule
+# The wide trials the goal names, as a `wide` study draws them: one hidden layer of 512, AdamW,
+# cosine, standardized features of two sizes concatenated (image_size + wide_extra_size) with
+# mirrored copies doubling the rows; each trial its own batch, epochs, learning rate, dropout,
+# weight decay and label smoothing (continuous in the space, so no two trials share them)
 # fmt: off
 WIDE_HEAD: dict[str, Any] = {
-    "hidden_layers": 1, "dropout": 0.5, "label_smoothing": 0.1, "optimizer": "adamw",
-    "weight_decay": 1e-4, "schedule": "cosine", "normalize": "l2", "epochs": 15,
+    "hidden_layers": 1, "hidden_units": 512, "optimizer": "adamw", "schedule": "cosine",
+    "normalize": "standardize",
 }
 # fmt: on
+
+
+def wide_trials(seed: int, n: int) -> list[dict[str, Any]]:
+    """``n`` wide heads' parameters drawn (from ``seed``) over the `wide` space's ranges, batch
+    and epochs within what its studies mostly pick (batch 32/64, 10-30 epochs)."""
+    rng = np.random.default_rng(seed)
+    return [
+        WIDE_HEAD
+        | {
+            "batch_size": int(rng.choice([32, 64])),
+            "epochs": int(rng.integers(10, 31)),
+            "learning_rate": float(10 ** rng.uniform(-4, math.log10(3e-2))),
+            "dropout": float(rng.uniform(0.0, 0.6)),
+            "weight_decay": float(10 ** rng.uniform(-6, -2)),
+            "label_smoothing": float(rng.uniform(0.0, 0.2)),
+        }
+        for _ in range(n)
+    ]
 
 
 @dataclass
@@ -91,6 +113,8 @@ class Settings:
     search_batches: list[int] = field(default_factory=lambda: [32, 48, 64])
     search_lrs: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
     epochs: int = 2
+    wide_trials: int = 8  # measured wide heads (each its own rates), after one that compiles
+    wide_extra_size: int = 224  # the wide heads' second feature size
     memory_train_images: int = 300
     memory_val_images: int = 100
     memory_space: str = "paper"
@@ -330,49 +354,69 @@ def _search_counts(s: Settings) -> dict[str, int]:
     return {"train": s.train_images, "validation": s.val_images, "test": 20}
 
 
-def _search_features(s: Settings, cache: FeatureCache) -> tuple[Any, ...]:
-    """HeadTrainer's data arguments: the search subset's train and validation features."""
+def _search_features(
+    s: Settings, cache: FeatureCache, sizes: Sequence[int] = (), flip: bool = False
+) -> tuple[Any, ...]:
+    """HeadTrainer's data arguments: the search subset's train and validation features, at
+    ``sizes`` (default: image_size) concatenated, with ``flip`` mirrored train rows after the
+    plain ones (as a trial with ``image_sizes`` and ``flip`` gets them)."""
     data = link_subset(s.data, Path(s.work) / "search-data", _search_counts(s))
     ds = open_dataset(data, splits=("train", "validation"))
     spec = get_backbone(s.backbone)
-    tr, va = (
-        cache.get(spec, s.weights, s.seed, s.image_size, "nearest", ds[n])
-        for n in ("train", "validation")
-    )
+
+    def features(split: str, mirrored: bool) -> tuple[np.ndarray, np.ndarray]:
+        got = [
+            cache.get(spec, s.weights, s.seed, size, "nearest", ds[split], flip=mirrored)
+            for size in sizes or (s.image_size,)
+        ]
+        return np.concatenate([f.x for f in got], 1), got[0].y
+
+    (x_tr, y_tr), (x_va, y_va) = features("train", False), features("validation", False)
+    if flip:
+        x_fl, y_fl = features("train", True)
+        x_tr, y_tr = np.concatenate([x_tr, x_fl]), np.concatenate([y_tr, y_fl])
     cache.release_model()
-    return tr.x, tr.y, va.x, va.y, ds.classes
+    return x_tr, y_tr, x_va, y_va, ds.classes
 
 
-def _train_grid(
-    s: Settings, trainer: HeadTrainer, data: tuple[Any, ...], head: dict[str, Any], grid: Any
+def _train_trials(
+    s: Settings, trainer: HeadTrainer, data: tuple[Any, ...], trials: list[dict[str, Any]]
 ) -> tuple[list[float], list[float]]:
-    """Seconds and validation macro-F1 of one trial per (batch, learning rate) of ``grid``."""
+    """Seconds and validation macro-F1 of one trial per HeadParams keywords in ``trials``."""
     secs, f1s = [], []
-    for b, lr in grid:
-        seed = trial_seed(
-            s.seed, {"image_size": s.image_size, "batch_size": b, "learning_rate": lr}
-        )
-        params = HeadParams(learning_rate=lr, batch_size=b, **head)
+    for head in trials:
+        point = {"image_size": s.image_size} | {k: head[k] for k in ("batch_size", "learning_rate")}
         start = time.perf_counter()
-        f1s.append(trainer.train(*data, params, seed, batch_order).epoch_f1[-1])
+        result = trainer.train(*data, HeadParams(**head), trial_seed(s.seed, point), batch_order)
         secs.append(time.perf_counter() - start)
+        f1s.append(result.epoch_f1[-1])
     return secs, f1s
 
 
 def measure_head(s: Settings) -> dict[str, Any]:
     """Seconds per trial of ``HeadTrainer`` (one compiled model per head shape, reused) on the
-    search subset's cached features: the paper's head over the search grid, and WIDE_HEAD."""
-    data = _search_features(s, FeatureCache(Path(s.work) / "features/head", s.batch, s.threads))
+    search subset's cached features: the paper's head over the search grid, and wide trials
+    (:func:`wide_trials`) on two sizes' features with mirrored rows."""
+    cache = FeatureCache(Path(s.work) / "features/head", s.batch, s.threads)
+    paper_data = _search_features(s, cache)
+    wide_data = _search_features(s, cache, (s.image_size, s.wide_extra_size), flip=True)
     trainer = HeadTrainer()
-    out: dict[str, Any] = {"train_images": len(data[1]), "image_size": s.image_size}
-    heads = (("paper", {"epochs": s.epochs}, PAPER_HEAD_GOAL), ("wide", WIDE_HEAD, WIDE_HEAD_GOAL))
-    for name, head, goal in heads:
-        # the shape's one compile (once per study) is not a trial's cost: measured apart
-        first = _train_grid(s, trainer, data, head, s.grid[:1])[0][0]
-        secs, f1s = _train_grid(s, trainer, data, head, s.grid)
+    out: dict[str, Any] = {"train_images": len(paper_data[1]), "image_size": s.image_size}
+    paper = [{"epochs": s.epochs, "batch_size": b, "learning_rate": lr} for b, lr in s.grid]
+    # a trial before the measured ones pays the shape's one compile (once per study), apart
+    wide = wide_trials(s.seed, s.wide_trials + 1)
+    heads = (
+        ("paper", paper_data, [paper[0], *paper], {"epochs": s.epochs}, PAPER_HEAD_GOAL),
+        ("wide", wide_data, wide, WIDE_HEAD | {"epochs": "10-30"}, WIDE_HEAD_GOAL),
+    )
+    for name, data, trials, shown, goal in heads:
+        secs, f1s = _train_trials(s, trainer, data, trials)
+        first, secs, f1s = secs[0], secs[1:], f1s[1:]
         out[name] = {
-            "params": head,
+            "params": shown,
             "trials": len(secs),
+            "train_rows": len(data[1]),
+            "feature_dim": int(data[0].shape[1]),
             "seconds_per_trial": _r(median(secs)),
             "seconds_max": _r(max(secs)),
             "seconds_first_with_compile": _r(first),
@@ -515,7 +559,8 @@ def measure_options(s: Settings) -> dict[str, Any]:
 def _precision_f1(s: Settings, precision: str) -> list[float]:
     """Validation macro-F1 of the search grid's trials on ``precision``'s features."""
     data = _search_features(s, FeatureCache(None, s.batch, s.threads, precision=precision))
-    return _train_grid(s, HeadTrainer(), data, {"epochs": s.epochs}, s.grid)[1]
+    paper = [{"epochs": s.epochs, "batch_size": b, "learning_rate": lr} for b, lr in s.grid]
+    return _train_trials(s, HeadTrainer(), data, paper)[1]
 
 
 def _batch_by_size(s: Settings, batch0: int) -> dict[str, Any]:

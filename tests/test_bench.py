@@ -49,6 +49,8 @@ def report(tiny_data: Path, tmp_path: Path) -> dict:
         search_batches=[8],
         search_lrs=[0.01, 0.001],
         epochs=1,
+        wide_trials=2,
+        wide_extra_size=40,
         memory_train_images=0,
         memory_val_images=0,
         memory_space=str(grid),
@@ -95,7 +97,10 @@ def test_bench_writes_every_documented_figure(report: dict, tmp_path: Path) -> N
         assert fig["trials"] == 2 and fig["goal_seconds"] == goal
         assert _positive(fig["seconds_per_trial"]) and isinstance(fig["met"], bool)
         assert 0 <= fig["f1_median"] <= 1
-    assert h["wide"]["params"]["hidden_layers"] == 1 and h["wide"]["params"]["epochs"] >= 10
+    assert h["wide"]["params"]["hidden_layers"] == 1 and h["wide"]["params"]["epochs"] == "10-30"
+    # wide trials see two sizes concatenated and mirrored rows, as a `wide` study's do
+    assert h["wide"]["train_rows"] == 2 * h["paper"]["train_rows"] == 48
+    assert h["wide"]["feature_dim"] == 2 * h["paper"]["feature_dim"]
     t = summary["search_trial"]
     assert _positive(t["train_seconds"]) and t["outside_training_seconds"] is not None
     assert t["goal"] == 0.3 and isinstance(t["met"], bool)

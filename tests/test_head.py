@@ -124,6 +124,59 @@ def test_wide_head_without_dropout_matches_a_plain_keras_fit() -> None:
     np.testing.assert_array_equal(got.val_pred, ref_pred)  # type: ignore[attr-defined]
 
 
+def _keras_fit(seed: int, lr: float, batch: int, epochs: int, **rates: float) -> list:
+    """A head built and fitted anew by plain Keras for one trial's rates: Dense(16, relu),
+    Dropout(seed=0), Dense(10); AdamW without decay on biases; smoothed cross-entropy."""
+    import keras
+
+    init = keras.initializers.GlorotUniform
+    inputs = keras.Input((X_TR.shape[1],))
+    h = keras.layers.Dense(16, activation="relu", kernel_initializer=init(seed=seed + 1))(inputs)
+    dropout = keras.layers.Dropout(rates["dropout"], seed=0)
+    dropout.seed_generator.state.assign(np.array([seed + 1000, 0], dtype="uint32"))
+    out = keras.layers.Dense(10, kernel_initializer=init(seed=seed))(dropout(h))
+    model = keras.Model(inputs, out)
+    opt = keras.optimizers.AdamW(learning_rate=lr, weight_decay=rates["weight_decay"])
+    opt.exclude_from_weight_decay(var_names=["bias"])
+    loss = keras.losses.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=rates["label_smoothing"]
+    )
+    model.compile(optimizer=opt, loss=loss)
+    y1 = np.eye(10, dtype=np.float32)[Y_TR]
+    for epoch in range(epochs):
+        order = batch_order(len(X_TR), epoch, seed)
+        model.fit(X_TR[order], y1[order], batch_size=batch, shuffle=False, verbose=0)
+    return model.get_weights()
+
+
+def test_trials_that_differ_in_rates_share_a_model_bit_for_bit() -> None:
+    """Dropout, weight decay and label smoothing are read per trial, not traced: trials that
+    differ only in them (every wide trial) share one compiled model, and each trial's weights
+    equal, bit for bit, those of a plain Keras model built for its rates."""
+    trainer = HeadTrainer()
+    trials = [
+        (3, dict(dropout=0.5, weight_decay=1e-3, label_smoothing=0.1)),
+        (4, dict(dropout=0.13, weight_decay=3e-5, label_smoothing=0.17)),
+        (3, dict(dropout=0.37, weight_decay=2e-2, label_smoothing=0.03)),
+    ]
+    for seed, rates in trials:
+        got = _train(
+            trainer,
+            seed,
+            learning_rate=3e-3,
+            batch_size=32,
+            epochs=2,
+            hidden_layers=1,
+            hidden_units=16,
+            optimizer="adamw",
+            **rates,
+        )
+        ref = _keras_fit(seed, 3e-3, 32, 2, **rates)
+        for a, b in zip(got.weights, ref, strict=True):  # type: ignore[attr-defined]
+            np.testing.assert_array_equal(a, b)
+    assert len(trainer._models) == 1
+
+
 def test_cosine_schedule_decays_over_all_steps() -> None:
     trainer = HeadTrainer()
     lr, batch, epochs = 1e-2, 64, 3

@@ -2,11 +2,15 @@
 
 A trial of the paper's head used to build a model, compile it and trace a new train function
 (~1.2 s, nearly all of it set-up). :class:`HeadTrainer` keeps one compiled model per *shape*
-(everything traced into the graph: input dim, classes, hidden layers, dropout, optimizer kind,
-weight decay, label smoothing, schedule) and, per trial, resets the weights to exactly what a
-freshly built layer with ``GlorotUniform(seed)`` / zero bias gets and the optimizer's state to
-that of a new optimizer. One traced function runs a whole epoch (Keras's own ``train_step`` per
-batch, in a graph loop) and returns the validation logits.
+(what is traced into the graph: input dim, classes, hidden layers and units, optimizer kind,
+schedule, and whether there is dropout, weight decay, label smoothing) and, per trial, resets
+the weights to exactly what a freshly built layer with ``GlorotUniform(seed)`` / zero bias gets
+and the optimizer's state to that of a new optimizer. The dropout rate, weight decay and label
+smoothing are variables set per trial (on TensorFlow), so `wide` trials, whose rates are
+continuous and never repeat, share a model instead of tracing one each (~0.5-1 s a trial);
+their steps are bit for bit those of a model built for the trial. One traced function runs a
+whole epoch (Keras's own ``train_step`` per batch, in a graph loop, on the trial's features
+kept as tensors) and returns the validation logits.
 
 For :class:`HeadParams` defaults this is the paper's head (``Dense(C)`` logits, Adam, constant
 learning rate) and gives the same weights, per-epoch predictions and F1 as a model built and
@@ -27,6 +31,7 @@ import numpy as np
 
 from clothopt.errors import UserError
 from clothopt.metrics import classification_metrics
+from clothopt.model.rates import TrialRates, smoothed_crossentropy, trial_dropout
 
 if TYPE_CHECKING:
     import keras
@@ -174,6 +179,14 @@ def average_views(logits: np.ndarray, views: int) -> np.ndarray:
     return np.asarray(logits, np.float32).reshape(views, n, -1).mean(axis=0)
 
 
+def _graph_loop() -> bool:
+    """Whether an epoch runs as one graph: it needs TensorFlow's train_step; other backends go
+    batch by batch."""
+    import keras
+
+    return GRAPH_LOOP and keras.backend.backend() == "tensorflow"
+
+
 @dataclass(frozen=True)
 class _Shape:
     """What is traced into the graph; trials that share it share one compiled model."""
@@ -182,11 +195,15 @@ class _Shape:
     num_classes: int
     hidden_layers: int
     hidden_units: int
-    dropout: float
-    weight_decay: float
-    label_smoothing: float
+    dropout: bool  # present at all (a rate > 0)
+    weight_decay: bool
+    label_smoothing: bool
     optimizer: str
     schedule: str
+    # The three rates themselves where the backend traces them as constants (not TensorFlow's
+    # graph loop); None: they are variables set per trial, so trials that differ only in them
+    # (every wide trial: they are continuous) share one model instead of tracing a new one.
+    constants: tuple[float, float, float] | None = None
 
 
 class _Compiled:
@@ -196,6 +213,7 @@ class _Compiled:
         import keras
 
         self.shape = shape
+        self.rates = TrialRates(shape.num_classes, shape.constants)
         inputs = keras.Input((shape.input_dim,), name="features")
         x = inputs
         self.dense: list[keras.layers.Dense] = []
@@ -211,39 +229,41 @@ class _Compiled:
         self.dense.append(logits)
         self.model = keras.Model(inputs, logits(x), name="head")
         self.optimizer = self._optimizer()
-        self.model.compile(
-            optimizer=self.optimizer,
-            loss=keras.losses.CategoricalCrossentropy(
-                from_logits=True, label_smoothing=shape.label_smoothing
-            ),
-        )
+        self.model.compile(optimizer=self.optimizer, loss=self._loss())
         self.optimizer.build(self.model.trainable_variables)
-        # one graph per epoch needs TensorFlow's train_step; other backends go batch by batch
-        self.graph_loop = GRAPH_LOOP and keras.backend.backend() == "tensorflow"
+        self.graph_loop = _graph_loop()
         self._epoch_fn = self._make_epoch_fn() if self.graph_loop else None
 
     def _dropout(self, x: Any) -> Any:
-        if self.shape.dropout <= 0.0:
+        if not self.shape.dropout:
             return x
-        import keras
-
-        layer = keras.layers.Dropout(self.shape.dropout, seed=0)
+        layer = trial_dropout(self.rates)
         self.dropouts.append(layer)
         return layer(x)
+
+    def _loss(self) -> keras.losses.Loss:
+        import keras
+
+        if not self.shape.label_smoothing:  # the paper's loss, as it always was
+            return keras.losses.CategoricalCrossentropy(from_logits=True)
+        return smoothed_crossentropy(self.rates)
 
     def _optimizer(self) -> keras.optimizers.Optimizer:
         import keras
 
-        kind, wd = self.shape.optimizer, self.shape.weight_decay or None
-        # the learning rate is a variable, set per trial; 0.001 is a placeholder
+        kind = self.shape.optimizer
+        decay = self.shape.weight_decay or kind == "adamw"
+        # built with a placeholder decay (a positive one builds the decay step), then the decay
+        # is read from the trial rates at every step, as the learning rate (set per trial) is
         if kind == "adam":
-            opt: keras.optimizers.Optimizer = keras.optimizers.Adam(weight_decay=wd)
+            opt: keras.optimizers.Optimizer = keras.optimizers.Adam(weight_decay=decay or None)
         elif kind == "adamw":
-            opt = keras.optimizers.AdamW(weight_decay=self.shape.weight_decay)
+            opt = keras.optimizers.AdamW(weight_decay=1.0)
         else:
-            opt = keras.optimizers.SGD(momentum=0.9, weight_decay=wd)
-        if opt.weight_decay:
+            opt = keras.optimizers.SGD(momentum=0.9, weight_decay=decay or None)
+        if decay:
             opt.exclude_from_weight_decay(var_names=["bias"])
+            opt.weight_decay = self.rates.weight_decay
         return opt
 
     def _make_epoch_fn(self) -> Callable[..., Any]:
@@ -254,6 +274,7 @@ class _Compiled:
         model, optimizer = self.model, self.optimizer
         cosine = self.shape.schedule == "cosine"
         spec = tf.TensorSpec((None, None), tf.float32)
+        order_spec = tf.TensorSpec((None,), tf.int64)
         scalar_i, scalar_f = tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.float32)
 
         def step(xb: Any, yb: Any, lr: Any, total_steps: Any) -> None:
@@ -263,17 +284,23 @@ class _Compiled:
             model.train_step((xb, yb))
 
         @tf.function(
-            input_signature=[spec, spec, spec, scalar_i, scalar_f, scalar_i], reduce_retracing=True
+            input_signature=[spec, spec, order_spec, spec, scalar_i, scalar_f, scalar_i],
+            reduce_retracing=True,
         )
-        def epoch(x: Any, y: Any, x_val: Any, batch: Any, lr: Any, total_steps: Any) -> Any:
+        def epoch(
+            x: Any, y: Any, order: Any, x_val: Any, batch: Any, lr: Any, total_steps: Any
+        ) -> Any:
+            # the trial's features stay on the device; each epoch only sends its order
+            x, y = tf.gather(x, order), tf.gather(y, order)
             for start in tf.range(0, tf.shape(x)[0], batch):
                 step(x[start : start + batch], y[start : start + batch], lr, total_steps)
             return model(x_val, training=False)
 
         return epoch
 
-    def reset(self, seed: int, learning_rate: float) -> None:
-        """Weights as freshly built layers from ``seed`` get; the optimizer as a new one."""
+    def reset(self, seed: int, params: HeadParams) -> None:
+        """Weights as freshly built layers from ``seed`` get; the optimizer as a new one; the
+        trial's rates."""
         import keras
 
         for i, layer in enumerate(self.dense):
@@ -286,16 +313,29 @@ class _Compiled:
             layer.seed_generator.state.assign(np.array([seed + 1000 + i, 0], dtype="uint32"))
         for var in self.optimizer.variables:
             var.assign(keras.ops.zeros(var.shape, var.dtype))
-        self.optimizer.learning_rate.assign(learning_rate)
+        self.optimizer.learning_rate.assign(params.learning_rate)
+        self.rates.set(params.dropout, params.weight_decay, params.label_smoothing)
+
+    def inputs(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray) -> tuple[Any, Any, Any]:
+        """A trial's arrays as :meth:`run_epoch` takes them: tensors made once per trial for
+        the graph loop (not one host-to-device copy per epoch), else as they are."""
+        if self._epoch_fn is None:
+            return x, y, x_val
+        import tensorflow as tf
+
+        return tf.constant(x), tf.constant(y), tf.constant(x_val)
 
     def run_epoch(
-        self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, params: HeadParams, total: int
+        self, data: tuple[Any, Any, Any], order: np.ndarray, params: HeadParams, total: int
     ) -> tuple[float, np.ndarray]:
-        """One epoch over ``x`` in order; returns (mean training loss, validation logits)."""
+        """One epoch over ``data``'s rows ``x[order]`` (``data`` from :meth:`inputs`) in that
+        order; returns (mean training loss, validation logits)."""
+        x, y, x_val = data
         if self._epoch_fn is None:
-            return self._run_epoch_by_batch(x, y, x_val, params, total)
+            return self._run_epoch_by_batch(x[order], y[order], x_val, params, total)
         self.model.reset_metrics()
-        logits = self._epoch_fn(x, y, x_val, params.batch_size, params.learning_rate, total)
+        lr, batch = params.learning_rate, params.batch_size
+        logits = self._epoch_fn(x, y, np.asarray(order, np.int64), x_val, batch, lr, total)
         loss = float(self.model.get_metrics_result()["loss"])
         return loss, np.asarray(logits)
 
@@ -317,11 +357,14 @@ class _Compiled:
 class HeadTrainer:
     """Trains heads on cached features, reusing one compiled model per head shape.
 
-    ``max_models`` bounds how many shapes stay compiled (least recently used goes first).
+    ``max_models`` bounds how many shapes stay compiled (least recently used goes first). A
+    new shape costs 1-1.5 s (build, compile, trace) and a kept one 5-8 MB; the default keeps
+    every shape of the `wide` space (48: ~300 MB if a study visits them all), where 4 made a
+    random search rebuild on most trials.
     Not thread-safe: one trainer per worker thread.
     """
 
-    def __init__(self, max_models: int = 4) -> None:
+    def __init__(self, max_models: int = 48) -> None:
         self._models: OrderedDict[_Shape, _Compiled] = OrderedDict()
         self._max_models = max_models
 
@@ -359,27 +402,30 @@ class HeadTrainer:
         x_train = np.asarray(x_train, np.float32)
         x_val = np.asarray(x_val, np.float32)
         x_train, x_val = normalize_features(x_train, x_val, params.normalize)
+        rates = (params.dropout, params.weight_decay, params.label_smoothing)
         shape = _Shape(
             int(x_train.shape[1]),
             num_classes,
             params.hidden_layers,
             params.hidden_units,
-            params.dropout,
-            params.weight_decay,
-            params.label_smoothing,
+            params.dropout > 0,
+            params.weight_decay > 0,
+            params.label_smoothing > 0,
             params.optimizer,
             params.schedule,
+            None if _graph_loop() else rates,
         )
         compiled = self._compiled(shape)
-        compiled.reset(seed, params.learning_rate)
+        compiled.reset(seed, params)
         y_onehot = np.eye(num_classes, dtype=np.float32)[y_train]
         n = len(x_train)
         total = params.epochs * math.ceil(n / params.batch_size)
         result = HeadResult([], np.zeros(0, np.int64), {})
         start = time.perf_counter()
+        data = compiled.inputs(x_train, y_onehot, x_val)
         for epoch in range(params.epochs):
             order = batch_order(n, epoch, seed)
-            loss, logits = compiled.run_epoch(x_train[order], y_onehot[order], x_val, params, total)
+            loss, logits = compiled.run_epoch(data, order, params, total)
             logits = average_views(logits, val_views)
             result.epoch_loss.append(loss)
             result.diverged |= not math.isfinite(loss)
