@@ -32,21 +32,38 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = ROOT / "scripts" / "serve_probe.py"
 
 
-def interpreters() -> dict[str, str]:
+def backend_pythons() -> dict[str, str]:
+    """Interpreter of each non-TensorFlow backend: ``$CLOTHOPT_BACKEND_PYTHONS``
+    (``"jax=PATH torch=PATH"``), else ``.venv-jax``/``.venv-torch`` (``make backends``); the
+    paths are not checked here."""
     found = dict(i.split("=", 1) for i in os.environ.get("CLOTHOPT_BACKEND_PYTHONS", "").split())
     for backend in ("jax", "torch"):
-        venv = ROOT / f".venv-{backend}" / "bin" / "python"
-        found.setdefault(backend, str(venv))
-    return {"tensorflow": sys.executable, **{b: p for b, p in found.items() if Path(p).is_file()}}
+        found.setdefault(backend, str(ROOT / f".venv-{backend}" / "bin" / "python"))
+    return found
 
 
-def serve(python: str, backend: str, model: Path, images: Path, env_extra: dict[str, str]) -> Any:
+def interpreters() -> dict[str, str]:
+    """This interpreter for TensorFlow, and each other backend whose interpreter exists."""
+    found = {b: p for b, p in backend_pythons().items() if Path(p).is_file()}
+    return {"tensorflow": sys.executable, **found}
+
+
+def serve(
+    python: str, backend: str, model: Path, images: Path, env_extra: dict[str, str] | None = None
+) -> dict[str, np.ndarray]:
+    """scripts/serve_probe.py's outputs for the images of ``images`` (.npz), on ``backend``."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.npz"
-        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": "", **env_extra}
+        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": ""}
+        env.pop("JAX_ENABLE_X64", None)  # JAX as installed (32-bit) unless env_extra says so
+        env.update(env_extra or {})
         cmd = [python, str(PROBE), str(model), str(images), str(out)]
-        subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+        if run.returncode != 0:
+            raise RuntimeError(f"{backend}: {run.stderr[-2000:]}")
         with np.load(out) as got:
+            if str(got["backend"]) != backend:
+                raise RuntimeError(f"asked for {backend}, served by {got['backend']}")
             return {k: got[k] for k in got.files if k != "backend"}
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from benchmarks.backends import backend_pythons, serve
 from PIL import Image
 
 from clothopt.data import load_batch, open_dataset
@@ -26,46 +26,20 @@ from clothopt.model.backbones import get_backbone
 from clothopt.model.compose import Head, compose, nearest_corrections, pil_nearest_resize
 from conftest import make_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-PROBE = ROOT / "scripts" / "serve_probe.py"
 SIZE = 45  # odd factors: many input sides where PIL's running sum needs the correction table
-
-
-def _interpreters() -> dict[str, str]:
-    named = os.environ.get("CLOTHOPT_BACKEND_PYTHONS", "")
-    found = dict(item.split("=", 1) for item in named.split())
-    for backend in ("jax", "torch"):
-        venv = ROOT / f".venv-{backend}" / "bin" / "python"
-        if backend not in found and venv.is_file():
-            found[backend] = str(venv)
-    missing = [f"{b}={p}" for b, p in found.items() if not Path(p).is_file()]
-    if os.environ.get("CLOTHOPT_REQUIRE_BACKENDS") and (missing or set(found) < {"jax", "torch"}):
-        pytest.fail(f"CI needs the JAX and PyTorch environments (`make backends`): {missing}")
-    if missing or not found:
-        pytest.skip("no JAX or PyTorch environment: `make backends` creates them")
-    return {"tensorflow": sys.executable, **found}
 
 
 def _serve(model: Path, images: list[np.ndarray], tmp: Path) -> dict[str, dict[str, np.ndarray]]:
     """Each backend's outputs for ``images``, each image its own batch."""
+    named = backend_pythons()
+    missing = [f"{b}={p}" for b, p in named.items() if not Path(p).is_file()]
+    if missing and os.environ.get("CLOTHOPT_REQUIRE_BACKENDS"):
+        pytest.fail(f"CI needs the JAX and PyTorch environments (`make backends`): {missing}")
+    if missing:
+        pytest.skip("no JAX or PyTorch environment: `make backends` creates them")
     np.savez(tmp / "images.npz", *images)
-    results = {}
-    for backend, python in _interpreters().items():
-        out = tmp / f"{backend}.npz"
-        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": ""}
-        env.pop("JAX_ENABLE_X64", None)  # JAX as installed: 32-bit
-        run = subprocess.run(
-            [python, str(PROBE), str(model), str(tmp / "images.npz"), str(out)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert run.returncode == 0, f"{backend}: {run.stderr[-2000:]}"
-        with np.load(out) as got:
-            assert str(got["backend"]) == backend
-            results[backend] = {k: got[k] for k in got.files if k != "backend"}
-    return results
+    pythons = {"tensorflow": sys.executable, **named}
+    return {b: serve(p, b, model, tmp / "images.npz") for b, p in pythons.items()}
 
 
 def _sides() -> list[tuple[int, int]]:

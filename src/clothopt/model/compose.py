@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clothopt.data.images import nearest_indices
 from clothopt.model.backbones import BackboneSpec, build_base, preprocessing_layers
 
 if TYPE_CHECKING:
@@ -177,28 +178,24 @@ def nearest_corrections(
     ``1 / (2 size)`` from one, far beyond the sum's rounding error (< 1e-9 for these sides),
     so both floors agree; when it is an integer, the float sum may land just below it and PIL
     takes one less. The correction (0 or 1) is therefore a property of ``(n, k)`` alone,
-    computed here once with the float64 sequence PIL runs (as
-    :func:`clothopt.data.nearest_indices`).
+    computed here once from :func:`clothopt.data.nearest_indices` (PIL's float64 sequence).
 
     Returns ``(row_of_side, words)``: ``row_of_side[n]`` (float32, ``n`` in
     ``0..max_side + 1``) is the row of ``words`` holding side ``n``'s bits, 0 for sides without
     corrections and for ``max_side + 1`` (where longer sides are clamped); ``words[r, k // 24]``
     holds bit ``k % 24`` of row ``r`` (float32 integers below 2**24, exact on every backend).
     """
-    n = np.arange(max_side + 2, dtype=np.float64)
-    scale = n / size
-    x = 0.5 * scale
-    running = np.empty((len(n), size), dtype=np.int64)
-    for k in range(size):  # sequential, as PIL adds: a vectorised cumsum may associate otherwise
-        running[:, k] = np.floor(x)
-        x = x + scale
-    exact = (2 * np.arange(size) + 1)[None, :] * np.arange(len(n))[:, None] // (2 * size)
+    sides = max_side + 2  # 0 (no image) .. max_side, then the clamp row
+    running = np.zeros((sides, size), dtype=np.int64)
+    for n in range(1, sides):  # PIL's own float64 sequence, one side at a time
+        running[n] = nearest_indices(n, size)
+    exact = (2 * np.arange(size) + 1)[None, :] * np.arange(sides)[:, None] // (2 * size)
     corr = exact - running
     corr[-1] = 0  # the clamp row for longer sides: no table, the closed form
     if corr.min() < 0 or corr.max() > 1:  # the argument above, checked on every table built
         raise AssertionError(f"nearest resize to {size}: a correction outside 0..1")
     rows = np.flatnonzero(corr.any(axis=1))
-    row_of_side = np.zeros(len(n), dtype=np.float32)
+    row_of_side = np.zeros(sides, dtype=np.float32)
     row_of_side[rows] = np.arange(1, len(rows) + 1)
     bits = np.zeros((len(rows) + 1, -(-size // _BITS) * _BITS), dtype=np.int64)
     bits[1:, :size] = corr[rows]
