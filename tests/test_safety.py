@@ -347,6 +347,47 @@ def _interrupt_at(storage: str, seconds: float, sig: signal.Signals) -> tuple[in
     return proc.returncode, err
 
 
+_SLOW_ARGPARSE = """
+import importlib.util, os, sys, sysconfig, time
+time.sleep(10)  # the CLI's imports, made slow enough to be caught in the act
+spec = importlib.util.spec_from_file_location(
+    "argparse", os.path.join(sysconfig.get_paths()["stdlib"], "argparse.py")
+)
+module = importlib.util.module_from_spec(spec)
+sys.modules["argparse"] = module
+spec.loader.exec_module(module)
+"""
+
+
+@pytest.mark.parametrize("entry", ["console script", "python -m"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_imports_ends_with_one_line(
+    entry: str, sig: signal.Signals, tmp_path: Path
+) -> None:
+    # A signal while the CLI is still importing (seconds under load) must end like one during
+    # a trial; the console script used to install its handler only after those imports (-15).
+    # An argparse that sleeps first holds the imports open: the CLI imports it, start-up not.
+    (tmp_path / "shim").mkdir()
+    (tmp_path / "shim" / "argparse.py").write_text(_SLOW_ARGPARSE)
+    script = Path(sys.executable).with_name("clothopt")
+    if entry == "console script" and not script.exists():
+        pytest.skip("clothopt is not installed as a console script beside this Python")
+    argv = [str(script)] if entry == "console script" else [sys.executable, "-m", "clothopt"]
+    proc = subprocess.Popen(
+        [*argv, "--version"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(PYTHONPATH=f"{tmp_path / 'shim'}{os.pathsep}{_env().get('PYTHONPATH', '')}"),
+        preexec_fn=sigint_default,
+    )
+    time.sleep(1.5)  # start-up itself takes milliseconds; the shim holds the imports for 10 s
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], err
+    _one_error_line(err, "interrupted" if sig == signal.SIGINT else "terminated")
+
+
 @pytest.mark.slow  # ~70 s: six start-ups of TensorFlow
 def test_an_interrupt_at_any_moment_puts_the_trial_back_uncounted(
     tiny_data: Path, storage: str, tmp_path: Path
