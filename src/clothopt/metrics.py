@@ -1,4 +1,6 @@
-"""Classification figures, all from scikit-learn: macro precision, recall, F1 and accuracy."""
+"""Classification figures: macro precision, recall, F1 and accuracy from scikit-learn, and the
+macro-F1 alone from confusion counts (sklearn's own arithmetic, bit for bit, in microseconds:
+a trial scores validation after every epoch, where sklearn's input checks cost ~12 ms)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["auroc", "bootstrap_ci", "classification_metrics"]
+__all__ = ["auroc", "bootstrap_ci", "classification_metrics", "macro_f1"]
 
 
 def classification_metrics(
@@ -44,6 +46,28 @@ def classification_metrics(
     }
 
 
+def _class_f1(cm: np.ndarray) -> np.ndarray:
+    """Per-class F1 of confusion matrices ``cm[..., true, predicted]`` as sklearn computes it
+    with ``zero_division=0``: ``2*tp / (true + predicted)`` in float64, 0 where both are 0."""
+    tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(np.float64)
+    denom = cm.sum(axis=-1).astype(np.float64) + cm.sum(axis=-2).astype(np.float64)
+    return np.divide(2.0 * tp, denom, out=np.zeros(tp.shape), where=denom > 0)
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """``classification_metrics(...)["f1_macro"]``, the same float, without sklearn's checks.
+
+    Labels are ``0..num_classes-1``; a class never predicted nor present counts with F1 0.
+    """
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    p = np.asarray(y_pred, dtype=np.int64).ravel()
+    if len(y) != len(p) or len(y) == 0:
+        raise ValueError(f"need as many predictions as labels, and some: {len(y)}, {len(p)}")
+    c = num_classes
+    cm = np.bincount(y * c + p, minlength=c * c).reshape(c, c)
+    return float(np.mean(_class_f1(cm)))
+
+
 def bootstrap_ci(
     y_true: Sequence[int] | np.ndarray,
     y_pred: Sequence[int] | np.ndarray,
@@ -75,10 +99,7 @@ def bootstrap_ci(
         b = min(chunk, resamples - start)
         cells = codes[rng.integers(0, n, (b, n))] + (np.arange(b) * c * c)[:, None]
         cm = np.bincount(cells.ravel(), minlength=b * c * c).reshape(b, c, c)
-        tp = np.diagonal(cm, axis1=1, axis2=2)
-        denom = cm.sum(axis=1) + cm.sum(axis=2)  # predicted + true counts = 2tp + fp + fn
-        f1 = np.divide(2 * tp, denom, out=np.zeros(tp.shape), where=denom > 0)
-        scores.append(f1.mean(axis=1))
+        scores.append(_class_f1(cm).mean(axis=1))
     alpha = 100 * (1 - confidence) / 2
     low, high = np.percentile(np.concatenate(scores), [alpha, 100 - alpha])
     return float(low), float(high)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt.errors import UserError
-from clothopt.metrics import classification_metrics
+from clothopt.metrics import classification_metrics, macro_f1
 from clothopt.model.rates import TrialRates, smoothed_crossentropy, trial_dropout
 
 if TYPE_CHECKING:
@@ -430,10 +430,11 @@ class HeadTrainer:
             result.epoch_loss.append(loss)
             result.diverged |= not math.isfinite(loss)
             result.val_pred = np.argmax(logits, axis=1)
-            result.val_metrics = classification_metrics(y_val, result.val_pred, classes)
-            result.epoch_f1.append(result.val_metrics["f1_macro"])
+            result.epoch_f1.append(macro_f1(y_val, result.val_pred, num_classes))
             if on_epoch is not None:
                 on_epoch(epoch, result.epoch_f1[-1])
+        # the full report once, for the last epoch (its F1 is epoch_f1[-1], the same float)
+        result.val_metrics = classification_metrics(y_val, result.val_pred, classes)
         result.train_seconds = time.perf_counter() - start
         model = compiled.model
         result.weights = [np.asarray(w) for w in model.get_weights()]
