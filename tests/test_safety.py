@@ -339,8 +339,22 @@ def _finish(storage: str) -> dict[str, object]:
     return st.grid_status(study, config)
 
 
+def _wait_until_caught(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
+    """Until the child has a handler for ``sig`` (Linux: /proc's SigCgt mask), so a moment
+    counts from when the process can answer a signal at all, not from a fork that a loaded
+    machine may take a second to turn into a running interpreter."""
+    status = Path(f"/proc/{proc.pid}/status")
+    deadline = time.monotonic() + 60
+    while status.exists() and proc.poll() is None and time.monotonic() < deadline:
+        masks = dict(line.split(":\t") for line in status.read_text().splitlines())
+        if int(masks["SigCgt"], 16) & (1 << (sig - 1)):
+            return
+        time.sleep(0.002)
+
+
 def _interrupt_at(storage: str, seconds: float, sig: signal.Signals) -> tuple[int, str]:
     proc = _cli("study", "optimize", "s", "--storage", storage, "--quiet")
+    _wait_until_caught(proc, signal.SIGTERM)  # the entry point's first act
     time.sleep(seconds)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -381,7 +395,10 @@ def test_a_signal_during_the_imports_ends_with_one_line(
         env=_env(PYTHONPATH=f"{tmp_path / 'shim'}{os.pathsep}{_env().get('PYTHONPATH', '')}"),
         preexec_fn=sigint_default,
     )
-    time.sleep(1.5)  # start-up itself takes milliseconds; the shim holds the imports for 10 s
+    # Python's own SIGINT handler marks a running interpreter; the shim then holds the CLI's
+    # imports for 10 s, so a second later they are surely still going
+    _wait_until_caught(proc, signal.SIGINT)
+    time.sleep(1.0)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], err
