@@ -291,7 +291,7 @@ class StudyFinalize(_Command):
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        from clothopt.final.finalize import DEFAULT_RESAMPLES
+        from clothopt.final.finalize import DEFAULT_RESAMPLES, FINE_TUNE_EPOCHS, FINE_TUNE_LR
 
         p.add_argument("name")
         _storage_arg(p)
@@ -314,6 +314,26 @@ class StudyFinalize(_Command):
             "--not-clothing",
             help="folder of non-clothing photos the model's rejection is measured on (default: "
             "../shared/datasets/not-clothing when it exists; 'none' to skip)",
+        )
+        p.add_argument(
+            "--fine-tune",
+            type=_positive_int,
+            default=0,
+            metavar="N",
+            help="after the head, unfreeze the base's top N layers with weights and train end to "
+            "end (one image size; BatchNormalization stays frozen)",
+        )
+        p.add_argument(
+            "--fine-tune-epochs",
+            type=_positive_int,
+            default=FINE_TUNE_EPOCHS,
+            help=f"epochs of the fine-tuning (default {FINE_TUNE_EPOCHS})",
+        )
+        p.add_argument(
+            "--fine-tune-lr",
+            type=_positive_float,
+            default=FINE_TUNE_LR,
+            help=f"its Adam learning rate (default {FINE_TUNE_LR:g})",
         )
         _paper_arg(p)
         p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -342,6 +362,9 @@ class StudyFinalize(_Command):
                 if args.not_clothing == "none"
                 else args.not_clothing
             ),
+            fine_tune=args.fine_tune,
+            fine_tune_epochs=args.fine_tune_epochs,
+            fine_tune_lr=args.fine_tune_lr,
             progress=not args.quiet,
             on_finalized=_attach_to_dashboard(args.storage),
         )

@@ -30,6 +30,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt.errors import UserError
+from clothopt.final.fine_tune import DEFAULT_EPOCHS as FINE_TUNE_EPOCHS
+from clothopt.final.fine_tune import DEFAULT_LEARNING_RATE as FINE_TUNE_LR
+from clothopt.final.fine_tune import FineTuned, check_layers
+from clothopt.final.fine_tune import fine_tune as fine_tune_model
 from clothopt.final.scoring import confusion_figure as _confusion_figure
 from clothopt.final.store import (
     MODEL_FILE,
@@ -167,6 +171,10 @@ def _measure_rejection(
     )
 
 
+def _reference(tuned: FineTuned | None) -> str:
+    return "cached-feature head" if tuned is None else "fine-tuned training model"
+
+
 # --------------------------------------------------------------------------- finalize
 
 
@@ -194,6 +202,9 @@ def finalize(
     resamples: int = DEFAULT_RESAMPLES,
     bootstrap_seed: int = 0,
     not_clothing: str | Path | bool | None = True,
+    fine_tune: int = 0,
+    fine_tune_epochs: int = FINE_TUNE_EPOCHS,
+    fine_tune_lr: float = FINE_TUNE_LR,
     progress: bool = False,
     on_finalized: Callable[[optuna.Study, int, list[Path]], None] | None = None,
 ) -> dict[str, Any]:
@@ -205,6 +216,10 @@ def finalize(
     The model ships a "not clothing" detector (:mod:`clothopt.final.rejection`);
     ``not_clothing`` is the folder of non-clothing photos its rejection is measured on (True:
     ``../shared/datasets/not-clothing`` when it exists; None or False: not measured).
+
+    ``fine_tune``: after the head, unfreeze the base's top that many layers and train end to
+    end for ``fine_tune_epochs`` at ``fine_tune_lr`` (:mod:`clothopt.final.fine_tune`); the
+    export, detector and report then use the tuned network. 0: the frozen base (the paper's).
 
     ``on_finalized(study, trial_number, files)`` gets the published files (report, figures,
     model, classes), e.g. to show them in optuna-dashboard.
@@ -231,6 +246,12 @@ def finalize(
         raise UserError(f"--epochs must be between 1 and 1000, not {epochs}")
     if resamples < MIN_RESAMPLES:
         raise UserError(f"--resamples must be at least {MIN_RESAMPLES}, not {resamples}")
+    if fine_tune < 0:
+        raise UserError(f"--fine-tune must be a number of layers, not {fine_tune}")
+    if fine_tune and not 1 <= fine_tune_epochs <= 1000:
+        raise UserError(f"--fine-tune-epochs must be between 1 and 1000, not {fine_tune_epochs}")
+    if fine_tune and not 0.0 < fine_tune_lr < 1.0:
+        raise UserError(f"--fine-tune-lr must be in (0, 1), not {fine_tune_lr:g}")
     not_clothing_dir = _not_clothing_dir(not_clothing)
     st, config = study_mod.load(name, storage)
     check_replaceable(final_dir(storage, name))  # before the work, not only at the swap
@@ -253,7 +274,14 @@ def finalize(
             f"study {name!r} resizes with {config.resize}: the exported model reproduces only "
             "PIL's nearest resize (the paper's)"
         )
+    if fine_tune and len(sizes) > 1:
+        raise UserError(
+            f"--fine-tune tunes one base; trial {chosen.number} concatenates the features of "
+            f"{'+'.join(map(str, sizes))} px (finalize a one-size trial with --trial N)"
+        )
     spec = get_backbone(str(params.get("backbone", config.backbone)))
+    if fine_tune:
+        check_layers(spec, sizes[0], fine_tune)
     dataset, cache = open_run(config, data, cache_dir, progress)
     classes = list(dataset.classes)
 
@@ -283,16 +311,42 @@ def finalize(
         x = normalize_features(x_train, inputs[split].x, head_params.normalize)[1]
         return average_views(head_logits(head.weights, x), inputs[split].views)
 
+    trained = Head.of(head_params, len(classes), weights=head.weights, mean=mean, std=std)
+    tuned = None
+    if fine_tune:
+        tuned = fine_tune_model(
+            spec,
+            sizes[0],
+            config.weights,
+            config.seed,
+            trained,
+            head_params,
+            {k: (dataset[k].paths, dataset[k].labels) for k in ("train", "validation", "test")},
+            layers=fine_tune,
+            epochs=fine_tune_epochs,
+            learning_rate=fine_tune_lr,
+            seed=seed,
+            batch_order=batch_order,
+            flip=flip,
+            tta=tta,
+            resize=config.resize,
+            threads=config.threads,
+            say=lambda message: _say(progress, message),
+        )
+
     # the "not clothing" detector: fitted on the train split's plain pooled features (what the
-    # exported model's extra outputs see), its threshold accepting 95% of validation
-    detector = _shipped_detector(x_train[:n_train], x_val, progress)
+    # exported model's extra outputs see; the tuned base's when fine-tuned), its threshold
+    # accepting 95% of validation
+    if tuned is None:
+        detector = _shipped_detector(x_train[:n_train], x_val, progress)
+    else:
+        detector = _shipped_detector(tuned.train_features, tuned.val_features, progress)
 
     dest = final_dir(storage, name)
     tmp = make_staging(dest)
     try:
         # 3. export, then score the test split with the model as saved (reloaded from its file)
         start = time.perf_counter()
-        trained = Head.of(head_params, len(classes), weights=head.weights, mean=mean, std=std)
         exported = compose(
             spec,
             sizes[0] if len(sizes) == 1 else sizes,
@@ -304,6 +358,8 @@ def finalize(
             tta=tta,
             extra_outputs=_detector_outputs(detector),
         )
+        if tuned is not None:
+            tuned.into(exported)
         exported.save(tmp / MODEL_FILE)
         (tmp / CLASSES_FILE).write_text(json.dumps(classes, indent=2) + "\n")
         export_seconds = time.perf_counter() - start
@@ -319,16 +375,20 @@ def finalize(
         scored = labelled_report(y_test, y_pred, classes, resamples=resamples, seed=bootstrap_seed)
         metrics = scored["test"]
         low, high = scored["f1_macro_ci95"]
-        cached_pred = np.argmax(cached_logits("test"), axis=1)
+        # what the saved model must agree with: the training path's own test answers
+        reference = cached_logits("test") if tuned is None else tuned.test_logits
+        cached_pred = np.argmax(reference, axis=1)
         cached = classification_metrics(y_test, cached_pred, classes)
         if (disagree := int(np.sum(cached_pred != y_pred))) > 0:
             # float noise can flip a near tie; more than that means the export differs
             print(
-                f"finalize: warning: the saved model and the cached-feature head disagree on "
+                f"finalize: warning: the saved model and the {_reference(tuned)} disagree on "
                 f"{disagree} of {len(y_pred)} test images",
                 file=sys.stderr,
             )
         trainable = int(sum(w.size for w in head.weights))
+        if tuned is not None:
+            trainable = tuned.trainable_params
         search, search_wall, search_trials = search_seconds(st.get_trials(deepcopy=False))
 
         report: dict[str, Any] = {
@@ -351,6 +411,7 @@ def finalize(
                 "agree": int(np.sum(cached_pred == y_pred)),
                 "of": len(y_pred),
                 "cached_f1_macro": cached["f1_macro"],
+                "reference": _reference(tuned),
             },
             "final_validation_f1_per_epoch": head.epoch_f1,
             "final_loss_per_epoch": head.epoch_loss,
@@ -375,7 +436,8 @@ def finalize(
         if wide:
             val_tta = None
             if tta:
-                val_pred = np.argmax(cached_logits("validation"), axis=1)
+                val_logits = cached_logits("validation") if tuned is None else tuned.val_logits
+                val_pred = np.argmax(val_logits, axis=1)
                 val_tta = classification_metrics(y_val, val_pred, classes)["f1_macro"]
             report["head"] = dataclasses.asdict(head_params) | {
                 "image_sizes": sizes,
@@ -383,6 +445,17 @@ def finalize(
                 "tta": tta,
                 # the per-epoch validation F1 above is of plain images; with tta, this one
                 "final_validation_f1_macro_tta": val_tta,
+            }
+        if tuned is not None:
+            report["fine_tune"] = {
+                "layers": tuned.layers,
+                "epochs": tuned.epochs,
+                "learning_rate": tuned.learning_rate,
+                "validation_f1_per_epoch": tuned.epoch_f1,
+                "loss_per_epoch": tuned.epoch_loss,
+                "train_seconds": round(tuned.train_seconds, 3),
+                "decode_seconds": round(tuned.load_seconds, 3),
+                "head_only_validation_f1_macro": head.epoch_f1[-1],
             }
         _say(progress, "measuring the not-clothing detector with the saved model")
         report["ood"] = _measure_rejection(

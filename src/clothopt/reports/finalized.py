@@ -31,9 +31,16 @@ def format_report(report: dict[str, Any], folder: Path | None = None) -> str:
         f"seconds: search {report['search_seconds']:.1f} (sum over {report['search_trials']} "
         f"trials; {report['search_wall_seconds']:.1f} wall), final training "
         f"{report['final_train_seconds']:.1f}",
-        f"saved model agrees with the cached-feature head on {agree['agree']}/{agree['of']} "
-        "test images",
+        f"saved model agrees with the {agree.get('reference', 'cached-feature head')} on "
+        f"{agree['agree']}/{agree['of']} test images",
     ]
+    if ft := report.get("fine_tune"):
+        f1 = ", ".join(f"{v:.4f}" for v in ft["validation_f1_per_epoch"])
+        lines[-3:-3] = [
+            f"fine-tuned: top {ft['layers']} base layers, {ft['epochs']} epochs at learning rate "
+            f"{ft['learning_rate']:g} in {ft['train_seconds']:.1f} s; validation macro-F1 "
+            f"{ft['head_only_validation_f1_macro']:.4f} with the head alone, then {f1}"
+        ]
     if "ood" in report:
         lines += ["", format_ood(report["ood"])]
     if folder is not None:

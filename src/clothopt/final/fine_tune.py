@@ -1,0 +1,224 @@
+"""The second phase of transfer learning: unfreeze the base's top layers, train end to end.
+
+After the head is trained on cached features, :func:`fine_tune` composes the end-to-end model
+(:func:`clothopt.model.compose.compose`, the one composition: the same preprocessing, base and
+head the exported model gets), starts it from the trained head, unfreezes the top ``layers``
+weighted layers of the base (BatchNormalization stays frozen and in inference mode, as the
+base is always called with ``training=False``) and trains on the train split's images at a
+low learning rate with the trial's batch size, label smoothing and mirrored rows (``flip``).
+The images are decoded and resized once, with PIL's nearest resize as the feature cache does.
+
+What it returns is what the finalizer needs to export and check the model: the tuned model
+(:meth:`FineTuned.into` copies it into the exported one), the pooled features of the plain
+train and validation images through the tuned base (the "not clothing" detector is fitted on
+them), and the training model's own test logits (the saved model must agree with them, as it
+must with the cached head without fine-tuning).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clothopt.errors import UserError
+from clothopt.metrics import macro_f1
+from clothopt.model.compose import POOL_LAYER, Head, compose
+from clothopt.model.head import average_views
+
+if TYPE_CHECKING:
+    import keras
+
+    from clothopt.model.backbones import BackboneSpec
+    from clothopt.model.head import BatchOrder, HeadParams
+
+__all__ = [
+    "DEFAULT_EPOCHS",
+    "DEFAULT_LEARNING_RATE",
+    "FineTuned",
+    "base_of",
+    "check_layers",
+    "fine_tune",
+]
+
+DEFAULT_EPOCHS = 2
+DEFAULT_LEARNING_RATE = 1e-5  # Keras's transfer-learning guide's second phase: Adam at 1e-5
+
+
+@dataclass
+class FineTuned:
+    model: keras.Model  # the end-to-end training model, tuned
+    layers: int
+    epochs: int
+    learning_rate: float
+    trainable_params: int
+    epoch_f1: list[float]  # validation (plain images) after each epoch
+    epoch_loss: list[float]
+    train_seconds: float
+    load_seconds: float
+    train_features: np.ndarray  # pooled, plain train images, through the tuned base
+    val_features: np.ndarray
+    val_logits: np.ndarray  # views averaged when tta
+    test_logits: np.ndarray
+
+    def into(self, exported: keras.Model) -> None:
+        """Copy the tuned base and head into ``exported`` (composed with the same head)."""
+        import keras
+
+        base_of(exported).set_weights(base_of(self.model).get_weights())
+        for layer in self.model.layers:
+            if isinstance(layer, keras.layers.Dense):
+                exported.get_layer(layer.name).set_weights(layer.get_weights())
+
+
+def base_of(model: keras.Model) -> keras.Model:
+    """The backbone inside a composed single-size model (its only nested model)."""
+    import keras
+
+    bases = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(bases) != 1:
+        raise ValueError(f"expected one base in {model.name}, found {len(bases)}")
+    return bases[0]
+
+
+def check_layers(spec: BackboneSpec, size: int, layers: int) -> None:
+    """Refuse ``layers`` beyond the base's layers with weights, before any training (the
+    structure alone: built without loading weights)."""
+    from clothopt.model.backbones import build_base
+
+    _weighted(build_base(spec, size, "none", 0), layers)
+
+
+def _weighted(base: keras.Model, layers: int) -> list[keras.layers.Layer]:
+    weighted = [layer for layer in base.layers if layer.weights]
+    if not 1 <= layers <= len(weighted):
+        raise UserError(
+            f"--fine-tune must be between 1 and {len(weighted)} (the base's layers with "
+            f"weights), not {layers}"
+        )
+    return weighted
+
+
+def _unfreeze_top(base: keras.Model, layers: int) -> None:
+    """Make the top ``layers`` weighted layers trainable (BatchNormalization excepted)."""
+    import keras
+
+    weighted = _weighted(base, layers)
+    base.trainable = True
+    top = set(map(id, weighted[-layers:]))
+    for layer in base.layers:
+        bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = id(layer) in top and not bn
+
+
+def _load(paths: Sequence[Any], size: int, resize: str, threads: int | None) -> np.ndarray:
+    from clothopt.data.images import default_threads, load_batch
+
+    with ThreadPoolExecutor(threads or default_threads()) as pool:
+        return load_batch(list(paths), size, resize, pool)
+
+
+def _predict(model: keras.Model, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    out = [np.asarray(model.predict_on_batch(x[i : i + batch])) for i in range(0, len(x), batch)]
+    return np.concatenate(out)
+
+
+def fine_tune(
+    spec: BackboneSpec,
+    size: int,
+    weights: str,
+    weights_seed: int,
+    head: Head,
+    params: HeadParams,
+    splits: dict[str, tuple[Sequence[Any], np.ndarray]],
+    *,
+    layers: int,
+    epochs: int = DEFAULT_EPOCHS,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    seed: int,
+    batch_order: BatchOrder,
+    flip: bool,
+    tta: bool,
+    resize: str = "nearest",
+    threads: int | None = None,
+    say: Callable[[str], None] = lambda message: None,
+) -> FineTuned:
+    """Fine-tune ``head`` (trained weights) and the base's top ``layers`` end to end.
+
+    ``splits`` maps "train", "validation" and "test" to (image paths, labels). Epoch ``e``
+    visits the train rows (plain, then mirrored with ``flip``) in ``batch_order(n, e, seed)``.
+    """
+    import keras
+
+    if not 1 <= epochs <= 1000:
+        raise UserError(f"--fine-tune-epochs must be between 1 and 1000, not {epochs}")
+    if not 0.0 < learning_rate < 1.0:
+        raise UserError(f"--fine-tune-lr must be in (0, 1), not {learning_rate:g}")
+    model = compose(spec, size, weights, weights_seed, head=head)
+    _unfreeze_top(base_of(model), layers)
+
+    start = time.perf_counter()
+    say(f"fine-tuning: decoding the images at {size} px")
+    x = {k: _load(paths, size, resize, threads) for k, (paths, _) in splits.items()}
+    y = {k: np.asarray(labels, np.int64) for k, (_, labels) in splits.items()}
+    load_seconds = time.perf_counter() - start
+    x_rows, y_rows = x["train"], y["train"]
+    if flip:  # the mirrored rows follow the plain ones, as the search's cached rows do
+        x_rows, y_rows = np.concatenate([x_rows, x_rows[:, :, ::-1]]), np.tile(y_rows, 2)
+    num_classes = head.num_classes
+    onehot = np.eye(num_classes, dtype=np.float32)[y_rows]
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=params.label_smoothing
+        ),
+    )
+    epoch_f1: list[float] = []
+    epoch_loss: list[float] = []
+    start = time.perf_counter()
+    n, batch = len(x_rows), params.batch_size
+    for epoch in range(epochs):
+        order = batch_order(n, epoch, seed)
+        total = 0.0
+        for i in range(0, n, batch):
+            rows = order[i : i + batch]
+            total += float(model.train_on_batch(x_rows[rows], onehot[rows])) * len(rows)
+        val_pred = np.argmax(_predict(model, x["validation"]), axis=1)
+        epoch_loss.append(total / n)
+        epoch_f1.append(macro_f1(y["validation"], val_pred, num_classes))
+        say(
+            f"fine-tuning epoch {epoch + 1}/{epochs}: loss {epoch_loss[-1]:.4f}, "
+            f"validation macro-F1 {epoch_f1[-1]:.4f}"
+        )
+        if not math.isfinite(epoch_loss[-1]):
+            raise UserError(f"fine-tuning diverged (loss {epoch_loss[-1]}); lower --fine-tune-lr")
+    train_seconds = time.perf_counter() - start
+
+    def logits(images: np.ndarray) -> np.ndarray:
+        if not tta:
+            return _predict(model, images)
+        both = np.concatenate([_predict(model, images), _predict(model, images[:, :, ::-1])])
+        return average_views(both, 2)
+
+    pooled = keras.Model(model.inputs, model.get_layer(POOL_LAYER).output)
+    return FineTuned(
+        model=model,
+        layers=layers,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        trainable_params=int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        epoch_f1=epoch_f1,
+        epoch_loss=epoch_loss,
+        train_seconds=train_seconds,
+        load_seconds=load_seconds,
+        train_features=_predict(pooled, x["train"]).astype(np.float32),
+        val_features=_predict(pooled, x["validation"]).astype(np.float32),
+        val_logits=logits(x["validation"]),
+        test_logits=logits(x["test"]),
+    )
