@@ -180,3 +180,43 @@ def keep_artifact(path: Path) -> None:
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, Path(folder) / path.name)
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``clothopt ARGV`` in this process: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from clothopt.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def make_tiny_study(
+    root: Path, weights: str, space: str, counts: tuple[int, int, int] = (8, 4, 6)
+) -> str:
+    """Study "tiny" of mobilenet_025 on synthetic data under ``root`` with the TOML ``space``,
+    optimized to the end; returns its storage URL."""
+    from clothopt import study as study_mod
+    from clothopt.data import open_dataset
+    from clothopt.features import FeatureCache
+    from clothopt.objective import Objective
+
+    data = make_dataset(root / "data", counts=counts)
+    (root / "tiny.toml").write_text(space)
+    storage = f"sqlite:///{root / 'studies' / 'clothopt.db'}"
+    st, cfg = study_mod.create(
+        backbone="mobilenet_025",
+        space=str(root / "tiny.toml"),
+        name="tiny",
+        storage=storage,
+        data=str(data),
+        weights=weights,
+    )
+    study_mod.optimize(
+        st, cfg, Objective(cfg, open_dataset(data), FeatureCache(cfg.cache_dir)), progress=False
+    )
+    return storage

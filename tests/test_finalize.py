@@ -6,9 +6,7 @@ imports only Keras, NumPy and PIL, against the macro-F1 that report.json states.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import json
 import os
 import subprocess
@@ -24,7 +22,6 @@ from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from clothopt import engine, paths
 from clothopt import study as study_mod
-from clothopt.cli import main
 from clothopt.data import open_dataset
 from clothopt.errors import UserError
 from clothopt.features import FeatureCache
@@ -36,7 +33,7 @@ from clothopt.metrics import bootstrap_ci, classification_metrics
 from clothopt.model.backbones import get_backbone
 from clothopt.objective import Objective
 from clothopt.reports.paper import paper_table
-from conftest import make_dataset
+from conftest import make_dataset, make_tiny_study, run_cli
 
 SPACE = """
 sampler = "grid"
@@ -197,28 +194,10 @@ def test_in_model_running_sum_adds_in_order_like_pil() -> None:
 
 
 def _make_study(root: Path, weights: str, counts: tuple[int, int, int] = (8, 4, 6)) -> str:
-    data = make_dataset(root / "data", counts=counts)
-    (root / "tiny.toml").write_text(SPACE)
-    storage = f"sqlite:///{root / 'studies' / 'clothopt.db'}"
-    st, cfg = study_mod.create(
-        backbone="mobilenet_025",
-        space=str(root / "tiny.toml"),
-        name="tiny",
-        storage=storage,
-        data=str(data),
-        weights=weights,
-    )
-    study_mod.optimize(
-        st, cfg, Objective(cfg, open_dataset(data), FeatureCache(cfg.cache_dir)), progress=False
-    )
-    return storage
+    return make_tiny_study(root, weights, SPACE, counts)
 
 
-def _run(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
+_run = run_cli
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ random weights give features of ~1e-17, whose gradients Adam's epsilon rounds to
 
 from __future__ import annotations
 
-import contextlib
-import io
 from typing import Any
 
 import keras
@@ -15,16 +13,12 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 
 from clothopt import study as study_mod
-from clothopt.cli import main
-from clothopt.data import open_dataset
-from clothopt.features import FeatureCache
 from clothopt.final.fine_tune import base_of
 from clothopt.final.store import load_final
 from clothopt.model.backbones import get_backbone
 from clothopt.model.compose import compose
-from clothopt.objective import Objective
 from clothopt.reports.finalized import format_report
-from conftest import REAL_WEIGHTS, make_dataset
+from conftest import REAL_WEIGHTS, make_tiny_study, run_cli
 
 SPACE = """
 sampler = "grid"
@@ -36,40 +30,19 @@ learning_rate = [0.01]
 """
 
 
-def _run(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if not REAL_WEIGHTS.is_file():
         pytest.skip("pretrained MobileNet weights not at ../shared/weights")
     root = tmp_path_factory.mktemp("fine_tune")
-    data = make_dataset(root / "data", counts=(8, 4, 6))
-    (root / "tiny.toml").write_text(SPACE)
-    storage = f"sqlite:///{root / 'studies' / 'clothopt.db'}"
-    st, cfg = study_mod.create(
-        backbone="mobilenet_025",
-        space=str(root / "tiny.toml"),
-        name="tiny",
-        storage=storage,
-        data=str(data),
-        weights=str(REAL_WEIGHTS),
-    )
-    study_mod.optimize(
-        st, cfg, Objective(cfg, open_dataset(data), FeatureCache(cfg.cache_dir)), progress=False
-    )
-    return {"storage": storage, "config": cfg, "data": data}
+    return {"storage": make_tiny_study(root, str(REAL_WEIGHTS), SPACE)}
 
 
 @pytest.fixture(scope="module")
 def tuned(study: dict[str, Any]) -> dict[str, Any]:
     argv = ["study", "finalize", "tiny", "--storage", study["storage"], "--quiet"]
     argv += ["--fine-tune", "3", "--fine-tune-epochs", "2", "--fine-tune-lr", "1e-3"]
-    code, out, err = _run(argv)
+    code, out, err = run_cli(argv)
     assert code == 0, err
     report, folder = load_final("tiny", study["storage"])
     return {"report": report, "folder": folder, "out": out}
@@ -124,7 +97,7 @@ def test_fine_tune_mistakes_are_one_line_errors_and_keep_the_result(
 ) -> None:
     before = (tuned["folder"] / "report.json").read_bytes()
     argv = ["study", "finalize", "tiny", "--storage", study["storage"], "--quiet"]
-    code, _, err = _run([*argv, *extra])
+    code, _, err = run_cli([*argv, *extra])
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert (tuned["folder"] / "report.json").read_bytes() == before
 
@@ -138,5 +111,5 @@ def test_a_trial_of_concatenated_sizes_is_refused(study: dict[str, Any]) -> None
     number = st.trials[-1].number
     argv = ["study", "finalize", "tiny", "--storage", study["storage"], "--quiet"]
     argv += ["--trial", str(number)]
-    code, _, err = _run([*argv, "--fine-tune", "2"])
+    code, _, err = run_cli([*argv, "--fine-tune", "2"])
     assert code == 2 and "--fine-tune tunes one base" in err and "32+48 px" in err, err
