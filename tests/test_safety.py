@@ -361,6 +361,44 @@ def _interrupt_at(storage: str, seconds: float, sig: signal.Signals) -> tuple[in
     return proc.returncode, err
 
 
+def test_an_interrupt_a_library_turns_into_another_error_puts_the_trial_back(
+    tmp_path: Path,
+) -> None:
+    # TensorFlow, interrupted while tracing, raised a SystemError in place of the interrupt:
+    # the trial must still go back uncounted and the run end as interrupted, not as a bug
+    import optuna
+
+    from clothopt import engine
+    from clothopt.errors import Terminated
+
+    storage = engine.open_storage(f"sqlite:///{tmp_path / 's.db'}", create=True)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.enqueue_trial({"x": 1.0})
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", 0.0, 2.0)
+        try:
+            signal.raise_signal(signal.SIGTERM)  # the runner's handler raises Terminated
+        except Terminated:
+            raise SystemError("bad argument to internal function") from None
+        return 0.0
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated):
+        engine.optimize(study, objective, budget=1, progress=False)
+    states = [(t.state.name, t.user_attrs.get("fail_reason")) for t in study.trials]
+    assert states == [("FAIL", "terminated"), ("WAITING", None)], states
+    assert signal.getsignal(signal.SIGTERM) is before  # the runner's handler is gone again
+
+    # without a signal, the same SystemError is a bug: the trial fails with it and it is raised
+    def buggy(trial: optuna.Trial) -> float:
+        raise SystemError("a real bug")
+
+    with pytest.raises(SystemError):
+        engine.optimize(study, buggy, budget=1, progress=False)
+    assert "a real bug" in study.trials[1].user_attrs["fail_reason"]
+
+
 _SLOW_ARGPARSE = """
 import importlib.util, os, sys, sysconfig, time
 time.sleep(10)  # the CLI's imports, made slow enough to be caught in the act

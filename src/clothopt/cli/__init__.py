@@ -32,7 +32,7 @@ from clothopt.cli.study import (
     recorded_command,
     run_it_line,
 )
-from clothopt.engine.runner import sigterm_raises
+from clothopt.engine.runner import interrupt_since, interrupts_raise, received
 from clothopt.engine.storage import storage_errors
 from clothopt.errors import Terminated, UserError
 
@@ -112,19 +112,29 @@ def _quiet_libraries() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit status (2: a user error, 130/143: interrupted)."""
+    mark = received()
     try:
         # SIGTERM at any moment (imports included) ends the command as cleanly as Ctrl-C
-        with sigterm_raises():
+        with interrupts_raise():
             return _main(list(sys.argv[1:] if argv is None else argv))
     except UserError as exc:
         print(f"clothopt: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
+        return _interrupted(exc)
+    except Exception:
+        # an interrupt a library turned into its own error is still an interrupt
+        if (interrupt := interrupt_since(mark)) is None:
+            raise
+        return _interrupted(interrupt)
+
+
+def _interrupted(exc: BaseException) -> int:
+    if isinstance(exc, KeyboardInterrupt):
         print("clothopt: interrupted; the running trial was put back in the queue", file=sys.stderr)
         return 130
-    except Terminated:
-        print("clothopt: terminated; the running trial was put back in the queue", file=sys.stderr)
-        return 143
+    print("clothopt: terminated; the running trial was put back in the queue", file=sys.stderr)
+    return 143
 
 
 def _main(argv: list[str]) -> int:

@@ -11,7 +11,9 @@ How a trial ends, by what its objective raised:
 - :class:`~clothopt.errors.UserError`: the trial goes back in the queue (not counted as a
   retry) and the error is raised: every other trial would hit it too;
 - ``KeyboardInterrupt`` or :class:`~clothopt.errors.Terminated` (SIGTERM), at any moment
-  from taking the trial to telling it: back in the queue (not counted as a retry), then raised.
+  from taking the trial to telling it: back in the queue (not counted as a retry), then raised;
+  so is any other exception raised after such a signal arrived (a library may turn the
+  interrupt into its own error).
   Taking a trial and putting one back run with those signals held, so neither is cut in half;
 - anything else (a bug): FAIL with its repr, then raised.
 """
@@ -50,10 +52,12 @@ __all__ = [
     "POLL_SECONDS",
     "RunSummary",
     "TrialCallback",
+    "interrupt_since",
+    "interrupts_raise",
     "optimize",
+    "received",
     "rss_mb",
     "signals_held",
-    "sigterm_raises",
 ]
 
 POLL_SECONDS = float(os.environ.get("CLOTHOPT_POLL_SECONDS", "2"))
@@ -96,21 +100,49 @@ class _Heartbeat:
         self._thread.join()
 
 
+# The signals :func:`interrupts_raise` turned into exceptions, newest last (main thread). A
+# library may swallow that exception and raise another in its place (TensorFlow, interrupted
+# while tracing a function, raised a SystemError): what was received still says "interrupted".
+_RECEIVED: list[int] = []
+
+
+def _interrupt(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+def received() -> int:
+    """How many interrupts have been received so far (a mark for :func:`interrupt_since`)."""
+    return len(_RECEIVED)
+
+
+def interrupt_since(mark: int) -> BaseException | None:
+    """The interrupt to raise in place of another exception when one was received after
+    ``mark`` (:func:`received` then), else None."""
+    return _interrupt(_RECEIVED[-1]) if len(_RECEIVED) > mark else None
+
+
 @contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """SIGTERM raises :class:`Terminated` in the main thread for the block (else: nothing)."""
+def interrupts_raise() -> Iterator[None]:
+    """In the main thread for the block, SIGTERM raises :class:`Terminated` and SIGINT
+    ``KeyboardInterrupt`` (unless SIGINT is ignored), each recorded for
+    :func:`interrupt_since`; elsewhere: nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        raise Terminated()
+        _RECEIVED.append(signum)
+        raise _interrupt(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    sigs = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored, not ours
+        sigs.append(signal.SIGINT)
+    previous = {s: signal.signal(s, handler) for s in sigs}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 @contextlib.contextmanager
@@ -135,7 +167,7 @@ def signals_held() -> Iterator[None]:
         for s, h in previous.items():
             signal.signal(s, h)
     if got:
-        raise KeyboardInterrupt() if got[0] == signal.SIGINT else Terminated()
+        raise _interrupt(got[0])
 
 
 def rss_mb() -> float:
@@ -169,6 +201,7 @@ def _run_one(
 
     storage = storage_of(study)
     tid = trial_id(trial)
+    mark = received()
     with _Heartbeat(storage, tid):
         try:
             value, state = objective(trial), TrialState.COMPLETE
@@ -181,6 +214,8 @@ def _run_one(
             requeue(study, storage.get_trial(tid), f"stopped: {exc}"[:500], counted=False)
             raise
         except Exception as exc:
+            if (interrupt := interrupt_since(mark)) is not None:
+                raise interrupt from exc  # put back uncounted by the loop, as any interrupt
             reason = _fault_reason(exc)
             if reason is None:
                 with contextlib.suppress(Exception):
@@ -256,7 +291,7 @@ def optimize(
     start = time.perf_counter()
     bar = _progress_bar(study, budget) if progress else None
     try:
-        with sigterm_raises():
+        with interrupts_raise():
             while n_trials is None or summary.ran < n_trials:
                 if timeout is not None and time.perf_counter() - start >= timeout:
                     break
