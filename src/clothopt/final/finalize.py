@@ -32,7 +32,8 @@ import numpy as np
 from clothopt.errors import UserError
 from clothopt.final.fine_tune import DEFAULT_EPOCHS as FINE_TUNE_EPOCHS
 from clothopt.final.fine_tune import DEFAULT_LEARNING_RATE as FINE_TUNE_LR
-from clothopt.final.fine_tune import FineTuned, check_layers
+from clothopt.final.fine_tune import FineTuned
+from clothopt.final.fine_tune import check as check_fine_tune
 from clothopt.final.fine_tune import fine_tune as fine_tune_model
 from clothopt.final.scoring import confusion_figure as _confusion_figure
 from clothopt.final.store import (
@@ -248,10 +249,6 @@ def finalize(
         raise UserError(f"--resamples must be at least {MIN_RESAMPLES}, not {resamples}")
     if fine_tune < 0:
         raise UserError(f"--fine-tune must be a number of layers, not {fine_tune}")
-    if fine_tune and not 1 <= fine_tune_epochs <= 1000:
-        raise UserError(f"--fine-tune-epochs must be between 1 and 1000, not {fine_tune_epochs}")
-    if fine_tune and not 0.0 < fine_tune_lr < 1.0:
-        raise UserError(f"--fine-tune-lr must be in (0, 1), not {fine_tune_lr:g}")
     not_clothing_dir = _not_clothing_dir(not_clothing)
     st, config = study_mod.load(name, storage)
     check_replaceable(final_dir(storage, name))  # before the work, not only at the swap
@@ -281,7 +278,7 @@ def finalize(
         )
     spec = get_backbone(str(params.get("backbone", config.backbone)))
     if fine_tune:
-        check_layers(spec, sizes[0], fine_tune)
+        check_fine_tune(spec, sizes[0], fine_tune, fine_tune_epochs, fine_tune_lr)
     dataset, cache = open_run(config, data, cache_dir, progress)
     classes = list(dataset.classes)
 

@@ -42,7 +42,7 @@ __all__ = [
     "DEFAULT_LEARNING_RATE",
     "FineTuned",
     "base_of",
-    "check_layers",
+    "check",
     "fine_tune",
 ]
 
@@ -86,11 +86,16 @@ def base_of(model: keras.Model) -> keras.Model:
     return bases[0]
 
 
-def check_layers(spec: BackboneSpec, size: int, layers: int) -> None:
-    """Refuse ``layers`` beyond the base's layers with weights, before any training (the
-    structure alone: built without loading weights)."""
+def check(spec: BackboneSpec, size: int, layers: int, epochs: int, learning_rate: float) -> None:
+    """Refuse arguments :func:`fine_tune` cannot use, before any work: ``layers`` beyond the
+    base's layers with weights (the structure alone: built without loading weights), epochs
+    outside 1..1000, a learning rate outside (0, 1)."""
     from clothopt.model.backbones import build_base
 
+    if not 1 <= epochs <= 1000:
+        raise UserError(f"--fine-tune-epochs must be between 1 and 1000, not {epochs}")
+    if not 0.0 < learning_rate < 1.0:
+        raise UserError(f"--fine-tune-lr must be in (0, 1), not {learning_rate:g}")
     _weighted(build_base(spec, size, "none", 0), layers)
 
 
@@ -148,17 +153,14 @@ def fine_tune(
     threads: int | None = None,
     say: Callable[[str], None] = lambda message: None,
 ) -> FineTuned:
-    """Fine-tune ``head`` (trained weights) and the base's top ``layers`` end to end.
+    """Fine-tune ``head`` (trained weights) and the base's top ``layers`` end to end
+    (arguments as :func:`check` accepts them).
 
     ``splits`` maps "train", "validation" and "test" to (image paths, labels). Epoch ``e``
     visits the train rows (plain, then mirrored with ``flip``) in ``batch_order(n, e, seed)``.
     """
     import keras
 
-    if not 1 <= epochs <= 1000:
-        raise UserError(f"--fine-tune-epochs must be between 1 and 1000, not {epochs}")
-    if not 0.0 < learning_rate < 1.0:
-        raise UserError(f"--fine-tune-lr must be in (0, 1), not {learning_rate:g}")
     model = compose(spec, size, weights, weights_seed, head=head)
     _unfreeze_top(base_of(model), layers)
 
