@@ -1,8 +1,13 @@
-"""The three ways a run can end badly, each with its own type (as KerasTuner separates them).
+"""Every error clothopt raises on purpose, under one base class (as KerasTuner separates them).
 
-- :class:`UserError`: a mistake the user can fix (a bad flag, a missing file, a corrupt
-  config). The CLI prints ``clothopt: error: <message>`` and exits 2; raised inside a trial it
-  stops the whole run, since every other trial would hit it too.
+A caller catches what it means: ``except clothopt.errors.NotFound`` (also a
+``FileNotFoundError``), ``except ValueError`` for a bad argument, ``except StorageUnavailable``
+for a lost database. Exit codes are the CLI's business (``clothopt.cli``), not the errors'.
+
+- :class:`UserError` and its subclasses: something the user can fix (a bad value, a missing
+  file, an output that would overwrite an input, a write that failed). Raised inside a trial it
+  stops the whole run, since every other trial would hit it too; the trial goes back in the queue.
+- :class:`StorageUnavailable`: the study's database cannot be reached or was lost.
 - :class:`TrialFailed`: this trial cannot finish (an image that does not decode, out of
   memory); the trial is marked FAIL with the message as its reason and the study goes on.
 - :class:`Terminated`: SIGTERM, raised in the main thread so the running trial is put back in
@@ -11,16 +16,63 @@
 
 from __future__ import annotations
 
-__all__ = ["Terminated", "TrialFailed", "UserError"]
+__all__ = [
+    "AlreadyExists",
+    "ClothoptError",
+    "DataError",
+    "InvalidArgument",
+    "ModelError",
+    "NotFound",
+    "OutputConflict",
+    "StorageUnavailable",
+    "Terminated",
+    "TrialFailed",
+    "UserError",
+    "WriteFailed",
+]
 
 
-class UserError(Exception):
-    """A user-facing error: the CLI prints ``clothopt: error: <message>`` and exits non-zero."""
-
-    exit_code: int = 2
+class ClothoptError(Exception):
+    """The base of every error clothopt raises on purpose."""
 
 
-class TrialFailed(Exception):
+class UserError(ClothoptError):
+    """Something the user can fix; prefer one of the subclasses, which say what kind."""
+
+
+class InvalidArgument(UserError, ValueError):
+    """A bad value: an option, a parameter, a study name, a search space, a configuration."""
+
+
+class NotFound(UserError, FileNotFoundError):
+    """A file, folder, split, study or weights file that is not there."""
+
+
+class AlreadyExists(UserError, FileExistsError):
+    """A name or folder that exists already (a study name, a final model not ours to replace)."""
+
+
+class OutputConflict(UserError, FileExistsError):
+    """An output path that is one of the command's inputs, or a file of another kind."""
+
+
+class WriteFailed(UserError, OSError):
+    """A write that failed (permissions, a full disk, a file-size limit); nothing was replaced."""
+
+
+class DataError(UserError, ValueError):
+    """A data set, image or catalogue that cannot be used as it is."""
+
+
+class ModelError(UserError, ValueError):
+    """A model file clothopt cannot use (not one it made, or with outputs that are not finite)."""
+
+
+class StorageUnavailable(ClothoptError, ConnectionError):
+    """The study's storage cannot be reached, or was lost while a command used it."""
+
+
+class TrialFailed(ClothoptError):
     """This trial failed (its reason is the message); the study carries on with the others."""
 
 

@@ -34,7 +34,7 @@ from clothopt.cli.study import (
 )
 from clothopt.engine.runner import interrupt_since, interrupts_raise, received
 from clothopt.engine.storage import storage_errors
-from clothopt.errors import Terminated, UserError
+from clothopt.errors import ClothoptError, Terminated
 
 __all__ = ["COMMANDS", "main", "recorded_command", "run_it_line"]
 
@@ -117,9 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGTERM at any moment (imports included) ends the command as cleanly as Ctrl-C
         with interrupts_raise():
             return _main(list(sys.argv[1:] if argv is None else argv))
-    except UserError as exc:
+    except ClothoptError as exc:
         print(f"clothopt: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return 2  # every error raised on purpose, as argparse does for a bad flag
     except (KeyboardInterrupt, Terminated) as exc:
         return _interrupted(exc)
     except Exception:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clothopt.errors import UserError
+from clothopt.errors import DataError, InvalidArgument
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -68,7 +68,7 @@ warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds", 
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
-class UnusableImage(UserError):
+class UnusableImage(DataError):
     """An image clothopt will not train on or predict, with ``kind`` (as ``data check`` names
     it: unreadable, truncated, too-large, broken-link) and a one-line ``detail``."""
 
@@ -91,7 +91,7 @@ def _pil_filter(method: str) -> int:
             method
         ]
     except KeyError:
-        raise UserError(
+        raise InvalidArgument(
             f"unknown resize method {method!r} (choose from {', '.join(RESIZE_METHODS)})"
         ) from None
 

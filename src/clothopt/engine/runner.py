@@ -42,7 +42,7 @@ from clothopt.engine.queue import (
     requeue,
 )
 from clothopt.engine.storage import HEARTBEAT_INTERVAL, storage_of, trial_id
-from clothopt.errors import Terminated, TrialFailed, UserError
+from clothopt.errors import StorageUnavailable, Terminated, TrialFailed, UserError
 
 if TYPE_CHECKING:
     import optuna
@@ -209,7 +209,7 @@ def _run_one(
             storage.set_trial_user_attr(tid, "rss_mb", rss_mb())
         except optuna.TrialPruned:
             state, value = TrialState.PRUNED, None
-        except UserError as exc:
+        except (UserError, StorageUnavailable) as exc:
             # a mistake every trial would make: this one waits in the queue for the fix
             requeue(study, storage.get_trial(tid), f"stopped: {exc}"[:500], counted=False)
             raise

@@ -16,7 +16,13 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clothopt.errors import UserError
+from clothopt.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    StorageUnavailable,
+    WriteFailed,
+)
 from clothopt.paths import DEFAULT_STORAGE, masked_url
 
 if TYPE_CHECKING:
@@ -191,7 +197,7 @@ def open_storage(
     """An RDB storage with heartbeats on; one clear line for any URL or connection problem.
 
     ``create``: a SQLite file that does not exist yet is made (only commands that create
-    studies pass it); otherwise its absence is a :class:`UserError` and nothing is written.
+    studies pass it); otherwise its absence is :class:`NotFound` and nothing is written.
     ``stale_trial_callback`` runs for a trial Optuna fails because its heartbeat stopped.
     """
     import optuna
@@ -202,7 +208,7 @@ def open_storage(
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise UserError(
+        raise InvalidArgument(
             f"bad storage URL {url.split('@')[-1]!r} (e.g. {DEFAULT_STORAGE} or "
             "postgresql+psycopg://USER:PASS@HOST/DB)"
         ) from None
@@ -210,25 +216,27 @@ def open_storage(
     engine_kwargs: dict[str, Any] = {}
     if backend == "sqlite":
         if parsed.database in (None, "", ":memory:"):
-            raise UserError(
+            raise InvalidArgument(
                 f"storage {masked_url(url)} names no file: use sqlite:///PATH/TO/FILE.db "
                 "(an in-memory database would vanish with this command)"
             )
         path = Path(parsed.database).expanduser()
         if not path.is_file():
             if not create:
-                raise UserError(f"no storage at {path}: create a study first, or pass --storage")
+                raise NotFound(f"no storage at {path}: create a study first, or pass --storage")
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise UserError(f"cannot create {path.parent}: {exc.strerror}") from None
+                raise WriteFailed(f"cannot create {path.parent}: {exc.strerror}") from None
         # local workers share the file: wait for its lock instead of failing
         engine_kwargs["connect_args"] = {"timeout": 60}
     elif backend == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 5}
         engine_kwargs["pool_pre_ping"] = True
     elif backend != "mysql":
-        raise UserError(f"unsupported storage {backend!r}: use sqlite:/// or postgresql+psycopg://")
+        raise InvalidArgument(
+            f"unsupported storage {backend!r}: use sqlite:/// or postgresql+psycopg://"
+        )
     for attempt in range(5):
         try:
             storage = _rdb_storage(url, engine_kwargs, stale_trial_callback)
@@ -237,11 +245,13 @@ def open_storage(
             # another process made the schema at the same moment (alembic_version): it is
             # there now, so opening again finds it
             if attempt == 4:
-                raise UserError(f"cannot open storage {masked_url(url)}: schema race") from None
+                raise StorageUnavailable(
+                    f"cannot open storage {masked_url(url)}: schema race"
+                ) from None
             time.sleep(0.2 * (attempt + 1))
         except ImportError as exc:
             driver = getattr(exc, "name", None) or str(exc)
-            raise UserError(
+            raise InvalidArgument(
                 f"storage {masked_url(url)} needs the driver {driver}: "
                 + (
                     "pip install 'clothopt[postgres]'"
@@ -253,7 +263,7 @@ def open_storage(
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             if parsed.password:
                 reason = reason.replace(str(parsed.password), "***")
-            raise UserError(f"cannot open storage {masked_url(url)}: {reason}") from None
+            raise StorageUnavailable(f"cannot open storage {masked_url(url)}: {reason}") from None
     if backend == "sqlite":
         _serialize_sqlite_transactions(storage.engine)
     return storage
@@ -281,7 +291,8 @@ _NOT_FOUND = "Record does not exist."
 
 @contextlib.contextmanager
 def storage_errors(study_name: str | None = None) -> Iterator[None]:
-    """THE place where a storage's exceptions become one-line :class:`UserError`\\ s.
+    """THE place where a storage's exceptions become typed one-line errors
+    (:class:`AlreadyExists`, :class:`NotFound`, :class:`StorageUnavailable`).
 
     A study deleted under a running command, a study created twice at the same moment, a
     database that went away: each is a state of the world, not a bug, so it gets a sentence.
@@ -293,14 +304,14 @@ def storage_errors(study_name: str | None = None) -> Iterator[None]:
     try:
         yield
     except DuplicatedStudyError:
-        raise UserError(f"{what} already exists (pick another --name, or delete it)") from None
+        raise AlreadyExists(f"{what} already exists (pick another --name, or delete it)") from None
     except (KeyError, ValueError) as exc:
         if not (exc.args and exc.args[0] == _NOT_FOUND):
             raise
-        raise UserError(f"{what} was deleted while this command used it") from None
+        raise NotFound(f"{what} was deleted while this command used it") from None
     except sqlalchemy.exc.OperationalError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise UserError(f"lost the storage: {reason}") from None
+        raise StorageUnavailable(f"lost the storage: {reason}") from None
 
 
 def _serialize_sqlite_transactions(engine: Any) -> None:
