@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import clothopt.logging as clothopt_logging
 from clothopt import __version__
 from clothopt._quiet import VERBOSE_ENV, verbose
 from clothopt.cli._args import _Command
@@ -106,6 +107,8 @@ def _quiet_libraries() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # the library's progress and notes (clothopt.logging) are the command's own output
+    clothopt_logging.set_verbosity(clothopt_logging.DEBUG if verbose() else clothopt_logging.INFO)
     for name in ("absl", "tensorflow"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
