@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
+    from clothopt.spaces import SearchSpace
+
 __all__ = [
     "CreateHook",
     "DeleteHook",
@@ -73,7 +75,7 @@ def _study_names(storage: optuna.storages.BaseStorage) -> list[str]:
 def create(
     *,
     backbone: str,
-    space: str = "paper",
+    space: str | SearchSpace = "paper",
     sampler: str | None = None,
     n_trials: int | None = None,
     name: str | None = None,
@@ -104,9 +106,11 @@ def create(
     from clothopt.data import RESIZE_METHODS, open_dataset
     from clothopt.model.backbones import get_backbone, weights_id
     from clothopt.samplers import sampler_args
-    from clothopt.spaces import load_space
+    from clothopt.spaces import SearchSpace, load_space
 
-    space_obj = load_space(space).with_sampler(sampler, n_trials)
+    # a SearchSpace object (the Python API's) as it is; a name or a TOML file loaded
+    space_obj = space if isinstance(space, SearchSpace) else load_space(space)
+    space_obj = space_obj.with_sampler(sampler, n_trials)
     names = [b.strip() for b in backbone.split(",") if b.strip()]
     if len(names) > 1:
         if space_obj.backbones():

@@ -1,0 +1,478 @@
+"""The Python API's studies: create, load, delete, optimize, an objective, finalize."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clothopt.api._common import (
+    PathLike,
+    Storage,
+    config_of,
+    fspath,
+    is_path,
+    storage_url,
+    url_of,
+)
+from clothopt.errors import InvalidArgument, NotFound, UserError
+from clothopt.logging import get_logger
+
+if TYPE_CHECKING:
+    import optuna
+
+    from clothopt.engine import RunSummary, TrialCallback
+    from clothopt.objective import Objective
+    from clothopt.spaces import SearchSpace
+
+__all__ = [
+    "create_objective",
+    "create_study",
+    "delete_study",
+    "finalize",
+    "load_study",
+    "optimize",
+]
+
+logger = get_logger(__name__)
+
+
+# the sampler and pruner classes a study can record by name (every worker rebuilds them from it)
+_SAMPLER_NAMES = {
+    "TPESampler": "tpe",
+    "RandomSampler": "random",
+    "QMCSampler": "qmc",
+    "GPSampler": "gp",
+    "CmaEsSampler": "cmaes",
+}
+_PRUNER_NAMES = {"MedianPruner": "median", "NopPruner": "none"}
+
+
+def create_study(
+    data: PathLike,
+    *,
+    backbone: str | Sequence[str],
+    storage: Storage,
+    space: PathLike | SearchSpace = "paper",
+    sampler: str | optuna.samplers.BaseSampler | None = None,
+    pruner: str | optuna.pruners.BasePruner | None = None,
+    n_trials: int | None = None,
+    study_name: str | None = None,
+    weights: PathLike = "imagenet",
+    epochs: int | None = None,
+    seed: int = 0,
+    resize: str = "nearest",
+    use_cache: bool = True,
+    cache_dir: PathLike | None = None,
+    max_retries: int = 3,
+    load_if_exists: bool = False,
+) -> optuna.Study:
+    """Create a clothopt study (``clothopt study create``): checked, recorded, grid enqueued.
+
+    Args:
+        data: the data set folder, ``DATA/train|validation|test/<class>/<images>``; it is
+            checked and its fingerprint recorded (a run on another machine must match it).
+        backbone: a backbone name (``clothopt.model.backbones.BACKBONES``), or several for the
+            trials to choose from.
+        storage: a database URL (``sqlite:///PATH.db``, ``postgresql+psycopg://...``) or an
+            :class:`optuna.storages.RDBStorage` (reopened from its URL with clothopt's
+            heartbeats, which the exactly-once queue needs). The study's files (runs/,
+            features/) go beside a SQLite file, else under ``./studies``.
+        space: a built-in space name (``paper``, ``tpe``, ``quick``, ``wide``), a TOML file, or
+            a :class:`clothopt.spaces.SearchSpace` (e.g. from ``clothopt.spaces.load_space``).
+        sampler: a name (``grid``, ``tpe``, ``random``, ``qmc``, ``gp``, ``cmaes``; default:
+            the space's own), or an Optuna sampler of one of those kinds (``TPESampler``, ...):
+            the returned study uses that object; the study records its kind, which a process
+            that loads the study without a sampler rebuilds with clothopt's settings (Optuna
+            stores no sampler at all).
+        pruner: ``"none"`` (default), ``"median"``, or a ``MedianPruner`` / ``NopPruner``
+            object (recorded as its kind, as for the sampler).
+        n_trials: the budget of a sampler that is not the grid.
+        study_name: default ``BACKBONE-SPACE-SAMPLER``.
+        weights: ``"imagenet"``, ``"none"`` (random: fast plumbing) or a weights file.
+        epochs: per trial (default: the space's).
+        seed: the study's seed (sampler, heads, batch order).
+        resize: ``nearest`` (the paper's), ``bilinear`` or ``bicubic``.
+        use_cache: train the head on cached features (False: end to end, the paper's head only).
+        cache_dir: the feature cache (default: beside the SQLite file).
+        max_retries: reruns of a trial whose worker died.
+        load_if_exists: return the existing study of that ``study_name`` instead of failing.
+
+    Returns:
+        The study, its sampler and pruner set.
+
+    Raises:
+        InvalidArgument, NotFound, AlreadyExists, DataError, StorageUnavailable.
+    """
+    from clothopt import study as study_mod
+    from clothopt.dashboard import describe_study
+
+    url = storage_url(storage)
+    sampler_name, sampler_obj = _named(sampler, _SAMPLER_NAMES, "sampler")
+    pruner_name, pruner_obj = _named(pruner, _PRUNER_NAMES, "pruner")
+    if load_if_exists:
+        if study_name is None:
+            raise InvalidArgument("load_if_exists needs a study_name")
+        if study_name in _study_names(url):
+            return load_study(study_name, url, sampler=sampler_obj, pruner=pruner_obj)
+    names = [backbone] if isinstance(backbone, str) else list(backbone)
+    st, _ = study_mod.create(
+        backbone=",".join(names),
+        space=space if _is_space(space) else os.fspath(space),  # type: ignore[arg-type]
+        sampler=sampler_name,
+        n_trials=n_trials,
+        name=study_name,
+        storage=url,
+        data=os.fspath(data),
+        weights=os.fspath(weights),
+        epochs=epochs,
+        seed=seed,
+        resize=resize,
+        pruner=pruner_name or "none",
+        use_cache=use_cache,
+        cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+        max_retries=max_retries,
+        command=_call_line(
+            "create_study",
+            data=data,
+            backbone=backbone,
+            storage=url,
+            space=getattr(space, "name", space),
+            sampler=sampler,
+            pruner=pruner,
+            n_trials=n_trials,
+            study_name=study_name,
+            weights=weights,
+            epochs=epochs,
+            seed=seed,
+            resize=resize,
+            use_cache=use_cache,
+            cache_dir=cache_dir,
+            max_retries=max_retries,
+        ),
+        on_create=describe_study,  # its note and metric name in optuna-dashboard, as the CLI
+    )
+    return _override(st, sampler_obj, pruner_obj)
+
+
+def load_study(
+    study_name: str,
+    storage: Storage,
+    *,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """A clothopt study, its sampler and pruner rebuilt from its record (or the objects given).
+
+    Raises:
+        NotFound (no such storage or study), InvalidArgument (a study clothopt did not create,
+        a bad URL), StorageUnavailable.
+    """
+    from clothopt import study as study_mod
+
+    for value, what in ((sampler, "sampler"), (pruner, "pruner")):
+        if isinstance(value, str):
+            raise InvalidArgument(f"load_study takes a {what} object or None, not {value!r}")
+    st, _ = study_mod.load(study_name, storage_url(storage))
+    return _override(st, sampler, pruner)
+
+
+def delete_study(study_name: str, storage: Storage) -> list[str]:
+    """Delete a study, its trials, its run folder and its dashboard artifacts (``clothopt study
+    delete``; the feature cache stays: other studies share it). Returns what was removed.
+
+    Raises:
+        NotFound, StorageUnavailable.
+    """
+    from clothopt import study as study_mod
+    from clothopt.dashboard import remove_artifacts
+
+    return study_mod.delete(study_name, storage_url(storage), on_delete=remove_artifacts)
+
+
+def optimize(
+    study: optuna.Study,
+    *,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    data: PathLike | None = None,
+    cache_dir: PathLike | None = None,
+    callbacks: Sequence[TrialCallback] = (),
+    show_progress_bar: bool = False,
+) -> RunSummary:
+    """Run a clothopt study's trials (``clothopt study optimize``) until its budget is done.
+
+    Unlike ``study.optimize``, this is clothopt's exactly-once queue: a grid point runs
+    COMPLETE once whatever happens to workers; a dead worker's trial is rerun; several
+    processes may run it at once; run it again to continue. Trials that fail are counted in
+    the summary (as Optuna does, they do not raise).
+
+    Args:
+        study: from :func:`create_study` or :func:`load_study`.
+        n_trials: stop after this many trials here. timeout: start no trial after that many
+            seconds.
+        data, cache_dir: this machine's data set (same fingerprint) and feature cache
+            (default: those the study was created with).
+        callbacks: ``callback(study, frozen_trial)`` after each trial (after clothopt's own,
+            which uploads the per-class validation report for optuna-dashboard).
+
+    Returns:
+        A :class:`clothopt.engine.RunSummary`: trials ran, complete, failed, pruned,
+        recovered, seconds, best value and parameters.
+
+    Raises:
+        InvalidArgument, NotFound, DataError (the data set differs), StorageUnavailable.
+    """
+    from clothopt import study as study_mod
+    from clothopt.dashboard import upload_validation_report
+
+    if n_trials is not None and (isinstance(n_trials, bool) or n_trials < 1):
+        raise InvalidArgument(f"n_trials must be a positive number, not {n_trials!r}")
+    if timeout is not None and not timeout > 0:
+        raise InvalidArgument(f"timeout must be positive seconds, not {timeout!r}")
+    config = config_of(study)
+    objective = create_objective(study, data=data, cache_dir=cache_dir)
+    return study_mod.optimize(
+        study,
+        config,
+        objective,
+        n_trials=n_trials,
+        timeout=timeout,
+        progress=show_progress_bar,
+        callbacks=[upload_validation_report, *callbacks],  # per-class report, as the CLI
+    )
+
+
+def create_objective(
+    study: optuna.Study | None = None,
+    *,
+    data: PathLike | None = None,
+    cache_dir: PathLike | None = None,
+    backbone: str | Sequence[str] | None = None,
+    space: PathLike | SearchSpace | None = None,
+    weights: PathLike | None = None,
+    epochs: int | None = None,
+    seed: int | None = None,
+    resize: str | None = None,
+    use_cache: bool | None = None,
+) -> Objective:
+    """``trial -> validation macro-F1``, for ``study.optimize(objective, ...)`` of any study.
+
+    With a clothopt ``study``, its recorded settings (``data`` and ``cache_dir``: this
+    machine's folders, as in :func:`optimize`; the other settings must be left out). Without
+    one, for a plain ``optuna.create_study(direction="maximize")``: ``data`` and
+    ``backbone`` are required, the others default as in :func:`create_study` (``space``
+    ``"paper"``, ``weights`` ``"imagenet"``, ``seed`` 0, ``resize`` ``"nearest"``,
+    ``use_cache`` True), and every setting is checked as :func:`create_study` checks it;
+    the features are cached in ``cache_dir``, else in a temporary folder removed with the
+    objective. A trial records its validation figures in its user attributes and reports
+    per-epoch F1 for pruners.
+
+    Raises:
+        InvalidArgument, NotFound, DataError (also the study's data set, when it differs).
+    """
+    from clothopt.objective import Objective
+    from clothopt.runs import open_run
+
+    folder = None if cache_dir is None else os.fspath(cache_dir)
+    settings = {
+        "backbone": backbone,
+        "space": space,
+        "weights": weights,
+        "epochs": epochs,
+        "seed": seed,
+        "resize": resize,
+        "use_cache": use_cache,
+    }
+    if study is not None:
+        if extra := [k for k, v in settings.items() if v is not None]:
+            raise InvalidArgument(
+                f"{', '.join(extra)}: a clothopt study's own settings apply (pass no study "
+                "to set them)"
+            )
+        config = config_of(study)
+        dataset, cache = open_run(config, fspath(data), folder, progress=False)
+        return Objective(config, dataset, cache)
+    if data is None or backbone is None:
+        raise InvalidArgument("create_objective without a study needs data and backbone")
+    defaults = {"space": "paper", "weights": "imagenet", "seed": 0, "resize": "nearest"}
+    settings |= {k: v for k, v in defaults.items() if settings[k] is None}
+    settings["use_cache"] = use_cache is not False
+    return _scratch_objective(Objective, data=data, cache_dir=folder, **settings)
+
+
+def _scratch_objective(objective_cls: Any, *, data: PathLike, **settings: Any) -> Objective:
+    """An objective without a study: the settings go through the very ``create`` a study's
+    do (a scratch SQLite study in a temporary folder, the feature cache's home by default)."""
+    import tempfile
+
+    from clothopt import study as study_mod
+    from clothopt.runs import open_run
+
+    tmp = tempfile.TemporaryDirectory(prefix="clothopt-objective-")
+    try:
+        names = settings["backbone"]
+        _, config = study_mod.create(
+            backbone=names if isinstance(names, str) else ",".join(names),
+            space=settings["space"]
+            if _is_space(settings["space"])
+            else os.fspath(settings["space"]),
+            storage=f"sqlite:///{Path(tmp.name) / 'objective.db'}",
+            name="objective",
+            data=os.fspath(data),
+            weights=os.fspath(settings["weights"]),
+            epochs=settings["epochs"],
+            seed=settings["seed"],
+            resize=settings["resize"],
+            use_cache=settings["use_cache"],
+            cache_dir=settings["cache_dir"],
+            command=_call_line("create_objective", data=data, **settings),
+        )
+        dataset, cache = open_run(config, progress=False)
+        objective = objective_cls(config, dataset, cache)
+    except BaseException:
+        tmp.cleanup()
+        raise
+    weakref.finalize(objective, tmp.cleanup)  # the folder lives as long as the objective
+    return objective  # type: ignore[no-any-return]
+
+
+def finalize(
+    study: optuna.Study,
+    *,
+    trial: int | None = None,
+    epochs: int | None = None,
+    data: PathLike | None = None,
+    cache_dir: PathLike | None = None,
+    not_clothing: PathLike | None = None,
+    resamples: int | None = None,
+    bootstrap_seed: int = 0,
+    fine_tune: int = 0,
+    fine_tune_epochs: int | None = None,
+    fine_tune_lr: float | None = None,
+    show_progress_bar: bool = False,
+) -> dict[str, Any]:
+    """Retrain the best trial (or ``trial``), export the model, score the test split
+    (``clothopt study finalize``).
+
+    Writes the study's ``final/`` folder (replaced whole): ``model.keras`` (raw RGB images in,
+    class probabilities and a "not clothing" verdict out), ``classes.json``, ``report.json``
+    and the confusion matrix; :func:`load_model` (``load_model(study)``) reads it back.
+
+    Args:
+        trial: a trial number (default: the best).
+        epochs: of the final training (default: the trial's own when its space searched
+            them, else 5, the paper's).
+        data, cache_dir: this machine's folders (default: the study's).
+        not_clothing: a folder of non-clothing photos the model's rejection is measured on
+            (default: not measured).
+        resamples, bootstrap_seed: the bootstrap of the test macro-F1's 95% interval
+            (resamples: at least 1000; default 2000).
+        fine_tune, fine_tune_epochs, fine_tune_lr: unfreeze the base's top ``fine_tune``
+            layers after the head (0: the paper's frozen base).
+
+    Returns:
+        ``report.json`` as a dict (test figures of the saved model, parameters, seconds).
+
+    Raises:
+        InvalidArgument, NotFound, AlreadyExists (a final folder that is not clothopt's),
+        DataError, StorageUnavailable.
+    """
+    from clothopt.final.finalize import finalize as _finalize
+
+    if isinstance(not_clothing, bool):
+        raise InvalidArgument("not_clothing is a folder of photos or None, not a bool")
+    url = url_of(study)
+    config_of(study)  # a clear error for a study clothopt did not create
+    optional = {
+        "resamples": resamples,
+        "fine_tune_epochs": fine_tune_epochs,
+        "fine_tune_lr": fine_tune_lr,
+    }
+    return _finalize(
+        study.study_name,
+        url,
+        epochs=epochs,
+        trial=trial,
+        data=fspath(data),
+        cache_dir=fspath(cache_dir),
+        bootstrap_seed=bootstrap_seed,
+        not_clothing=fspath(not_clothing),
+        fine_tune=fine_tune,
+        progress=show_progress_bar,
+        on_finalized=_attach_to_dashboard(url),
+        **{k: v for k, v in optional.items() if v is not None},
+    )
+
+
+def _attach_to_dashboard(url: str) -> Any:
+    """A finalize callback: show the final files under the trial in optuna-dashboard."""
+
+    def attach(st: optuna.Study, number: int, files: list[Path]) -> None:
+        from clothopt.dashboard import attach_files
+
+        try:
+            attach_files(st, number, url, files)
+        except (UserError, OSError) as exc:  # best effort: the files are on disk either way
+            logger.warning("finalize: not attached to the dashboard: %s", exc)
+
+    return attach
+
+
+def _is_space(value: object) -> bool:
+    from clothopt.spaces import SearchSpace
+
+    return isinstance(value, SearchSpace)
+
+
+def _study_names(url: str) -> set[str]:
+    from clothopt.engine import open_storage
+
+    try:
+        store = open_storage(url)
+    except NotFound:  # no SQLite file yet: no study either
+        return set()
+    return {s.study_name for s in store.get_all_studies()}
+
+
+def _named(value: Any, names: dict[str, str], what: str) -> tuple[str | None, Any]:
+    """(the recorded name, the object to use) for a sampler or pruner given by name or object."""
+    if value is None or isinstance(value, str):
+        return value, None
+    for cls in type(value).__mro__:
+        if cls.__module__.startswith("optuna") and cls.__name__ in names:
+            return names[cls.__name__], value
+    kinds = ", ".join(names)
+    hint = " (the grid sampler is given by name: clothopt enqueues the space's grid)"
+    raise InvalidArgument(
+        f"a study records its {what} to rebuild it in every worker: pass a name or one of "
+        f"{kinds}, not {type(value).__name__}"
+        + (hint if type(value).__name__ == "GridSampler" else "")
+        + "; any other works with create_objective() on your own optuna.create_study"
+    )
+
+
+def _override(study: optuna.Study, sampler: Any, pruner: Any) -> optuna.Study:
+    if sampler is not None:
+        study.sampler = sampler
+    if pruner is not None:
+        study.pruner = pruner
+    return study
+
+
+def _call_line(function: str, **kwargs: Any) -> str:
+    """How the study was made, to record with it as the CLI records its command line (the
+    storage URL's password masked)."""
+    from clothopt.paths import masked_url
+
+    def shown(key: str, value: Any) -> str:
+        if key == "storage":
+            return repr(masked_url(value))
+        if value is not None and not isinstance(value, (str, int, float, bool, list, tuple)):
+            return type(value).__name__ + "(...)" if not is_path(value) else repr(os.fspath(value))
+        return repr(value)
+
+    args = ", ".join(f"{k}={shown(k, v)}" for k, v in kwargs.items() if v is not None)
+    return f"clothopt.{function}({args})"
