@@ -166,6 +166,12 @@ def test_api_records_the_config_the_cli_records(
         del c["name"]
     assert configs[0] == configs[1]
     assert commands[1].startswith("clothopt.create_study(data=") and "seed=3" in commands[1]
+    # what the CLI will pass when it calls the API: its own command line
+    line = "clothopt study create --backbone mobilenet_025"
+    clothopt.create_study(
+        data, backbone="mobilenet_025", storage=storage, study_name="cli", command=line
+    )
+    assert study_mod.load("cli", storage)[1].command == line
 
 
 def test_plain_optuna_study_with_the_objective(tmp_path: Path, tiny_space: Path) -> None:

@@ -68,6 +68,7 @@ def create_study(
     cache_dir: PathLike | None = None,
     max_retries: int = 3,
     load_if_exists: bool = False,
+    command: str | None = None,
 ) -> optuna.Study:
     """Create a clothopt study (``clothopt study create``): checked, recorded, grid enqueued.
 
@@ -99,6 +100,9 @@ def create_study(
         cache_dir: the feature cache (default: beside the SQLite file).
         max_retries: reruns of a trial whose worker died.
         load_if_exists: return the existing study of that ``study_name`` instead of failing.
+        command: how the study was made, recorded with it (default: this call, as
+            ``clothopt.create_study(...)``; the CLI passes its command line). Never put a
+            password in it.
 
     Returns:
         The study, its sampler and pruner set.
@@ -134,7 +138,8 @@ def create_study(
         use_cache=use_cache,
         cache_dir=None if cache_dir is None else os.fspath(cache_dir),
         max_retries=max_retries,
-        command=_call_line(
+        command=command
+        or _call_line(
             "create_study",
             data=data,
             backbone=backbone,
@@ -233,7 +238,7 @@ def optimize(
     if timeout is not None and not timeout > 0:
         raise InvalidArgument(f"timeout must be positive seconds, not {timeout!r}")
     config = config_of(study)
-    objective = create_objective(study, data=data, cache_dir=cache_dir)
+    objective = _study_objective(study, data, cache_dir, progress=show_progress_bar)
     return study_mod.optimize(
         study,
         config,
@@ -274,7 +279,6 @@ def create_objective(
         InvalidArgument, NotFound, DataError (also the study's data set, when it differs).
     """
     from clothopt.objective import Objective
-    from clothopt.runs import open_run
 
     folder = None if cache_dir is None else os.fspath(cache_dir)
     settings = {
@@ -292,15 +296,26 @@ def create_objective(
                 f"{', '.join(extra)}: a clothopt study's own settings apply (pass no study "
                 "to set them)"
             )
-        config = config_of(study)
-        dataset, cache = open_run(config, fspath(data), folder, progress=False)
-        return Objective(config, dataset, cache)
+        return _study_objective(study, data, cache_dir, progress=False)
     if data is None or backbone is None:
         raise InvalidArgument("create_objective without a study needs data and backbone")
     defaults = {"space": "paper", "weights": "imagenet", "seed": 0, "resize": "nearest"}
     settings |= {k: v for k, v in defaults.items() if settings[k] is None}
     settings["use_cache"] = use_cache is not False
     return _scratch_objective(Objective, data=data, cache_dir=folder, **settings)
+
+
+def _study_objective(
+    study: optuna.Study, data: PathLike | None, cache_dir: PathLike | None, progress: bool
+) -> Objective:
+    """A clothopt study's objective on this machine's data set (checked) and feature cache;
+    ``progress``: extraction's progress bar."""
+    from clothopt.objective import Objective
+    from clothopt.runs import open_run
+
+    config = config_of(study)
+    dataset, cache = open_run(config, fspath(data), fspath(cache_dir), progress=progress)
+    return Objective(config, dataset, cache)
 
 
 def _scratch_objective(objective_cls: Any, *, data: PathLike, **settings: Any) -> Objective:
