@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 _API = frozenset(__all__) - {"__version__"}
+_SUBMODULES = frozenset({"api", "errors", "logging"})  # light: `clothopt.errors.NotFound` works
 
 
 def __getattr__(name: str) -> Any:
@@ -56,6 +57,10 @@ def __getattr__(name: str) -> Any:
         from clothopt import api
 
         value = getattr(api, name)
+    elif name in _SUBMODULES:
+        import importlib
+
+        value = importlib.import_module(f"clothopt.{name}")
     elif name == "__version__":
         value = _version()
     else:
