@@ -147,7 +147,7 @@ def test_every_trial_parameter_is_typed_and_checked(tmp_path: Path) -> None:
         ("optimizer = ['rmsprop']", "'rmsprop' is not one of adam, adamw, sgd"),
         ("flip = [1]", "flip value 1 is not a valid bool"),
         ("backbone = ['vgg']", "'vgg' is not one of"),
-        ("dropout = [0.99]", r"dropout values must lie in \[0, 0.95\]"),
+        ("dropout = [0.99]", r"dropout value 0.99 must lie in \[0, 0.95\]"),
         ("hidden_layers = [0]\ndropout = {low = 0.1, high = 0.5, when = {depth = [1]}}", "depth"),
         (
             "dropout = {low = 0.1, high = 0.5, when = {hidden_layers = [1]}}",

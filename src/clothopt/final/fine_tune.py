@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clothopt.errors import UserError
+from clothopt.errors import InvalidArgument
 from clothopt.metrics import macro_f1
 from clothopt.model.compose import POOL_LAYER, Head, compose
 from clothopt.model.head import average_views
@@ -93,16 +93,16 @@ def check(spec: BackboneSpec, size: int, layers: int, epochs: int, learning_rate
     from clothopt.model.backbones import build_base
 
     if not 1 <= epochs <= 1000:
-        raise UserError(f"--fine-tune-epochs must be between 1 and 1000, not {epochs}")
+        raise InvalidArgument(f"--fine-tune-epochs must be between 1 and 1000, not {epochs}")
     if not 0.0 < learning_rate < 1.0:
-        raise UserError(f"--fine-tune-lr must be in (0, 1), not {learning_rate:g}")
+        raise InvalidArgument(f"--fine-tune-lr must be in (0, 1), not {learning_rate:g}")
     _weighted(build_base(spec, size, "none", 0), layers)
 
 
 def _weighted(base: keras.Model, layers: int) -> list[keras.layers.Layer]:
     weighted = [layer for layer in base.layers if layer.weights]
     if not 1 <= layers <= len(weighted):
-        raise UserError(
+        raise InvalidArgument(
             f"--fine-tune must be between 1 and {len(weighted)} (the base's layers with "
             f"weights), not {layers}"
         )
@@ -199,7 +199,9 @@ def fine_tune(
             f"validation macro-F1 {epoch_f1[-1]:.4f}"
         )
         if not math.isfinite(epoch_loss[-1]):
-            raise UserError(f"fine-tuning diverged (loss {epoch_loss[-1]}); lower --fine-tune-lr")
+            raise InvalidArgument(
+                f"fine-tuning diverged (loss {epoch_loss[-1]}); lower --fine-tune-lr"
+            )
     train_seconds = time.perf_counter() - start
 
     def logits(images: np.ndarray) -> np.ndarray:

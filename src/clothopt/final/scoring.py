@@ -10,19 +10,22 @@ into the report's figures (per-class and macro precision/recall/F1, accuracy, co
 from __future__ import annotations
 
 import importlib.util
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clothopt.errors import UserError
 from clothopt.final.store import FIGURE_STEM
+from clothopt.logging import get_logger
 
 if TYPE_CHECKING:
     import keras
 
 __all__ = ["confusion_figure", "labelled_report", "score_set"]
+
+logger = get_logger(__name__)
 
 
 def score_set(
@@ -30,7 +33,6 @@ def score_set(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Score image files with the saved model: ``(probabilities (N, C), scores (N,),
     accepted (N,) bool, errors)``; unreadable files are left out and named in ``errors``."""
-    from clothopt.errors import UserError
     from clothopt.predict import iter_images, run_model
 
     probs, scores, accepted, errors = [], [], [], []
@@ -114,5 +116,5 @@ def confusion_figure(
             fig.write_image(folder / f"{FIGURE_STEM}.png", scale=2)
             written.append(f"{FIGURE_STEM}.png")
         except Exception as exc:  # kaleido needs a browser it may not find: the HTML is enough
-            print(f"clothopt: no PNG figure ({exc})", file=sys.stderr)
+            logger.warning("clothopt: no PNG figure (%s)", exc)
     return written
