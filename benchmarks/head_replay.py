@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from clothopt import study as studies
 from clothopt.model.head import HeadTrainer
 from clothopt.objective import head_inputs, train_spec
-from clothopt.trial_spec import TrialSpec
 from clothopt.runs import open_run
+from clothopt.trial_spec import TrialSpec
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -172,7 +172,8 @@ def test_image_size_and_image_sizes_are_exclusive_and_one_is_required(tmp_path: 
     with pytest.raises(UserError, match="does not set image_size"):
         _space(tmp_path, rest)
     space = _space(tmp_path, rest + "image_sizes = ['224', '300+500']\n")
-    assert space.min_image_size() == 224
+    assert space.min_image_size() == 224 and space.listed_sizes() == [224, 300, 500]
+    assert load_space("paper").listed_sizes() == [300, 400, 500]
     assert image_sizes(space.grid()[1]) == (300, 500)
     assert image_sizes({"image_size": 96}) == (96,)
 

@@ -1,15 +1,14 @@
 """Trial objective: train the trial's head and score validation macro-F1.
 
 A trial's parameters are parsed once into a :class:`~clothopt.trial_spec.TrialSpec`. The cached
-path is the trial's pipeline: :func:`head_inputs` assembles the features the spec names
-(backbone, one size or several concatenated, flipped copies for training, a flipped view for
-test-time augmentation) and :func:`train_spec` trains the spec's head on them (the paper's
-``Dense(num_classes)`` unless the space varies more), with one
-:class:`~clothopt.model.head.HeadTrainer` reused across trials. ``clothopt.final.finalize``
-trains the final model with the same two functions. The end-to-end path trains the whole paper model
-(preprocess, frozen base called with ``training=False``, GAP, Dense) on images, as the paper
-did. For the paper's head both start from the same head and see the same batches in the same
-order.
+path is the trial's pipeline, which ``clothopt.final.finalize`` runs too: :func:`head_inputs`
+assembles the features the spec names (backbone, sizes concatenated, flipped copies for
+training, a flipped view for test-time augmentation) and :func:`train_spec` trains the spec's
+head on them (the paper's ``Dense(num_classes)`` unless the space varies more), with one
+:class:`~clothopt.model.head.HeadTrainer` reused across trials. The end-to-end path trains the
+whole paper model (preprocess, frozen base called with ``training=False``, GAP, Dense) on
+images, as the paper did; for the paper's head both start from the same head and see the same
+batches in the same order.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from clothopt.metrics import classification_metrics
 from clothopt.model.backbones import BackboneSpec, get_backbone
 from clothopt.model.compose import Head, build_head, compose
 from clothopt.model.head import HeadResult, HeadTrainer
-from clothopt.trial_spec import TrialSpec, image_sizes, trial_seed
+from clothopt.trial_spec import TrialSpec, trial_seed
 
 if TYPE_CHECKING:
     import keras
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
 
     from clothopt.config import StudyConfig
     from clothopt.features import FeatureCache
-    from clothopt.spaces import SearchSpace
 
 __all__ = [
     "HeadInput",
@@ -382,16 +380,6 @@ def _trial_attrs(
     }
 
 
-def _size_choices(space: SearchSpace) -> list[dict[str, Any]]:
-    """Every ``{image_size}`` / ``{image_sizes}`` value a space can give a trial."""
-    return [
-        {name: choice}
-        for name in ("image_size", "image_sizes")
-        if (p := space.params.get(name)) is not None and p.choices is not None
-        for choice in p.choices
-    ]
-
-
 class Objective:
     """``trial -> validation macro-F1`` for one study's configuration.
 
@@ -424,7 +412,7 @@ class Objective:
         ``splits`` in one pass per split that decodes each image once (later trials find them
         cached); returns the seconds paid."""
         cfg = self.config
-        sizes = sorted({s for p in _size_choices(cfg.space) for s in image_sizes(p)})
+        sizes = cfg.space.listed_sizes()
         spec, paid = get_backbone(backbone), 0.0
         for name in splits:
             if (backbone, name) in self._warmed or len(sizes) < 2:

@@ -273,6 +273,14 @@ class SearchSpace:
         p = self.params["image_size"]
         return int(min(p.choices) if p.choices is not None else (p.low or 0))  # type: ignore[type-var]
 
+    def listed_sizes(self) -> list[int]:
+        """Every image size a trial's features can come from, sorted, where the space lists
+        them (a range of sizes: none)."""
+        p = self.params.get("image_sizes") or self.params.get("image_size")
+        name = "image_sizes" if "image_sizes" in self.params else "image_size"
+        choices = p.choices if p is not None and p.choices is not None else ()
+        return sorted({s for c in choices for s in image_sizes({name: c})})
+
     def backbones(self) -> tuple[str, ...]:
         """The backbones the space's ``backbone`` parameter names (none: the study's)."""
         p = self.params.get("backbone")

@@ -22,7 +22,6 @@ What the folder holds and how it is swapped into place: :mod:`clothopt.final.sto
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import time
@@ -33,11 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clothopt.errors import DataError, InvalidArgument, NotFound
+from clothopt.errors import InvalidArgument, NotFound
 from clothopt.final.fine_tune import DEFAULT_EPOCHS as FINE_TUNE_EPOCHS
 from clothopt.final.fine_tune import DEFAULT_LEARNING_RATE as FINE_TUNE_LR
-from clothopt.final.fine_tune import FineTuned
-from clothopt.final.fine_tune import check as check_fine_tune
+from clothopt.final.fine_tune import FineTuned, FineTuning
 from clothopt.final.scoring import confusion_figure as _confusion_figure
 from clothopt.final.store import (
     MODEL_FILE,
@@ -53,7 +51,6 @@ from clothopt.logging import DEBUG, INFO, get_logger
 from clothopt.trial_spec import TrialSpec, check_value
 
 if TYPE_CHECKING:
-    import keras
     import optuna
     from optuna.trial import FrozenTrial
 
@@ -160,15 +157,6 @@ def search_seconds(trials: Sequence[FrozenTrial]) -> tuple[float, float, int]:
 # --------------------------------------------------------------------------- 2. train
 
 
-@dataclass(frozen=True)
-class FineTuning:
-    """The optional second phase: the base's top ``layers`` (0: none) trained end to end."""
-
-    layers: int = 0
-    epochs: int = FINE_TUNE_EPOCHS
-    learning_rate: float = FINE_TUNE_LR
-
-
 @dataclass
 class Trained:
     """What :func:`train` made: the head (and the tuned network), the detector, and the
@@ -205,19 +193,17 @@ def train(
     config: StudyConfig,
     dataset: Dataset,
     cache: FeatureCache,
-    tuning: FineTuning = FineTuning(),
+    tuning: FineTuning | None = None,
     progress: bool = False,
 ) -> Trained:
     """The final model: the trial's pipeline on the train split (validation, plain images,
     scored after each epoch), then the optional fine-tuning, then the detector (fitted on the
     train split's plain pooled features, the tuned base's when fine-tuned; its threshold
     accepting 95% of validation)."""
-    from clothopt.final.fine_tune import fine_tune
     from clothopt.final.rejection import fit_shipped_detector
-    from clothopt.model.backbones import get_backbone
     from clothopt.model.compose import Head
     from clothopt.model.head import HeadTrainer, feature_statistics
-    from clothopt.objective import batch_order, head_inputs, train_spec
+    from clothopt.objective import head_inputs, train_spec
 
     classes = list(dataset.classes)
     # sizes concatenated; with flip the train rows of the mirrored images follow the plain ones,
@@ -235,26 +221,8 @@ def train(
         mean, std = feature_statistics(np.asarray(inputs["train"].x, np.float32))
     model_head = Head.of(spec.head, len(classes), weights=head.weights, mean=mean, std=std)
     tuned = None
-    if tuning.layers:
-        tuned = fine_tune(
-            get_backbone(spec.backbone),
-            spec.image_sizes[0],
-            config.weights,
-            config.seed,
-            model_head,
-            spec.head,
-            {k: (dataset[k].paths, dataset[k].labels) for k in ("train", "validation", "test")},
-            layers=tuning.layers,
-            epochs=tuning.epochs,
-            learning_rate=tuning.learning_rate,
-            seed=spec.seed,
-            batch_order=batch_order,
-            flip=spec.flip,
-            tta=spec.tta,
-            resize=config.resize,
-            threads=config.threads,
-            say=lambda message: _say(progress, message),
-        )
+    if tuning is not None and tuning.layers:
+        tuned = tuning.run(spec, config, dataset, model_head, lambda m: _say(progress, m))
     _say(progress, "fitting the not-clothing detector on the train features")
     if tuned is None:
         detector = fit_shipped_detector(np.asarray(train_plain.x, np.float32), val_plain.x)
@@ -306,93 +274,13 @@ def export(trained: Trained, config: StudyConfig, folder: Path) -> float:
 # --------------------------------------------------------------------------- 4. score
 
 
-def _model_input(backbone: str, sizes: Sequence[int], tta: bool) -> str:
-    resized = " and ".join(f"{s}x{s}" for s in sizes)
-    text = (
-        f"raw RGB images (B, H, W, 3), 0..255, any H and W (one size per batch); "
-        f"resized inside to {resized} as PIL NEAREST, then {backbone}'s preprocess_input"
-    )
-    if len(sizes) > 1:
-        text += "; the sizes' pooled features concatenated in that order"
-    if tta:
-        text += "; logits averaged with those of the resized image flipped left-right"
-    return text
-
-
-def _agreement(trained: Trained, y_test: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    """How often the saved model answers as the training path did on the test split."""
+def _validation_tta_f1(trained: Trained, dataset: Dataset) -> float | None:
     from clothopt.metrics import classification_metrics
 
-    cached_pred = np.argmax(trained.logits("test"), axis=1)
-    cached = classification_metrics(y_test, cached_pred, trained.classes)
-    if (disagree := int(np.sum(cached_pred != y_pred))) > 0:
-        # float noise can flip a near tie; more than that means the export differs
-        logger.warning(
-            "finalize: warning: the saved model and the %s disagree on %d of %d test images",
-            trained.reference,
-            disagree,
-            len(y_pred),
-        )
-    return {
-        "agree": int(np.sum(cached_pred == y_pred)),
-        "of": len(y_pred),
-        "cached_f1_macro": cached["f1_macro"],
-        "reference": trained.reference,
-    }
-
-
-def _head_section(trained: Trained, y_val: np.ndarray) -> dict[str, Any]:
-    """report.json's ``head`` (a trial with more than the paper's parameters)."""
-    from clothopt.metrics import classification_metrics
-
-    spec, val_tta = trained.spec, None
-    if spec.tta:
-        val_pred = np.argmax(trained.logits("validation"), axis=1)
-        val_tta = classification_metrics(y_val, val_pred, trained.classes)["f1_macro"]
-    return dataclasses.asdict(spec.head) | {
-        "image_sizes": list(spec.image_sizes),
-        "flip": spec.flip,
-        "tta": spec.tta,
-        # the per-epoch validation F1 is of plain images; with tta, this one
-        "final_validation_f1_macro_tta": val_tta,
-    }
-
-
-def _fine_tune_section(tuned: FineTuned, head: HeadResult) -> dict[str, Any]:
-    return {
-        "layers": tuned.layers,
-        "epochs": tuned.epochs,
-        "learning_rate": tuned.learning_rate,
-        "validation_f1_per_epoch": tuned.epoch_f1,
-        "loss_per_epoch": tuned.epoch_loss,
-        "train_seconds": round(tuned.train_seconds, 3),
-        "decode_seconds": round(tuned.load_seconds, 3),
-        "head_only_validation_f1_macro": head.epoch_f1[-1],
-    }
-
-
-@dataclass(frozen=True)
-class _Scored:
-    """The saved model's answers on the test split."""
-
-    model: keras.Model
-    y_pred: np.ndarray
-    scores: np.ndarray  # the detector's, per test image
-    accepted: np.ndarray
-    seconds: float
-
-
-def _score_test(folder: Path, dataset: Dataset, threads: int | None) -> _Scored:
-    from clothopt.final.scoring import score_set
-    from clothopt.predict import load_classifier
-
-    model, _ = load_classifier(folder / MODEL_FILE)  # as `clothopt predict` loads it
-    start = time.perf_counter()
-    probs, scores, accepted, errors = score_set(model, dataset["test"].paths, threads)
-    if errors:
-        raise DataError(errors[0])
-    y_pred = np.argmax(probs, axis=1).astype(np.int64)
-    return _Scored(model, y_pred, scores, accepted, time.perf_counter() - start)
+    if not trained.spec.tta:
+        return None
+    pred = np.argmax(trained.logits("validation"), axis=1)
+    return classification_metrics(dataset["validation"].labels, pred, trained.classes)["f1_macro"]
 
 
 def score(
@@ -413,13 +301,19 @@ def score(
     write the confusion figure there; returns ``report.json``'s content."""
     from clothopt import study as study_mod
     from clothopt.final.rejection import ood_section
-    from clothopt.final.scoring import labelled_report
+    from clothopt.final.scoring import (
+        agreement,
+        head_section,
+        labelled_report,
+        model_input,
+        score_saved,
+    )
     from clothopt.model.backbones import get_backbone
     from clothopt.predict import CLASSES_FILE
 
     spec, head, classes, test = trained.spec, trained.head, trained.classes, dataset["test"]
     _say(progress, f"scoring the saved model on the {len(test)} test images")
-    got = _score_test(folder, dataset, config.threads)
+    got = score_saved(folder / MODEL_FILE, test.paths, config.threads)
     y_test = test.labels
     scored = labelled_report(y_test, got.y_pred, classes, resamples=resamples, seed=bootstrap_seed)
     trainable = int(sum(w.size for w in head.weights))
@@ -443,7 +337,9 @@ def score(
         "bootstrap": scored["bootstrap"],
         "test_labels": y_test.tolist(),
         "test_predictions": got.y_pred.tolist(),
-        "cached_path_agreement": _agreement(trained, y_test, got.y_pred),
+        "cached_path_agreement": agreement(
+            trained.logits("test"), y_test, got.y_pred, classes, trained.reference
+        ),
         "final_validation_f1_per_epoch": head.epoch_f1,
         "final_loss_per_epoch": head.epoch_loss,
         "total_params": trained.inputs["train"].base_params + trainable,
@@ -458,16 +354,16 @@ def score(
         "test_seconds": round(got.seconds, 3),
         "model": MODEL_FILE,
         "classes_file": CLASSES_FILE,
-        "model_input": _model_input(backbone, spec.image_sizes, spec.tta),
+        "model_input": model_input(backbone, spec.image_sizes, spec.tta),
         "data": str(dataset.root.absolute()),
         "data_fingerprint": dataset.fingerprint,
         "versions": study_mod.versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if not spec.is_paper:
-        report["head"] = _head_section(trained, dataset["validation"].labels)
+        report["head"] = head_section(spec, _validation_tta_f1(trained, dataset))
     if trained.tuned is not None:
-        report["fine_tune"] = _fine_tune_section(trained.tuned, head)
+        report["fine_tune"] = trained.tuned.report(head.epoch_f1[-1])
     _say(progress, "measuring the not-clothing detector with the saved model")
     report["ood"] = ood_section(
         got.model,
@@ -491,15 +387,13 @@ def score(
 
 
 def _check_arguments(
-    epochs: int | None, resamples: int, tuning: FineTuning, not_clothing: str | Path | None
+    epochs: int | None, resamples: int, not_clothing: str | Path | None
 ) -> Path | None:
     """Refuse bad arguments before any work; the not-clothing folder (None: not measured)."""
     if epochs is not None:
         check_value("epochs", epochs, "--epochs")
     if resamples < MIN_RESAMPLES:
         raise InvalidArgument(f"--resamples must be at least {MIN_RESAMPLES}, not {resamples}")
-    if tuning.layers < 0:
-        raise InvalidArgument(f"--fine-tune must be a number of layers, not {tuning.layers}")
     if not_clothing is None:
         return None
     folder = Path(not_clothing).expanduser()
@@ -511,26 +405,12 @@ def _check_arguments(
 def _check_exportable(
     spec: TrialSpec, config: StudyConfig, number: int, tuning: FineTuning
 ) -> None:
-    from clothopt.model.backbones import get_backbone
-
     if config.resize != "nearest":
         raise InvalidArgument(
             f"study {config.name!r} resizes with {config.resize}: the exported model reproduces "
             "only PIL's nearest resize (the paper's)"
         )
-    if tuning.layers and len(spec.image_sizes) > 1:
-        raise InvalidArgument(
-            f"--fine-tune tunes one base; trial {number} concatenates the features of "
-            f"{'+'.join(map(str, spec.image_sizes))} px (finalize a one-size trial with --trial N)"
-        )
-    if tuning.layers:
-        check_fine_tune(
-            get_backbone(spec.backbone),
-            spec.image_sizes[0],
-            tuning.layers,
-            tuning.epochs,
-            tuning.learning_rate,
-        )
+    tuning.check(spec, f"trial {number}")
 
 
 def finalize(
@@ -573,7 +453,7 @@ def finalize(
     from clothopt.runs import open_run
 
     tuning = FineTuning(fine_tune, fine_tune_epochs, fine_tune_lr)
-    not_clothing_dir = _check_arguments(epochs, resamples, tuning, not_clothing)
+    not_clothing_dir = _check_arguments(epochs, resamples, not_clothing)
     st, config = study_mod.load(name, storage)
     dest = final_dir(storage, name)
     check_replaceable(dest)  # before the work, not only at the swap
