@@ -184,3 +184,15 @@ def test_more_epochs_keep_the_trials_seed_and_parameters() -> None:
     assert longer.to_params() == spec.to_params()
     with pytest.raises(InvalidArgument, match="epochs"):
         spec.with_epochs(1001)
+
+
+def test_numpy_numbers_are_numbers_and_bools_are_not() -> None:
+    import numpy as np
+
+    assert check_value("batch_size", np.int64(32)) == 32
+    assert check_value("dropout", np.float32(0.25)) == 0.25
+    assert check_value("learning_rate", 1) == 1.0
+    assert type(check_value("hidden_units", 64.0)) is int
+    for bad in (True, np.bool_(True), "32", 32.5):
+        with pytest.raises(InvalidArgument, match="not a valid int"):
+            check_value("batch_size", bad)

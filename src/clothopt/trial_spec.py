@@ -14,9 +14,12 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import numpy as np
 
 from clothopt.errors import InvalidArgument
 
@@ -126,7 +129,8 @@ def check_value(name: str, value: Any, what: str | None = None) -> Value:
     if t is bool or t is str:
         ok = isinstance(value, t)
     else:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        # any real number (NumPy's too) but a bool; an int kind takes only whole ones
+        ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
         ok = ok and math.isfinite(value) and (t is float or float(value).is_integer())
     if not ok:
         raise InvalidArgument(f"{what} value {value!r} is not a valid {t.__name__}")
