@@ -19,9 +19,10 @@ import time
 from collections.abc import Sequence
 
 from clothopt import study as studies
-from clothopt.model.head import HeadParams, HeadTrainer
-from clothopt.objective import batch_order, head_inputs, trial_seed
+from clothopt.model.head import HeadTrainer
+from clothopt.objective import head_inputs, train_spec
 from clothopt.runs import open_run
+from clothopt.trial_spec import TrialSpec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,22 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = [t for t in st.trials if t.state.name == "COMPLETE"][:: args.every]
     secs, recorded, same_f1 = [], [], 0
     for t in done:
-        params = dict(t.params)  # what the space suggested, as the objective saw it
-        inputs = head_inputs(cache, dataset, cfg, params)
-        tr, va = inputs["train"], inputs["validation"]
-        head = HeadParams.from_params(params, epochs=cfg.epochs)
+        spec = TrialSpec.of(t.params, cfg)  # what the space suggested, as the objective saw it
+        inputs = head_inputs(cache, dataset, cfg, spec)
         start = time.perf_counter()
-        result = trainer.train(
-            tr.x,
-            tr.y,
-            va.x,
-            va.y,
-            dataset["train"].classes,
-            head,
-            trial_seed(cfg.seed, params),
-            batch_order,
-            val_views=va.views,
-        )
+        result = train_spec(spec, inputs, dataset["train"].classes, trainer)
         secs.append(time.perf_counter() - start)
         recorded.append(float(t.user_attrs["train_seconds"]))
         same_f1 += result.val_metrics["f1_macro"] == t.value

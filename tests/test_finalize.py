@@ -23,7 +23,7 @@ from sklearn.metrics import f1_score, precision_recall_fscore_support
 from clothopt import engine, paths
 from clothopt import study as study_mod
 from clothopt.data import open_dataset
-from clothopt.errors import UserError
+from clothopt.errors import InvalidArgument, NotFound, UserError
 from clothopt.features import FeatureCache
 from clothopt.final import finalize as finalize_mod
 from clothopt.final import store
@@ -326,6 +326,28 @@ def test_finalize_mistakes_are_one_line_errors(
     assert message in err and err.count("\n") == 1
 
 
+def test_select_parses_the_trial_once_and_keeps_its_seed(
+    finalized: dict[str, Any], tmp_path: Path
+) -> None:
+    from clothopt.trial_spec import trial_seed
+
+    storage = finalized["storage"]
+    st, cfg = study_mod.load("tiny", storage)
+    chosen, spec = finalize_mod.select(st, cfg, None)
+    assert chosen.value == max(t.value for t in st.trials)
+    assert spec.to_params() == chosen.params and spec.is_paper
+    assert spec.head.epochs == 5 and spec.seed == trial_seed(cfg.seed, chosen.params)
+    _, longer = finalize_mod.select(st, cfg, chosen.number, epochs=7)
+    assert longer.head.epochs == 7 and longer.seed == spec.seed
+    # refused before any work, each with its type
+    with pytest.raises(InvalidArgument, match="--epochs value 1001 must lie in"):
+        finalize("tiny", storage, epochs=1001)
+    with pytest.raises(NotFound, match="no such folder"):
+        finalize("tiny", storage, not_clothing=tmp_path / "missing")
+    with pytest.raises(NotFound, match="has no trial 99"):
+        finalize_mod.pick_trial(st, 99)
+
+
 def test_finalize_needs_a_complete_trial(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data")
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
@@ -479,6 +501,11 @@ def test_finalize_ships_the_detector_fitted_on_train_and_reports_what_it_accepts
         assert {"picture", "score", "accepted", "top_class"} <= set(samples["pictures"][0])
         assert 0.0 <= samples["auroc"] <= 1.0
     assert ("not_clothing_note" in ood) == (ood["not_clothing"] is None)
+    # the CLI measures ../shared/datasets/not-clothing when it exists (the library: none given)
+    shared = Path("../shared/datasets/not-clothing")
+    assert (ood["not_clothing"] is not None) == shared.is_dir()
+    if shared.is_dir():
+        assert ood["not_clothing"]["dir"] == str(shared.absolute())
     out = finalized["out"]
     assert '"not clothing" detector in the model: knn, k=10' in out
 

@@ -10,15 +10,17 @@ from clothopt.data import open_dataset
 from clothopt.errors import UserError
 from clothopt.features import FeatureCache
 from clothopt.model.backbones import get_backbone
-from clothopt.model.head import HeadParams
+from clothopt.model.head import HeadParams, HeadTrainer
 from clothopt.objective import (
     Objective,
     batch_order,
     head_inputs,
     train_end_to_end,
     train_head,
+    train_spec,
     trial_seed,
 )
+from clothopt.trial_spec import TrialSpec
 
 SPEC = get_backbone("mobilenet_025")
 
@@ -134,10 +136,11 @@ def test_head_inputs_flip_tta_and_concatenation_shapes(tiny_data: Path, tmp_path
     ds = open_dataset(tiny_data)
     cache = FeatureCache(None)
     n_tr, n_va = len(ds["train"]), len(ds["validation"])
-    plain = head_inputs(cache, ds, config, {"image_size": 32})  # type: ignore[arg-type]
+    lr = {"batch_size": 8, "learning_rate": 0.01}
+    plain = head_inputs(cache, ds, config, TrialSpec.of({"image_size": 32, **lr}, config))  # type: ignore[arg-type]
     assert plain["train"].x.shape == (n_tr, 256) and plain["validation"].views == 1
-    params = {"image_sizes": "32+40", "flip": True, "tta": True}
-    got = head_inputs(cache, ds, config, params)  # type: ignore[arg-type]
+    params = {"image_sizes": "32+40", "flip": True, "tta": True, **lr}
+    got = head_inputs(cache, ds, config, TrialSpec.of(params, config))  # type: ignore[arg-type]
     tr, va = got["train"], got["validation"]
     assert tr.x.shape == (2 * n_tr, 512) and tr.views == 1
     np.testing.assert_array_equal(tr.y, np.tile(ds["train"].labels, 2))
@@ -195,3 +198,31 @@ def test_several_backbones_become_a_parameter_and_a_weights_file_fits_one(
             weights=str(weights),
             name="t",
         )
+
+
+def test_the_pipeline_trains_a_given_seed_on_given_rows(tiny_data: Path, tmp_path: Path) -> None:
+    """train_spec(spec, features, seed, rows): what a repeat or a fold will call; all rows and
+    the spec's seed are the trial itself."""
+    _, config = _study(tmp_path, tiny_data, PAPERLIKE)
+    ds = open_dataset(tiny_data)
+    params = {"image_size": 32, "batch_size": 4, "learning_rate": 0.01, "flip": True}
+    spec = TrialSpec.of(params, config)  # type: ignore[arg-type]
+    inputs = head_inputs(FeatureCache(None), ds, config, spec)  # type: ignore[arg-type]
+    tr, va = inputs["train"], inputs["validation"]
+    n = len(ds["train"])
+    assert (tr.examples, tr.blocks, va.examples) == (n, 2, len(ds["validation"]))
+    rows = np.arange(n)[::-2]
+    sub = tr.take(rows)  # the rows and their mirrored rows, plain block first
+    np.testing.assert_array_equal(sub.x, np.concatenate([tr.x[rows], tr.x[n + rows]]))
+    np.testing.assert_array_equal(sub.y, np.tile(ds["train"].labels[rows], 2))
+    trainer = HeadTrainer()
+    fold = train_spec(spec, inputs, ds.classes, trainer, seed=7, train_rows=rows)
+    alone = trainer.train(sub.x, sub.y, va.x, va.y, ds.classes, spec.head, 7, batch_order)
+    assert fold.epoch_loss == alone.epoch_loss and fold.epoch_f1 == alone.epoch_f1
+    whole = train_spec(spec, inputs, ds.classes, trainer)
+    again = trainer.train(tr.x, tr.y, va.x, va.y, ds.classes, spec.head, spec.seed, batch_order)
+    assert whole.epoch_loss == again.epoch_loss != fold.epoch_loss
+    assert whole.total_params == tr.base_params + whole.trainable_params
+    assert spec.seed == trial_seed(0, params)
+    plain = va.plain()
+    assert plain.views == plain.blocks == 1 and len(plain.x) == len(plain.y) == va.examples

@@ -147,7 +147,7 @@ def test_every_trial_parameter_is_typed_and_checked(tmp_path: Path) -> None:
         ("optimizer = ['rmsprop']", "'rmsprop' is not one of adam, adamw, sgd"),
         ("flip = [1]", "flip value 1 is not a valid bool"),
         ("backbone = ['vgg']", "'vgg' is not one of"),
-        ("dropout = [0.99]", r"dropout values must lie in \[0, 0.95\]"),
+        ("dropout = [0.99]", r"dropout value 0.99 must lie in \[0, 0.95\]"),
         ("hidden_layers = [0]\ndropout = {low = 0.1, high = 0.5, when = {depth = [1]}}", "depth"),
         (
             "dropout = {low = 0.1, high = 0.5, when = {hidden_layers = [1]}}",
@@ -172,7 +172,8 @@ def test_image_size_and_image_sizes_are_exclusive_and_one_is_required(tmp_path: 
     with pytest.raises(UserError, match="does not set image_size"):
         _space(tmp_path, rest)
     space = _space(tmp_path, rest + "image_sizes = ['224', '300+500']\n")
-    assert space.min_image_size() == 224
+    assert space.min_image_size() == 224 and space.listed_sizes() == [224, 300, 500]
+    assert load_space("paper").listed_sizes() == [300, 400, 500]
     assert image_sizes(space.grid()[1]) == (300, 500)
     assert image_sizes({"image_size": 96}) == (96,)
 

@@ -1,20 +1,20 @@
 """Trial objective: train the trial's head and score validation macro-F1.
 
-The cached path trains the head a trial's parameters describe (:class:`HeadParams`: the paper's
-``Dense(num_classes)`` unless the space varies more) on pooled features from the cache, with one
-:class:`~clothopt.model.head.HeadTrainer` reused across trials; :func:`head_inputs` assembles
-those features (backbone, one size or several concatenated, flipped copies for training, a
-flipped view for test-time augmentation). The end-to-end path trains the whole paper model
-(preprocess, frozen base called with ``training=False``, GAP, Dense) on images, as the paper
-did. For the paper's head both start from the same head and see the same batches in the same
-order.
+A trial's parameters are parsed once into a :class:`~clothopt.trial_spec.TrialSpec`. The cached
+path is the trial's pipeline, which ``clothopt.final.finalize`` runs too: :func:`head_inputs`
+assembles the features the spec names (backbone, sizes concatenated, flipped copies for
+training, a flipped view for test-time augmentation) and :func:`train_spec` trains the spec's
+head on them (the paper's ``Dense(num_classes)`` unless the space varies more), with one
+:class:`~clothopt.model.head.HeadTrainer` reused across trials. The end-to-end path trains the
+whole paper model (preprocess, frozen base called with ``training=False``, GAP, Dense) on
+images, as the paper did; for the paper's head both start from the same head and see the same
+batches in the same order.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import dataclasses
 import math
 import threading
 import time
@@ -30,8 +30,8 @@ from clothopt.errors import TrialFailed
 from clothopt.metrics import classification_metrics
 from clothopt.model.backbones import BackboneSpec, get_backbone
 from clothopt.model.compose import Head, build_head, compose
-from clothopt.model.head import HeadParams, HeadResult, HeadTrainer
-from clothopt.spaces import image_sizes
+from clothopt.model.head import HeadResult, HeadTrainer
+from clothopt.trial_spec import TrialSpec, trial_seed
 
 if TYPE_CHECKING:
     import keras
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
     from clothopt.config import StudyConfig
     from clothopt.features import FeatureCache
-    from clothopt.spaces import SearchSpace
 
 __all__ = [
     "HeadInput",
@@ -49,20 +48,11 @@ __all__ = [
     "head_inputs",
     "train_end_to_end",
     "train_head",
-    "trial_backbone",
+    "train_spec",
     "trial_seed",
 ]
 
 EpochCallback = Callable[[int, float], None]  # (epoch, validation macro-F1)
-
-
-def trial_seed(seed: int, params: Mapping[str, Any]) -> int:
-    """A seed from the study seed and the trial's parameters, not its number.
-
-    A grid point run again (after a crash) starts from the same head and batch order.
-    """
-    blob = json.dumps({"seed": seed, "params": dict(params)}, sort_keys=True).encode()
-    return int(hashlib.sha256(blob).hexdigest()[:8], 16)
 
 
 def batch_order(n: int, epoch: int, seed: int) -> np.ndarray:
@@ -249,53 +239,67 @@ def train_end_to_end(
     return result
 
 
-def trial_backbone(config: StudyConfig, params: Mapping[str, Any]) -> str:
-    """The backbone a trial's features come from: its ``backbone`` parameter or the study's."""
-    return str(params.get("backbone", config.backbone))
-
-
 @dataclass(frozen=True)
 class HeadInput:
-    """One split's features as a head sees them for a trial's parameters."""
+    """One split's features as a head sees them for a trial's specification."""
 
-    x: np.ndarray  # (views * N, D) or, for a training split with flip, (2N, D)
+    x: np.ndarray  # blocks of the N examples' rows: plain images, then (flip/tta) mirrored
     y: np.ndarray  # labels of the rows of x (training) or of the N examples (views > 1)
     views: int  # stacked views of the same N examples whose logits are averaged (TTA)
     extract_seconds: float  # what computing the features not yet cached cost now
     cached: bool  # every entry was already in the cache
     base_params: int  # parameters of the frozen base
+    blocks: int = 1  # how many blocks of N rows x stacks (a training split's: plain + flip)
+
+    @property
+    def examples(self) -> int:
+        """N, the split's examples."""
+        return len(self.x) // self.blocks
+
+    def plain(self) -> HeadInput:
+        """The plain images' block alone."""
+        n = self.examples
+        return dataclasses.replace(self, x=self.x[:n], y=self.y[:n], views=1, blocks=1)
+
+    def take(self, rows: np.ndarray) -> HeadInput:
+        """The examples ``rows`` (indices into the split's N) in that order, in every block
+        (plain block first): e.g. a fold's training rows."""
+        n, rows = self.examples, np.asarray(rows, np.int64)
+        index = np.concatenate([b * n + rows for b in range(self.blocks)])
+        y = self.y[index] if len(self.y) == len(self.x) else self.y[rows]
+        return dataclasses.replace(self, x=self.x[index], y=y)
 
 
 def head_inputs(
     cache: FeatureCache,
     dataset: Dataset,
     config: StudyConfig,
-    params: Mapping[str, Any],
+    spec: TrialSpec,
     splits: Sequence[str] = ("train", "validation"),
     train_splits: Sequence[str] = ("train",),
 ) -> dict[str, HeadInput]:
-    """Per split name, the feature matrix a head with these trial ``params`` trains on or is
-    scored on.
+    """Per split name, the feature matrix the head of trial ``spec`` trains on or is scored on.
 
-    Features of every size in ``image_sizes`` ("300+500") are concatenated along the feature
-    axis in the order written (else the one ``image_size``). With ``flip`` a split in
-    ``train_splits`` gets the mirrored images' features as extra rows (plain rows first, labels
-    repeated); with ``tta`` any other split gets them as a second view (plain first) whose logits
-    are averaged with the plain one's. Mirroring is that of
-    :class:`~clothopt.features.FeatureKey`. The paper's parameters give the cached matrix as is.
+    Features of every size in ``spec.image_sizes`` are concatenated along the feature axis in
+    that order. With ``flip`` a split in ``train_splits`` gets the mirrored images' features as
+    extra rows (plain rows first, labels repeated); with ``tta`` any other split gets them as a
+    second view (plain first) whose logits are averaged with the plain one's. Mirroring is that
+    of :class:`~clothopt.features.FeatureKey`. The paper's parameters give the cached matrix as
+    is. ``config`` gives the extraction settings (weights, seed, resize).
     """
-    spec = get_backbone(trial_backbone(config, params))
-    sizes = image_sizes(params)
+    backbone = get_backbone(spec.backbone)
     out: dict[str, HeadInput] = {}
     for name in splits:
         split = dataset[name]
         training = name in train_splits
-        mirrored = bool(params.get("flip" if training else "tta", False))
+        mirrored = spec.flip if training else spec.tta
         blocks, labels, seconds, cached, base = [], None, 0.0, True, 0
         for flip in (False, True) if mirrored else (False,):
             feats = [
-                cache.get(spec, config.weights, config.seed, size, config.resize, split, flip=flip)
-                for size in sizes
+                cache.get(
+                    backbone, config.weights, config.seed, size, config.resize, split, flip=flip
+                )
+                for size in spec.image_sizes
             ]
             seconds += sum(f.extract_seconds for f in feats if not f.cached)
             cached = cached and all(f.cached for f in feats)
@@ -306,20 +310,74 @@ def head_inputs(
         x = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
         assert labels is not None
         if training:
-            out[name] = HeadInput(x, np.tile(labels, len(blocks)), 1, seconds, cached, base)
+            y, views = np.tile(labels, len(blocks)), 1
         else:
-            out[name] = HeadInput(x, labels, len(blocks), seconds, cached, base)
+            y, views = labels, len(blocks)
+        out[name] = HeadInput(x, y, views, seconds, cached, base, blocks=len(blocks))
     return out
 
 
-def _size_choices(space: SearchSpace) -> list[dict[str, Any]]:
-    """Every ``{image_size}`` / ``{image_sizes}`` value a space can give a trial."""
-    return [
-        {name: choice}
-        for name in ("image_size", "image_sizes")
-        if (p := space.params.get(name)) is not None and p.choices is not None
-        for choice in p.choices
-    ]
+def train_spec(
+    spec: TrialSpec,
+    inputs: Mapping[str, HeadInput],
+    classes: Sequence[str],
+    trainer: HeadTrainer,
+    *,
+    seed: int | None = None,
+    train_rows: np.ndarray | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> HeadResult:
+    """The trial's pipeline: ``spec``'s head trained on ``inputs["train"]`` and scored on
+    ``inputs["validation"]`` (macro-F1 after every epoch, views averaged), as
+    :func:`head_inputs` builds them.
+
+    ``seed`` (default: the spec's) draws the head's start and the batch order
+    (:func:`batch_order`); ``train_rows`` (default: all) are the train split's examples to
+    train on, with their mirrored rows. The objective calls it once per trial and finalize for
+    the final model; a repeat with another seed or a fold's rows is one more call.
+    """
+    train, val = inputs["train"], inputs["validation"]
+    if train_rows is not None:
+        train = train.take(train_rows)
+    result = trainer.train(
+        train.x,
+        train.y,
+        val.x,
+        val.y,
+        classes,
+        spec.head,
+        spec.seed if seed is None else seed,
+        batch_order,
+        on_epoch,
+        val_views=val.views,
+    )
+    result.total_params = train.base_params + result.trainable_params
+    return result
+
+
+def _trial_attrs(
+    result: HeadResult, extract_seconds: float, cached: bool, seed: int
+) -> dict[str, Any]:
+    """What a trial records in its user attributes (one storage transaction for them all)."""
+    m = result.val_metrics
+    return {
+        "val_precision_macro": m["precision_macro"],
+        "val_recall_macro": m["recall_macro"],
+        "val_f1_macro": m["f1_macro"],
+        "val_accuracy": m["accuracy"],
+        "val_f1_per_class": {c: v["f1"] for c, v in m["per_class"].items()},
+        # the rest of the per-class report (the dashboard's validation_report.json)
+        "val_per_class": m["per_class"],
+        "val_confusion_matrix": m["confusion_matrix"],
+        "extract_seconds": round(extract_seconds, 3),
+        "train_seconds": round(result.train_seconds, 3),
+        "total_params": result.total_params,
+        "trainable_params": result.trainable_params,
+        "epoch_loss": result.epoch_loss,
+        "loss_diverged": result.diverged,
+        "path": "cached" if cached else "end_to_end",
+        "seed": seed,
+    }
 
 
 class Objective:
@@ -354,7 +412,7 @@ class Objective:
         ``splits`` in one pass per split that decodes each image once (later trials find them
         cached); returns the seconds paid."""
         cfg = self.config
-        sizes = sorted({s for p in _size_choices(cfg.space) for s in image_sizes(p)})
+        sizes = cfg.space.listed_sizes()
         spec, paid = get_backbone(backbone), 0.0
         for name in splits:
             if (backbone, name) in self._warmed or len(sizes) < 2:
@@ -388,76 +446,43 @@ class Objective:
         import optuna
 
         cfg = self.config
-        params = cfg.space.suggest(trial)
-        seed = trial_seed(cfg.seed, params)
-        train, val = self.dataset["train"], self.dataset["validation"]
+        spec = TrialSpec.of(cfg.space.suggest(trial), cfg, where=f"trial {trial.number}")
 
         def on_epoch(epoch: int, f1: float) -> None:
             trial.report(f1, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} (F1 {f1:.4f})")
 
-        extract_seconds = 0.0
-        backbone = trial_backbone(cfg, params)
-        trial.set_user_attr("backbone", backbone)
+        trial.set_user_attr("backbone", spec.backbone)
         if cfg.use_cache:
-            warm = self._warm(backbone, ("train", "validation"))
-            inputs = head_inputs(self.cache, self.dataset, cfg, params)
+            warm = self._warm(spec.backbone, ("train", "validation"))
+            inputs = head_inputs(self.cache, self.dataset, cfg, spec)
             tr, va = inputs["train"], inputs["validation"]
             extract_seconds = warm + tr.extract_seconds + va.extract_seconds
             trial.set_user_attr("features_cached", tr.cached and va.cached and not warm)
-            head = HeadParams.from_params(params, epochs=cfg.epochs)
-            result = self.trainer.train(
-                tr.x,
-                tr.y,
-                va.x,
-                va.y,
-                train.classes,
-                head,
-                seed,
-                batch_order,
-                on_epoch,
-                val_views=va.views,
+            result = train_spec(
+                spec, inputs, self.dataset["train"].classes, self.trainer, on_epoch=on_epoch
             )
-            result.total_params = tr.base_params + result.trainable_params
         else:
             # the paper's head only (study.create refuses other spaces without the cache)
+            extract_seconds = 0.0
             result = train_end_to_end(
                 self.spec,
                 cfg.weights,
                 cfg.seed,
-                train,
-                val,
-                params["image_size"],
+                self.dataset["train"],
+                self.dataset["validation"],
+                spec.image_sizes[0],
                 cfg.resize,
-                params["learning_rate"],
-                params["batch_size"],
-                cfg.epochs,
-                seed,
+                spec.head.learning_rate,
+                spec.head.batch_size,
+                spec.head.epochs,
+                spec.seed,
                 on_epoch,
                 cfg.threads,
             )
-        m = result.val_metrics
-        attrs = {
-            "val_precision_macro": m["precision_macro"],
-            "val_recall_macro": m["recall_macro"],
-            "val_f1_macro": m["f1_macro"],
-            "val_accuracy": m["accuracy"],
-            "val_f1_per_class": {c: v["f1"] for c, v in m["per_class"].items()},
-            # the rest of the per-class report (the dashboard's validation_report.json)
-            "val_per_class": m["per_class"],
-            "val_confusion_matrix": m["confusion_matrix"],
-            "extract_seconds": round(extract_seconds, 3),
-            "train_seconds": round(result.train_seconds, 3),
-            "total_params": result.total_params,
-            "trainable_params": result.trainable_params,
-            "epoch_loss": result.epoch_loss,
-            "loss_diverged": result.diverged,
-            "path": "cached" if cfg.use_cache else "end_to_end",
-            "seed": seed,
-        }
-        set_user_attrs(trial, attrs)  # one storage transaction, not one per attribute
-        return m["f1_macro"]
+        set_user_attrs(trial, _trial_attrs(result, extract_seconds, cfg.use_cache, spec.seed))
+        return result.val_metrics["f1_macro"]
 
     def _release(self) -> None:
         # Free the trial's Keras state so memory stays flat over a long study; the head

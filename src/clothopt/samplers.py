@@ -6,19 +6,34 @@ A study stores ``sampler_args(name, seed, space)``, so it says exactly how to re
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
-from clothopt.errors import UserError
+from clothopt.errors import InvalidArgument
 
 if TYPE_CHECKING:
     import optuna
 
-    from clothopt.spaces import SearchSpace
-
 __all__ = ["SAMPLERS", "make_sampler", "sampler_args"]
 
 SAMPLERS = ("grid", "tpe", "random", "qmc", "gp", "cmaes")
+
+
+class _Axis(Protocol):
+    @property
+    def choices(self) -> Sequence[Any] | None: ...
+
+
+class SearchSpace(Protocol):
+    """What a sampler needs of a :class:`clothopt.spaces.SearchSpace` (which imports this
+    module: a protocol, not an import, keeps the two free of a cycle)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def params(self) -> Mapping[str, _Axis]: ...
+    @property
+    def sampler_args(self) -> Mapping[str, Any]: ...
 
 
 def sampler_args(name: str, seed: int, space: SearchSpace) -> dict[str, Any]:
@@ -40,10 +55,10 @@ def sampler_args(name: str, seed: int, space: SearchSpace) -> dict[str, Any]:
     elif name in ("grid", "random"):
         args = {}
     else:
-        raise UserError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+        raise InvalidArgument(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
     unknown = set(space.sampler_args) - set(args)
     if unknown:
-        raise UserError(
+        raise InvalidArgument(
             f"space {space.name!r}: sampler {name} has no argument(s) {', '.join(sorted(unknown))}"
         )
     return args | dict(space.sampler_args) | {"seed": seed}
@@ -82,6 +97,6 @@ def _make(name: str, args: Mapping[str, Any], space: SearchSpace) -> optuna.samp
         try:
             import torch  # noqa: F401  (GPSampler needs PyTorch)
         except ImportError:
-            raise UserError("the gp sampler needs PyTorch: pip install torch") from None
+            raise InvalidArgument("the gp sampler needs PyTorch: pip install torch") from None
         return samplers.GPSampler(**args)
-    raise UserError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+    raise InvalidArgument(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")

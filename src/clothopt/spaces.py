@@ -2,12 +2,12 @@
 
 A space names each parameter's values: a list is a categorical (and a grid axis), a table
 ``{low, high, log, step}`` a range. ``paper``, ``tpe`` and ``quick`` ship with clothopt; any
-TOML file with the same keys defines another.
+TOML file with the same keys defines another. What each parameter means and its limits:
+:mod:`clothopt.trial_spec` (re-exported here: ``PARAMS``, ``PAPER_PARAMS``, ``image_sizes``).
 """
 
 from __future__ import annotations
 
-import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,9 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clothopt.errors import UserError
-from clothopt.model.head import NORMALIZE, OPTIMIZERS, SCHEDULES
+from clothopt.errors import InvalidArgument, NotFound
 from clothopt.samplers import SAMPLERS
+from clothopt.trial_spec import PAPER_PARAMS, PARAMS, ParamKind, Value, check_value, image_sizes
 
 if TYPE_CHECKING:
     import optuna
@@ -33,58 +33,9 @@ __all__ = [
     "load_space",
 ]
 
-Value = int | float | str | bool
-
-
-@dataclass(frozen=True)
-class ParamKind:
-    """What one trial parameter is: its type, its limits (numbers) or allowed values (strings),
-    and whether it is searched on a log scale unless the space says otherwise."""
-
-    type: type
-    limits: tuple[float, float] | None = None
-    allowed: tuple[str, ...] | None = None
-    log: bool = False
-
-
-def _backbone_names() -> tuple[str, ...]:
-    from clothopt.model.backbones import BACKBONES
-
-    return tuple(BACKBONES)
-
-
-# What a trial may vary. Absent ones take the paper's head (model.head.HeadParams defaults),
-# no flip, no TTA, the study's backbone and epochs.
-PARAMS: Mapping[str, ParamKind] = {
-    "image_size": ParamKind(int, (32, 2048)),
-    "image_sizes": ParamKind(str),  # "300+500": pooled features of each size, concatenated
-    "batch_size": ParamKind(int, (1, 4096)),
-    "learning_rate": ParamKind(float, (1e-8, 10.0), log=True),
-    "epochs": ParamKind(int, (1, 1000)),
-    "hidden_layers": ParamKind(int, (0, 8)),
-    "hidden_units": ParamKind(int, (1, 8192)),
-    "dropout": ParamKind(float, (0.0, 0.95)),
-    "weight_decay": ParamKind(float, (0.0, 1.0), log=True),
-    "label_smoothing": ParamKind(float, (0.0, 0.5)),
-    "optimizer": ParamKind(str, allowed=OPTIMIZERS),
-    "schedule": ParamKind(str, allowed=SCHEDULES),
-    "normalize": ParamKind(str, allowed=NORMALIZE),
-    "flip": ParamKind(bool),  # train on features of horizontally flipped images too
-    "tta": ParamKind(bool),  # average the logits of plain and flipped evaluation features
-    "backbone": ParamKind(str),  # registry names, checked when the space is loaded
-}
-PAPER_PARAMS = ("image_size", "batch_size", "learning_rate")  # all the end-to-end path knows
 _SPACE_KEYS = {"description", "sampler", "n_trials", "epochs", "params", "sampler_args"}
 _TABLE_KEYS = {"low", "high", "log", "step", "choices", "when"}
 BUILTIN_SPACES = ("paper", "tpe", "quick", "wide")
-
-
-def image_sizes(params: Mapping[str, Any]) -> tuple[int, ...]:
-    """The image sizes a trial's features come from: ``image_sizes`` ("300+500") or
-    ``image_size``."""
-    if "image_sizes" in params:
-        return tuple(int(s) for s in str(params["image_sizes"]).split("+"))
-    return (int(params["image_size"]),)
 
 
 def _fmt(v: Value) -> str:
@@ -181,7 +132,7 @@ class SearchSpace:
         A conditional parameter is expanded only where its condition holds (absent elsewhere).
         """
         if not self.is_grid:
-            raise UserError(f"space {self.name!r} has ranges, so it has no grid")
+            raise InvalidArgument(f"space {self.name!r} has ranges, so it has no grid")
         points: list[dict[str, Any]] = [{}]
         for name, p in self.params.items():
             grown: list[dict[str, Any]] = []
@@ -246,28 +197,30 @@ class SearchSpace:
         data.pop("name", None)
         unknown = set(data) - _SPACE_KEYS
         if unknown:
-            raise UserError(
+            raise InvalidArgument(
                 f"space {name!r}: unknown key(s) {', '.join(sorted(unknown))} "
                 f"(allowed: {', '.join(sorted(_SPACE_KEYS))})"
             )
         raw = data.get("params")
         if not isinstance(raw, Mapping) or not raw:
-            raise UserError(f"space {name!r} needs a [params] table")
+            raise InvalidArgument(f"space {name!r} needs a [params] table")
         params = _in_condition_order(
             name, {pname: _parse_param(name, pname, spec) for pname, spec in raw.items()}
         )
         sizes = [p for p in ("image_size", "image_sizes") if p in params]
         if len(sizes) == 2:
-            raise UserError(f"space {name!r} sets both image_size and image_sizes: pick one")
+            raise InvalidArgument(f"space {name!r} sets both image_size and image_sizes: pick one")
         missing = [p for p in PAPER_PARAMS if p not in params and (p != "image_size" or not sizes)]
         if missing:
-            raise UserError(f"space {name!r} does not set {', '.join(missing)}")
+            raise InvalidArgument(f"space {name!r} does not set {', '.join(missing)}")
         for req in [*sizes, "batch_size", "learning_rate"]:
             if params[req].when:
-                raise UserError(f"space {name!r}: {req} is required, so it cannot have 'when'")
+                raise InvalidArgument(
+                    f"space {name!r}: {req} is required, so it cannot have 'when'"
+                )
         sampler = str(data.get("sampler", "grid"))
         if sampler not in SAMPLERS:
-            raise UserError(
+            raise InvalidArgument(
                 f"space {name!r}: unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})"
             )
         space = cls(
@@ -307,11 +260,11 @@ class SearchSpace:
 
     def validate(self) -> None:
         if self.sampler == "grid" and not self.is_grid:
-            raise UserError(
+            raise InvalidArgument(
                 f"space {self.name!r}: the grid sampler needs a list of values for every parameter"
             )
         if self.sampler != "grid" and not self.n_trials:
-            raise UserError(f"space {self.name!r}: sampler {self.sampler} needs n_trials")
+            raise InvalidArgument(f"space {self.name!r}: sampler {self.sampler} needs n_trials")
 
     def min_image_size(self) -> int:
         if "image_sizes" in self.params:
@@ -319,6 +272,14 @@ class SearchSpace:
             return min(min(image_sizes({"image_sizes": c})) for c in choices)
         p = self.params["image_size"]
         return int(min(p.choices) if p.choices is not None else (p.low or 0))  # type: ignore[type-var]
+
+    def listed_sizes(self) -> list[int]:
+        """Every image size a trial's features can come from, sorted, where the space lists
+        them (a range of sizes: none)."""
+        p = self.params.get("image_sizes") or self.params.get("image_size")
+        name = "image_sizes" if "image_sizes" in self.params else "image_size"
+        choices = p.choices if p is not None and p.choices is not None else ()
+        return sorted({s for c in choices for s in image_sizes({name: c})})
 
     def backbones(self) -> tuple[str, ...]:
         """The backbones the space's ``backbone`` parameter names (none: the study's)."""
@@ -334,13 +295,13 @@ def _positive_int(space: str, key: str, value: Any) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(f"space {space!r}: {key} must be a positive integer, not {value!r}")
+        raise InvalidArgument(f"space {space!r}: {key} must be a positive integer, not {value!r}")
     return value
 
 
 def _parse_param(space: str, pname: str, spec: Any) -> Param:
     if pname not in PARAMS:
-        raise UserError(
+        raise InvalidArgument(
             f"space {space!r}: unknown parameter {pname!r} (allowed: {', '.join(PARAMS)})"
         )
     kind = PARAMS[pname]
@@ -350,43 +311,42 @@ def _parse_param(space: str, pname: str, spec: Any) -> Param:
     if isinstance(spec, Mapping):
         unknown = set(spec) - _TABLE_KEYS
         if unknown:
-            raise UserError(
+            raise InvalidArgument(
                 f"{where} has unknown key(s) {', '.join(sorted(unknown))} "
                 f"(allowed: {', '.join(sorted(_TABLE_KEYS))})"
             )
         when = _parse_when(where, spec.get("when", {}))
         if "log" in spec:
             if not isinstance(spec["log"], bool):
-                raise UserError(f"{where}: log must be true or false")
+                raise InvalidArgument(f"{where}: log must be true or false")
             log_given = spec["log"]
         if "choices" in spec:
             if set(spec) - {"choices", "log", "when"}:
-                raise UserError(f"{where}: a table with choices takes only log and when")
+                raise InvalidArgument(f"{where}: a table with choices takes only log and when")
             spec = spec["choices"]
     if not isinstance(spec, (list, Mapping)):
         spec = [spec]  # a single value: the parameter fixed
     if isinstance(spec, list):
-        values = _choices(where, pname, kind, spec)
+        values = _choices(where, pname, spec)
         numeric = kind.type in (int, float)
         positive = numeric and all(v > 0 for v in values)  # type: ignore[operator]
         if log_given and not (kind.type is float and positive):
-            raise UserError(f"{where}: log = true needs float values > 0")
+            raise InvalidArgument(f"{where}: log = true needs float values > 0")
         log = positive and kind.type is float and (kind.log if log_given is None else log_given)
         return Param(pname, choices=values, log=bool(log), when=when)
     if kind.type not in (int, float):
-        raise UserError(f"{where} must be a list of values")
+        raise InvalidArgument(f"{where} must be a list of values")
     if not {"low", "high"} <= set(spec):
-        raise UserError(f"{where} must be a list or {{low, high[, log][, step][, when]}}")
-    low, high = (_typed(space, pname, kind, spec[k]) for k in ("low", "high"))
+        raise InvalidArgument(f"{where} must be a list or {{low, high[, log][, step][, when]}}")
+    low, high = (check_value(pname, spec[k], where) for k in ("low", "high"))
     if not low < high:  # type: ignore[operator]
-        raise UserError(f"{where} needs low < high")
-    _check_limits(where, kind, (low, high))
+        raise InvalidArgument(f"{where} needs low < high")
     if log_given and low <= 0:  # type: ignore[operator]
-        raise UserError(f"{where} on a log scale needs low > 0")
+        raise InvalidArgument(f"{where} on a log scale needs low > 0")
     log = kind.log and low > 0 if log_given is None else log_given  # type: ignore[operator]
     step = spec.get("step")
     if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float))):
-        raise UserError(f"{where}: step must be a number")
+        raise InvalidArgument(f"{where}: step must be a number")
     return Param(
         pname,
         low=low,  # type: ignore[arg-type]
@@ -397,47 +357,23 @@ def _parse_param(space: str, pname: str, spec: Any) -> Param:
     )
 
 
-def _choices(where: str, pname: str, kind: ParamKind, spec: list[Any]) -> tuple[Value, ...]:
+def _choices(where: str, pname: str, spec: list[Any]) -> tuple[Value, ...]:
     if not spec:
-        raise UserError(f"{where} has no values")
-    space = where.split("'")[1]
-    values = tuple(_typed(space, pname, kind, v) for v in spec)
+        raise InvalidArgument(f"{where} has no values")
+    values = tuple(check_value(pname, v, where) for v in spec)
     if len(set(values)) != len(values):
-        raise UserError(f"{where} lists a value twice")
-    _check_limits(where, kind, values)
+        raise InvalidArgument(f"{where} lists a value twice")
     return values
-
-
-def _check_limits(where: str, kind: ParamKind, values: Sequence[Value]) -> None:
-    name = where.rsplit(": ", 1)[-1]
-    if kind.limits is not None:
-        lo, hi = kind.limits
-        if not all(lo <= v <= hi for v in values):  # type: ignore[operator]
-            raise UserError(f"{where} values must lie in [{lo:g}, {hi:g}]")
-    allowed = kind.allowed or (_backbone_names() if name == "backbone" else None)
-    if allowed is not None:
-        bad = [v for v in values if v not in allowed]
-        if bad:
-            raise UserError(f"{where}: {bad[0]!r} is not one of {', '.join(allowed)}")
-    if name == "image_sizes":
-        for v in values:
-            parts = str(v).split("+")
-            if not all(p.isdigit() and 32 <= int(p) <= 2048 for p in parts):
-                raise UserError(
-                    f"{where}: {v!r} is not sizes joined by '+' (e.g. \"300+500\"), each 32-2048"
-                )
-            if len(set(parts)) != len(parts):
-                raise UserError(f"{where}: {v!r} names a size twice")
 
 
 def _parse_when(where: str, when: Any) -> dict[str, tuple[Value, ...]]:
     if not isinstance(when, Mapping):
-        raise UserError(f"{where}: when must be a table {{parameter = [values]}}")
+        raise InvalidArgument(f"{where}: when must be a table {{parameter = [values]}}")
     out: dict[str, tuple[Value, ...]] = {}
     for cname, vals in when.items():
         vals = tuple(vals) if isinstance(vals, list) else (vals,)
         if not vals:
-            raise UserError(f"{where}: when lists no values for {cname}")
+            raise InvalidArgument(f"{where}: when lists no values for {cname}")
         out[str(cname)] = vals
     return out
 
@@ -450,34 +386,22 @@ def _in_condition_order(space: str, params: Mapping[str, Param]) -> dict[str, Pa
         for cname, vals in p.when.items():
             cond = params.get(cname)
             if cond is None or cname == p.name:
-                raise UserError(f"{where}: when names {cname!r}, which is not another parameter")
+                raise InvalidArgument(
+                    f"{where}: when names {cname!r}, which is not another parameter"
+                )
             if cond.choices is None:
-                raise UserError(f"{where}: when needs {cname!r} to be a list of values")
+                raise InvalidArgument(f"{where}: when needs {cname!r} to be a list of values")
             stray = [v for v in vals if v not in cond.choices]
             if stray:
-                raise UserError(f"{where}: when lists {cname} values it cannot take: {stray}")
+                raise InvalidArgument(f"{where}: when lists {cname} values it cannot take: {stray}")
     ordered: dict[str, Param] = {}
     while len(ordered) < len(params):
         ready = [p for n, p in params.items() if n not in ordered and set(p.when) <= set(ordered)]
         if not ready:
             left = ", ".join(n for n in params if n not in ordered)
-            raise UserError(f"space {space!r}: the conditions of {left} form a cycle")
+            raise InvalidArgument(f"space {space!r}: the conditions of {left} form a cycle")
         ordered[ready[0].name] = ready[0]
     return ordered
-
-
-def _typed(space: str, pname: str, kind: ParamKind, value: Any) -> Value:
-    t = kind.type
-    if t is bool or t is str:
-        if not isinstance(value, t):
-            raise UserError(f"space {space!r}: {pname} value {value!r} is not a valid {t.__name__}")
-        return value  # type: ignore[no-any-return]
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if t is int and not (ok and float(value).is_integer()):
-        ok = False
-    if not ok or (isinstance(value, float) and not math.isfinite(value)):
-        raise UserError(f"space {space!r}: {pname} value {value!r} is not a valid {t.__name__}")
-    return t(value)  # type: ignore[no-any-return]
 
 
 def load_space(ref: str) -> SearchSpace:
@@ -488,12 +412,12 @@ def load_space(ref: str) -> SearchSpace:
     else:
         path = Path(ref).expanduser()
         if not path.is_file():
-            raise UserError(
+            raise NotFound(
                 f"space {ref!r} is neither a built-in ({', '.join(BUILTIN_SPACES)}) nor a file"
             )
         text, origin, name = path.read_text(encoding="utf-8"), str(path), path.stem
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"bad TOML in {origin}: {exc}") from None
+        raise InvalidArgument(f"bad TOML in {origin}: {exc}") from None
     return SearchSpace.from_dict(data, name)

@@ -355,13 +355,7 @@ class StudyFinalize(_Command):
             cache_dir=args.cache_dir,
             resamples=args.resamples,
             bootstrap_seed=args.bootstrap_seed,
-            not_clothing=(
-                True
-                if args.not_clothing is None
-                else None
-                if args.not_clothing == "none"
-                else args.not_clothing
-            ),
+            not_clothing=_not_clothing_dir(args.not_clothing),
             fine_tune=args.fine_tune,
             fine_tune_epochs=args.fine_tune_epochs,
             fine_tune_lr=args.fine_tune_lr,
@@ -372,6 +366,17 @@ class StudyFinalize(_Command):
         print()
         print(paper_table(report, paper))
         return 0
+
+
+def _not_clothing_dir(value: str | None) -> str | None:
+    """--not-clothing: a folder, 'none', or by default ../shared/datasets/not-clothing (beside
+    the checkout) when it exists."""
+    from pathlib import Path
+
+    if value is None:
+        default = Path("../shared/datasets/not-clothing")
+        return str(default) if default.is_dir() else None
+    return None if value == "none" else value
 
 
 def _attach_to_dashboard(storage: str | None) -> Any:

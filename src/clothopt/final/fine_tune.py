@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clothopt.errors import UserError
+from clothopt.errors import InvalidArgument
 from clothopt.metrics import macro_f1
 from clothopt.model.compose import POOL_LAYER, Head, compose
 from clothopt.model.head import average_views
@@ -34,13 +34,17 @@ from clothopt.model.head import average_views
 if TYPE_CHECKING:
     import keras
 
+    from clothopt.config import StudyConfig
+    from clothopt.data import Dataset
     from clothopt.model.backbones import BackboneSpec
     from clothopt.model.head import BatchOrder, HeadParams
+    from clothopt.trial_spec import TrialSpec
 
 __all__ = [
     "DEFAULT_EPOCHS",
     "DEFAULT_LEARNING_RATE",
     "FineTuned",
+    "FineTuning",
     "base_of",
     "check",
     "fine_tune",
@@ -66,6 +70,19 @@ class FineTuned:
     val_logits: np.ndarray  # views averaged when tta
     test_logits: np.ndarray
 
+    def report(self, head_only_f1: float) -> dict[str, Any]:
+        """report.json's ``fine_tune`` (``head_only_f1``: the head's before fine-tuning)."""
+        return {
+            "layers": self.layers,
+            "epochs": self.epochs,
+            "learning_rate": self.learning_rate,
+            "validation_f1_per_epoch": self.epoch_f1,
+            "loss_per_epoch": self.epoch_loss,
+            "train_seconds": round(self.train_seconds, 3),
+            "decode_seconds": round(self.load_seconds, 3),
+            "head_only_validation_f1_macro": head_only_f1,
+        }
+
     def into(self, exported: keras.Model) -> None:
         """Copy the tuned base and head into ``exported`` (composed with the same head)."""
         import keras
@@ -74,6 +91,69 @@ class FineTuned:
         for layer in self.model.layers:
             if isinstance(layer, keras.layers.Dense):
                 exported.get_layer(layer.name).set_weights(layer.get_weights())
+
+
+@dataclass(frozen=True)
+class FineTuning:
+    """Finalize's optional second phase: the base's top ``layers`` (0: none) trained end to
+    end for ``epochs`` at ``learning_rate``."""
+
+    layers: int = 0
+    epochs: int = DEFAULT_EPOCHS
+    learning_rate: float = DEFAULT_LEARNING_RATE
+
+    def __post_init__(self) -> None:
+        if self.layers < 0:
+            raise InvalidArgument(f"--fine-tune must be a number of layers, not {self.layers}")
+
+    def check(self, spec: TrialSpec, where: str) -> None:
+        """Refuse, before any work, what fine-tuning cannot do for trial ``spec``."""
+        from clothopt.model.backbones import get_backbone
+
+        if not self.layers:
+            return
+        if len(spec.image_sizes) > 1:
+            raise InvalidArgument(
+                f"--fine-tune tunes one base; {where} concatenates the features of "
+                f"{'+'.join(map(str, spec.image_sizes))} px (finalize a one-size trial with "
+                "--trial N)"
+            )
+        size = spec.image_sizes[0]
+        check(get_backbone(spec.backbone), size, self.layers, self.epochs, self.learning_rate)
+
+    def run(
+        self,
+        spec: TrialSpec,
+        config: StudyConfig,
+        dataset: Dataset,
+        head: Head,
+        say: Callable[[str], None],
+    ) -> FineTuned:
+        """:func:`fine_tune` the trained ``head`` of trial ``spec`` with its seed, batches,
+        flip and TTA, on the study's images."""
+        from clothopt.model.backbones import get_backbone
+        from clothopt.objective import batch_order
+
+        splits = ("train", "validation", "test")
+        return fine_tune(
+            get_backbone(spec.backbone),
+            spec.image_sizes[0],
+            config.weights,
+            config.seed,
+            head,
+            spec.head,
+            {k: (dataset[k].paths, dataset[k].labels) for k in splits},
+            layers=self.layers,
+            epochs=self.epochs,
+            learning_rate=self.learning_rate,
+            seed=spec.seed,
+            batch_order=batch_order,
+            flip=spec.flip,
+            tta=spec.tta,
+            resize=config.resize,
+            threads=config.threads,
+            say=say,
+        )
 
 
 def base_of(model: keras.Model) -> keras.Model:
@@ -93,16 +173,16 @@ def check(spec: BackboneSpec, size: int, layers: int, epochs: int, learning_rate
     from clothopt.model.backbones import build_base
 
     if not 1 <= epochs <= 1000:
-        raise UserError(f"--fine-tune-epochs must be between 1 and 1000, not {epochs}")
+        raise InvalidArgument(f"--fine-tune-epochs must be between 1 and 1000, not {epochs}")
     if not 0.0 < learning_rate < 1.0:
-        raise UserError(f"--fine-tune-lr must be in (0, 1), not {learning_rate:g}")
+        raise InvalidArgument(f"--fine-tune-lr must be in (0, 1), not {learning_rate:g}")
     _weighted(build_base(spec, size, "none", 0), layers)
 
 
 def _weighted(base: keras.Model, layers: int) -> list[keras.layers.Layer]:
     weighted = [layer for layer in base.layers if layer.weights]
     if not 1 <= layers <= len(weighted):
-        raise UserError(
+        raise InvalidArgument(
             f"--fine-tune must be between 1 and {len(weighted)} (the base's layers with "
             f"weights), not {layers}"
         )
@@ -199,7 +279,9 @@ def fine_tune(
             f"validation macro-F1 {epoch_f1[-1]:.4f}"
         )
         if not math.isfinite(epoch_loss[-1]):
-            raise UserError(f"fine-tuning diverged (loss {epoch_loss[-1]}); lower --fine-tune-lr")
+            raise InvalidArgument(
+                f"fine-tuning diverged (loss {epoch_loss[-1]}); lower --fine-tune-lr"
+            )
     train_seconds = time.perf_counter() - start
 
     def logits(images: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt._io import atomic_write_bytes
-from clothopt.errors import UserError
+from clothopt.errors import DataError, InvalidArgument, ModelError, NotFound
 
 if TYPE_CHECKING:
     import keras
@@ -120,7 +120,9 @@ class Detector:
     def accepts(self, features: np.ndarray) -> np.ndarray:
         """``(N,)`` booleans: True where the score reaches the calibrated threshold."""
         if self.threshold is None:
-            raise UserError(f"the {self.method} detector has no threshold: calibrate it first")
+            raise InvalidArgument(
+                f"the {self.method} detector has no threshold: calibrate it first"
+            )
         return self.score(features) >= self.threshold
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,19 +142,19 @@ class Detector:
         cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], source: str = "detector"
     ) -> Detector:
         """Rebuild from :meth:`to_dict` metadata and its arrays; a checksum mismatch, a missing
-        array or an unknown format is a :class:`UserError` naming ``source``."""
+        array or an unknown format is a :class:`~clothopt.errors.ModelError` naming ``source``."""
         if meta.get("format") != FORMAT_VERSION:
-            raise UserError(f"{source}: unsupported detector format {meta.get('format')!r}")
+            raise ModelError(f"{source}: unsupported detector format {meta.get('format')!r}")
         method = meta.get("method")
         if method not in METHODS:
-            raise UserError(f"{source}: unknown detector method {method!r}")
+            raise ModelError(f"{source}: unknown detector method {method!r}")
         wanted = set(meta.get("arrays", {}))
         if wanted != set(arrays):
-            raise UserError(
+            raise ModelError(
                 f"{source}: arrays {sorted(arrays)} do not match the metadata's {sorted(wanted)}"
             )
         if _arrays_sha256(arrays) != meta.get("sha256"):
-            raise UserError(f"{source}: checksum mismatch, the detector's arrays are corrupt")
+            raise ModelError(f"{source}: checksum mismatch, the detector's arrays are corrupt")
         threshold = meta.get("threshold")
         accept = meta.get("accept")
         return cls(
@@ -168,9 +170,9 @@ def _check_features(x: np.ndarray, dim: int | None, what: str) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
         want = f"(N, {dim})" if dim is not None else "(N, D)"
-        raise UserError(f"{what} must have shape {want}, got {x.shape}")
+        raise InvalidArgument(f"{what} must have shape {want}, got {x.shape}")
     if not np.all(np.isfinite(x)):
-        raise UserError(f"{what} hold NaN or infinite values")
+        raise DataError(f"{what} hold NaN or infinite values")
     return x.astype(np.float64)
 
 
@@ -249,10 +251,10 @@ def _whitener(cov: np.ndarray, shrinkage: float) -> np.ndarray:
 
 def _head(head_weights: Sequence[np.ndarray] | None, dim: int, method: str) -> tuple:
     if head_weights is None or len(head_weights) != 2:
-        raise UserError(f"the {method} detector needs the head's weights [kernel, bias]")
+        raise InvalidArgument(f"the {method} detector needs the head's weights [kernel, bias]")
     kernel, bias = (np.asarray(w, dtype=np.float64) for w in head_weights)
     if kernel.ndim != 2 or kernel.shape[0] != dim or bias.shape != (kernel.shape[1],):
-        raise UserError(
+        raise InvalidArgument(
             f"head weights of shapes {kernel.shape} and {bias.shape} do not fit {dim} features"
         )
     return kernel, bias
@@ -285,11 +287,11 @@ def fit_detector(
     subspace's size (default: ViM's rule). Returns an uncalibrated :class:`Detector`.
     """
     if method not in METHODS:
-        raise UserError(f"unknown OOD method {method!r} (choose from {', '.join(METHODS)})")
+        raise InvalidArgument(f"unknown OOD method {method!r} (choose from {', '.join(METHODS)})")
     x = _check_features(train_x, None, "train features")
     n, dim = x.shape
     if n < 2:
-        raise UserError(f"an OOD detector needs at least 2 train features, got {n}")
+        raise InvalidArgument(f"an OOD detector needs at least 2 train features, got {n}")
     arrays: dict[str, np.ndarray] = {}
     params: dict[str, Any] = {}
     if method in HEAD_METHODS:
@@ -297,7 +299,7 @@ def fit_detector(
         arrays |= {"kernel": kernel, "bias": bias}
     if method in ("mahalanobis", "relative_mahalanobis"):
         if train_y is None or np.shape(train_y) != (n,):
-            raise UserError(f"the {method} detector needs one label per train feature")
+            raise InvalidArgument(f"the {method} detector needs one label per train feature")
         y = np.asarray(train_y)
         classes = np.unique(y)
         means = np.stack([x[y == c].mean(axis=0) for c in classes])
@@ -311,13 +313,13 @@ def fit_detector(
             arrays |= {"whitener0": whitener0, "center0": mean0 @ whitener0}
     elif method == "knn":
         if not 1 <= k <= n:
-            raise UserError(f"knn needs 1 <= k <= {n} (the train features), got k={k}")
+            raise InvalidArgument(f"knn needs 1 <= k <= {n} (the train features), got k={k}")
         arrays["bank"] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         params["k"] = int(k)
     elif method == "vim":
         principal = vim_dim if vim_dim is not None else _vim_dim(dim)
         if not 1 <= principal < dim:
-            raise UserError(f"vim needs 1 <= vim_dim < {dim}, got {principal}")
+            raise InvalidArgument(f"vim needs 1 <= vim_dim < {dim}, got {principal}")
         # the origin: the point whose logits are all zero (minimum-norm solution)
         origin = -np.linalg.pinv(kernel.T) @ bias
         shifted = x - origin
@@ -341,10 +343,10 @@ def calibrate(detector: Detector, val_x: np.ndarray, accept: float = DEFAULT_ACC
     least ``accept`` of the validation features score at or above it (more only on ties).
     """
     if not 0.0 < accept <= 1.0:
-        raise UserError(f"accept must be in (0, 1], got {accept}")
+        raise InvalidArgument(f"accept must be in (0, 1], got {accept}")
     scores = np.sort(detector.score(val_x))
     if len(scores) == 0:
-        raise UserError("cannot calibrate an OOD threshold on no validation features")
+        raise InvalidArgument("cannot calibrate an OOD threshold on no validation features")
     rank = min(math.floor(round((1.0 - accept) * len(scores), 9)), len(scores) - 1)
     return dataclasses.replace(detector, threshold=float(scores[rank]), accept=float(accept))
 
@@ -361,18 +363,19 @@ def save_detector(detector: Detector, path: str | os.PathLike[str]) -> None:
 
 
 def load_detector(path: str | os.PathLike[str]) -> Detector:
-    """Read a detector written by :func:`save_detector`; any damage is one :class:`UserError`."""
+    """Read a detector written by :func:`save_detector`; any damage is one
+    :class:`~clothopt.errors.ModelError` (a missing file :class:`~clothopt.errors.NotFound`)."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
         meta = json.loads(str(arrays.pop(_META_KEY)))
     except FileNotFoundError:
-        raise UserError(f"OOD detector not found: {path}") from None
+        raise NotFound(f"OOD detector not found: {path}") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot read OOD detector {path}: {reason}") from None
+        raise ModelError(f"cannot read OOD detector {path}: {reason}") from None
     if not isinstance(meta, dict):
-        raise UserError(f"cannot read OOD detector {path}: its metadata is not an object")
+        raise ModelError(f"cannot read OOD detector {path}: its metadata is not an object")
     return Detector.from_dict(meta, arrays, source=str(path))
 
 
@@ -454,5 +457,5 @@ def keras_score(
         norm = ops.sqrt(ops.sum(ops.square(residual), axis=-1))
         score = _keras_logsumexp(logits) - float(a["alpha"]) * norm
     else:  # pragma: no cover - Detector.from_dict and fit_detector admit only METHODS
-        raise UserError(f"unknown OOD method {method!r}")
+        raise InvalidArgument(f"unknown OOD method {method!r}")
     return keras.layers.Identity(name=f"{name}_score")(score)

@@ -13,24 +13,23 @@ sample pictures.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clothopt.errors import DataError
 from clothopt.final.ood import DEFAULT_ACCEPT, DEFAULT_METHOD, Detector, calibrate, fit_detector
+from clothopt.logging import get_logger
 from clothopt.predict import ACCEPTED_OUTPUT, SCORE_OUTPUT, THRESHOLD_LAYER
 
 if TYPE_CHECKING:
     import keras
 
 __all__ = [
-    "NOT_CLOTHING_DIR",
     "SKIMAGE_PHOTOS",
     "THRESHOLD_MARGIN",
-    "default_not_clothing_dir",
     "detector_meta",
     "detector_outputs",
     "fit_shipped_detector",
@@ -38,15 +37,11 @@ __all__ = [
     "sample_photos",
 ]
 
-NOT_CLOTHING_DIR = Path("../shared/datasets/not-clothing")  # beside the checkout
+logger = get_logger(__name__)
+
 THRESHOLD_MARGIN = 1e-5  # relative; float32 scoring noise is ~4e-7 relative: 25 times that
 # photos that ship inside scikit-image (no download); stereo_motorcycle's left view is a file
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "horse")
-
-
-def default_not_clothing_dir() -> Path | None:
-    """``../shared/datasets/not-clothing`` (beside the checkout) when it exists."""
-    return NOT_CLOTHING_DIR if NOT_CLOTHING_DIR.is_dir() else None
 
 
 def fit_shipped_detector(
@@ -160,7 +155,7 @@ def _outside(
 
     _, scores, accepted, errors = score_set(model, paths, threads)
     if errors:
-        print(f"finalize: {len(errors)} unreadable pictures left out: {errors[0]}", file=sys.stderr)
+        logger.warning("finalize: %d unreadable pictures left out: %s", len(errors), errors[0])
     return {
         "images": len(scores),
         "accepted_share": float(np.mean(accepted)) if len(scores) else None,
@@ -183,14 +178,13 @@ def ood_section(
     split (``val_paths``) is scored here. AUROCs set the test split (clothing) against the
     not-clothing photos and against the sample pictures.
     """
-    from clothopt.errors import UserError
     from clothopt.final.scoring import score_set
     from clothopt.predict import iter_images, run_model
 
     test_scores, test_accepted = test
     _, _, val_accepted, errors = score_set(model, val_paths, threads)
     if errors:
-        raise UserError(errors[0])
+        raise DataError(errors[0])
     section: dict[str, Any] = {
         "detector": detector_meta(detector),
         "validation_accepted_share": float(np.mean(val_accepted)),
@@ -198,9 +192,7 @@ def ood_section(
     }
     if not_clothing is None:
         section["not_clothing"] = None
-        section["not_clothing_note"] = (
-            f"no not-clothing folder ({NOT_CLOTHING_DIR} absent): not measured"
-        )
+        section["not_clothing_note"] = "no not-clothing folder given: not measured"
     else:
         from clothopt.predict import expand_paths
 

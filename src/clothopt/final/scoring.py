@@ -10,19 +10,35 @@ into the report's figures (per-class and macro precision/recall/F1, accuracy, co
 from __future__ import annotations
 
 import importlib.util
-import sys
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clothopt.errors import DataError, UserError
 from clothopt.final.store import FIGURE_STEM
+from clothopt.logging import get_logger
+from clothopt.metrics import classification_metrics
 
 if TYPE_CHECKING:
     import keras
 
-__all__ = ["confusion_figure", "labelled_report", "score_set"]
+    from clothopt.trial_spec import TrialSpec
+
+__all__ = [
+    "agreement",
+    "confusion_figure",
+    "head_section",
+    "labelled_report",
+    "model_input",
+    "score_saved",
+    "score_set",
+]
+
+logger = get_logger(__name__)
 
 
 def score_set(
@@ -30,7 +46,6 @@ def score_set(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Score image files with the saved model: ``(probabilities (N, C), scores (N,),
     accepted (N,) bool, errors)``; unreadable files are left out and named in ``errors``."""
-    from clothopt.errors import UserError
     from clothopt.predict import iter_images, run_model
 
     probs, scores, accepted, errors = [], [], [], []
@@ -50,6 +65,31 @@ def score_set(
     )
 
 
+@dataclass(frozen=True)
+class Scored:
+    """A saved model's answers on a labelled split."""
+
+    model: keras.Model
+    y_pred: np.ndarray
+    scores: np.ndarray  # the detector's, per image
+    accepted: np.ndarray
+    seconds: float
+
+
+def score_saved(path: Path, paths: Sequence[Path], threads: int | None = None) -> Scored:
+    """Load the model saved at ``path`` as ``clothopt predict`` does and score the image files
+    ``paths``; an unreadable one is a :class:`~clothopt.errors.DataError`."""
+    from clothopt.predict import load_classifier
+
+    model, _ = load_classifier(path)
+    start = time.perf_counter()
+    probs, scores, accepted, errors = score_set(model, paths, threads)
+    if errors:
+        raise DataError(errors[0])
+    y_pred = np.argmax(probs, axis=1).astype(np.int64)
+    return Scored(model, y_pred, scores, accepted, time.perf_counter() - start)
+
+
 def labelled_report(
     y_true: np.ndarray,
     y_pred: np.ndarray,
@@ -60,7 +100,7 @@ def labelled_report(
 ) -> dict[str, Any]:
     """``{"test": metrics, "f1_macro_ci95": [low, high], "bootstrap": {...}}``: report.json's
     figures of a labelled set."""
-    from clothopt.metrics import bootstrap_ci, classification_metrics
+    from clothopt.metrics import bootstrap_ci
 
     metrics = classification_metrics(y_true, y_pred, classes)
     low, high = bootstrap_ci(y_true, y_pred, len(classes), resamples=resamples, seed=seed)
@@ -73,6 +113,60 @@ def labelled_report(
             "method": "percentile",
             "confidence": 0.95,
         },
+    }
+
+
+def agreement(
+    reference_logits: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    classes: Sequence[str],
+    reference: str,
+) -> dict[str, Any]:
+    """report.json's ``cached_path_agreement``: how often the saved model (``y_pred``) answers
+    as the training path (``reference_logits``, described by ``reference``) did."""
+    cached_pred = np.argmax(reference_logits, axis=1)
+    cached = classification_metrics(y_true, cached_pred, classes)
+    if (disagree := int(np.sum(cached_pred != y_pred))) > 0:
+        # float noise can flip a near tie; more than that means the export differs
+        logger.warning(
+            "finalize: warning: the saved model and the %s disagree on %d of %d test images",
+            reference,
+            disagree,
+            len(y_pred),
+        )
+    return {
+        "agree": int(np.sum(cached_pred == y_pred)),
+        "of": len(y_pred),
+        "cached_f1_macro": cached["f1_macro"],
+        "reference": reference,
+    }
+
+
+def model_input(backbone: str, sizes: Sequence[int], tta: bool) -> str:
+    """report.json's ``model_input``: what the exported model takes and does to it."""
+    resized = " and ".join(f"{s}x{s}" for s in sizes)
+    text = (
+        f"raw RGB images (B, H, W, 3), 0..255, any H and W (one size per batch); "
+        f"resized inside to {resized} as PIL NEAREST, then {backbone}'s preprocess_input"
+    )
+    if len(sizes) > 1:
+        text += "; the sizes' pooled features concatenated in that order"
+    if tta:
+        text += "; logits averaged with those of the resized image flipped left-right"
+    return text
+
+
+def head_section(spec: TrialSpec, val_tta_f1: float | None) -> dict[str, Any]:
+    """report.json's ``head`` (a trial with more than the paper's parameters); the per-epoch
+    validation F1 is of plain images, ``val_tta_f1`` that with tta (None without)."""
+    import dataclasses
+
+    return dataclasses.asdict(spec.head) | {
+        "image_sizes": list(spec.image_sizes),
+        "flip": spec.flip,
+        "tta": spec.tta,
+        "final_validation_f1_macro_tta": val_tta_f1,
     }
 
 
@@ -114,5 +208,5 @@ def confusion_figure(
             fig.write_image(folder / f"{FIGURE_STEM}.png", scale=2)
             written.append(f"{FIGURE_STEM}.png")
         except Exception as exc:  # kaleido needs a browser it may not find: the HTML is enough
-            print(f"clothopt: no PNG figure ({exc})", file=sys.stderr)
+            logger.warning("clothopt: no PNG figure (%s)", exc)
     return written

@@ -12,26 +12,27 @@ their steps are bit for bit those of a model built for the trial. One traced fun
 whole epoch (Keras's own ``train_step`` per batch, in a graph loop, on the trial's features
 kept as tensors) and returns the validation logits.
 
-For :class:`HeadParams` defaults this is the paper's head (``Dense(C)`` logits, Adam, constant
-learning rate) and gives the same weights, per-epoch predictions and F1 as a model built and
-fitted from scratch (``tests/test_head.py`` checks it against ``objective.train_head``).
+For :class:`~clothopt.trial_spec.HeadParams` defaults (re-exported here) this is the paper's
+head (``Dense(C)`` logits, Adam, constant learning rate) and gives the same weights, per-epoch
+predictions and F1 as a model built and fitted from scratch (``tests/test_head.py`` checks it
+against ``objective.train_head``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clothopt.errors import UserError
+from clothopt.errors import InvalidArgument
 from clothopt.metrics import classification_metrics, macro_f1
 from clothopt.model.rates import TrialRates, smoothed_crossentropy, trial_dropout
+from clothopt.trial_spec import NORMALIZE, OPTIMIZERS, SCHEDULES, HeadParams
 
 if TYPE_CHECKING:
     import keras
@@ -49,64 +50,10 @@ __all__ = [
     "normalize_features",
 ]
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine")
-NORMALIZE = ("none", "l2", "standardize")
-
 GRAPH_LOOP = True  # False: always the per-batch path (tests compare the two)
 
 EpochCallback = Callable[[int, float], None]  # (epoch, validation macro-F1)
 BatchOrder = Callable[[int, int, int], np.ndarray]  # (n, epoch, seed) -> permutation of n
-
-
-@dataclass(frozen=True, kw_only=True)
-class HeadParams:
-    """A head and how to train it; the defaults (plus a learning rate and batch) are the paper's.
-
-    ``hidden_layers`` Dense(``hidden_units``, relu) layers come before the logits; ``dropout``
-    applies before every Dense after the first hidden one (on the features when there is none).
-    ``weight_decay`` is decoupled (AdamW-style, kernels only) for every optimizer; ``sgd`` has
-    momentum 0.9; ``cosine`` decays the learning rate to 0 over all steps of all epochs.
-    ``normalize`` is applied to features before training, its statistics from train only.
-    """
-
-    hidden_layers: int = 0
-    hidden_units: int = 512
-    dropout: float = 0.0
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    optimizer: str = "adam"
-    learning_rate: float
-    batch_size: int
-    epochs: int = 2
-    schedule: str = "constant"
-    normalize: str = "none"
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
-            (self.normalize in NORMALIZE, f"normalize must be one of {', '.join(NORMALIZE)}"),
-            (self.hidden_layers >= 0, "hidden_layers must be >= 0"),
-            (self.hidden_units >= 1, "hidden_units must be >= 1"),
-            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
-            (self.weight_decay >= 0.0, "weight_decay must be >= 0"),
-            (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
-            (self.learning_rate > 0.0, "learning_rate must be > 0"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.epochs >= 1, "epochs must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"head: {message} (got {self})")
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], **defaults: Any) -> HeadParams:
-        """The head a trial's parameters describe: its keys that are fields of HeadParams
-        (others, such as ``image_size``, are ignored), over ``defaults`` (e.g. the study's
-        ``epochs``)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**(defaults | {k: v for k, v in params.items() if k in names}))
 
 
 @dataclass
@@ -145,7 +92,7 @@ def normalize_features(
             ((x_train - mean) / std).astype(np.float32),
             ((x_val - mean) / std).astype(np.float32),
         )
-    raise UserError(f"head: normalize must be one of {', '.join(NORMALIZE)} (got {how!r})")
+    raise InvalidArgument(f"head: normalize must be one of {', '.join(NORMALIZE)} (got {how!r})")
 
 
 def feature_statistics(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

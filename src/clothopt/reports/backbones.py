@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clothopt.errors import UserError
+from clothopt.errors import InvalidArgument
 from clothopt.final.finalize import search_seconds
 from clothopt.final.store import read_final
 from clothopt.reports.paper import (
@@ -39,6 +39,7 @@ from clothopt.reports.render import (
     write_outputs,
 )
 from clothopt.reports.stats import holm, mcnemar, pct
+from clothopt.trial_spec import paper_point
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -79,9 +80,9 @@ def load_backbone_studies(names: Sequence[str], storage: str | None) -> list[Bac
     from clothopt import study as study_mod
 
     if not names:
-        raise UserError("name at least one study to compare")
+        raise InvalidArgument("name at least one study to compare")
     if len(set(names)) != len(names):
-        raise UserError("a study is named twice")
+        raise InvalidArgument("a study is named twice")
     loaded = [(n, *study_mod.load(n, storage)) for n in names]
     backbones = [cfg.backbone for _, _, cfg in loaded]
     out = []
@@ -89,8 +90,8 @@ def load_backbone_studies(names: Sequence[str], storage: str | None) -> list[Bac
         trials = st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         sums: dict[tuple[Any, ...], list[float]] = {}
         for t in trials:
-            if t.value is not None:
-                sums.setdefault(tuple(t.params[k] for k in GRID_KEYS), []).append(t.value)
+            if t.value is not None and (point := paper_point(t.params)) is not None:
+                sums.setdefault(point, []).append(t.value)
         best = max(trials, key=lambda t: (t.value or 0.0, -t.number), default=None)
         final, folder = read_final(st, name, storage)
         out.append(
@@ -116,7 +117,7 @@ def table_one(
     points: set[tuple[Any, ...]] = set()
     for s in studies:
         if s.config.space.is_grid:
-            points |= {tuple(p[k] for k in GRID_KEYS) for p in s.config.space.grid()}
+            points |= {pt for p in s.config.space.grid() if (pt := paper_point(p)) is not None}
         points |= set(s.grid)
     paper_rows = read_paper(paper, GRID_FILE)
     paper_cols = [c for c in (paper_rows[0] if paper_rows else {}) if c not in GRID_KEYS]
@@ -227,12 +228,12 @@ def mcnemar_pairs(studies: Sequence[BackboneStudy]) -> list[dict[str, Any]]:
         for b in done[i + 1 :]:
             fa, fb = a.final or {}, b.final or {}
             if list(fa["classes"]) != list(fb["classes"]):
-                raise UserError(
+                raise InvalidArgument(
                     f"studies {a.name!r} and {b.name!r} have different classes: "
                     "McNemar needs the same test set"
                 )
             if list(fa["test_labels"]) != list(fb["test_labels"]):
-                raise UserError(
+                raise InvalidArgument(
                     f"studies {a.name!r} and {b.name!r} were tested on different images (or in "
                     "another order): McNemar needs the same test images in the same order"
                 )
