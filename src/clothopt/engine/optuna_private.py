@@ -7,6 +7,8 @@ Each is here because the public API has no equivalent:
 - a study's storage and id, a trial's id: the exactly-once queue pops WAITING trials and
   fails dead workers' trials through the storage (``BaseStorage``'s public methods), which
   take ids; ``optuna.load_study`` wraps an RDB storage in a private cache (``_backend``);
+- the parameters a trial was enqueued with (``study.enqueue_trial`` keeps them in a system
+  attribute; ``trial.params`` holds only those the trial suggested before it stopped);
 - the study system attribute under which optuna-dashboard lists an artifact of a FINISHED
   trial (``optuna.artifacts.upload_artifact`` refuses those: their attributes are frozen).
 """
@@ -18,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import optuna
     from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
 
 __all__ = [
     "FINISHED_TRIAL_ARTIFACT_PREFIX",
+    "enqueued_params",
     "finished_trial_artifact_key",
     "rdb_of",
     "storage_of",
@@ -51,6 +55,12 @@ def trial_id(trial: Any) -> int:
 def rdb_of(storage: Any) -> Any:
     """The storage itself: ``optuna.load_study`` wraps an RDBStorage in a cache."""
     return getattr(storage, "_backend", storage)
+
+
+def enqueued_params(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The parameters ``study.enqueue_trial`` gave ``trial``; None if it was not enqueued."""
+    fixed = trial.system_attrs.get("fixed_params")
+    return dict(fixed) if fixed else None
 
 
 def finished_trial_artifact_key(trial: Any, artifact_id: str) -> str:
