@@ -20,7 +20,7 @@ RUN_WEIGHTS := $(WEIGHTS)
 endif
 BENCH_ARGS ?=
 
-.PHONY: setup backends demo test test-fast lint format bench clean
+.PHONY: setup backends demo test test-fast test-optuna-latest lint format bench clean
 
 $(BIN)/clothopt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,21 @@ test: setup backends  ## the whole suite (unit + slow tests on a subset of the r
 
 test-fast: setup  ## unit tests only
 	$(PY) -m pytest -q -m "not slow and not postgres"
+
+# The tests that exercise Optuna and optuna-dashboard (storage, queue, runner, dashboard,
+# studies, and the guard that keeps their private names in engine/optuna_private.py) against
+# the newest release of both from the registry, in a venv of their own (CI runs it too).
+OPTUNA_TESTS ?= tests/test_imports.py tests/test_study.py tests/test_dashboard.py
+LATEST := $(VENV)-optuna-latest
+test-optuna-latest:  ## OPTUNA_TESTS against the newest optuna and optuna-dashboard
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet -e '.[dev,postgres]'
+	$(LATEST)/bin/python -m pip install --quiet --upgrade optuna optuna-dashboard
+	$(LATEST)/bin/python -c 'from importlib.metadata import version as v; \
+		print("newest: optuna", v("optuna"), "optuna-dashboard", v("optuna-dashboard"))'
+	$(LATEST)/bin/python -m pytest -q -m "not slow" $(OPTUNA_TESTS)
 
 bench: setup  ## search cost, extraction, head training, memory, options -> bench-results/
 	$(PY) -m benchmarks.bench --data "$(RUN_DATA)" --weights "$(RUN_WEIGHTS)" \

@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--profile", help="write cProfile stats of optimize here")
     p.add_argument("--work", help="folder to work in (default: a temporary one)")
+    p.add_argument("--out", help="also append the result (one JSON line) to this file")
     args = p.parse_args(argv)
 
     from clothopt import study as studies
@@ -153,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         "median_overhead_s": round(statistics.median(overhead), 3),
         "mean_overhead_s": round(statistics.mean(overhead), 3),
         "median_overhead_after_10_s": round(statistics.median(overhead[10:]), 3),
+        "load_1min": os.getloadavg()[0],  # what else the machine was running
     }
     print(json.dumps(out))
+    if args.out:
+        with open(args.out, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(out) + "\n")
     return 0
 
 

@@ -37,7 +37,7 @@ from clothopt.dashboard import (
 )
 from clothopt.data import open_dataset
 from clothopt.engine import storage_of, study_id
-from clothopt.errors import UserError
+from clothopt.errors import InvalidArgument, NotFound
 from clothopt.features import FeatureCache
 from clothopt.metrics import classification_metrics
 from clothopt.objective import Objective
@@ -276,9 +276,9 @@ def test_files_attached_to_a_finished_trial_and_the_study_download(
 
 def test_attach_files_checks_everything_before_uploading(built: Built) -> None:
     before = len(list(artifact_dir(built.storage).iterdir()))
-    with pytest.raises(UserError, match="no such file"):
+    with pytest.raises(NotFound, match="no such file"):
         attach_files(built.study, 0, built.storage, [built.root / "report.json", "/no/such"])
-    with pytest.raises(UserError, match="has no trial 7"):
+    with pytest.raises(NotFound, match="has no trial 7"):
         attach_files(built.study, 7, built.storage, [built.root / "report.json"])
     assert len(list(artifact_dir(built.storage).iterdir())) == before
 
@@ -356,8 +356,10 @@ def test_artifact_writes_are_atomic_and_stay_in_their_folder(tmp_path: Path) -> 
         store.write("abc", Broken())
     assert (tmp_path / "a" / "abc").read_bytes() == b"x" * 100  # the old one, whole
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["abc"]
-    with pytest.raises(ValueError, match="Invalid artifact_id"):
-        store.write("../escape", io.BytesIO(b"no"))
+    for bad in ("../escape", "/etc/escape", "a/../../escape"):
+        with pytest.raises(InvalidArgument, match="bad artifact id"):
+            store.write(bad, io.BytesIO(b"no"))
+    assert not (tmp_path / "escape").exists()
 
 
 def _metrics() -> dict[str, Any]:
@@ -498,12 +500,14 @@ def test_the_command_serves_warns_when_exposed_and_stops_on_ctrl_c(built: Built)
         preexec_fn=sigint_default,
     )
     try:
-        assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(3)]
-        assert lines[0] == f"optuna-dashboard on {built.storage}\n"
-        assert lines[1] == f"artifacts in {artifact_dir(built.storage)}\n"
-        assert lines[2].startswith("open http://") and "/dashboard/" in lines[2]
-        port = int(lines[2].split("://")[1].split("/")[0].rsplit(":", 1)[1])
+        assert proc.stderr is not None
+        # logged (stderr): the warning first, then where it serves
+        lines = [proc.stderr.readline() for _ in range(4)]
+        assert lines[0].startswith("warning: the dashboard has no authentication")
+        assert lines[1] == f"optuna-dashboard on {built.storage}\n"
+        assert lines[2] == f"artifacts in {artifact_dir(built.storage)}\n"
+        assert lines[3].startswith("open http://") and "/dashboard/" in lines[3]
+        port = int(lines[3].split("://")[1].split("/")[0].rsplit(":", 1)[1])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=30) as r:
             names = [s["study_name"] for s in json.load(r)["study_summaries"]]
         assert "dash" in names
@@ -512,8 +516,8 @@ def test_the_command_serves_warns_when_exposed_and_stops_on_ctrl_c(built: Built)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
-    assert out == "dashboard stopped\n"
-    assert "warning: the dashboard has no authentication" in err
+    assert out == ""  # stdout is for results; the server has none
+    assert err.endswith("dashboard stopped\n")
     assert "Traceback" not in err
 
 

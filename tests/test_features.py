@@ -186,3 +186,24 @@ def test_flipped_features_have_their_own_key_and_are_the_mirrored_input(
     )
     assert again.cached
     np.testing.assert_array_equal(again.x, got.x)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_is_one_log_line_and_no_bar_off_a_terminal(
+    tiny_data: Path,
+    progress: bool,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import logging
+
+    ds = open_dataset(tiny_data)
+    with caplog.at_level(logging.INFO, logger="clothopt"):
+        FeatureCache(None, progress=progress).get(SPEC, "none", 0, 32, "nearest", ds["test"])
+    lines = [r.getMessage() for r in caplog.records if r.name == "clothopt.features"]
+    n = len(ds["test"])
+    assert [line.split(" (")[0] for line in lines] == (
+        [f"features test 32px: {n} images"] if progress else []
+    )
+    captured = capsys.readouterr()  # stderr is not a terminal here: tqdm draws nothing
+    assert "features test" not in captured.err and captured.out == ""

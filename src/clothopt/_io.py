@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
@@ -69,16 +68,14 @@ def _default(obj: Any) -> Any:
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
-    """An exclusive lock between processes of this host, held for the ``with`` block.
+    """An exclusive lock between processes, held for the ``with`` block.
 
-    flock is dropped by the kernel when its holder dies, so a killed process never wedges
-    the others.
+    ``filelock``'s OS lock (flock on POSIX, NFS included; msvcrt on Windows) is dropped by
+    the kernel when its holder dies, so a killed process never wedges the others.
     """
+    from filelock import FileLock
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    with FileLock(path):
+        yield

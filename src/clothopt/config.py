@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clothopt.errors import UserError
+from clothopt.errors import InvalidArgument
 from clothopt.spaces import SearchSpace
 
 __all__ = ["CONFIG_ATTR", "PRUNERS", "RETIRED_KEYS", "StudyConfig"]
@@ -68,14 +68,14 @@ class StudyConfig:
         data = {k: v for k, v in data.items() if k not in RETIRED_KEYS}
         unknown = set(data) - names
         if unknown:
-            raise UserError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+            raise InvalidArgument(f"unknown config key(s): {', '.join(sorted(unknown))}")
         missing = {
             f.name
             for f in dataclasses.fields(cls)
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         } - set(data)
         if missing:
-            raise UserError(f"config lacks {', '.join(sorted(missing))}")
+            raise InvalidArgument(f"config lacks {', '.join(sorted(missing))}")
         values = dict(data)
         values["space"] = SearchSpace.from_dict(data["space"])
         values["classes"] = tuple(data["classes"])
@@ -86,4 +86,4 @@ class StudyConfig:
         try:
             return cls.from_dict(json.loads(text))
         except (ValueError, TypeError) as exc:
-            raise UserError(f"corrupt study config: {exc}") from None
+            raise InvalidArgument(f"corrupt study config: {exc}") from None

@@ -24,7 +24,8 @@ import numpy as np
 
 from clothopt._io import atomic_path, atomic_write_json, file_lock
 from clothopt.data import Split, default_threads, iter_batches_sizes
-from clothopt.errors import UserError
+from clothopt.errors import InvalidArgument
+from clothopt.logging import get_logger
 from clothopt.model.backbones import PRECISIONS, BackboneSpec, weights_id
 from clothopt.model.compose import compose
 
@@ -50,6 +51,8 @@ __all__ = [
 # size"). On a GPU the value before the measurement stays until gpu_bench.py measures it there.
 CPU_EXTRACT_BATCH = 16
 GPU_EXTRACT_BATCH = 32
+
+_log = get_logger(__name__)
 
 
 def gpu_name() -> str | None:
@@ -160,30 +163,37 @@ def extract_features_sizes(
     Each image is decoded once and resized to every size from that one decoded picture, so
     each size's features are bit for bit those of :func:`extract_features` at that size.
     """
+    from tqdm import tqdm
+
     sizes = list(models)
     out: dict[int, list[np.ndarray]] = {size: [] for size in sizes}
-    done = 0
-    start = last = time.perf_counter()
-    live = progress and sys.stderr.isatty()
+    start = time.perf_counter()
     shown = "/".join(map(str, sizes)) + ("px flipped" if flip else "px")
-    for batches in iter_batches_sizes(split.paths, sizes, batch_size, resize, threads):
-        for size, batch in zip(sizes, batches, strict=True):
-            if flip:
-                batch = np.ascontiguousarray(batch[:, :, ::-1, :])  # NHWC: reverse the columns
-            # uint8 in: the model casts inside its compiled graph, cheaper than astype on the host
-            out[size].append(np.asarray(models[size].predict_on_batch(batch), dtype=np.float32))
-        done += len(batches[0])
-        now = time.perf_counter()
-        if progress and (done == len(split) or (live and now - last > 0.5)):
-            last = now
-            rate = done / max(now - start, 1e-9)
-            end = "\n" if done == len(split) else ""
-            print(
-                f"\r  features {split.name} {shown}: {done}/{len(split)} ({rate:.0f} img/s)",
-                end=end,
-                file=sys.stderr,
-                flush=True,
-            )
+    with tqdm(
+        total=len(split),
+        desc=f"features {split.name} {shown}",
+        unit="img",
+        file=sys.stderr,
+        disable=None if progress else True,  # None: only on a terminal
+        leave=False,
+        dynamic_ncols=True,
+    ) as bar:
+        for batches in iter_batches_sizes(split.paths, sizes, batch_size, resize, threads):
+            for size, batch in zip(sizes, batches, strict=True):
+                if flip:
+                    batch = np.ascontiguousarray(batch[:, :, ::-1, :])  # NHWC: reverse columns
+                # uint8 in: the model casts inside its compiled graph, cheaper than astype
+                out[size].append(np.asarray(models[size].predict_on_batch(batch), dtype=np.float32))
+            bar.update(len(batches[0]))
+    if progress:
+        seconds = max(time.perf_counter() - start, 1e-9)
+        _log.info(
+            "features %s %s: %d images (%.0f img/s)",
+            split.name,
+            shown,
+            len(split),
+            len(split) / seconds,
+        )
     return {
         size: np.concatenate(parts)
         if parts
@@ -213,7 +223,7 @@ class FeatureCache:
         jit_compile: bool | None = None,
     ) -> None:
         if precision not in PRECISIONS:
-            raise UserError(
+            raise InvalidArgument(
                 f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})"
             )
         self.root = Path(root) if root is not None else None

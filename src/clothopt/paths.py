@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from clothopt.errors import UserError
+from clothopt.errors import InvalidArgument
 
 __all__ = [
     "ARTIFACTS_ENV",
@@ -33,10 +33,10 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 
 
 def check_name(name: str) -> str:
-    """``name`` if it is a valid study name (:data:`NAME_RULE`), else a :class:`UserError`."""
+    """``name`` if it is a valid study name (:data:`NAME_RULE`); else :class:`InvalidArgument`."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         shown = name if len(str(name)) <= 40 else f"{str(name)[:40]}..."
-        raise UserError(f"bad study name {shown!r}: use {NAME_RULE}")
+        raise InvalidArgument(f"bad study name {shown!r}: use {NAME_RULE}")
     return name
 
 
@@ -67,7 +67,7 @@ def _inside(root: Path, *parts: str) -> Path:
     """``root / parts``, proven to stay inside ``root`` once resolved (no ``..``, no links out)."""
     path = root.joinpath(*parts)
     if not path.resolve().is_relative_to(root.resolve()):
-        raise UserError(f"refusing to use {path}: it lies outside {root}")
+        raise InvalidArgument(f"refusing to use {path}: it lies outside {root}")
     return path
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from clothopt.errors import UserError
+from clothopt.errors import DataError
 
 if TYPE_CHECKING:
     from clothopt.config import StudyConfig
@@ -29,7 +29,7 @@ def open_run(
     """The study's data set and a feature cache with the study's extraction settings.
 
     ``data`` and ``cache_dir`` are this machine's folders (default: those the study was
-    created with). The data set must have the study's fingerprint (a :class:`UserError`
+    created with). The data set must have the study's fingerprint (a :class:`DataError`
     otherwise). ``dataset`` and ``cache``: ones already open, reused (a comparison's studies
     share them); the data set is checked all the same.
     """
@@ -38,7 +38,7 @@ def open_run(
 
     dataset = dataset if dataset is not None else open_dataset(data or config.data)
     if dataset.fingerprint != config.data_fingerprint:
-        raise UserError(
+        raise DataError(
             f"data set {dataset.root} differs from the one study {config.name!r} was created "
             f"with (fingerprint {dataset.fingerprint[:12]} != {config.data_fingerprint[:12]})"
         )

@@ -152,31 +152,27 @@ class SearchSpace:
         return {n: p.distribution(grid) for n, p in self.params.items()}
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        """The trial's parameters, define-by-run: a conditional one only when it applies
-        (written to the trial's storage together, in one transaction)."""
+        """The trial's parameters, define-by-run: a conditional one only when it applies."""
         from optuna.distributions import FloatDistribution
-
-        from clothopt.engine.storage import one_transaction
 
         out: dict[str, Any] = {}
         grid = self.sampler == "grid"
-        with one_transaction(trial):
-            for name, p in self.params.items():
-                if not p.active(out):
-                    continue
-                if p.choices is not None and not (grid and p.log):
-                    out[name] = trial.suggest_categorical(name, p.choices)  # type: ignore[arg-type]
-                    continue
-                dist = p.distribution(grid)
-                if p.kind.type is int:
-                    out[name] = trial.suggest_int(
-                        name, int(p.low or 0), int(p.high or 0), log=p.log, step=int(p.step or 1)
-                    )
-                else:
-                    assert isinstance(dist, FloatDistribution)
-                    out[name] = trial.suggest_float(
-                        name, dist.low, dist.high, log=dist.log, step=dist.step
-                    )
+        for name, p in self.params.items():
+            if not p.active(out):
+                continue
+            if p.choices is not None and not (grid and p.log):
+                out[name] = trial.suggest_categorical(name, p.choices)  # type: ignore[arg-type]
+                continue
+            dist = p.distribution(grid)
+            if p.kind.type is int:
+                out[name] = trial.suggest_int(
+                    name, int(p.low or 0), int(p.high or 0), log=p.log, step=int(p.step or 1)
+                )
+            else:
+                assert isinstance(dist, FloatDistribution)
+                out[name] = trial.suggest_float(
+                    name, dist.low, dist.high, log=dist.log, step=dist.step
+                )
         return out
 
     def to_dict(self) -> dict[str, Any]:

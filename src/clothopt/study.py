@@ -29,7 +29,7 @@ from clothopt.engine import (
     trial_params,
 )
 from clothopt.engine import optimize as _engine_optimize
-from clothopt.errors import UserError
+from clothopt.errors import AlreadyExists, InvalidArgument, NotFound, UserError
 from clothopt.paths import check_name, default_cache_dir, masked_url, study_dir
 
 if TYPE_CHECKING:
@@ -114,13 +114,13 @@ def create(
     names = [b.strip() for b in backbone.split(",") if b.strip()]
     if len(names) > 1:
         if space_obj.backbones():
-            raise UserError(
+            raise InvalidArgument(
                 f"space {space_obj.name!r} has a backbone parameter: name one --backbone, not "
                 f"{backbone}"
             )
         space_obj = space_obj.with_param("backbone", names)
     elif space_obj.backbones() and names and names[0] not in space_obj.backbones():
-        raise UserError(
+        raise InvalidArgument(
             f"--backbone {names[0]} is not among the space's backbones "
             f"({', '.join(space_obj.backbones())})"
         )
@@ -129,21 +129,23 @@ def create(
     for one in specs:
         one.check_size(space_obj.min_image_size())
     if not use_cache and not space_obj.is_paper_head():
-        raise UserError(
+        raise InvalidArgument(
             f"space {space_obj.name!r} varies more than image_size, batch_size and learning_rate: "
             "the end-to-end path (--no-cache) trains only the paper's head"
         )
     if resize not in RESIZE_METHODS:
-        raise UserError(f"unknown resize {resize!r} (choose from {', '.join(RESIZE_METHODS)})")
+        raise InvalidArgument(
+            f"unknown resize {resize!r} (choose from {', '.join(RESIZE_METHODS)})"
+        )
     if pruner not in PRUNERS:
-        raise UserError(f"unknown pruner {pruner!r} (choose from {', '.join(PRUNERS)})")
+        raise InvalidArgument(f"unknown pruner {pruner!r} (choose from {', '.join(PRUNERS)})")
     if epochs is not None and not 1 <= epochs <= 1000:
-        raise UserError(f"--epochs must be between 1 and 1000, not {epochs}")
+        raise InvalidArgument(f"--epochs must be between 1 and 1000, not {epochs}")
     if not 0 <= max_retries <= 100:
-        raise UserError(f"--max-retries must be between 0 and 100, not {max_retries}")
+        raise InvalidArgument(f"--max-retries must be between 0 and 100, not {max_retries}")
     if weights not in ("imagenet", "none"):
         if len(specs) > 1:
-            raise UserError(
+            raise InvalidArgument(
                 f"a weights file fits one backbone, not {len(specs)} "
                 f"({', '.join(s.name for s in specs)}): use imagenet or none"
             )
@@ -156,7 +158,7 @@ def create(
     dataset = open_dataset(data)
     store = open_storage(storage, create=True)
     if name in _study_names(store):
-        raise UserError(f"study {name!r} already exists (pick another --name, or delete it)")
+        raise AlreadyExists(f"study {name!r} already exists (pick another --name, or delete it)")
     config = StudyConfig(
         name=name,
         backbone=spec.name,
@@ -186,7 +188,7 @@ def create(
             pruner=_pruner(config),
         )
     except optuna.exceptions.DuplicatedStudyError:  # another create won the race
-        raise UserError(
+        raise AlreadyExists(
             f"study {name!r} already exists (pick another --name, or delete it)"
         ) from None
     try:
@@ -257,11 +259,11 @@ def load(name: str, storage: str | None = None) -> tuple[optuna.Study, StudyConf
     store = open_storage(storage)
     if name not in _study_names(store):
         known = ", ".join(_study_names(store)) or "none"
-        raise UserError(f"no study named {name!r} in {masked_url(storage)} (studies: {known})")
+        raise NotFound(f"no study named {name!r} in {masked_url(storage)} (studies: {known})")
     study = optuna.load_study(study_name=name, storage=store)
     raw = study.user_attrs.get(CONFIG_ATTR)
     if raw is None:
-        raise UserError(f"study {name!r} was not created by clothopt (no config stored)")
+        raise InvalidArgument(f"study {name!r} was not created by clothopt (no config stored)")
     config = StudyConfig.from_json(raw)
     if MAX_RETRIES_ATTR not in study.user_attrs:  # created before the engine read it there
         set_max_retries(study, config.max_retries)
@@ -281,7 +283,7 @@ def delete(name: str, storage: str | None = None, on_delete: DeleteHook | None =
 
     store = open_storage(storage)
     if name not in _study_names(store):
-        raise UserError(f"no study named {name!r} in {masked_url(storage)}")
+        raise NotFound(f"no study named {name!r} in {masked_url(storage)}")
     study = optuna.load_study(study_name=name, storage=store)
     folder = study_dir(storage, name) if _is_valid_name(name) else None
     n_trials = len(study.get_trials(deepcopy=False))

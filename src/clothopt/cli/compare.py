@@ -97,10 +97,10 @@ class CompareBackbones(_Command):
         from pathlib import Path
 
         from clothopt.reports.backbones import backbone_report
-        from clothopt.reports.paper import GRID_FILE, default_paper_dir
+        from clothopt.reports.paper import GRID_FILE, paper_dir_if_present
 
         if args.paper is None:
-            paper = default_paper_dir(GRID_FILE)
+            paper = paper_dir_if_present("../shared/paper", GRID_FILE)
         elif args.paper == "none":
             paper = None
         else:

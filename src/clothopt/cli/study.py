@@ -266,10 +266,10 @@ def _paper_arg(p: argparse.ArgumentParser) -> None:
 def _paper_dir(value: str | None) -> Any:
     from pathlib import Path
 
-    from clothopt.reports.paper import default_paper_dir
+    from clothopt.reports.paper import paper_dir_if_present
 
     if value is None:
-        return default_paper_dir()
+        return paper_dir_if_present("../shared/paper")
     if value == "none":
         return None
     if not (Path(value) / "final_test.csv").is_file():

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -14,14 +13,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from clothopt._io import atomic_path
-from clothopt.engine import storage_of, storage_url_of, study_id, trial_id
-from clothopt.engine.storage import artifact_file, default_artifact_mimetype
-from clothopt.errors import UserError
+from clothopt.engine.optuna_private import (
+    FINISHED_TRIAL_ARTIFACT_PREFIX,
+    finished_trial_artifact_key,
+    storage_of,
+    study_id,
+)
+from clothopt.engine.storage import storage_url_of
+from clothopt.errors import InvalidArgument, NotFound, UserError, WriteFailed
+from clothopt.logging import get_logger
 from clothopt.paths import ARTIFACTS_ENV, artifact_dir
 
 if TYPE_CHECKING:
     import optuna
-    from optuna.artifacts._protocol import ArtifactStore
+    from optuna.artifacts import FileSystemArtifactStore
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
 
@@ -40,24 +45,22 @@ __all__ = [
 
 REPORT_NAME = "validation_report.json"
 METRIC_NAME = "val_f1_macro"  # what every trial's value is
-# optuna-dashboard's own place for a trial's artifact metadata in the study's system attrs
-# (optuna_dashboard.artifact._backend._dashboard_artifact_prefix); the only one it accepts for
-# a trial that has already finished, whose own attributes the storage no longer changes
-_FINISHED_TRIAL_ARTIFACT_PREFIX = "dashboard:artifacts:"
+# what optuna.artifacts.upload_artifact calls a file whose type it cannot guess
+DEFAULT_MIMETYPE = "application/octet-stream"
 
-_log = logging.getLogger(__name__)
+_log = get_logger(__name__)
 
 
 # --------------------------------------------------------------------------- artifact store
 
 
-def artifact_store(folder: str | os.PathLike[str]) -> ArtifactStore:
+def artifact_store(folder: str | os.PathLike[str]) -> FileSystemArtifactStore:
     """A file-system artifact store in ``folder`` (created) whose writes are atomic."""
     path = Path(folder)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create the artifact folder {path}: {exc.strerror}") from None
+        raise WriteFailed(f"cannot create the artifact folder {path}: {exc.strerror}") from None
     return _atomic_store_class()(path)
 
 
@@ -66,28 +69,32 @@ def _atomic_store_class() -> type:
 
     class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
         # the dashboard may read an artifact while it is written: it sees all of it or nothing
+        def __init__(self, base_path: str | os.PathLike[str]) -> None:
+            super().__init__(base_path)
+            self.folder = Path(base_path).resolve()
+
         def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-            dest = artifact_file(self, artifact_id)  # rejects ids that leave the folder
+            dest = (self.folder / artifact_id).resolve()
+            if self.folder not in dest.parents:  # as the base class: no id leaves the folder
+                raise InvalidArgument(f"bad artifact id {artifact_id!r}")
             with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
                 shutil.copyfileobj(content_body, fh)
 
     return AtomicFileSystemArtifactStore
 
 
-_ARTIFACT_PREFIX = "artifacts:"  # optuna.artifacts' own key prefix (study and trial attrs)
-
-
 def artifact_ids(study: optuna.Study) -> list[str]:
     """The ids of every artifact of a study and of its trials (none of any other study)."""
-    keys = list(storage_of(study).get_study_system_attrs(study_id(study)))
+    from optuna.artifacts import get_all_artifact_meta
+
+    storage = storage_of(study)
+    metas = get_all_artifact_meta(study)
     for trial in study.get_trials(deepcopy=False):
-        keys += list(trial.system_attrs)
-    ids = []
-    for key in keys:
-        for prefix in (_FINISHED_TRIAL_ARTIFACT_PREFIX, _ARTIFACT_PREFIX):
-            if key.startswith(prefix):
-                ids.append(key[len(prefix) :].rsplit(":", 1)[-1])  # <trial id>:<id> or <id>
-                break
+        metas += get_all_artifact_meta(trial, storage=storage)
+    ids = [m.artifact_id for m in metas]
+    for key in storage.get_study_system_attrs(study_id(study)):  # finished trials' artifacts
+        if key.startswith(FINISHED_TRIAL_ARTIFACT_PREFIX):
+            ids.append(key.rsplit(":", 1)[-1])  # <prefix><trial id>:<id>
     return sorted(set(ids))
 
 
@@ -114,7 +121,9 @@ def remove_artifacts(
     return [f"{removed} artifact file(s) from {folder}"] if removed else []
 
 
-def _store_for(storage: BaseStorage, override: str | os.PathLike[str] | None) -> ArtifactStore:
+def _store_for(
+    storage: BaseStorage, override: str | os.PathLike[str] | None
+) -> FileSystemArtifactStore:
     return artifact_store(artifact_dir(storage_url_of(storage), override))
 
 
@@ -208,7 +217,7 @@ def attach_files(
     files = [Path(p) for p in paths]
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
-        raise UserError(f"cannot attach {', '.join(missing)}: no such file")
+        raise NotFound(f"cannot attach {', '.join(missing)}: no such file")
     storage = storage_of(study)
     store = artifact_store(artifact_dir(storage_url or storage_url_of(storage), artifacts))
     if trial_number is None:
@@ -218,7 +227,7 @@ def attach_files(
         ]
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == trial_number), None)
     if trial is None:
-        raise UserError(f"study {study.study_name!r} has no trial {trial_number}")
+        raise NotFound(f"study {study.study_name!r} has no trial {trial_number}")
     if not trial.state.is_finished():
         return [
             upload_artifact(
@@ -232,7 +241,7 @@ def attach_files(
 def _attach_to_finished(
     study: optuna.Study,
     trial: FrozenTrial,
-    store: ArtifactStore,
+    store: FileSystemArtifactStore,
     path: Path,
     body: BinaryIO | None = None,
 ) -> str:
@@ -248,7 +257,7 @@ def _attach_to_finished(
     else:
         with open(path, "rb") as fh:
             store.write(meta.artifact_id, fh)
-    key = f"{_FINISHED_TRIAL_ARTIFACT_PREFIX}{trial_id(trial)}:{meta.artifact_id}"
+    key = finished_trial_artifact_key(trial, meta.artifact_id)
     storage_of(study).set_study_system_attr(
         study_id(study), key, json.dumps(dataclasses.asdict(meta))
     )
@@ -266,6 +275,6 @@ def _meta_for(path: Path) -> optuna.artifacts.ArtifactMeta:
     return ArtifactMeta(
         artifact_id=str(uuid.uuid4()),
         filename=path.name,
-        mimetype=mimetype or default_artifact_mimetype(),
+        mimetype=mimetype or DEFAULT_MIMETYPE,
         encoding=encoding,
     )

@@ -7,23 +7,22 @@ import errno
 import ipaddress
 import os
 import socket
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
 from clothopt.dashboard.artifacts import artifact_store
-from clothopt.errors import UserError
+from clothopt.errors import InvalidArgument, NotFound
+from clothopt.logging import get_logger
 from clothopt.paths import DEFAULT_STORAGE, artifact_dir, masked_url
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "DashboardServer",
     "serve",
 ]
+
+_log = get_logger(__name__)
 
 
 def _is_loopback(host: str) -> bool:
@@ -109,7 +108,7 @@ def _check_sqlite_exists(url: str) -> None:
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         path = Path(parsed.database).expanduser()
         if not path.is_file():  # opening it would create an empty database
-            raise UserError(
+            raise NotFound(
                 f"no studies at {path} (create one with clothopt study create, or pass --storage)"
             )
 
@@ -130,9 +129,11 @@ def _make_server(host: str, port: int, app: Any) -> Any:
         return make_server(host, port, app, server_class=Server, handler_class=Handler)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise UserError(f"port {port} on {host} is in use (pick another --port)") from None
+            raise InvalidArgument(
+                f"port {port} on {host} is in use (pick another --port)"
+            ) from None
         reason = exc.strerror or str(exc)
-        raise UserError(f"cannot listen on {host}:{port}: {reason}") from None
+        raise InvalidArgument(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 def serve(
@@ -140,25 +141,23 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     artifacts: str | os.PathLike[str] | None = None,
-    out: IO[str] | None = None,
 ) -> int:
-    """``clothopt dashboard``: serve until Ctrl-C (exit 0) and say where."""
-    out = out or sys.stdout
+    """``clothopt dashboard``: serve until Ctrl-C (exit 0); where it serves is logged (INFO)."""
     server = DashboardServer(storage_url, host, port, artifacts)
     if server.exposed:
-        print(
-            f"clothopt: warning: the dashboard has no authentication; anyone who can reach "
-            f"{host}:{server.port} can read, change and delete these studies",
-            file=sys.stderr,
-            flush=True,
+        _log.warning(
+            "warning: the dashboard has no authentication; anyone who can reach %s:%d can "
+            "read, change and delete these studies",
+            host,
+            server.port,
         )
-    print(f"optuna-dashboard on {masked_url(server.storage_url)}", file=out)
-    print(f"artifacts in {server.artifact_dir}", file=out)
-    print(f"open {server.url}  (Ctrl-C stops it)", file=out, flush=True)
+    _log.info("optuna-dashboard on %s", masked_url(server.storage_url))
+    _log.info("artifacts in %s", server.artifact_dir)
+    _log.info("open %s  (Ctrl-C stops it)", server.url)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("dashboard stopped", file=out, flush=True)
+        _log.info("dashboard stopped")
     finally:
         server.shutdown()
     return 0

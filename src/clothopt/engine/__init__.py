@@ -1,8 +1,9 @@
 """A generic study engine on Optuna: storage, an exactly-once trial queue, a resilient runner.
 
 It knows nothing of clothopt's models, data or search spaces (only ``clothopt.errors``,
-``clothopt.paths`` and ``clothopt._io``): callers pass plain values (a budget, whether the
-sampler may be asked) and callbacks.
+``clothopt.logging``, ``clothopt.paths`` and ``clothopt._io``): callers pass plain values (a
+budget, whether the sampler may be asked) and callbacks. Optuna's private names it needs live
+in :mod:`clothopt.engine.optuna_private`.
 """
 
 from __future__ import annotations

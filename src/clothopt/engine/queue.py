@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import socket
 import time
@@ -27,7 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clothopt._io import file_lock
-from clothopt.engine.storage import GRACE_PERIOD, sql_engine_of, storage_of, study_id, trial_id
+from clothopt.engine.optuna_private import enqueued_params, storage_of, study_id, trial_id
+from clothopt.engine.storage import GRACE_PERIOD, sql_engine_of
+from clothopt.logging import get_logger
 
 if TYPE_CHECKING:
     import optuna
@@ -62,7 +63,7 @@ _REQUEUE_REASONS = (DIED, INTERRUPTED, TERMINATED)
 # a clean stop (Ctrl-C, SIGTERM) is not the trial's fault: its copy does not use up a retry
 _UNCOUNTED_REASONS = (INTERRUPTED, TERMINATED)
 
-_log = logging.getLogger(__name__)
+_log = get_logger(__name__)
 
 
 # --------------------------------------------------------------------------- owner, retries
@@ -90,7 +91,7 @@ def _owner_dead(who: dict[str, Any]) -> bool:
 
 def trial_params(trial: FrozenTrial) -> dict[str, Any]:
     """The parameters a trial runs with: those it was enqueued with, else those it chose."""
-    return dict(trial.system_attrs.get("fixed_params") or trial.params)
+    return enqueued_params(trial) or dict(trial.params)
 
 
 def set_max_retries(study: optuna.Study, n: int) -> None:

@@ -1,14 +1,12 @@
-"""Opening a storage, and THE ONE adapter to Optuna internals.
+"""Opening a storage: heartbeats on, SQLite tuned for many small commits and serialized for
+the exactly-once queue, and one line for each way a storage can fail.
 
-Every private attribute of an Optuna object that clothopt needs (a study's storage and id, a
-trial's id, the RDB storage behind optuna's cache wrapper, an artifact store's file path) is
-read here, by a small named function, so an Optuna upgrade that renames one breaks one place.
+The few Optuna internals the engine needs live in :mod:`clothopt.engine.optuna_private`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 import warnings
@@ -16,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clothopt.engine.optuna_private import rdb_of, storage_of, study_id, trial_id
 from clothopt.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -27,15 +26,11 @@ from clothopt.paths import DEFAULT_STORAGE, masked_url
 
 if TYPE_CHECKING:
     import optuna
-    from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
 
 __all__ = [
     "GRACE_PERIOD",
     "HEARTBEAT_INTERVAL",
-    "artifact_file",
-    "default_artifact_mimetype",
-    "one_transaction",
     "open_storage",
     "rdb_of",
     "set_user_attrs",
@@ -53,29 +48,6 @@ GRACE_PERIOD = int(os.environ.get("CLOTHOPT_GRACE_PERIOD", "30"))
 StaleCallback = Callable[["optuna.Study", "FrozenTrial"], None]
 
 
-# --------------------------------------------------------------------------- the adapter
-
-
-def storage_of(study: optuna.Study) -> BaseStorage:
-    """The storage a study reads and writes (Optuna keeps it private)."""
-    return study._storage
-
-
-def study_id(study: Any) -> int:
-    """The storage's id of a ``Study`` or a ``FrozenStudy`` (a summary from get_all_studies)."""
-    return int(study._study_id)
-
-
-def trial_id(trial: Any) -> int:
-    """The storage's id of a ``Trial`` or a ``FrozenTrial`` (not its number)."""
-    return int(trial._trial_id)
-
-
-def rdb_of(storage: Any) -> Any:
-    """The RDBStorage itself: ``optuna.load_study`` wraps it in a cache."""
-    return getattr(storage, "_backend", storage)
-
-
 def storage_url_of(storage: Any) -> str | None:
     """The URL of an RDB storage (also behind optuna's cache wrapper); None for others."""
     url = getattr(rdb_of(storage), "url", None)
@@ -87,102 +59,11 @@ def sql_engine_of(study: optuna.Study) -> Any:
     return getattr(rdb_of(storage_of(study)), "engine", None)
 
 
-def artifact_file(store: Any, artifact_id: str) -> Path:
-    """Where a ``FileSystemArtifactStore`` keeps an artifact (it rejects ids that leave it)."""
-    return Path(store._get_filepath(artifact_id))
-
-
-def default_artifact_mimetype() -> str:
-    """The MIME type ``optuna.artifacts.upload_artifact`` gives a file it cannot guess."""
-    from optuna.artifacts._upload import DEFAULT_MIME_TYPE
-
-    return DEFAULT_MIME_TYPE
-
-
-# --------------------------------------------------------------------------- one transaction
-
-
-class _BufferedStorage:
-    """A trial's storage that keeps the trial's parameter and user-attribute writes for later;
-    everything else (reads, other trials, other writes) goes straight to the storage."""
-
-    def __init__(self, storage: Any, trial_id: int) -> None:
-        self._storage = storage
-        self._trial_id = trial_id
-        self.writes: list[tuple[str, tuple[Any, ...]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._storage, name)
-
-    def set_trial_param(self, trial_id: int, name: str, value: float, distribution: Any) -> None:
-        if trial_id != self._trial_id:
-            self._storage.set_trial_param(trial_id, name, value, distribution)
-        else:
-            self.writes.append(("param", (name, value, distribution)))
-
-    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        if trial_id != self._trial_id:
-            self._storage.set_trial_user_attr(trial_id, key, value)
-        else:
-            # a copy as stored now (not serializable: raise here, as the storage would)
-            self.writes.append(("user", (key, json.loads(json.dumps(value)))))
-
-
-def _write_all(rdb: Any, tid: int, writes: list[tuple[str, tuple[Any, ...]]]) -> None:
-    """The writes in order, in one session: one transaction, one commit (one fsync)."""
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    if not writes:
-        return
-    # ignore_integrity_error as optuna's own set_trial_param / set_trial_user_attr
-    with _create_scoped_session(rdb.scoped_session, True) as session:
-        for kind, args in writes:
-            if kind == "param":
-                rdb._set_trial_param_without_commit(session, tid, *args)
-            else:
-                rdb._set_trial_attr_without_commit(
-                    session, models.TrialUserAttributeModel, tid, *args
-                )
-
-
-@contextlib.contextmanager
-def one_transaction(trial: Any) -> Iterator[None]:
-    """The parameters a running trial suggests and the user attributes it sets in the block
-    are written in ONE storage transaction when the block ends, in the order they were made.
-
-    Optuna's RDB storage commits each of them on its own, and on SQLite each commit is an
-    fsync: a trial of a wide space (13 parameters, 15 attributes) paid ~30 of them. What is
-    stored is the same; the trial itself (``trial.params``, ``trial.user_attrs``) sees every
-    value at once, as before. If the block raises, what it made is still written (as the
-    one-by-one writes would have been), unless that fails too: then the block's error wins.
-    A trial of another storage (in memory) or not an ``optuna.Trial`` writes as usual.
-    """
-    import optuna
-
-    storage = getattr(trial, "storage", None)
-    rdb = rdb_of(storage)
-    if not isinstance(trial, optuna.Trial) or not isinstance(rdb, optuna.storages.RDBStorage):
-        yield
-        return
-    buffered = _BufferedStorage(storage, trial_id(trial))
-    trial.storage = buffered  # Trial writes through its own ``storage`` attribute
-    try:
-        yield
-    except BaseException:
-        trial.storage = storage
-        with contextlib.suppress(Exception):
-            _write_all(rdb, trial_id(trial), buffered.writes)
-        raise
-    trial.storage = storage
-    _write_all(rdb, trial_id(trial), buffered.writes)
-
-
-def set_user_attrs(trial: Any, attrs: Mapping[str, Any]) -> None:
-    """``trial.set_user_attr`` for each of ``attrs``, in one storage transaction."""
-    with one_transaction(trial):
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+    """``trial.set_user_attr`` for each of ``attrs``, in order (one commit each: on SQLite in
+    WAL mode with ``synchronous=NORMAL`` a commit does not wait for the disk)."""
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
 
 
 # --------------------------------------------------------------------------- open
@@ -315,19 +196,31 @@ def storage_errors(study_name: str | None = None) -> Iterator[None]:
 
 
 def _serialize_sqlite_transactions(engine: Any) -> None:
-    """Make every SQLite transaction ``BEGIN IMMEDIATE``.
+    """Make every SQLite transaction ``BEGIN IMMEDIATE``, and commits cheap.
 
     pysqlite starts a transaction only at the first write, so two workers can both read a
     trial as WAITING and both switch it to RUNNING: the check-and-set that makes a queue pop
     atomic is not atomic on SQLite by default. Taking the write lock at BEGIN (SQLAlchemy's
     documented recipe) serializes those transactions; waiting workers queue on the lock
     (timeout 60 s) instead of failing with "database is locked".
+
+    Optuna commits each parameter and attribute of a trial on its own (~50 a trial). In
+    SQLite's default rollback journal each commit waits for the disk (fsyncs); in WAL mode
+    with ``synchronous=NORMAL`` a commit appends to the log and only checkpoints wait, so
+    a trial's writes cost milliseconds. The database stays consistent after a crash; a power
+    loss may lose the last commits (a trial then reruns). Readers no longer block writers.
     """
     from sqlalchemy import event
 
     @event.listens_for(engine, "connect")
-    def _no_implicit_transactions(dbapi_connection: Any, record: Any) -> None:
-        dbapi_connection.isolation_level = None
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None  # no implicit transactions
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")  # stored in the file: once suffices
+            cursor.execute("PRAGMA synchronous=NORMAL")  # per connection
+        finally:
+            cursor.close()
 
     @event.listens_for(engine, "begin")
     def _begin_immediate(conn: Any) -> None:

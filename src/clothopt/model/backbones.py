@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from clothopt.errors import UserError
+from clothopt.errors import InvalidArgument, ModelError, NotFound
 
 if TYPE_CHECKING:
     import keras
@@ -93,7 +93,7 @@ class BackboneSpec:
 
     def check_size(self, size: int) -> None:
         if size < self.min_size:
-            raise UserError(
+            raise InvalidArgument(
                 f"image size {size} is below the minimum of {self.name} ({self.min_size} px)"
             )
 
@@ -255,7 +255,9 @@ def get_backbone(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise UserError(f"unknown backbone {name!r} (choose from {', '.join(BACKBONES)})") from None
+        raise InvalidArgument(
+            f"unknown backbone {name!r} (choose from {', '.join(BACKBONES)})"
+        ) from None
 
 
 def weights_id(weights: str, seed: int = 0) -> str:
@@ -268,7 +270,7 @@ def weights_id(weights: str, seed: int = 0) -> str:
         return f"random-seed{seed}"
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise UserError(f"weights file not found: {weights} (use imagenet, none or a file path)")
+        raise NotFound(f"weights file not found: {weights} (use imagenet, none or a file path)")
     return f"file-{file_sha256(path)[:16]}"
 
 
@@ -293,7 +295,7 @@ def _dtype_policy(precision: str) -> Iterator[None]:
     try:
         policy = PRECISIONS[precision]
     except KeyError:
-        raise UserError(
+        raise InvalidArgument(
             f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})"
         ) from None
     previous = keras.config.dtype_policy()
@@ -329,7 +331,7 @@ def _build_base(spec: BackboneSpec, size: int, weights: str, seed: int) -> keras
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise UserError(f"weights file not found: {weights}")
+            raise NotFound(f"weights file not found: {weights}")
         arg = str(path)
     try:
         with warnings.catch_warnings():
@@ -340,9 +342,9 @@ def _build_base(spec: BackboneSpec, size: int, weights: str, seed: int) -> keras
             )
     except Exception as exc:  # Keras raises plain Exception/ValueError for both cases
         if weights == "imagenet":
-            raise UserError(_imagenet_hint(spec, exc)) from None
+            raise ModelError(_imagenet_hint(spec, exc)) from None
         if weights != "none":
-            raise UserError(f"cannot load weights {weights} into {spec.name}: {exc}") from None
+            raise ModelError(f"cannot load weights {weights} into {spec.name}: {exc}") from None
         raise
     base.trainable = False
     return base

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt.data.images import nearest_indices
+from clothopt.errors import InvalidArgument
 from clothopt.model.backbones import BackboneSpec, build_base, preprocessing_layers
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ def _head_layers(
     layers: list[keras.layers.Layer] = []
     weights = None if head.weights is None else [np.asarray(w, "float32") for w in head.weights]
     if weights is not None and len(weights) != 2 * (head.hidden_layers + 1):
-        raise ValueError(
+        raise InvalidArgument(
             f"a head with {head.hidden_layers} hidden layers has {2 * (head.hidden_layers + 1)} "
             f"weight arrays, not {len(weights)}"
         )
@@ -127,7 +128,7 @@ def _head_layers(
         layers.append(keras.layers.UnitNormalization(name=L2_LAYER))
     elif head.normalize == "standardize":
         if head.mean is None or head.std is None:
-            raise ValueError("a standardizing head needs the train features' mean and std")
+            raise InvalidArgument("a standardizing head needs the train features' mean and std")
         mean, std = np.asarray(head.mean, "float64"), np.asarray(head.std, "float64")
         # Normalization divides by max(sqrt(var), epsilon): a std below epsilon is divided by
         # epsilon there, and the rest of its division folded into the next kernel's rows
@@ -138,7 +139,7 @@ def _head_layers(
         if weights is not None and np.any(clamped != std):
             weights[0] = (weights[0] * (clamped / std)[:, None]).astype("float32")
     elif head.normalize != "none":
-        raise ValueError(f"unknown normalization {head.normalize!r}")
+        raise InvalidArgument(f"unknown normalization {head.normalize!r}")
     dense: list[keras.layers.Dense] = []
     for i in range(head.hidden_layers + 1):
         # dropout as the trainer places it: before every Dense but the first hidden one
@@ -278,13 +279,13 @@ def compose(
 
     sizes = [size] if isinstance(size, int) else [int(s) for s in size]
     if not sizes or len(set(sizes)) != len(sizes):
-        raise ValueError(f"sizes must be distinct and at least one, not {sizes}")
+        raise InvalidArgument(f"sizes must be distinct and at least one, not {sizes}")
     if softmax and head is None:
-        raise ValueError("softmax needs a head")
+        raise InvalidArgument("softmax needs a head")
     if (len(sizes) > 1 or tta) and not raw_input:
-        raise ValueError("several sizes or tta need raw_input (the resize is in the model)")
+        raise InvalidArgument("several sizes or tta need raw_input (the resize is in the model)")
     if tta and head is None:
-        raise ValueError("tta averages logits: it needs a head")
+        raise InvalidArgument("tta averages logits: it needs a head")
     many = len(sizes) > 1
     bases = {}
     for s in sizes:
@@ -338,7 +339,7 @@ def compose(
             out, main = keras.layers.Softmax(name="probabilities")(out), "probabilities"
     if extra_outputs:
         if main in extra_outputs:
-            raise ValueError(f"extra output {main!r} would replace the main output")
+            raise InvalidArgument(f"extra output {main!r} would replace the main output")
         out = {main: out, **{k: build(pooled) for k, build in extra_outputs.items()}}
     if name is None:
         suffix = {"features": "features", "logits": "e2e", "probabilities": "classifier"}[main]

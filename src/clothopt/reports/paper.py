@@ -1,4 +1,4 @@
-"""The published study's tables (``../shared/paper``), and ours beside its Table III.
+"""The published study's tables (a folder the caller names), and ours beside its Table III.
 
 ``grid_validation_f1.csv``: Table I, the validation macro-F1 (%) of every grid point, one
 column per backbone. ``final_test.csv``: Table III, one row per metric, one column per backbone.
@@ -10,7 +10,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from clothopt.errors import UserError
+from clothopt.errors import DataError, NotFound
 from clothopt.reports.render import format_table
 from clothopt.spaces import PAPER_PARAMS
 
@@ -19,7 +19,7 @@ __all__ = [
     "GRID_KEYS",
     "TABLE_THREE",
     "TEST_FILE",
-    "default_paper_dir",
+    "paper_dir_if_present",
     "paper_table",
     "paper_test_columns",
     "read_paper",
@@ -40,9 +40,9 @@ TABLE_THREE = (
 )
 
 
-def default_paper_dir(needs: str = TEST_FILE) -> Path | None:
-    """``../shared/paper`` (beside the checkout) when it holds the table ``needs``."""
-    found = Path("../shared/paper")
+def paper_dir_if_present(folder: str | Path, needs: str = TEST_FILE) -> Path | None:
+    """``folder`` when it holds the table ``needs``, else None (the CLI passes its default)."""
+    found = Path(folder)
     return found if (found / needs).is_file() else None
 
 
@@ -54,10 +54,12 @@ def read_paper(paper: Path | None, name: str) -> list[dict[str, str]]:
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             return list(csv.DictReader(fh))
+    except FileNotFoundError:
+        raise NotFound(f"cannot read the paper's table {path}: no such file") from None
     except OSError as exc:
-        raise UserError(f"cannot read the paper's table {path}: {exc.strerror}") from None
+        raise DataError(f"cannot read the paper's table {path}: {exc.strerror}") from None
     except csv.Error as exc:
-        raise UserError(f"cannot read the paper's table {path}: {exc}") from None
+        raise DataError(f"cannot read the paper's table {path}: {exc}") from None
 
 
 def paper_test_columns(paper: Path | None) -> dict[str, dict[str, str]]:
@@ -68,7 +70,7 @@ def paper_test_columns(paper: Path | None) -> dict[str, dict[str, str]]:
         try:
             metric = row.pop("metric")
         except KeyError:
-            raise UserError(
+            raise DataError(
                 f"cannot read the paper's table {Path(paper or '.') / TEST_FILE}: no metric column"
             ) from None
         for backbone, value in row.items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -11,10 +11,18 @@ from clothopt.reports.stats import TOLERANCE, step_curve_mean
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
-
-    from clothopt.reports.samplers import SamplerRun
+    from optuna.trial import FrozenTrial
 
 __all__ = ["sampler_figures"]
+
+
+class _Run(Protocol):
+    """What a figure reads of a ``reports.samplers.SamplerRun`` (named here, not imported:
+    that module imports this one)."""
+
+    name: str
+    trials: list[FrozenTrial]
+
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
 
@@ -108,7 +116,7 @@ def sampler_figures(
     studies, sampler_of = [], {}
     for s in samplers:
         for r in by_sampler.get(s) or []:
-            run: SamplerRun = r["_run"]
+            run: _Run = r["_run"]
             st = optuna.create_study(study_name=run.name, direction="maximize")
             st.add_trials(run.trials[:budget])
             studies.append(st)

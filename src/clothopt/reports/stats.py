@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from clothopt.errors import InvalidArgument
+
 __all__ = [
     "TOLERANCE",
     "best_so_far",
@@ -54,7 +56,7 @@ def mcnemar(
 
     y, a, b = (np.asarray(v).ravel() for v in (y_true, pred_a, pred_b))
     if not len(y) == len(a) == len(b):
-        raise ValueError(f"lengths differ: labels {len(y)}, A {len(a)}, B {len(b)}")
+        raise InvalidArgument(f"lengths differ: labels {len(y)}, A {len(a)}, B {len(b)}")
     right_a, right_b = a == y, b == y
     a_only = int(np.sum(right_a & ~right_b))
     b_only = int(np.sum(~right_a & right_b))
