@@ -19,10 +19,6 @@ PACKAGE = SRC / "clothopt"
 ADAPTER = "clothopt.engine.optuna_private"
 OPTUNA_PACKAGES = ("optuna", "optuna_dashboard")
 
-# The one known cycle, removed by the `spec` helper's branch (spaces <-> samplers, type-only):
-# delete this exception when that branch is merged.
-KNOWN_CYCLES = [frozenset({"clothopt.spaces", "clothopt.samplers"})]
-
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(SRC).with_suffix("").parts)
@@ -147,7 +143,7 @@ def test_cycles_are_found_and_shown() -> None:
 def test_no_import_cycle_type_only_ones_included() -> None:
     graph = import_graph(modules())
     assert len(graph) > 50 and graph["clothopt.engine.queue"] >= {"clothopt.engine.storage"}
-    found = [c for c in cycles(graph) if frozenset(c) not in KNOWN_CYCLES]
+    found = cycles(graph)
     assert not found, "import cycles: " + "; ".join(" -> ".join(a_cycle(graph, c)) for c in found)
 
 

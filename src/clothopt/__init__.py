@@ -62,7 +62,9 @@ def __getattr__(name: str) -> Any:
 
         value = importlib.import_module(f"clothopt.{name}")
     elif name == "__version__":
-        value = _version()
+        from clothopt._version import version
+
+        value = version()
     else:
         raise AttributeError(f"module 'clothopt' has no attribute {name!r}")
     globals()[name] = value
@@ -71,12 +73,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("clothopt")
-    except metadata.PackageNotFoundError:  # a source tree that is not installed
-        return "0.0.0+unknown"

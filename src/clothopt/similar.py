@@ -230,7 +230,7 @@ def build_index(
     """
     import faiss
 
-    from clothopt import __version__
+    from clothopt._version import version
     from clothopt.predict import iter_images, load_classifier
 
     start = time.perf_counter()
@@ -260,7 +260,7 @@ def build_index(
     index = make_index(x, plan)
     meta = {
         "format": INDEX_FORMAT,
-        "clothopt": __version__,
+        "clothopt": version(),
         "model": str(model_path),
         "model_sha256": file_sha256(model_path),
         "catalogue": str(root),

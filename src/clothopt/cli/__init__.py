@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import clothopt.logging as clothopt_logging
-from clothopt import __version__
 from clothopt._quiet import VERBOSE_ENV, verbose
+from clothopt._version import version
 from clothopt.cli._args import _Command
 from clothopt.cli.compare import CompareBackbones, CompareSamplers, Dashboard
 from clothopt.cli.data import Backbones, DataCheck, DataFetch
@@ -75,7 +75,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="clothopt",
         description="Backbone and hyperparameter search for clothing classifiers, on Optuna.",
     )
-    parser.add_argument("--version", action="version", version=f"clothopt {__version__}")
+    parser.add_argument("--version", action="version", version=f"clothopt {version()}")
     parser.add_argument(
         "--verbose",
         action="store_true",
