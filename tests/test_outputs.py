@@ -1,0 +1,446 @@
+"""Issue #18 A, C, D: what a command may write (clothopt.outputs), output folders written as one
+unit, and every refused write in one line with the previous results intact."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+from PIL import Image
+
+from clothopt import outputs
+from clothopt._io import atomic_write_text, write_failed
+from clothopt.errors import OutputConflict, WriteFailed
+from conftest import run_cli, save_tiny_model
+
+CLASSES = ["hat", "pants", "shoes"]
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _sums(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``root`` (links not followed), by relative path."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def _one_error_line(err: str, *words: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], err
+    return lines[0]
+
+
+def _image(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (24, 20, 3)).astype(np.uint8)).save(path)
+    return path
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+def _index_file(path: Path) -> Path:
+    from clothopt.similar import INDEX_FORMAT
+
+    np.savez(path, meta=np.array(json.dumps({"format": INDEX_FORMAT})), paths=np.array(["a"]))
+    return path
+
+
+def test_an_output_file_is_never_an_input_nor_a_file_of_another_kind(tmp_path: Path) -> None:
+    photo = _image(tmp_path / "photo1.jpg")
+    (tmp_path / "link.html").symlink_to(photo)
+    os.link(photo, tmp_path / "hard.html")
+    before = _sums(tmp_path)
+    kind = outputs.SIMILAR_PAGE
+    for path, word in [
+        (photo, "reads"),  # the input itself
+        (tmp_path / "link.html", "reads"),  # the same file through a link
+        (tmp_path / "hard.html", "reads"),  # and through a hard link
+        (tmp_path / ".." / tmp_path.name / "photo1.jpg", "reads"),
+    ]:
+        with pytest.raises(OutputConflict, match=word):
+            outputs.check_output_file(path, kind, [photo], "--html")
+    other = _image(tmp_path / "photo2.jpg", 1)
+    before = _sums(tmp_path)
+    with pytest.raises(OutputConflict, match="not a similar-items page"):
+        outputs.check_output_file(other, kind, [photo], "--html")
+    with pytest.raises(OutputConflict, match="another kind"):
+        outputs.check_output_file(tmp_path / "new.jpg", kind, [photo], "--html")
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(OutputConflict, match="is a folder"):
+        outputs.check_output_file(tmp_path / "sub", kind, [photo], "--html")
+    with pytest.raises(OutputConflict, match="special file"):
+        outputs.check_output_file("/dev/null", kind, [photo], "--html")
+    fifo = tmp_path / "pipe.html"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputConflict, match="special file"):
+        outputs.check_output_file(fifo, kind, [photo], "--html")
+    assert _sums(tmp_path) == before
+    # a new name, and a page of its own kind, are fine
+    assert (
+        outputs.check_output_file(tmp_path / "page.html", kind, [photo]) == tmp_path / "page.html"
+    )
+    from clothopt.similar import write_html
+
+    write_html(tmp_path / "page.html", [str(photo)], [[]])
+    outputs.check_output_file(tmp_path / "page.html", kind, [photo])
+    # an index is recognised by its format, whatever its name
+    idx = _index_file(tmp_path / "mine.npz")
+    outputs.check_output_file(idx, outputs.INDEX, [photo])
+    with pytest.raises(OutputConflict, match="not a similar-item index"):
+        outputs.check_output_file(tmp_path / "page.html", outputs.INDEX, [photo])
+
+
+def test_an_output_folder_replaces_only_its_own_kind(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _image(data / "hat" / "a.png")
+    final = tmp_path / "runs" / "s" / "final"
+    final.mkdir(parents=True)
+    (final / "model.keras").write_bytes(b"model")
+    (final / "report.json").write_text(json.dumps({"trial": 0}))
+    kind = outputs.EVALUATION
+    cases = [
+        (data, "reads"),  # the labelled folder itself
+        (data / "hat", "reads"),  # inside it: a new class folder
+        (tmp_path, "reads"),  # holding it: replacing it would take the data along
+        (final, "not an evaluation"),  # finalize's folder
+        (data / "hat" / "a.png", "reads"),
+    ]
+    before = _sums(tmp_path)
+    for path, word in cases:
+        with pytest.raises(OutputConflict, match=word):
+            outputs.check_output_dir(path, kind, [data])
+    with pytest.raises(OutputConflict, match="file, not a folder"):
+        outputs.check_output_dir(final / "model.keras", kind, [data])
+    assert _sums(tmp_path) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    outputs.check_output_dir(empty, kind, [data])
+    outputs.check_output_dir(tmp_path / "new" / "deeper", kind, [data])
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "report.json").write_text(json.dumps({"model": "m", "dir": "d", "images": 3}))
+    (earlier / "confusion_matrix.html").write_text("<html>")
+    outputs.check_output_dir(earlier, kind, [data])
+    # an evaluation is not finalize's to replace either
+    from clothopt.final.store import check_replaceable
+
+    with pytest.raises(OutputConflict, match="not written by clothopt study finalize"):
+        check_replaceable(earlier)
+    check_replaceable(final)
+
+
+def test_a_folder_that_cannot_be_written_is_found_before_the_work(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(WriteFailed, match="afile is not a folder"):
+        outputs.check_writable(afile / "sub")
+    with pytest.raises(WriteFailed):
+        outputs.check_output_dir(afile / "out", outputs.EVALUATION, [])
+    outputs.check_writable(tmp_path / "not" / "yet")  # made when written
+
+
+# --------------------------------------------------------------------------- generated paths
+
+
+def _setup_world(root: Path) -> dict[str, Path]:
+    world = {
+        "index": _index_file(root / "in" / "similar.npz")
+        if (root / "in").mkdir() is None
+        else root,
+        "model": root / "in" / "model.keras",
+        "photo": _image(root / "in" / "photo.jpg"),
+        "other_image": _image(root / "other.png", 2),
+        "afile": root / "notes.txt",
+    }
+    world["model"].write_bytes(b"PK model")
+    world["afile"].write_text("mine")
+    (root / "link_to_photo.html").symlink_to(world["photo"])
+    (root / "dir").mkdir()
+    (root / "dir" / "keep.txt").write_text("keep")
+    os.mkfifo(root / "fifo.html")
+    return world
+
+
+_REFUSED = [
+    "index",
+    "model",
+    "photo",
+    "other_image",
+    "afile",
+    "link_to_photo.html",
+    "dir",
+    "fifo.html",
+    "/dev/null",
+    "notes.txt/under.html",
+]
+_REFUSED_FILE_NAMES = ["new.jpg", "new.keras", "new.png"]  # a new file named for another kind
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    choice=hs.sampled_from(_REFUSED + _REFUSED_FILE_NAMES),
+    kind=hs.sampled_from(["SIMILAR_PAGE", "INDEX", "EVALUATION", "COMPARE_BACKBONES"]),
+)
+def test_generated_output_paths_are_refused_and_change_nothing(
+    tmp_path_factory: pytest.TempPathFactory, choice: str, kind: str
+) -> None:
+    root = tmp_path_factory.mktemp("w")
+    world = _setup_world(root)
+    inputs = [world["index"], world["model"], world["photo"]]
+    path = world.get(choice) or (Path(choice) if choice.startswith("/") else root / choice)
+    before = _sums(root)
+    folder = kind in ("EVALUATION", "COMPARE_BACKBONES")
+    check = outputs.check_output_dir if folder else outputs.check_output_file
+    if folder and choice in _REFUSED_FILE_NAMES:
+        assert check(path, getattr(outputs, kind), inputs) == path  # a folder may take any name
+        return
+    with pytest.raises((OutputConflict, WriteFailed)) as info:
+        check(path, getattr(outputs, kind), inputs)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert _sums(root) == before
+
+
+# --------------------------------------------------------------------------- one unit
+
+
+def test_a_staged_folder_is_the_old_set_or_the_new_one(tmp_path: Path) -> None:
+    dest = tmp_path / "ev"
+    dest.mkdir()
+    (dest / "report.json").write_text("old")
+    (dest / "confusion_matrix.html").write_text("old")
+    before = _sums(dest)
+    with pytest.raises(KeyboardInterrupt), outputs.staged_dir(dest) as tmp:
+        (tmp / "report.json").write_text("new")
+        raise KeyboardInterrupt  # between the two files
+    assert _sums(dest) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev"]  # no staging left
+    with outputs.staged_dir(dest) as tmp:
+        (tmp / "report.json").write_text("new")
+    assert {p.name: p.read_text() for p in dest.iterdir()} == {"report.json": "new"}
+    assert oct(dest.stat().st_mode & 0o777) == oct(0o755)
+
+
+def test_a_signal_during_the_swap_waits_until_the_new_set_is_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clothopt.engine.runner import interrupts_raise
+
+    dest = tmp_path / "ev"
+    dest.mkdir()
+    (dest / "report.json").write_text("old")
+    real_replace = os.replace
+
+    def replace_then_signal(src: object, dst: object) -> None:
+        real_replace(src, dst)  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGTERM)  # between the two renames
+
+    from clothopt.errors import Terminated
+
+    with interrupts_raise(), pytest.raises(Terminated), outputs.staged_dir(dest) as tmp:
+        (tmp / "report.json").write_text("new")
+        monkeypatch.setattr(os, "replace", replace_then_signal)
+    monkeypatch.undo()
+    assert (dest / "report.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev"]
+
+
+def test_a_kill_between_the_renames_brings_the_old_set_back(tmp_path: Path) -> None:
+    dest = tmp_path / "ev"
+    aside = tmp_path / ".ev.old-999999999-abc"  # moved aside by a process that is gone
+    aside.mkdir()
+    (aside / "report.json").write_text("old")
+    (tmp_path / ".ev.stage-999999999-x").mkdir()
+    with outputs.staged_dir(dest) as tmp:
+        assert (dest / "report.json").read_text() == "old"  # recovered before the work
+        (tmp / "report.json").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev"]
+
+
+# --------------------------------------------------------------------------- refused writes
+
+
+def test_refused_writes_become_one_line_naming_the_path() -> None:
+    for code in (errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.ENOTDIR):
+        failed = write_failed(OSError(code, os.strerror(code), "/x/report.json"))
+        assert isinstance(failed, WriteFailed)
+        assert str(failed) == f"cannot write /x/report.json: {os.strerror(code)}"
+    assert write_failed(OSError(errno.ENOENT, "No such file", "/x")) is None  # a reader's
+    assert write_failed(ValueError("x")) is None
+
+
+def test_a_full_disk_leaves_the_file_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "page.html"
+    dest.write_text("old")
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteFailed, match=f"cannot write {dest}: No space left on device"):
+        atomic_write_text(dest, "new")
+    assert dest.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["page.html"]
+
+
+def _limit_file_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+
+def test_a_file_size_limit_is_one_line_and_keeps_the_old_file(tmp_path: Path) -> None:
+    dest = tmp_path / "big.json"
+    dest.write_text("old")
+    code = (
+        "import sys\nfrom clothopt._io import atomic_write_text\n"
+        "from clothopt.errors import WriteFailed\n"
+        "try:\n    atomic_write_text(sys.argv[1], 'x' * 100000)\n"
+        "except WriteFailed as exc:\n    print(exc)\n    sys.exit(2)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(dest)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        preexec_fn=_limit_file_size,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout.strip() == f"cannot write {dest}: File too large"
+    assert dest.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["big.json"]
+
+
+def test_a_write_the_cli_did_not_foresee_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clothopt.cli.data import DataCheck
+
+    def fails(self: object, args: object) -> int:
+        raise OSError(errno.EFBIG, "File too large", str(tmp_path / "f"))
+
+    monkeypatch.setattr(DataCheck, "run", fails)
+    code, out, err = run_cli(["data", "check", str(tmp_path)])
+    assert code == 2 and out == ""
+    _one_error_line(err, f"cannot write {tmp_path / 'f'}: File too large")
+
+
+# --------------------------------------------------------------------------- the commands
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cmds")
+    model = save_tiny_model(root / "final", CLASSES)
+    (root / "final" / "report.json").write_text(json.dumps({"trial": 0}))
+    data = root / "data"
+    for i, cls in enumerate(CLASSES):
+        for j in range(2):
+            _image(data / cls / f"{j}.png", 3 * i + j)
+    index = root / "similar.npz"
+    code, _, err = run_cli(["index", "build", str(model), str(data), "--out", str(index)])
+    assert code == 0, err
+    return {"root": root, "model": model, "data": data, "index": index}
+
+
+def _refused(argv: list[str], root: Path, *words: str) -> None:
+    before = _sums(root)
+    code, _, err = run_cli(argv)
+    assert code == 2, err
+    _one_error_line(err, "clothopt: error:", *words)
+    assert _sums(root) == before
+
+
+def test_similar_html_never_writes_over_an_input_or_an_image(world: dict[str, Path]) -> None:
+    root, index = world["root"], world["index"]
+    photo1, photo2 = sorted((world["data"] / "hat").iterdir())
+    # --html read as a switch: the page would go over the first photo
+    _refused(["similar", str(index), "--html", str(photo1), str(photo2)], root, str(photo1))
+    _refused(["similar", str(index), str(photo1), "--html", str(index)], root, "reads")
+    _refused(["similar", str(index), str(photo1), "--html", str(world["model"])], root, "reads")
+
+
+def test_index_build_never_writes_over_the_model_or_a_catalogue_image(
+    world: dict[str, Path],
+) -> None:
+    root, model, data = world["root"], world["model"], world["data"]
+    _refused(["index", "build", str(model), str(data), "--out", str(model)], root, "reads")
+    image = next((data / "hat").iterdir())
+    _refused(["index", "build", str(model), str(data), "--out", str(image)], root, "reads")
+    _refused(["index", "build", str(model), str(data), "--out", str(root / "data")], root)
+    page = root / "notes.txt"
+    page.write_text("mine")
+    _refused(["index", "build", str(model), str(data), "--out", str(page)], root, "not a")
+    page.unlink()
+
+
+def test_evaluate_never_replaces_a_final_folder_nor_its_data(world: dict[str, Path]) -> None:
+    root, model, data = world["root"], world["model"], world["data"]
+    for out in (model.parent, data, data / "hat", root):
+        _refused(["evaluate", str(model), str(data), "--out", str(out)], root, str(out))
+
+
+def test_evaluate_out_is_one_unit_and_a_failed_write_keeps_the_earlier_one(
+    world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clothopt.final import scoring
+
+    model, data, out = world["model"], world["data"], tmp_path / "ev"
+    argv = ["evaluate", str(model), str(data), "--out", str(out), "--resamples", "1000"]
+    code, _, err = run_cli(argv)
+    assert code == 0, err
+    before = _sums(tmp_path)
+    assert "ev/report.json" in before and "ev/confusion_matrix.html" in before
+
+    def full(*args: object, **kwargs: object) -> list[str]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(scoring, "confusion_figure", full)  # after report.json is staged
+    code, _, err = run_cli(argv)
+    assert code == 2
+    _one_error_line(err, f"cannot write {out}: No space left on device")
+    assert _sums(tmp_path) == before
+
+    def interrupted(*args: object, **kwargs: object) -> list[str]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scoring, "confusion_figure", interrupted)
+    code, _, err = run_cli(argv)
+    assert code == 130
+    _one_error_line(err, "clothopt: interrupted; nothing was changed")
+    assert _sums(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev"]
+
+
+def test_only_commands_that_run_trials_speak_of_a_trial(
+    world: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clothopt.cli.model import Similar
+
+    def stop(self: object, args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Similar, "run", stop)
+    code, _, err = run_cli(["similar", str(world["index"]), "x.jpg"])
+    assert code == 130
+    assert _one_error_line(err) == "clothopt: interrupted; nothing was changed"
