@@ -444,3 +444,133 @@ def test_only_commands_that_run_trials_speak_of_a_trial(
     code, _, err = run_cli(["similar", str(world["index"]), "x.jpg"])
     assert code == 130
     assert _one_error_line(err) == "clothopt: interrupted; nothing was changed"
+
+
+# --------------------------------------------------------------------------- trials, finalize
+
+
+def test_a_refused_write_in_a_trial_puts_it_back_uncounted(tiny_data: Path, storage: str) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    from clothopt import study as study_mod
+
+    space = tiny_data.parent / "one.toml"
+    space.write_text("[params]\nimage_size = [32]\nbatch_size = [8]\nlearning_rate = [0.01, 0.1]\n")
+    study, config = study_mod.create(
+        backbone="mobilenet_025",
+        space=str(space),
+        data=str(tiny_data),
+        storage=storage,
+        weights="none",
+        name="s",
+        max_retries=0,
+    )
+
+    def disk_full(trial: optuna.Trial) -> float:
+        trial.suggest_categorical("learning_rate", [0.01, 0.1])
+        raise OSError(errno.ENOSPC, "No space left on device", "/cache/features.npy")
+
+    with pytest.raises(WriteFailed, match=r"cannot write /cache/features\.npy: No space left"):
+        study_mod.optimize(study, config, disk_full, progress=False)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 2  # the other point, and the stopped one again
+    (again,) = [t for t in waiting if "retry_of" in t.user_attrs]
+    assert again.user_attrs["retries"] == 0  # not counted as a dead worker's retry
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.COMPLETE))
+
+
+def _final_report(folder: Path, trial: int, created: str) -> dict[str, object]:
+    report = {"trial": trial, "created": created, "test": {"f1_macro": 0.5 + trial / 10}}
+    report["f1_macro_ci95"] = [0.4, 0.6]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report))
+    (folder / "model.keras").write_bytes(f"model {trial}".encode())
+    return report
+
+
+def test_the_study_record_follows_final_whatever_moment_the_signal_came(tmp_path: Path) -> None:
+    import optuna
+
+    from clothopt.final.store import FINAL_ATTR, reconcile, set_final_attr
+
+    st = optuna.create_study()
+    dest = tmp_path / "runs" / "s" / "final"
+    old = _final_report(dest, 0, "2026-01-01T00:00:00Z")
+    set_final_attr(st, dest, old, 0.5, [0.4, 0.6])
+    new = _final_report(tmp_path / "new", 1, "2026-02-01T00:00:00Z")
+    os.replace(dest, dest.parent / ".final-old-999999999-a")  # killed between the two renames
+    assert reconcile(st, dest)["trial"] == 0  # the previous result comes back, still recorded
+    assert st.user_attrs[FINAL_ATTR]["trial"] == 0
+    # a finalize stopped after the swap, before the record: final/ holds trial 1
+    import shutil
+
+    shutil.rmtree(dest)
+    os.replace(tmp_path / "new", dest)
+    assert reconcile(st, dest) == new
+    attr = st.user_attrs[FINAL_ATTR]
+    assert (attr["trial"], attr["created"], attr["dir"]) == (1, "2026-02-01T00:00:00Z", str(dest))
+    assert attr["test_f1_macro"] == 0.6
+
+
+@pytest.mark.parametrize("swapped", [False, True])
+def test_an_interrupted_finalize_says_what_was_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swapped: bool
+) -> None:
+    import optuna
+
+    from clothopt.cli import study as cli_study
+    from clothopt.final.store import FINAL_ATTR, set_final_attr
+
+    st = optuna.create_study()
+    dest = tmp_path / "final"
+    old = _final_report(dest, 0, "2026-01-01T00:00:00Z")
+    set_final_attr(st, dest, old, 0.5, [0.4, 0.6])
+    monkeypatch.setattr(cli_study, "_load_study", lambda name, storage: st)
+    monkeypatch.setattr("clothopt.final.store.final_dir", lambda storage, name: dest)
+
+    def finalize(args: object) -> dict[str, object]:
+        if swapped:  # the swap done, the signal before the record
+            import shutil
+
+            shutil.rmtree(dest)
+            _final_report(dest, 1, "2026-02-01T00:00:00Z")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_study.StudyFinalize, "_finalize", staticmethod(finalize))
+    code, _, err = run_cli(["study", "finalize", "s", "--paper", "none"])
+    assert code == 130
+    line = _one_error_line(err)
+    trial = 1 if swapped else 0
+    assert st.user_attrs[FINAL_ATTR]["trial"] == trial
+    assert json.loads((dest / "report.json").read_text())["trial"] == trial
+    if swapped:
+        assert (
+            line == "clothopt: interrupted; the new final model (trial 1) is in place and recorded"
+        )
+    else:
+        assert line == "clothopt: interrupted; the previous final model (trial 0) was kept"
+
+
+def test_finalize_refuses_an_unwritable_study_folder_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna
+
+    from clothopt.cli import study as cli_study
+
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file where the study folders go")
+    monkeypatch.setattr(cli_study, "_load_study", lambda name, storage: optuna.create_study())
+    monkeypatch.setattr(
+        "clothopt.final.store.final_dir", lambda storage, name: blocker / "s" / "final"
+    )
+
+    def never(args: object) -> dict[str, object]:
+        raise AssertionError("trained although the result could not be written")
+
+    monkeypatch.setattr(cli_study.StudyFinalize, "_finalize", staticmethod(never))
+    code, _, err = run_cli(["study", "finalize", "s", "--paper", "none"])
+    assert code == 2
+    _one_error_line(err, "cannot write", "is not a folder")
+    assert blocker.read_text() == "a file where the study folders go"
