@@ -574,3 +574,73 @@ def test_finalize_refuses_an_unwritable_study_folder_before_training(
     assert code == 2
     _one_error_line(err, "cannot write", "is not a folder")
     assert blocker.read_text() == "a file where the study folders go"
+
+
+def test_optimize_with_a_feature_folder_it_cannot_write_is_one_line_and_uncounted(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    from optuna.trial import TrialState
+
+    from clothopt import study as study_mod
+    from conftest import create_args
+
+    space = tmp_path / "one.toml"
+    space.write_text("[params]\nimage_size = [32]\nbatch_size = [8]\nlearning_rate = [0.01]\n")
+    storage = f"sqlite:///{tmp_path / 'st' / 'c.db'}"
+    assert run_cli(create_args(space, tiny_data, "s", storage))[0] == 0
+    (tmp_path / "st" / "features").write_text("a file where the feature cache goes")
+    code, _, err = run_cli(["study", "optimize", "s", "--storage", storage])
+    assert code == 2
+    _one_error_line(err, f"cannot write {tmp_path / 'st' / 'features'}", "Not a directory")
+    study, _ = study_mod.load("s", storage)
+    (stopped,) = study.get_trials(states=(TrialState.FAIL,))
+    assert stopped.user_attrs["fail_reason"].startswith("stopped: cannot write")
+    (again,) = study.get_trials(states=(TrialState.WAITING,))
+    assert again.user_attrs["retries"] == 0 and again.user_attrs["retry_of"] == stopped.number
+
+
+def test_a_database_locked_under_a_trial_is_one_line_and_the_trial_goes_back(
+    tiny_data: Path, storage: str
+) -> None:
+    import sqlite3
+
+    import optuna
+    from optuna.trial import TrialState
+    from sqlalchemy import event
+
+    from clothopt import study as study_mod
+    from clothopt.engine.storage import rdb_of, storage_errors, storage_of
+    from clothopt.errors import StorageUnavailable
+
+    space = tiny_data.parent / "one.toml"
+    space.write_text("[params]\nimage_size = [32]\nbatch_size = [8]\nlearning_rate = [0.01]\n")
+    study, config = study_mod.create(
+        backbone="mobilenet_025",
+        space=str(space),
+        data=str(tiny_data),
+        storage=storage,
+        weights="none",
+        name="s",
+    )
+    locked = {"writes": 0}
+
+    def another_program_holds_the_lock(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if locked["writes"] and statement.lstrip().upper().startswith(("UPDATE", "INSERT")):
+            locked["writes"] -= 1
+            raise sqlite3.OperationalError("database is locked")
+
+    engine = rdb_of(storage_of(study)).engine
+    event.listen(engine, "before_cursor_execute", another_program_holds_the_lock)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_categorical("learning_rate", [0.01])
+        locked["writes"] = 1  # the next write fails; the lock is gone after it
+        return 0.5
+
+    locked_message = "lost the storage: database is locked"
+    with pytest.raises(StorageUnavailable, match=locked_message), storage_errors("s"):
+        study_mod.optimize(study, config, objective, progress=False)
+    event.remove(engine, "before_cursor_execute", another_program_holds_the_lock)
+    (again,) = study.get_trials(states=(TrialState.WAITING,))
+    assert again.user_attrs["retries"] == 0  # back in the queue, not counted as a dead worker
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.COMPLETE))

@@ -195,6 +195,13 @@ def _fault_reason(exc: BaseException) -> str | None:
     return None
 
 
+def _storage_failure(exc: BaseException) -> bool:
+    import optuna
+    import sqlalchemy
+
+    return isinstance(exc, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DBAPIError))
+
+
 def _run_one(
     study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]
 ) -> tuple[str, FrozenTrial]:
@@ -224,6 +231,12 @@ def _run_one(
                 # the disk, not the trial: it waits in the queue until there is room
                 requeue(study, storage.get_trial(tid), f"stopped: {failed}"[:500], counted=False)
                 raise failed from None
+            if _storage_failure(exc):
+                # the database, not the trial (read-only, locked): back uncounted if it can
+                # still take that; the CLI words the error (engine.storage.storage_errors)
+                with contextlib.suppress(Exception):
+                    requeue(study, storage.get_trial(tid), "stopped: storage", counted=False)
+                raise
             reason = _fault_reason(exc)
             if reason is None:
                 with contextlib.suppress(Exception):
