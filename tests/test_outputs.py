@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as hs
 from PIL import Image
 
@@ -644,3 +644,118 @@ def test_a_database_locked_under_a_trial_is_one_line_and_the_trial_goes_back(
     (again,) = study.get_trials(states=(TrialState.WAITING,))
     assert again.user_attrs["retries"] == 0  # back in the queue, not counted as a dead worker
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.COMPLETE))
+
+
+# --------------------------------------------------------------------------- generated, per command
+
+_KINDS_OF_PATH = hs.sampled_from(
+    [
+        "index",  # each of the command's inputs
+        "model",
+        "classes",
+        "query",
+        "catalogue_image",
+        "link_to_query",  # a link to an input
+        "final",  # a folder of another command
+        "image_elsewhere",  # an existing file of another kind
+        "text_elsewhere",
+        "fifo",  # special files
+        "/dev/null",
+        "under_a_file",  # a folder that cannot be written
+    ]
+)
+
+
+def _generated(world: dict[str, Path], tmp: Path, what: str) -> Path:
+    data, model = world["data"], world["model"]
+    paths = {
+        "index": world["index"],
+        "model": model,
+        "classes": model.with_name("classes.json"),
+        "query": sorted((data / "hat").iterdir())[0],
+        "catalogue_image": sorted((data / "shoes").iterdir())[-1],
+        "final": model.parent,
+        "/dev/null": Path("/dev/null"),
+    }
+    if what in paths:
+        return paths[what]
+    if what == "link_to_query":
+        link = tmp / "link.html"
+        link.symlink_to(paths["query"])
+        return link
+    if what == "image_elsewhere":
+        return _image(tmp / "holiday.jpg", 9)
+    if what == "text_elsewhere":
+        (tmp / "notes.html").write_text("my own notes")
+        return tmp / "notes.html"
+    if what == "fifo":
+        os.mkfifo(tmp / "pipe.npz")
+        return tmp / "pipe.npz"
+    (tmp / "afile").write_text("x")
+    return tmp / "afile" / "out.html"
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(what=_KINDS_OF_PATH, command=hs.sampled_from(["similar", "index", "evaluate", "compare"]))
+def test_generated_output_paths_are_refused_by_every_command(
+    world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, what: str, command: str
+) -> None:
+    assume(not (command == "index" and what == "index"))  # an index replaces an index
+    tmp = tmp_path_factory.mktemp("gen")
+    out = _generated(world, tmp, what)
+    query = sorted((world["data"] / "hat").iterdir())[0]
+    model, data, index = str(world["model"]), str(world["data"]), str(world["index"])
+    argv = {
+        "similar": ["similar", index, str(query), "--html", str(out)],
+        "index": ["index", "build", model, data, "--out", str(out)],
+        "evaluate": ["evaluate", model, data, "--out", str(out)],
+        "compare": ["compare", "backbones", "a", "--storage", f"sqlite:///{tmp}/c.db"],
+    }[command]
+    if command == "compare":
+        argv += ["--paper", "none", "--out", str(out)]
+    before = {**_sums(world["root"]), **_sums(tmp)}
+    code, stdout, err = run_cli(argv)
+    assert code == 2, err
+    line = _one_error_line(err, "clothopt: error:")
+    assert str(out) in line or "reads" in line, line
+    assert {**_sums(world["root"]), **_sums(tmp)} == before
+    assert stdout == ""  # refused before any work
+
+
+def test_compare_never_replaces_a_study_folder_or_the_database(tmp_path: Path) -> None:
+    final = tmp_path / "runs" / "a" / "final"
+    _final_report(final, 0, "2026-01-01T00:00:00Z")
+    db = tmp_path / "c.db"
+    db.write_bytes(b"SQLite format 3\x00")
+    storage = f"sqlite:///{db}"
+    for out in (final, tmp_path / "runs", tmp_path, db, tmp_path / "runs" / "a" / "report"):
+        argv = ["compare", "backbones", "a", "--storage", storage, "--paper", "none"]
+        _refused([*argv, "--out", str(out)], tmp_path, str(out))
+    argv = ["compare", "samplers", "--backbone", "mobilenet_025", "--storage", storage]
+    _refused([*argv, "--data", str(tmp_path), "--out", str(final)], tmp_path, "reads")
+
+
+def test_index_build_under_a_file_size_limit_is_one_line(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "similar.npz"
+    out.write_bytes(world["index"].read_bytes())  # an earlier index, to be kept
+    before = _sums(tmp_path)
+    argv = ["index", "build", str(world["model"]), str(world["data"]), "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "clothopt", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        preexec_fn=_limit_index_size,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    _one_error_line(done.stderr, f"clothopt: error: cannot write {out}: File too large")
+    assert _sums(tmp_path) == before
+
+
+def _limit_index_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))  # the index is larger than 1 KiB

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clothopt._io import writing
+from clothopt.data.layout import IMAGE_EXTENSIONS
 from clothopt.errors import OutputConflict, WriteFailed
 
 __all__ = [
@@ -52,8 +53,8 @@ PathLike = str | os.PathLike[str]
 
 # names that say a file is of another kind: an output never takes one it is not
 FOREIGN_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
-    | {".keras", ".h5", ".npz", ".html", ".htm", ".json", ".db", ".sqlite", ".sqlite3", ".toml"}
+    {*IMAGE_EXTENSIONS, ".gif", ".webp", ".keras", ".h5", ".npz", ".html", ".htm", ".json"}
+    | {".db", ".sqlite", ".sqlite3", ".toml"}
 )
 
 
