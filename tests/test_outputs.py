@@ -127,8 +127,12 @@ def test_an_output_folder_replaces_only_its_own_kind(tmp_path: Path) -> None:
     for path, word in cases:
         with pytest.raises(OutputConflict, match=word):
             outputs.check_output_dir(path, kind, [data])
-    with pytest.raises(OutputConflict, match="file, not a folder"):
+    with pytest.raises(OutputConflict, match="inside"):
         outputs.check_output_dir(final / "model.keras", kind, [data])
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _sums(tmp_path)
+    with pytest.raises(OutputConflict, match="file, not a folder"):
+        outputs.check_output_dir(tmp_path / "notes.txt", kind, [data])
     assert _sums(tmp_path) == before
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -759,3 +763,32 @@ def test_index_build_under_a_file_size_limit_is_one_line(
 
 def _limit_index_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))  # the index is larger than 1 KiB
+
+
+def test_nothing_is_written_inside_a_folder_another_command_replaces_whole(
+    tmp_path: Path,
+) -> None:
+    from clothopt.final.store import make_staging, publish
+
+    final = tmp_path / "final"
+    _final_report(final, 0, "2026-01-01T00:00:00Z")
+    for path, check, kind in [
+        (final / "ev", outputs.check_output_dir, outputs.EVALUATION),
+        (final / "page.html", outputs.check_output_file, outputs.SIMILAR_PAGE),
+        (final / "other.npz", outputs.check_output_file, outputs.INDEX),
+    ]:
+        with pytest.raises(OutputConflict, match="inside"):
+            check(path, kind, [])
+    # the one exception: index build's default, an index beside the model
+    assert (
+        outputs.check_output_file(final / "similar.npz", outputs.INDEX, []) == final / "similar.npz"
+    )
+    index = _index_file(final / "similar.npz")
+    kept = index.read_bytes()
+    # which finalize keeps when it replaces the folder (stale now: similar says so)
+    tmp = make_staging(final)
+    _final_report(tmp, 1, "2026-02-01T00:00:00Z")
+    publish(tmp, final)
+    assert (final / "similar.npz").read_bytes() == kept
+    assert json.loads((final / "report.json").read_text())["trial"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]

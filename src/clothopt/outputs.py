@@ -37,6 +37,7 @@ __all__ = [
     "COMPARE_BACKBONES",
     "COMPARE_SAMPLERS",
     "EVALUATION",
+    "FINAL",
     "FOREIGN_SUFFIXES",
     "INDEX",
     "SIMILAR_PAGE",
@@ -112,8 +113,9 @@ def _is_similar_page(path: Path) -> bool:
 
 def _folder_of(files: frozenset[str], check: Callable[[Path], bool]) -> Callable[[Path], bool]:
     def recognise(folder: Path) -> bool:
-        names = {p.name for p in folder.iterdir() if not _leftover(p.name)}
-        return names <= files and check(folder)
+        if folder.is_symlink() or not folder.is_dir() or not check(folder):
+            return False  # the content check first: it reads one file, a listing may be long
+        return {p.name for p in folder.iterdir() if not _leftover(p.name)} <= files
 
     return recognise
 
@@ -128,6 +130,14 @@ def _is_evaluation(folder: Path) -> bool:
     return (
         report is not None and {"model", "dir", "images"} <= set(report) and "trial" not in report
     )
+
+
+def _is_final(folder: Path) -> bool:
+    if not (folder / "report.json").is_file():
+        return False
+    report = _json_dict(folder / "report.json")
+    # a damaged report of finalize's own: finalizing again is the fix; an evaluation's is not
+    return report is None or not _is_evaluation(folder)
 
 
 def _markdown_title(title: str) -> Callable[[Path], bool]:
@@ -147,6 +157,16 @@ EVALUATION = Kind(
     "clothopt evaluate --out",
     _folder_of(_EVALUATION_FILES, _is_evaluation),
     files=_EVALUATION_FILES,
+)
+# study finalize's folder; an index built with `index build MODEL DIR` lies beside the model
+_FINAL_FILES = frozenset(
+    {"model.keras", "classes.json", "report.json", "confusion_matrix.html", "confusion_matrix.png"}
+)
+FINAL = Kind(
+    "a finalized model folder",
+    "clothopt study finalize",
+    _folder_of(_FINAL_FILES | {"similar.npz"}, _is_final),
+    files=_FINAL_FILES,
 )
 _BACKBONE_FILES = frozenset(
     {"table1_validation_f1.csv", "table3_test.csv", "mcnemar.csv", "per_class_f1.csv"}
@@ -200,6 +220,24 @@ def _clash(out: Path, inputs: Iterable[PathLike], inside: bool) -> Path | None:
     return None
 
 
+_FOLDER_KINDS = (FINAL, EVALUATION, COMPARE_BACKBONES, COMPARE_SAMPLERS)
+
+
+def _refuse_inside_another(out: Path, kind: Kind, option: str) -> None:
+    """Refuse an output inside a folder another command writes whole (a ``final/``, an
+    evaluation, a comparison): it would be lost, or block, when that folder is replaced.
+    The one exception: an index beside the model, where ``index build`` puts it by default."""
+    for folder in _real(out).parents:
+        for owner in _FOLDER_KINDS:
+            if owner is FINAL and kind is INDEX and out.name == "similar.npz":
+                continue
+            if owner.recognise(folder):
+                raise OutputConflict(
+                    f"{option} {out} lies inside {folder}, {owner.what} that {owner.command} "
+                    "replaces whole: choose a place outside it"
+                )
+
+
 def _refuse_special(out: Path, option: str) -> None:
     if out.is_symlink():
         raise OutputConflict(
@@ -228,6 +266,7 @@ def check_output_file(
             "choose another name"
         )
     _refuse_special(out, option)
+    _refuse_inside_another(out, kind, option)
     if out.is_dir():
         raise OutputConflict(f"{option} {out} is a folder: give a file name")
     if out.exists() and not kind.recognise(out):
@@ -260,6 +299,7 @@ def check_output_dir(
             "choose another folder"
         )
     _refuse_special(out, option)
+    _refuse_inside_another(out, kind, option)
     if out.exists() and not out.is_dir():
         raise OutputConflict(f"{option} {out} is a file, not a folder: choose another folder")
     if out.is_dir() and any(out.iterdir()) and not kind.recognise(out):

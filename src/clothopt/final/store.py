@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ __all__ = [
 FINAL_ATTR = "clothopt:final"  # study user attr: {"dir", "trial", "test_f1_macro", ...}
 MODEL_FILE = "model.keras"
 REPORT_FILE = "report.json"
+INDEX_FILE = "similar.npz"  # where `clothopt index build` puts an index by default
 FIGURE_STEM = "confusion_matrix"
 # what the comparison reports need of a report.json
 REQUIRED_KEYS = frozenset({"test", "test_labels", "test_predictions", "classes"})
@@ -66,27 +68,11 @@ def recover(dest: Path) -> None:
     recover_folder(dest, _TMP_PREFIX, _OLD_PREFIX)
 
 
-_FINAL_FILES = frozenset(
-    {MODEL_FILE, "classes.json", REPORT_FILE, f"{FIGURE_STEM}.html", f"{FIGURE_STEM}.png"}
-)
-
-
-def _is_final(dest: Path) -> bool:
-    # finalize's folder: its files only, and a report that is not `clothopt evaluate`'s
-    if dest.is_symlink() or not dest.is_dir() or not (dest / REPORT_FILE).is_file():
-        return False
-    if not {p.name for p in dest.iterdir()} <= _FINAL_FILES:
-        return False
-    try:
-        report = json.loads((dest / REPORT_FILE).read_text())
-    except (OSError, ValueError):
-        return True  # a damaged report of ours: finalizing again is the fix
-    return not (isinstance(report, dict) and {"dir", "images"} <= set(report))
-
-
 def check_replaceable(dest: Path) -> None:
     """Refuse to replace a ``dest`` clothopt did not write (an :class:`OutputConflict`)."""
-    if (dest.exists() or dest.is_symlink()) and not _is_final(dest):
+    from clothopt.outputs import FINAL
+
+    if (dest.exists() or dest.is_symlink()) and not FINAL.recognise(dest):
         raise OutputConflict(
             f"{dest} exists and was not written by clothopt study finalize (not a final model "
             "folder): move it away first"
@@ -118,7 +104,20 @@ def publish(tmp: Path, dest: Path) -> None:
     from clothopt.outputs import swap_in
 
     check_replaceable(dest)  # again: it may have appeared while the model trained
+    _keep_index(dest, tmp)
     swap_in(tmp, dest, _OLD_PREFIX)
+
+
+def _keep_index(dest: Path, tmp: Path) -> None:
+    # an index built beside the previous model is the user's, not ours to delete (it is now
+    # stale: `clothopt similar` says so and asks for a rebuild)
+    index = dest / INDEX_FILE
+    if index.is_file() and not index.is_symlink() and not (tmp / INDEX_FILE).exists():
+        with writing(tmp / INDEX_FILE):
+            try:
+                os.link(index, tmp / INDEX_FILE)
+            except OSError:
+                shutil.copy2(index, tmp / INDEX_FILE)
 
 
 def set_final_attr(
