@@ -284,9 +284,14 @@ def test_a_kill_between_the_renames_brings_the_old_set_back(tmp_path: Path) -> N
 
 
 def test_refused_writes_become_one_line_naming_the_path() -> None:
-    for code in (errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.ENOTDIR):
+    for code in (errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT):
         failed = write_failed(OSError(code, os.strerror(code), "/x/report.json"))
         assert isinstance(failed, WriteFailed)
+        assert str(failed) == f"cannot write /x/report.json: {os.strerror(code)}"
+    for code in (errno.EACCES, errno.ENOTDIR):  # a reader meets these too: no verb unless known
+        failed = write_failed(OSError(code, os.strerror(code), "/x/report.json"))
+        assert str(failed) == f"/x/report.json: {os.strerror(code)}"
+        failed = write_failed(OSError(code, os.strerror(code), "/x/.tmp"), "/x/report.json")
         assert str(failed) == f"cannot write /x/report.json: {os.strerror(code)}"
     assert write_failed(OSError(errno.ENOENT, "No such file", "/x")) is None  # a reader's
     assert write_failed(ValueError("x")) is None
@@ -595,10 +600,10 @@ def test_optimize_with_a_feature_folder_it_cannot_write_is_one_line_and_uncounte
     (tmp_path / "st" / "features").write_text("a file where the feature cache goes")
     code, _, err = run_cli(["study", "optimize", "s", "--storage", storage])
     assert code == 2
-    _one_error_line(err, f"cannot write {tmp_path / 'st' / 'features'}", "Not a directory")
+    _one_error_line(err, f"error: {tmp_path / 'st' / 'features'}", "Not a directory")
     study, _ = study_mod.load("s", storage)
     (stopped,) = study.get_trials(states=(TrialState.FAIL,))
-    assert stopped.user_attrs["fail_reason"].startswith("stopped: cannot write")
+    assert stopped.user_attrs["fail_reason"].startswith(f"stopped: {tmp_path / 'st' / 'features'}")
     (again,) = study.get_trials(states=(TrialState.WAITING,))
     assert again.user_attrs["retries"] == 0 and again.user_attrs["retry_of"] == stopped.number
 

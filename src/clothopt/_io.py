@@ -46,6 +46,9 @@ WRITE_ERRNOS = frozenset(
     }
 )
 
+# the ones only a write meets
+_ONLY_WRITES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
 
 def write_failed(
     exc: BaseException,
@@ -60,8 +63,11 @@ def write_failed(
         return None
     where = next((w for w in (path, exc.filename, near) if w is not None), None)
     cause = exc.strerror or str(exc) or type(exc).__name__
-    target = f"cannot write {where}" if where is not None else "a write failed"
-    return WriteFailed(f"{target}: {cause}")
+    if where is None:
+        return WriteFailed(f"a write failed: {cause}")
+    if path is None and exc.errno not in _ONLY_WRITES:
+        return WriteFailed(f"{where}: {cause}")  # a read may have met it too: no verb
+    return WriteFailed(f"cannot write {where}: {cause}")
 
 
 @contextlib.contextmanager
