@@ -797,3 +797,22 @@ def test_nothing_is_written_inside_a_folder_another_command_replaces_whole(
     assert (final / "similar.npz").read_bytes() == kept
     assert json.loads((final / "report.json").read_text())["trial"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+
+
+def test_study_create_where_its_folder_cannot_be_made_is_one_line_and_creates_nothing(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    from conftest import create_args
+
+    space = tmp_path / "one.toml"
+    space.write_text("[params]\nimage_size = [32]\nbatch_size = [8]\nlearning_rate = [0.01]\n")
+    (tmp_path / "st").mkdir()
+    (tmp_path / "st" / "runs").write_text("a file where the study folders go")
+    storage = f"sqlite:///{tmp_path / 'st' / 'c.db'}"
+    before = _sums(tmp_path / "st")
+    code, out, err = run_cli(create_args(space, tiny_data, "s", storage))
+    assert code == 2 and out == ""
+    _one_error_line(err, f"cannot write {tmp_path / 'st' / 'runs' / 's'}", "Not a directory")
+    assert {k: v for k, v in _sums(tmp_path / "st").items() if k != "c.db"} == before
+    code, _, err = run_cli(["study", "show", "s", "--storage", storage])
+    assert code == 2 and "no study named 's'" in err
