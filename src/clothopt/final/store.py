@@ -3,7 +3,9 @@
 ``<study folder>/final`` holds ``model.keras``, ``classes.json``, ``report.json`` and the
 confusion-matrix figure; the study's user attribute ``FINAL_ATTR`` points at the folder. The
 folder is written whole into a temporary folder beside it and renamed into place, so a crash
-leaves the previous result or none, never a mix of two. ``read_final`` is the one reader.
+leaves the previous result or none, never a mix of two (an index ``index build`` put beside
+the model is carried over). The record follows the folder: :func:`reconcile` squares them
+after a stop between the swap and the record. ``read_final`` is the one reader.
 """
 
 from __future__ import annotations
