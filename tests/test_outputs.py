@@ -585,27 +585,56 @@ def test_finalize_refuses_an_unwritable_study_folder_before_training(
     assert blocker.read_text() == "a file where the study folders go"
 
 
-def test_optimize_with_a_feature_folder_it_cannot_write_is_one_line_and_uncounted(
-    tiny_data: Path, tmp_path: Path
-) -> None:
-    from optuna.trial import TrialState
-
-    from clothopt import study as study_mod
+def _one_point_study(tiny_data: Path, tmp_path: Path) -> str:
     from conftest import create_args
 
     space = tmp_path / "one.toml"
     space.write_text("[params]\nimage_size = [32]\nbatch_size = [8]\nlearning_rate = [0.01]\n")
     storage = f"sqlite:///{tmp_path / 'st' / 'c.db'}"
     assert run_cli(create_args(space, tiny_data, "s", storage))[0] == 0
+    return storage
+
+
+def test_optimize_with_a_feature_folder_it_cannot_write_stops_before_a_trial(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    from optuna.trial import TrialState
+
+    from clothopt import study as study_mod
+
+    storage = _one_point_study(tiny_data, tmp_path)
     (tmp_path / "st" / "features").write_text("a file where the feature cache goes")
     code, _, err = run_cli(["study", "optimize", "s", "--storage", storage])
     assert code == 2
-    _one_error_line(err, f"error: {tmp_path / 'st' / 'features'}", "Not a directory")
+    _one_error_line(err, f"cannot write {tmp_path / 'st' / 'features'}", "is not a folder")
+    study, _ = study_mod.load("s", storage)
+    assert [t.state for t in study.trials] == [TrialState.WAITING]  # no trial taken
+
+
+def test_a_disk_that_fills_under_a_trial_is_one_line_and_the_trial_goes_back_uncounted(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optuna.trial import TrialState
+
+    from clothopt import study as study_mod
+
+    storage = _one_point_study(tiny_data, tmp_path)
+
+    def full(fd: int) -> None:  # the feature cache's flush, after the extraction
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    code, _, err = run_cli(["study", "optimize", "s", "--storage", storage, "--quiet"])
+    monkeypatch.undo()
+    assert code == 2
+    line = _one_error_line(err, "cannot write", "No space left on device")
+    assert str(tmp_path / "st" / "features") in line
     study, _ = study_mod.load("s", storage)
     (stopped,) = study.get_trials(states=(TrialState.FAIL,))
-    assert stopped.user_attrs["fail_reason"].startswith(f"stopped: {tmp_path / 'st' / 'features'}")
+    assert stopped.user_attrs["fail_reason"] == f"stopped: {line.removeprefix('clothopt: error: ')}"
     (again,) = study.get_trials(states=(TrialState.WAITING,))
     assert again.user_attrs["retries"] == 0 and again.user_attrs["retry_of"] == stopped.number
+    assert not list((tmp_path / "st" / "features").rglob("*.npz"))  # no half-written cache
 
 
 def test_a_database_locked_under_a_trial_is_one_line_and_the_trial_goes_back(

@@ -161,6 +161,11 @@ class StudyOptimize(_Command):
 
         st, config = study.load(args.name, args.storage)
         dataset, cache = open_run(config, args.data, args.cache_dir, progress=not args.quiet)
+        if getattr(cache, "root", None) is not None:
+            from clothopt.outputs import check_writable
+
+            # before the first extraction, not after it: one line, no trial taken
+            check_writable(cache.root)
         quiet_import_keras()  # TensorFlow's start-up lines only with --verbose
         summary = study.optimize(
             st,
