@@ -845,3 +845,20 @@ def test_study_create_where_its_folder_cannot_be_made_is_one_line_and_creates_no
     assert {k: v for k, v in _sums(tmp_path / "st").items() if k != "c.db"} == before
     code, _, err = run_cli(["study", "show", "s", "--storage", storage])
     assert code == 2 and "no study named 's'" in err
+
+
+def test_the_working_folder_and_the_root_are_never_an_output_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for name in (".", "./", "sub/..", str(here), str(tmp_path)):
+        with pytest.raises(OutputConflict, match="working folder"):
+            outputs.check_output_dir(name, outputs.EVALUATION, [])
+    with pytest.raises(OutputConflict, match="root folder"):
+        outputs.check_output_dir("/", outputs.EVALUATION, [])
+    with pytest.raises(OutputConflict, match="is a folder"):
+        outputs.check_output_file(".", outputs.SIMILAR_PAGE, [])
+    assert outputs.check_output_dir("ev", outputs.EVALUATION, []) == here / "ev"
+    assert list(here.iterdir()) == []

@@ -193,6 +193,14 @@ COMPARE_SAMPLERS = Kind(
 # --------------------------------------------------------------------------- checks
 
 
+def _absolute(path: PathLike, option: str) -> Path:
+    # ".", "x/.." and "/" have no name to stage beside: their parent's view of them does
+    out = Path(os.path.abspath(Path(path).expanduser()))
+    if out == out.parent:
+        raise OutputConflict(f"{option} {path} is the root folder: choose another")
+    return out
+
+
 def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
@@ -257,8 +265,8 @@ def _refuse_special(out: Path, option: str) -> None:
 def check_output_file(
     path: PathLike, kind: Kind, inputs: Iterable[PathLike], option: str = "--out"
 ) -> Path:
-    """``path`` as an output file of ``kind``, checked (see the module); returns it."""
-    out = Path(path).expanduser()
+    """``path`` as an output file of ``kind``, checked (see the module); returns it, absolute."""
+    out = _absolute(path, option)
     clash = _clash(out, inputs, inside=False)
     if clash is not None:
         raise OutputConflict(
@@ -289,9 +297,14 @@ def check_output_dir(
     """``path`` as an output folder of ``kind``, checked (see the module); returns it.
 
     A new or empty folder is fine; an existing one only when it is ``kind``'s, since it is
-    replaced whole.
+    replaced whole. Returns it, absolute.
     """
-    out = Path(path).expanduser()
+    out = _absolute(path, option)
+    if Path.cwd().is_relative_to(_real(out)):
+        raise OutputConflict(
+            f"{option} {path} holds the working folder, which replacing it would pull from "
+            "under this shell: choose another folder"
+        )
     clash = _clash(out, inputs, inside=True)
     if clash is not None:
         raise OutputConflict(

@@ -176,7 +176,7 @@ class IndexBuild(_Command):
         # the model, its classes and every file of the catalogue are read: none is the index
         catalogue = Path(args.dir).expanduser()
         images = [p for p in catalogue.rglob("*") if p.is_file()] if catalogue.is_dir() else []
-        check_output_file(out, INDEX, [*_model_files(args.model), *images])
+        out = check_output_file(out, INDEX, [*_model_files(args.model), *images])
         quiet_import_keras()  # TensorFlow's start-up lines only with --verbose
         result = build_index(
             args.model,
@@ -212,7 +212,6 @@ class Similar(_Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from pathlib import Path
 
         from clothopt.predict import expand_paths, load_classifier
         from clothopt.similar import load_index, query, rejections, write_html
@@ -229,7 +228,7 @@ class Similar(_Command):
 
             model_path = args.model or index.meta["model"]
             inputs = [args.index, *_model_files(model_path), *args.images, *paths]
-            check_output_file(args.html, SIMILAR_PAGE, inputs, "--html")
+            html_out = check_output_file(args.html, SIMILAR_PAGE, inputs, "--html")
         with native_stderr_captured():  # TensorFlow start-up, "Not handling type DT_DOUBLE"
             model, _ = load_classifier(args.model or index.meta["model"])
         rejected = rejections(model, paths)
@@ -257,6 +256,6 @@ class Similar(_Command):
             print(format_table(rows, ["image", *map(str, range(1, ranks + 1))]))
         if args.html:
             verdicts = [None if r is None else r["verdict"] for r in rejected]
-            out = write_html(Path(args.html), [str(p) for p in paths], results, verdicts)
+            out = write_html(html_out, [str(p) for p in paths], results, verdicts)
             print(f"wrote {out}", file=sys.stderr)
         return 0
