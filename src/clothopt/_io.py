@@ -43,6 +43,10 @@ WRITE_ERRNOS = frozenset(
         errno.EISDIR,
         errno.ENAMETOOLONG,
         errno.ETXTBSY,
+        errno.EBUSY,  # a mount point, a file another program holds
+        errno.ELOOP,  # a symbolic link loop on the way
+        errno.EMLINK,
+        errno.EIO,  # a failing disk
     }
 )
 
