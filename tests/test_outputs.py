@@ -862,3 +862,14 @@ def test_the_working_folder_and_the_root_are_never_an_output_folder(
         outputs.check_output_file(".", outputs.SIMILAR_PAGE, [])
     assert outputs.check_output_dir("ev", outputs.EVALUATION, []) == here / "ev"
     assert list(here.iterdir()) == []
+
+
+def test_a_fifo_where_a_report_would_be_is_never_read(tmp_path: Path) -> None:
+    folder = tmp_path / "looks_like_a_report"
+    folder.mkdir()
+    for name in ("report.json", "report.md", "comparison.json"):
+        os.mkfifo(folder / name)  # reading one would block for ever
+    page = folder / "page.html"
+    assert outputs.check_output_file(page, outputs.SIMILAR_PAGE, []) == page
+    with pytest.raises(OutputConflict, match="holds files"):
+        outputs.check_output_dir(folder, outputs.EVALUATION, [])

@@ -79,6 +79,8 @@ class Kind:
 
 
 def _json_dict(path: Path) -> dict[str, object] | None:
+    if not path.is_file():  # a FIFO named so would block the read
+        return None
     with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
         obj = json.loads(path.read_text(encoding="utf-8"))
         return obj if isinstance(obj, dict) else None
@@ -86,6 +88,8 @@ def _json_dict(path: Path) -> dict[str, object] | None:
 
 
 def _head(path: Path, size: int = 512) -> bytes:
+    if not path.is_file():
+        return b""
     with contextlib.suppress(OSError), open(path, "rb") as fh:
         return fh.read(size)
     return b""
