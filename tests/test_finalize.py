@@ -672,3 +672,28 @@ def test_a_wide_trial_exports_the_head_its_params_describe(
     assert report["test_predictions"] == np.argmax(want, axis=1).tolist()
     agree = report["cached_path_agreement"]
     assert agree["agree"] == agree["of"] == len(dataset["test"])
+
+
+def test_a_full_disk_after_the_training_is_one_line_and_keeps_the_result(
+    finalized: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    folder, storage = finalized["folder"], finalized["storage"]
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    st, _ = study_mod.load("tiny", storage)
+    record = st.user_attrs[FINAL_ATTR]
+
+    def full(*args: object, **kwargs: object) -> list[str]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(finalize_mod, "_confusion_figure", full)
+    code, _, err = run_cli(["study", "finalize", "tiny", "--storage", storage, "--quiet"])
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"clothopt: error: cannot write {folder}: No space left on device"
+    ]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not list(folder.parent.glob(".final-*"))
+    st, _ = study_mod.load("tiny", storage)
+    assert st.user_attrs[FINAL_ATTR] == record

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clothopt.errors import UserError
+from clothopt.errors import AlreadyExists, InvalidArgument, NotFound, UserError
 
 if TYPE_CHECKING:
     import optuna
@@ -43,7 +43,7 @@ def parse_samplers(text: str) -> list[str]:
     names = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in names if s not in SAMPLERS]
     if unknown or not names:
-        raise UserError(
+        raise InvalidArgument(
             f"unknown sampler(s) {', '.join(unknown) or '(none given)'} "
             f"(choose from {', '.join(SAMPLERS)})"
         )
@@ -110,7 +110,7 @@ def run_comparison(
     from clothopt.spaces import load_space
 
     if seeds < 1 or budget < 1:
-        raise UserError("--seeds and --budget must be at least 1")
+        raise InvalidArgument("--seeds and --budget must be at least 1")
     spec = get_backbone(backbone)
     space_obj = load_space(space)
     wanted = list(samplers)
@@ -123,7 +123,7 @@ def run_comparison(
         log(f"note: skipping sampler {sampler}: {why}")
     shown = [s for s in wanted if s not in skipped]
     if not shown:
-        raise UserError("no sampler left to compare")
+        raise InvalidArgument("no sampler left to compare")
     # the grid of every seed sets that seed's target, so it runs even when not reported
     order = (["grid"] if space_obj.is_grid else []) + [s for s in shown if s != "grid"]
     if weights not in ("imagenet", "none"):
@@ -184,7 +184,7 @@ class _Runner:
         from clothopt import study as study_mod
 
         budget_here = None if sampler == "grid" else budget  # the grid always runs in full
-        missing = UserError(f"study {name!r} does not exist: run the comparison first")
+        missing = NotFound(f"study {name!r} does not exist: run the comparison first")
         try:
             existing = {r["name"] for r in study_mod.list_studies(self.storage, create=create)}
         except UserError:
@@ -222,7 +222,7 @@ class _Runner:
         }
         problems = _mismatch(cfg, st, want, self.space_obj, budget_here)
         if problems:
-            raise UserError(
+            raise AlreadyExists(
                 f"study {name!r} exists with other settings ({'; '.join(problems)}): "
                 f"delete it (clothopt study delete {name}) or compare with its settings"
             )

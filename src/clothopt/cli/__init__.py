@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import clothopt.logging as clothopt_logging
+from clothopt._io import write_failed
 from clothopt._quiet import VERBOSE_ENV, verbose
 from clothopt._version import version
 from clothopt.cli._args import _Command
@@ -113,39 +114,60 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+# the commands that run trials: an interrupt puts the running one back in the queue
+_TRIAL_COMMANDS: tuple[type[_Command], ...] = (StudyOptimize, CompareSamplers)
+# the commands that only read, or write their outputs whole at the end (stage, then swap)
+_UNCHANGED: tuple[type[_Command], ...] = (
+    *(Backbones, DataCheck, StudyList, StudyShow, StudyReport),
+    *(Predict, Evaluate, IndexBuild, Similar, CompareBackbones),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit status (2: a user error, 130/143: interrupted)."""
     mark = received()
+    running: list[type[_Command]] = []  # the command, once the line is parsed
     try:
         # SIGTERM at any moment (imports included) ends the command as cleanly as Ctrl-C
         with interrupts_raise():
-            return _main(list(sys.argv[1:] if argv is None else argv))
+            return _main(list(sys.argv[1:] if argv is None else argv), running)
     except ClothoptError as exc:
         print(f"clothopt: error: {exc}", file=sys.stderr)
         return 2  # every error raised on purpose, as argparse does for a bad flag
     except (KeyboardInterrupt, Terminated) as exc:
-        return _interrupted(exc)
-    except Exception:
+        return _interrupted(exc, running)
+    except Exception as exc:
         # an interrupt a library turned into its own error is still an interrupt
-        if (interrupt := interrupt_since(mark)) is None:
+        if (interrupt := interrupt_since(mark)) is not None:
+            return _interrupted(interrupt, running)
+        # a refused write the command did not foresee (a full disk, ulimit -f): one line
+        if (failed := write_failed(exc)) is None:
             raise
-        return _interrupted(interrupt)
+        print(f"clothopt: error: {failed}", file=sys.stderr)
+        return 2
 
 
-def _interrupted(exc: BaseException) -> int:
-    if isinstance(exc, KeyboardInterrupt):
-        print("clothopt: interrupted; the running trial was put back in the queue", file=sys.stderr)
-        return 130
-    print("clothopt: terminated; the running trial was put back in the queue", file=sys.stderr)
-    return 143
+def _interrupted(exc: BaseException, running: Sequence[type[_Command]]) -> int:
+    """One line: interrupted (130) or terminated (143), and what it means for this command:
+    the note the command put on ``exc`` (what it kept), else its kind's."""
+    word, code = ("interrupted", 130) if isinstance(exc, KeyboardInterrupt) else ("terminated", 143)
+    note = getattr(exc, "clothopt_note", None)
+    if note is None and running:
+        if issubclass(running[0], _TRIAL_COMMANDS):
+            note = "the running trial was put back in the queue"
+        elif issubclass(running[0], _UNCHANGED):
+            note = "nothing was changed"
+    print(f"clothopt: {word}" + (f"; {note}" if note else ""), file=sys.stderr)
+    return code
 
 
-def _main(argv: list[str]) -> int:
+def _main(argv: list[str], running: list[type[_Command]]) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_command", None) is None:
         parser.print_help()
         return 2
+    running.append(args._command)
     args._argv = argv  # the command line as given, for the study's record
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"

@@ -10,7 +10,7 @@ from typing import Any
 
 from clothopt._quiet import quiet_import_keras
 from clothopt.cli._args import _Command, _positive_int, _storage_arg
-from clothopt.errors import UserError
+from clothopt.errors import NotFound
 
 __all__ = ["CompareBackbones", "CompareSamplers", "Dashboard"]
 
@@ -66,6 +66,35 @@ def _report_dir(out: str | None, storage: str | None, name: str) -> Any:
     return Path(out) if out else report_dir(storage, name)
 
 
+def _storage_inputs(storage: str | None) -> list[Any]:
+    """What a comparison reads or another command owns in the storage's folder: the SQLite
+    file, the studies' folders (their final/ models) and the feature cache."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from clothopt.paths import DEFAULT_STORAGE, default_cache_dir, studies_root
+
+    root = studies_root(storage)
+    found: list[Any] = [root / "runs", default_cache_dir(storage)]
+    url = make_url(storage or DEFAULT_STORAGE)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        found.append(Path(url.database).expanduser())
+    return found
+
+
+def _write_report(out: Any, kind: Any, inputs: list[Any], build: Any) -> Any:
+    """``build(folder)`` writes the report into a staging folder, swapped in as ``out`` whole
+    (:func:`clothopt.outputs.staged_dir`); its files are then named as in ``out``."""
+    from clothopt.outputs import check_output_dir, staged_dir
+
+    folder = check_output_dir(out, kind, inputs)
+    with staged_dir(folder, lambda dest: check_output_dir(dest, kind, inputs)) as tmp:
+        report = build(tmp)
+    report.files = [folder / p.relative_to(tmp) for p in report.files]
+    return report
+
+
 def _print_report(report: Any) -> None:
     print(report.markdown)
     for note in report.notes:
@@ -96,6 +125,7 @@ class CompareBackbones(_Command):
     def run(self, args: argparse.Namespace) -> int:
         from pathlib import Path
 
+        from clothopt.outputs import COMPARE_BACKBONES
         from clothopt.reports.backbones import backbone_report
         from clothopt.reports.paper import GRID_FILE, paper_dir_if_present
 
@@ -106,9 +136,16 @@ class CompareBackbones(_Command):
         else:
             paper = Path(args.paper)
             if not paper.is_dir():
-                raise UserError(f"--paper {args.paper}: no such folder")
+                raise NotFound(f"--paper {args.paper}: no such folder")
         out = _report_dir(args.out, args.storage, "backbones")
-        _print_report(backbone_report(args.studies, args.storage, out, paper))
+        inputs = [*_storage_inputs(args.storage), *([paper] if paper else [])]
+        report = _write_report(
+            out,
+            COMPARE_BACKBONES,
+            inputs,
+            lambda folder: backbone_report(args.studies, args.storage, folder, paper),
+        )
+        _print_report(report)
         return 0
 
 
@@ -147,9 +184,17 @@ class CompareSamplers(_Command):
     def run(self, args: argparse.Namespace) -> int:
         from clothopt.compare import parse_samplers, run_comparison
         from clothopt.dashboard import describe_study, upload_validation_report
+        from clothopt.model.backbones import BACKBONES
+        from clothopt.outputs import COMPARE_SAMPLERS, check_output_dir
         from clothopt.reports.samplers import load_sampler_runs, sampler_report
 
         samplers = parse_samplers(args.samplers)
+        inputs = [*_storage_inputs(args.storage), args.data]
+        inputs += [args.weights] if args.weights not in ("imagenet", "none") else []
+        if args.backbone in BACKBONES:  # else run_comparison says what is wrong with it
+            # before the trials: a wrong --out must not cost the whole comparison
+            out = _report_dir(args.out, args.storage, f"samplers-{args.backbone}")
+            check_output_dir(out, COMPARE_SAMPLERS, inputs)
         quiet_import_keras()
         # the settings that define the comparison (not where it is stored), to rerun it
         command = ["clothopt", "compare", "samplers", "--backbone", args.backbone]
@@ -179,5 +224,11 @@ class CompareSamplers(_Command):
         runs = load_sampler_runs(list(comparison.names.values()), args.storage)
         out = _report_dir(args.out, args.storage, f"samplers-{comparison.backbone}")
         meta = {"command": shlex.join(command), "skipped": comparison.skipped}
-        _print_report(sampler_report(runs, args.budget, out, comparison.samplers, meta))
+        report = _write_report(
+            out,
+            COMPARE_SAMPLERS,
+            inputs,
+            lambda folder: sampler_report(runs, args.budget, folder, comparison.samplers, meta),
+        )
+        _print_report(report)
         return 0

@@ -9,7 +9,7 @@ from typing import Any
 
 from clothopt._quiet import native_stderr_captured, quiet_import_keras
 from clothopt.cli._args import _Command, _positive_int
-from clothopt.errors import UserError
+from clothopt.errors import InvalidArgument, NotFound
 from clothopt.reports.render import format_table
 
 __all__ = ["Evaluate", "IndexBuild", "Predict", "Similar"]
@@ -36,7 +36,7 @@ class Predict(_Command):
 
         paths = expand_paths(args.images)
         if not paths:
-            raise UserError("no images in the folders given")
+            raise NotFound("no images in the folders given")
         from clothopt.predict import NO_DETECTOR_NOTE, shipped_threshold
 
         with native_stderr_captured():  # TensorFlow start-up, "Not handling type DT_DOUBLE"
@@ -96,7 +96,14 @@ class Evaluate(_Command):
         from clothopt.final.finalize import MIN_RESAMPLES
 
         if args.resamples < MIN_RESAMPLES:
-            raise UserError(f"--resamples must be at least {MIN_RESAMPLES}, not {args.resamples}")
+            raise InvalidArgument(
+                f"--resamples must be at least {MIN_RESAMPLES}, not {args.resamples}"
+            )
+        inputs = [*_model_files(args.model), args.dir]
+        if args.out:  # before the scoring: a wrong --out costs nothing
+            from clothopt.outputs import EVALUATION, check_output_dir
+
+            check_output_dir(args.out, EVALUATION, inputs)
         quiet_import_keras()  # TensorFlow's start-up lines only with --verbose
         report = evaluate(
             args.model,
@@ -109,9 +116,19 @@ class Evaluate(_Command):
             json.dumps(report, indent=2, sort_keys=True) if args.json else format_evaluation(report)
         )
         if args.out:
-            written = write_evaluation(report, args.out)
+            written = write_evaluation(report, args.out, inputs)
             print(f"wrote {', '.join(p.name for p in written)} to {args.out}", file=sys.stderr)
         return 0
+
+
+def _model_files(model: str) -> list[Any]:
+    """The files a command reads with a model: the model and its classes.json."""
+    from pathlib import Path
+
+    from clothopt.predict import CLASSES_FILE
+
+    path = Path(model).expanduser()
+    return [path, path.with_name(CLASSES_FILE)]
 
 
 # --------------------------------------------------------------------------- similar items
@@ -152,9 +169,14 @@ class IndexBuild(_Command):
     def run(self, args: argparse.Namespace) -> int:
         from pathlib import Path
 
+        from clothopt.outputs import INDEX, check_output_file
         from clothopt.similar import build_index
 
         out = Path(args.out) if args.out else Path(args.model).with_name("similar.npz")
+        # the model, its classes and every file of the catalogue are read: none is the index
+        catalogue = Path(args.dir).expanduser()
+        images = [p for p in catalogue.rglob("*") if p.is_file()] if catalogue.is_dir() else []
+        out = check_output_file(out, INDEX, [*_model_files(args.model), *images])
         quiet_import_keras()  # TensorFlow's start-up lines only with --verbose
         result = build_index(
             args.model,
@@ -190,18 +212,23 @@ class Similar(_Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from pathlib import Path
 
         from clothopt.predict import expand_paths, load_classifier
         from clothopt.similar import load_index, query, rejections, write_html
 
         paths = expand_paths(args.images)
         if not paths:
-            raise UserError("no images in the folders given")
+            raise NotFound("no images in the folders given")
         for path in paths:
             if not path.is_file():
-                raise UserError(f"image not found: {path}")
+                raise NotFound(f"image not found: {path}")
         index = load_index(args.index, args.model, nprobe=args.nprobe)
+        if args.html:  # before any work: --html is a file name, not a switch
+            from clothopt.outputs import SIMILAR_PAGE, check_output_file
+
+            model_path = args.model or index.meta["model"]
+            inputs = [args.index, *_model_files(model_path), *args.images, *paths]
+            html_out = check_output_file(args.html, SIMILAR_PAGE, inputs, "--html")
         with native_stderr_captured():  # TensorFlow start-up, "Not handling type DT_DOUBLE"
             model, _ = load_classifier(args.model or index.meta["model"])
         rejected = rejections(model, paths)
@@ -229,6 +256,6 @@ class Similar(_Command):
             print(format_table(rows, ["image", *map(str, range(1, ranks + 1))]))
         if args.html:
             verdicts = [None if r is None else r["verdict"] for r in rejected]
-            out = write_html(Path(args.html), [str(p) for p in paths], results, verdicts)
+            out = write_html(html_out, [str(p) for p in paths], results, verdicts)
             print(f"wrote {out}", file=sys.stderr)
         return 0

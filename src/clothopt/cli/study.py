@@ -12,7 +12,7 @@ from typing import Any
 
 from clothopt._quiet import quiet_import_keras
 from clothopt.cli._args import _Command, _positive_float, _positive_int, _storage_arg
-from clothopt.errors import UserError
+from clothopt.errors import InvalidArgument, Terminated, UserError
 from clothopt.reports.render import format_table
 
 __all__ = [
@@ -161,6 +161,11 @@ class StudyOptimize(_Command):
 
         st, config = study.load(args.name, args.storage)
         dataset, cache = open_run(config, args.data, args.cache_dir, progress=not args.quiet)
+        if getattr(cache, "root", None) is not None:
+            from clothopt.outputs import check_writable
+
+            # before the first extraction, not after it: one line, no trial taken
+            check_writable(cache.root)
         quiet_import_keras()  # TensorFlow's start-up lines only with --verbose
         summary = study.optimize(
             st,
@@ -273,7 +278,7 @@ def _paper_dir(value: str | None) -> Any:
     if value == "none":
         return None
     if not (Path(value) / "final_test.csv").is_file():
-        raise UserError(f"--paper {value}: no final_test.csv there")
+        raise InvalidArgument(f"--paper {value}: no final_test.csv there")
     return Path(value)
 
 
@@ -339,33 +344,90 @@ class StudyFinalize(_Command):
         p.add_argument("--quiet", action="store_true", help="no progress lines")
 
     def run(self, args: argparse.Namespace) -> int:
-        from clothopt.final.finalize import finalize
         from clothopt.final.store import final_dir
         from clothopt.reports.finalized import format_report
         from clothopt.reports.paper import paper_table
 
         paper = _paper_dir(args.paper)
+        dest = final_dir(args.storage, args.name)
+        st = _load_study(args.name, args.storage)
+        before = _final_kept(st, dest)  # a previous finalize stopped mid-way is squared first
+        _check_final_writable(dest)  # before the training, not after it
         quiet_import_keras()
-        report = finalize(
-            args.name,
-            args.storage,
-            epochs=args.epochs,
-            trial=args.trial,
-            data=args.data,
-            cache_dir=args.cache_dir,
-            resamples=args.resamples,
-            bootstrap_seed=args.bootstrap_seed,
-            not_clothing=_not_clothing_dir(args.not_clothing),
-            fine_tune=args.fine_tune,
-            fine_tune_epochs=args.fine_tune_epochs,
-            fine_tune_lr=args.fine_tune_lr,
-            progress=not args.quiet,
-            on_finalized=_attach_to_dashboard(args.storage),
-        )
-        print(format_report(report, final_dir(args.storage, args.name)))
+        try:
+            report = self._finalize(args)
+        except (KeyboardInterrupt, Terminated) as exc:
+            _say_what_was_kept(exc, st, dest, before)
+            raise
+        print(format_report(report, dest))
         print()
         print(paper_table(report, paper))
         return 0
+
+    @staticmethod
+    def _finalize(args: argparse.Namespace) -> dict[str, Any]:
+        from clothopt._io import writing
+        from clothopt.final.finalize import finalize
+        from clothopt.final.store import final_dir
+
+        # a disk that filled, a file-size limit: one line, the previous final/ kept
+        with writing(near=final_dir(args.storage, args.name)):
+            return finalize(
+                args.name,
+                args.storage,
+                epochs=args.epochs,
+                trial=args.trial,
+                data=args.data,
+                cache_dir=args.cache_dir,
+                resamples=args.resamples,
+                bootstrap_seed=args.bootstrap_seed,
+                not_clothing=_not_clothing_dir(args.not_clothing),
+                fine_tune=args.fine_tune,
+                fine_tune_epochs=args.fine_tune_epochs,
+                fine_tune_lr=args.fine_tune_lr,
+                progress=not args.quiet,
+                on_finalized=_attach_to_dashboard(args.storage),
+            )
+
+
+def _load_study(name: str, storage: str | None) -> Any:
+    from clothopt import study as study_mod
+
+    return study_mod.load(name, storage)[0]
+
+
+def _final_kept(st: Any, dest: Any) -> dict[str, Any] | None:
+    from clothopt.engine.runner import signals_held
+    from clothopt.final.store import reconcile
+
+    with signals_held():
+        return reconcile(st, dest) if dest.parent.is_dir() else None
+
+
+def _check_final_writable(dest: Any) -> None:
+    from clothopt.final.store import check_replaceable
+    from clothopt.outputs import check_writable
+
+    check_replaceable(dest)
+    check_writable(dest.parent)
+
+
+def _say_what_was_kept(
+    exc: BaseException, st: Any, dest: Any, before: dict[str, Any] | None
+) -> None:
+    """Square the study's record with final/ after an interrupt, and say which one is kept
+    (on ``exc``, for the CLI's interrupt line)."""
+    try:
+        kept = _final_kept(st, dest)
+    except Exception:  # the storage went away too: say what is on disk
+        kept = None
+    if kept is None:
+        note = "no final model was written"
+    elif before is not None and kept.get("created") == before.get("created"):
+        note = f"the previous final model (trial {kept.get('trial')}) was kept"
+    else:
+        note = f"the new final model (trial {kept.get('trial')}) is in place and recorded"
+    exc.clothopt_note = note  # type: ignore[attr-defined]
 
 
 def _not_clothing_dir(value: str | None) -> str | None:

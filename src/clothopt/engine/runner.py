@@ -8,8 +8,11 @@ How a trial ends, by what its objective raised:
 - nothing: COMPLETE; ``optuna.TrialPruned``: PRUNED;
 - :class:`~clothopt.errors.TrialFailed`, ``MemoryError`` or an out-of-memory error: FAIL with
   that reason, and the run goes on with the next trial;
-- :class:`~clothopt.errors.UserError`: the trial goes back in the queue (not counted as a
-  retry) and the error is raised: every other trial would hit it too;
+- :class:`~clothopt.errors.UserError` or :class:`~clothopt.errors.StorageUnavailable`: the
+  trial goes back in the queue (not counted as a retry) and the error is raised: every other
+  trial would hit it too. A refused write (a full disk, a file-size limit, no permission:
+  an ``OSError`` of :data:`clothopt._io.WRITE_ERRNOS`) is such an error, raised as a
+  :class:`~clothopt.errors.WriteFailed`;
 - ``KeyboardInterrupt`` or :class:`~clothopt.errors.Terminated` (SIGTERM), at any moment
   from taking the trial to telling it: back in the queue (not counted as a retry), then raised;
   so is any other exception raised after such a signal arrived (a library may turn the
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clothopt._io import write_failed
 from clothopt.engine.queue import (
     INTERRUPTED,
     OWNER_ATTR,
@@ -191,6 +195,13 @@ def _fault_reason(exc: BaseException) -> str | None:
     return None
 
 
+def _storage_failure(exc: BaseException) -> bool:
+    import optuna
+    import sqlalchemy
+
+    return isinstance(exc, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DBAPIError))
+
+
 def _run_one(
     study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]
 ) -> tuple[str, FrozenTrial]:
@@ -216,6 +227,16 @@ def _run_one(
         except Exception as exc:
             if (interrupt := interrupt_since(mark)) is not None:
                 raise interrupt from exc  # put back uncounted by the loop, as any interrupt
+            if (failed := write_failed(exc)) is not None:
+                # the disk, not the trial: it waits in the queue until there is room
+                requeue(study, storage.get_trial(tid), f"stopped: {failed}"[:500], counted=False)
+                raise failed from None
+            if _storage_failure(exc):
+                # the database, not the trial (read-only, locked): back uncounted if it can
+                # still take that; the CLI words the error (engine.storage.storage_errors)
+                with contextlib.suppress(Exception):
+                    requeue(study, storage.get_trial(tid), "stopped: storage", counted=False)
+                raise
             reason = _fault_reason(exc)
             if reason is None:
                 with contextlib.suppress(Exception):

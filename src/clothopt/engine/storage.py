@@ -179,7 +179,7 @@ def storage_errors(study_name: str | None = None) -> Iterator[None]:
     database that went away: each is a state of the world, not a bug, so it gets a sentence.
     """
     import sqlalchemy
-    from optuna.exceptions import DuplicatedStudyError
+    from optuna.exceptions import DuplicatedStudyError, StorageInternalError
 
     what = f"study {study_name!r}" if study_name else "the study"
     try:
@@ -190,8 +190,10 @@ def storage_errors(study_name: str | None = None) -> Iterator[None]:
         if not (exc.args and exc.args[0] == _NOT_FOUND):
             raise
         raise NotFound(f"{what} was deleted while this command used it") from None
-    except sqlalchemy.exc.OperationalError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    except (sqlalchemy.exc.OperationalError, StorageInternalError) as exc:
+        # optuna wraps a failed commit (a read-only or locked SQLite file) in its own error
+        cause = exc.__cause__ if isinstance(exc.__cause__, sqlalchemy.exc.DBAPIError) else exc
+        reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
         raise StorageUnavailable(f"lost the storage: {reason}") from None
 
 

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clothopt.data import IMAGE_EXTENSIONS
-from clothopt.errors import UserError
+from clothopt.errors import DataError, InvalidArgument, NotFound
 
 __all__ = ["EVALUATE_REPORT", "evaluate", "format_evaluation", "write_evaluation"]
 
@@ -60,27 +58,27 @@ def evaluate(
     (``test``, ``f1_macro_ci95``, ``bootstrap``), ``labels``/``predictions``, the model's
     ``threshold`` and ``rejected_share`` (None without a detector) and, with unknown folders,
     ``unknown`` (``images``, ``accepted_share``, ``auroc``). Unreadable images are logged and
-    left out; no usable image is a :class:`UserError`."""
+    left out; no usable image is a :class:`DataError`."""
     from clothopt.final.scoring import labelled_report, score_set
     from clothopt.metrics import auroc
     from clothopt.predict import load_classifier, shipped_threshold
 
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise UserError(f"folder not found: {root}")
+        raise NotFound(f"folder not found: {root}")
     model, classes = load_classifier(model_path)
     threshold = shipped_threshold(model)
     folders = sorted(d for d in root.iterdir() if d.is_dir())
     if not folders:
-        raise UserError(f"{root} holds no class folders: expected DIR/<class>/<images>")
+        raise DataError(f"{root} holds no class folders: expected DIR/<class>/<images>")
     unknown = [d for d in folders if d.name not in classes]
     if unknown and not unknown_as_reject:
-        raise UserError(
+        raise DataError(
             f"{root}: {', '.join(d.name for d in unknown)} is not a class of the model "
             f"({', '.join(classes)}); --unknown-as-reject counts such folders as not clothing"
         )
     if unknown and threshold is None:
-        raise UserError(
+        raise InvalidArgument(
             'the model has no "not clothing" detector, so --unknown-as-reject has nothing to '
             "measure (finalize the study again to get one)"
         )
@@ -108,7 +106,7 @@ def evaluate(
         log(f"skipped {skipped} files that are not images (by their names)")
     y = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
     if len(y) == 0:
-        raise UserError(f"no usable images of the model's classes under {root}")
+        raise DataError(f"no usable images of the model's classes under {root}")
     prob = np.concatenate([p for p in probs if len(p)])  # a folder may have no usable image
     pred = np.argmax(prob, axis=1).astype(np.int64)
     report: dict[str, Any] = {
@@ -172,30 +170,27 @@ def format_evaluation(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_evaluation(report: dict[str, Any], out: str | os.PathLike[str]) -> list[Path]:
-    """``report.json`` and the confusion matrix figure into ``out``, each file atomically."""
-    from clothopt._io import atomic_write_text
+def write_evaluation(
+    report: dict[str, Any], out: str | os.PathLike[str], inputs: Sequence[Any] = ()
+) -> list[Path]:
+    """``report.json`` and the confusion matrix figure into the folder ``out``, written as one
+    unit (staged beside it, then swapped in): an interrupt or a failed write leaves the
+    previous evaluation there, whole. ``out`` must be new, empty or an earlier evaluation, and
+    none of ``inputs`` (:func:`clothopt.outputs.check_output_dir`; run it before the work)."""
     from clothopt.final.scoring import confusion_figure
+    from clothopt.outputs import EVALUATION, check_output_dir, staged_dir
 
-    folder = Path(out).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create {folder}: {exc.strerror}") from None
-    written = [folder / EVALUATE_REPORT]
-    atomic_write_text(written[0], json.dumps(report, indent=2, sort_keys=True) + "\n")
+    folder = check_output_dir(out, EVALUATION, inputs)
     low, high = report["f1_macro_ci95"]
     title = (
         f"{Path(report['dir']).name}: confusion matrix, macro-F1 "
         f"{report['test']['f1_macro']:.4f} (95% CI {low:.4f}-{high:.4f})"
     )
-    tmp = Path(tempfile.mkdtemp(prefix=".evaluate-", dir=folder))
-    try:
-        for name in confusion_figure(
-            report["test"]["confusion_matrix"], report["classes"], title, tmp
-        ):
-            os.replace(tmp / name, folder / name)  # same folder: an atomic rename
-            written.append(folder / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return written
+
+    def recheck(dest: Path) -> None:  # it may have changed while the figure was drawn
+        check_output_dir(dest, EVALUATION, inputs)
+
+    with staged_dir(folder, recheck) as tmp:
+        (tmp / EVALUATE_REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        names = confusion_figure(report["test"]["confusion_matrix"], report["classes"], title, tmp)
+    return [folder / EVALUATE_REPORT, *(folder / name for name in names)]

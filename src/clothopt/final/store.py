@@ -3,21 +3,22 @@
 ``<study folder>/final`` holds ``model.keras``, ``classes.json``, ``report.json`` and the
 confusion-matrix figure; the study's user attribute ``FINAL_ATTR`` points at the folder. The
 folder is written whole into a temporary folder beside it and renamed into place, so a crash
-leaves the previous result or none, never a mix of two. ``read_final`` is the one reader.
+leaves the previous result or none, never a mix of two (an index ``index build`` put beside
+the model is carried over). The record follows the folder: :func:`reconcile` squares them
+after a stop between the swap and the record. ``read_final`` is the one reader.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clothopt.errors import UserError
+from clothopt._io import writing
+from clothopt.errors import DataError, NotFound, OutputConflict
 
 if TYPE_CHECKING:
     import optuna
@@ -34,6 +35,7 @@ __all__ = [
     "make_staging",
     "publish",
     "read_final",
+    "reconcile",
     "recover",
     "set_final_attr",
     "write_report",
@@ -42,6 +44,7 @@ __all__ = [
 FINAL_ATTR = "clothopt:final"  # study user attr: {"dir", "trial", "test_f1_macro", ...}
 MODEL_FILE = "model.keras"
 REPORT_FILE = "report.json"
+INDEX_FILE = "similar.npz"  # where `clothopt index build` puts an index by default
 FIGURE_STEM = "confusion_matrix"
 # what the comparison reports need of a report.json
 REQUIRED_KEYS = frozenset({"test", "test_labels", "test_predictions", "classes"})
@@ -59,121 +62,108 @@ def final_dir(storage: str | None, name: str) -> Path:
 # --------------------------------------------------------------------------- atomic folder
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _owner_pid(folder: Path, prefix: str) -> int | None:
-    with contextlib.suppress(ValueError, IndexError):
-        return int(folder.name[len(prefix) :].split("-")[0])
-    return None
-
-
 def recover(dest: Path) -> None:
     """Tidy what a killed finalize left: its temporary folder, or the previous result moved
     aside just before the swap (it comes back when nothing replaced it)."""
-    parent = dest.parent
-    if not parent.is_dir():
-        return
-    for prefix in (_OLD_PREFIX, _TMP_PREFIX):
-        # newest first: the latest result moved aside is the one to bring back
-        found = sorted(parent.glob(prefix + "*"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for folder in found:
-            pid = _owner_pid(folder, prefix)
-            if pid is None or pid == os.getpid() or _alive(pid):
-                continue  # another finalize is running now: its folders are its own
-            if prefix == _OLD_PREFIX and not dest.exists():
-                os.replace(folder, dest)
-            else:
-                shutil.rmtree(folder, ignore_errors=True)
+    from clothopt.outputs import recover as recover_folder
 
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _swap_in(tmp: Path, dest: Path) -> None:
-    # Two renames: a crash between them leaves the old result aside, restored by recover
-    old = None
-    check_replaceable(dest)  # again: it may have appeared while the model trained
-    if dest.exists():
-        old = dest.with_name(f"{_OLD_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    recover_folder(dest, _TMP_PREFIX, _OLD_PREFIX)
 
 
 def check_replaceable(dest: Path) -> None:
-    """Refuse to replace a ``dest`` clothopt did not write (every one of ours has a report)."""
-    if (dest.exists() or dest.is_symlink()) and (
-        dest.is_symlink() or not dest.is_dir() or not (dest / REPORT_FILE).is_file()
-    ):
-        raise UserError(
-            f"{dest} exists and was not written by clothopt study finalize (no {REPORT_FILE}): "
-            "move it away first"
+    """Refuse to replace a ``dest`` clothopt did not write (an :class:`OutputConflict`)."""
+    from clothopt.outputs import FINAL
+
+    if (dest.exists() or dest.is_symlink()) and not FINAL.recognise(dest):
+        raise OutputConflict(
+            f"{dest} exists and was not written by clothopt study finalize (not a final model "
+            "folder): move it away first"
         )
 
 
 def make_staging(dest: Path) -> Path:
     """A new private temporary folder beside ``dest``, after tidying what a killed run left.
 
-    A ``dest`` that clothopt did not write is refused (a :class:`UserError`).
+    A ``dest`` that clothopt did not write is refused (an :class:`OutputConflict`); a folder
+    that cannot be written, a :class:`WriteFailed`.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    recover(dest)
-    check_replaceable(dest)
-    return Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=dest.parent))
+    with writing(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        recover(dest)
+        check_replaceable(dest)
+        return Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=dest.parent))
 
 
 def write_report(folder: Path, report: dict[str, Any]) -> None:
     """``report.json`` in ``folder`` (sorted keys, indented)."""
-    (folder / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    with writing(folder / REPORT_FILE):
+        (folder / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
 def publish(tmp: Path, dest: Path) -> None:
-    """Make ``tmp``'s files readable by others, flush them, and swap ``tmp`` in as ``dest``."""
-    for path in tmp.iterdir():
-        path.chmod(0o644)  # mkdtemp makes a private folder; others read these files
-    tmp.chmod(0o755)
-    _fsync_tree(tmp)
-    _swap_in(tmp, dest)
+    """Make ``tmp``'s files readable by others, flush them, and swap ``tmp`` in as ``dest``
+    (SIGINT and SIGTERM held across the swap: :func:`clothopt.outputs.swap_in`)."""
+    from clothopt.outputs import swap_in
+
+    check_replaceable(dest)  # again: it may have appeared while the model trained
+    _keep_index(dest, tmp)
+    swap_in(tmp, dest, _OLD_PREFIX)
+
+
+def _keep_index(dest: Path, tmp: Path) -> None:
+    # an index built beside the previous model is the user's, not ours to delete (it is now
+    # stale: `clothopt similar` says so and asks for a rebuild)
+    index = dest / INDEX_FILE
+    if index.is_file() and not index.is_symlink() and not (tmp / INDEX_FILE).exists():
+        with writing(tmp / INDEX_FILE):
+            try:
+                os.link(index, tmp / INDEX_FILE)
+            except OSError:
+                shutil.copy2(index, tmp / INDEX_FILE)
 
 
 def set_final_attr(
     st: optuna.Study, folder: Path, report: dict[str, Any], test_f1: float, ci95: list[float]
 ) -> None:
-    """Point the study at its finalized folder (``FINAL_ATTR``)."""
-    st.set_user_attr(
-        FINAL_ATTR,
-        {
-            "dir": str(folder),
-            "trial": report["trial"],
-            "test_f1_macro": test_f1,
-            "f1_macro_ci95": ci95,
-            "model": MODEL_FILE,
-            "created": report["created"],
-        },
-    )
+    """Point the study at its finalized folder (``FINAL_ATTR``), SIGINT and SIGTERM held.
+
+    ``final/`` is swapped in before this record is written: a process killed between the
+    two leaves a record of the previous result, which :func:`reconcile` brings in line.
+    """
+    from clothopt.engine.runner import signals_held
+
+    record = {
+        "dir": str(folder),
+        "trial": report["trial"],
+        "test_f1_macro": test_f1,
+        "f1_macro_ci95": ci95,
+        "model": MODEL_FILE,
+        "created": report["created"],
+    }
+    with signals_held():
+        st.set_user_attr(FINAL_ATTR, record)
+
+
+def reconcile(st: optuna.Study, dest: Path) -> dict[str, Any] | None:
+    """Make the study's record agree with its ``final/`` folder ``dest`` (the folder is what
+    was kept); returns the folder's report, or None when there is no usable one.
+
+    After a finalize stopped between the swap and the record, or killed between the two
+    renames of the swap (:func:`recover` runs first).
+    """
+    recover(dest)
+    try:
+        report = json.loads((dest / REPORT_FILE).read_text())
+        trial, created = report["trial"], report["created"]
+        f1, ci95 = report["test"]["f1_macro"], list(report["f1_macro_ci95"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    attr = st.user_attrs.get(FINAL_ATTR) or {}
+    if (attr.get("trial"), attr.get("created")) != (trial, created) or Path(
+        attr.get("dir", "")
+    ) != dest:
+        set_final_attr(st, dest, report, f1, ci95)
+    return report
 
 
 # --------------------------------------------------------------------------- reading
@@ -185,7 +175,7 @@ def read_final(
     """The study's ``report.json`` and its folder; ``(None, None)`` when not finalized.
 
     A folder recorded as relative is taken from the study's folder; a report that cannot be
-    read or lacks ``REQUIRED_KEYS`` is a UserError (finalize again).
+    read or lacks ``REQUIRED_KEYS`` is a :class:`DataError` (finalize again).
     """
     from clothopt.paths import study_dir
 
@@ -199,22 +189,22 @@ def read_final(
     try:
         report = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(
+        raise DataError(
             f"study {name!r} is finalized but its report {path} cannot be read ({exc}); "
             f"finalize it again"
         ) from None
     missing = REQUIRED_KEYS - set(report)
     if missing:
-        raise UserError(f"{path} lacks {', '.join(sorted(missing))}: finalize {name} again")
+        raise DataError(f"{path} lacks {', '.join(sorted(missing))}: finalize {name} again")
     return report, folder
 
 
 def load_final(name: str, storage: str | None = None) -> tuple[dict[str, Any], Path]:
-    """A finalized study's ``report.json`` and its folder; UserError when not finalized."""
+    """A finalized study's ``report.json`` and its folder; :class:`NotFound` when not finalized."""
     from clothopt import study as study_mod
 
     st, _ = study_mod.load(name, storage)
     report, folder = read_final(st, name, storage)
     if report is None or folder is None:
-        raise UserError(f"study {name!r} is not finalized (run `clothopt study finalize`)")
+        raise NotFound(f"study {name!r} is not finalized (run `clothopt study finalize`)")
     return report, folder
