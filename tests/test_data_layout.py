@@ -73,7 +73,7 @@ def test_only_some_splits(tmp_path: Path) -> None:
         (lambda r: (r / "test" / "socks").mkdir(), "not in train: socks"),
         (lambda r: shutil.rmtree(r / "train"), "no train/ folder"),
         (lambda r: [shutil.rmtree(r / "train" / c) for c in ("hat", "pants")], "two class"),
-        (lambda r: [p.unlink() for p in (r / "test").rglob("*.png")], "holds no images"),
+        (lambda r: [p.unlink() for p in (r / "test").rglob("*.png")], "of the test split has no"),
     ],
 )
 def test_layout_errors(tmp_path: Path, breakage, message: str) -> None:

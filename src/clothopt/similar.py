@@ -25,6 +25,15 @@ The index is one ``.npz`` file (no pickles): faiss's serialized index, the catal
 relative paths and JSON metadata (the model's SHA-256, the catalogue's fingerprint, the
 embedding's w and T). An index whose model or catalogue changed since it was built is refused.
 Search is exact below 100,000 items and IVF from there on (:mod:`clothopt.vector_index`).
+
+An index file is not trusted: it may come from anyone, and the HTML page inlines the files it
+names. :func:`load_index` refuses (one line) a file that is not a readable index of this
+format, metadata of the wrong shape, and any stored path that is absolute, climbs out with
+``..`` or resolves (through symbolic links) outside the catalogue folder, before any catalogue
+file is read. The catalogue's fingerprint hashes every image's bytes (SHA-256, streamed), so an
+edit that keeps a file's size and modification time is seen too; on the train split (3,068
+JPEGs, 90 MB) that costs about 0.2 s a load (``benchmarks/catalogue_fingerprint.py``). Files
+under the folder that resolve outside it are left out of an index when it is built.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import hashlib
 import html
 import io
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -44,8 +54,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt._io import atomic_path, atomic_write_text
-from clothopt.data import IMAGE_EXTENSIONS, file_sha256, load_image
-from clothopt.errors import UserError
+from clothopt.data import IMAGE_EXTENSIONS, UnusableImage, file_sha256, load_image
+from clothopt.data.images import open_regular_file
+from clothopt.errors import DataError, InvalidArgument, ModelError, NotFound, UserError
+from clothopt.logging import get_logger
 from clothopt.vector_index import index_info, make_index, plan_index, set_nprobe
 
 if TYPE_CHECKING:
@@ -79,8 +91,11 @@ DEFAULT_EMBEDDING = "pooled+probs"
 # to act as a gate, which keeps the visual order within a class
 CLASS_WEIGHT = 0.5
 TEMPERATURE = 0.1
-# bump when the file's layout or the embedding changes; older files are then refused
-INDEX_FORMAT = 2
+# bump when the file's layout, the embedding or the fingerprint changes; older files are then
+# refused (3: the catalogue fingerprint hashes content)
+INDEX_FORMAT = 3
+
+logger = get_logger(__name__)
 
 
 def _l2(v: np.ndarray) -> np.ndarray:
@@ -112,7 +127,12 @@ def embed_arrays(
         w = class_weight
         out = np.hstack([np.sqrt(1.0 - w) * _l2(pooled), np.sqrt(w) * np.sqrt(probs)])
     else:
-        raise UserError(f"unknown embedding {name!r} (choose from {', '.join(EMBEDDINGS)})")
+        raise InvalidArgument(f"unknown embedding {name!r} (choose from {', '.join(EMBEDDINGS)})")
+    if not np.all(np.isfinite(out)):
+        raise ModelError(
+            "the model's features or logits for an image are not finite: the model is broken "
+            "(trained to divergence?) and cannot be used"
+        )
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
@@ -127,7 +147,7 @@ def embedding_taps(model: keras.Model) -> keras.Model:
     try:
         return keras.Model(model.inputs, [model.get_layer(n).output for n in ("pool", logits)])
     except ValueError as exc:
-        raise UserError(f"the model has no 'pool' and 'logits' layers: {exc}") from None
+        raise ModelError(f"the model has no 'pool' and 'logits' layers: {exc}") from None
 
 
 def embedder(
@@ -141,7 +161,12 @@ def embedder(
 
     def embed(image: np.ndarray) -> np.ndarray:
         # one image per call: the model takes a batch of one size (as predict_image does)
-        pooled, logits = taps.predict_on_batch(image[None])
+        try:
+            pooled, logits = taps.predict_on_batch(image[None])
+        except Exception as exc:  # a model of another make: shapes, dtypes, ops it lacks
+            text = str(exc).strip()
+            reason = text.splitlines()[0] if text else type(exc).__name__
+            raise ModelError(f"the model failed on an image: {reason}") from None
         return embed_arrays(
             np.asarray(pooled), np.asarray(logits), name, class_weight, temperature
         )[0]
@@ -153,26 +178,46 @@ def embedder(
 
 
 def catalogue_files(folder: str | os.PathLike[str]) -> tuple[list[Path], int]:
-    """The images under ``folder`` (recursive, sorted) and how many other files were skipped."""
+    """The images under ``folder`` (recursive, sorted) and how many other files were skipped.
+
+    Skipped: files without an image's name, anything but a regular file (a FIFO would block
+    the reader), and links that resolve outside ``folder`` (the index never points there).
+    """
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise UserError(f"catalogue folder not found: {root}")
-    images, skipped = [], 0
+        raise NotFound(f"catalogue folder not found: {root}")
+    real_root = root.resolve()
+    images, skipped, outside = [], 0, 0
     for path in sorted(root.rglob("*")):
-        if path.is_file():
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                images.append(path)
-            else:
-                skipped += 1
-    return images, skipped
+        if path.is_dir():
+            continue
+        if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped += 1
+        elif not path.resolve().is_relative_to(real_root):
+            outside += 1
+        else:
+            images.append(path)
+    if outside:
+        logger.warning(
+            "left out %d file(s) under %s that link to outside it: an index names files of its "
+            "catalogue only",
+            outside,
+            root,
+        )
+    return images, skipped + outside
 
 
 def catalogue_fingerprint(root: Path, images: Sequence[Path]) -> str:
-    """SHA-256 over each image's relative path, size and mtime: any edit, add or delete shows."""
+    """SHA-256 over each image's relative path, size and content hash (streamed): any edit,
+    add or delete shows, one that keeps the size and the modification time too."""
     h = hashlib.sha256()
     for path in sorted(images):
-        st = path.stat()
-        h.update(f"{path.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        try:
+            with open_regular_file(path, "catalogue image") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        except UnusableImage:  # gone or replaced since it was listed: the fingerprint differs
+            digest = "-"
+        h.update(f"{path.relative_to(root).as_posix()}\t{digest}\n".encode())
     return h.hexdigest()
 
 
@@ -226,7 +271,7 @@ def build_index(
 
     ``index_kind``, ``nlist``, ``nprobe``: the faiss index (:func:`vector_index.plan_index`).
     An unreadable image is left out and reported (in the result and through ``log``); a folder
-    with no readable image is a :class:`UserError`. The file is written atomically.
+    with no readable image is a :class:`DataError`. The file is written atomically.
     """
     import faiss
 
@@ -237,7 +282,7 @@ def build_index(
     root = Path(catalogue_dir).expanduser().resolve()
     images, skipped = catalogue_files(root)
     if not images:
-        raise UserError(f"no images under {root} ({skipped} other files skipped)")
+        raise DataError(f"no images under {root} ({skipped} other files skipped)")
     plan_index(len(images), index_kind, nlist, nprobe)  # a bad choice fails before embedding
     model_path = Path(model_path).expanduser().resolve()
     model, _ = load_classifier(model_path)
@@ -252,7 +297,7 @@ def build_index(
         vectors.append(embed(image))
         kept.append(path.relative_to(root).as_posix())
     if not vectors:
-        raise UserError(f"none of the {len(images)} images under {root} could be read")
+        raise DataError(f"none of the {len(images)} images under {root} could be read")
     x = np.stack(vectors)
     plan = plan_index(len(x), index_kind, nlist, nprobe)
     if plan.kind == "flat" and (nlist, nprobe) != (None, None) and log:
@@ -288,55 +333,151 @@ def build_index(
     return BuildResult(out, len(kept), skipped, failed, x.shape[1], took, kind)
 
 
+# what load_index needs from the metadata, and of what type (JSON from anyone's file)
+_META_TYPES: dict[str, type | tuple[type, ...]] = {
+    "format": int,
+    "model": str,
+    "model_sha256": str,
+    "catalogue": str,
+    "catalogue_fingerprint": str,
+    "embedding": str,
+    "class_weight": (int, float),
+    "temperature": (int, float),
+    "dims": int,
+    "count": int,
+}
+
+
 def load_index(
     path: str | os.PathLike[str],
     model_path: str | os.PathLike[str] | None = None,
     check_catalogue: bool = True,
     nprobe: int | None = None,
 ) -> SimilarIndex:
-    """Read an index file; refuse it (:class:`UserError`) when it is stale or not an index.
+    """Read an index file; refuse it (one line) when it is not an index, stale or unsafe.
 
     ``nprobe`` overrides the one an IVF index was built with (a Flat index refuses it).
 
-    Stale: the model file (``model_path``, else the one it was built with) is not the one it
-    was built with, or (``check_catalogue``) an image under the catalogue folder was added,
-    removed or changed since.
+    Not an index (:class:`DataError`): not a regular file, not a readable ``.npz`` of this
+    format, metadata of the wrong shape, or a stored path that leaves the catalogue folder
+    (absolute, ``..``, or a link resolving outside): checked before any catalogue file is
+    read. Stale: the model file (``model_path``, else the one it was built with) is not the one
+    it was built with, or (``check_catalogue``) an image under the catalogue folder was added,
+    removed or changed since (its bytes are hashed).
     """
-    import faiss
-
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"index not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            meta = json.loads(str(npz["meta"]))
-            paths = [str(p) for p in npz["paths"]]
-            index = faiss.deserialize_index(npz["index"])
-    except Exception as exc:  # zipfile, numpy, json and faiss (RuntimeError) each raise their own
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable similar-item index ({reason})") from None
-    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
-        raise UserError(f"{path} is not a similar-item index of format {INDEX_FORMAT}; rebuild it")
-    if index.ntotal != len(paths):
-        raise UserError(f"{path} is inconsistent ({index.ntotal} vectors, {len(paths)} paths)")
+    meta, paths, index = _read_index_file(path)
+    root = Path(meta["catalogue"])
+    _check_paths(path, root, paths)
     model = Path(model_path).expanduser() if model_path is not None else Path(meta["model"])
-    if not model.is_file():
-        raise UserError(f"model not found: {model}")
-    if file_sha256(model) != meta["model_sha256"]:
-        raise UserError(
+    try:
+        with open_regular_file(model, "model") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    except UnusableImage as exc:
+        if exc.detail == "no such file":
+            raise NotFound(f"model not found: {model}") from None
+        raise ModelError(f"cannot read model {model}: {exc.detail}") from None
+    if digest != meta["model_sha256"]:
+        raise DataError(
             f"index {path} is stale: model {model} is not the one it was built with; "
             "rebuild it with `clothopt index build`"
         )
     if check_catalogue:
-        root = Path(meta["catalogue"])
         images = catalogue_files(root)[0] if root.is_dir() else None
-        if images is None or catalogue_fingerprint(root, images) != meta["catalogue_fingerprint"]:
-            raise UserError(
+        listed = {p.relative_to(root).as_posix() for p in images or ()}
+        if (
+            images is None
+            or not listed.issuperset(paths)
+            or catalogue_fingerprint(root, images) != meta["catalogue_fingerprint"]
+        ):
+            raise DataError(
                 f"index {path} is stale: catalogue {root} changed since it was built; "
                 "rebuild it with `clothopt index build`"
             )
     set_nprobe(index, nprobe if nprobe is not None else meta.get("nprobe"))
     return SimilarIndex(index, paths, meta, path)
+
+
+def _read_index_file(path: Path) -> tuple[dict[str, Any], list[str], faiss.Index]:
+    """The metadata, paths and faiss index of an index file, each checked for shape."""
+    import faiss
+
+    def refuse(reason: str) -> DataError:
+        return DataError(f"{path} is not a readable similar-item index ({reason})")
+
+    try:
+        fh = open_regular_file(path, "index")
+    except UnusableImage as exc:
+        if exc.detail == "no such file":
+            raise NotFound(f"index not found: {path}") from None
+        raise refuse(exc.detail) from None
+    try:
+        with fh, np.load(fh, allow_pickle=False) as npz:
+            raw_meta, raw_paths, blob = npz["meta"], npz["paths"], npz["index"]
+        meta = json.loads(str(raw_meta[()]))
+    except Exception as exc:  # zipfile, numpy and json each raise their own
+        text = str(exc).strip()
+        raise refuse(text.splitlines()[0] if text else type(exc).__name__) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("format"), int):
+        raise refuse("no format in its metadata")
+    if meta["format"] != INDEX_FORMAT:
+        raise DataError(
+            f"{path} is a similar-item index of format {meta['format']}; this clothopt reads "
+            f"format {INDEX_FORMAT}: rebuild it with `clothopt index build`"
+        )
+    for key, kind in _META_TYPES.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise refuse(f"metadata {key!r} is missing or not a {_type_name(kind)}")
+    if meta["embedding"] not in EMBEDDINGS:
+        raise refuse(f"unknown embedding {meta['embedding']!r}")
+    if not (0 <= meta["class_weight"] <= 1 and 0 < meta["temperature"] < math.inf):
+        raise refuse("its embedding's class weight or temperature is out of range")
+    if raw_paths.ndim != 1 or raw_paths.dtype.kind != "U":
+        raise refuse("its paths are not a list of strings")
+    if not (isinstance(blob, np.ndarray) and blob.dtype == np.uint8 and blob.ndim == 1):
+        raise refuse("its faiss index is not a byte array")
+    try:
+        index = faiss.deserialize_index(blob)
+    except Exception as exc:  # faiss raises RuntimeError with its C++ message
+        text = str(exc).strip()
+        raise refuse(f"faiss: {text.splitlines()[0] if text else type(exc).__name__}") from None
+    paths = [str(p) for p in raw_paths]
+    if not index.ntotal == len(paths) == meta["count"] or index.d != meta["dims"]:
+        raise refuse(
+            f"inconsistent: {index.ntotal} vectors of {index.d} dims, {len(paths)} paths, "
+            f"metadata {meta['count']} of {meta['dims']}"
+        )
+    if not os.path.isabs(meta["catalogue"]):
+        raise refuse(f"its catalogue folder {meta['catalogue']!r} is not an absolute path")
+    return meta, paths, index
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    return "number" if isinstance(kind, tuple) else {int: "whole number", str: "string"}[kind]
+
+
+def _check_paths(index_path: Path, root: Path, paths: Sequence[str]) -> None:
+    """Every stored path must name a file inside ``root``: relative, no ``..``, and resolving
+    (through any link) inside it. Only names are looked at, and links; no file is opened."""
+    real_root = root.resolve()
+    for rel in paths:
+        if _path_leaves(rel, root, real_root):
+            raise DataError(
+                f"index {index_path} is refused: its stored path {rel!r} is not inside the "
+                f"catalogue folder {root}; an index names files of its catalogue only"
+            )
+
+
+def _path_leaves(rel: str, root: Path, real_root: Path) -> bool:
+    if not rel or "\x00" in rel:
+        return True
+    parts = rel.split("/")
+    if os.path.isabs(rel) or any(part in ("", ".", "..") for part in parts):
+        return True
+    try:
+        return not (root / rel).resolve().is_relative_to(real_root)
+    except (OSError, RuntimeError):  # a link loop: not a file inside the catalogue
+        return True
 
 
 def query(
@@ -355,13 +496,15 @@ def query(
     vectors = []
     for image in images:
         if not isinstance(image, np.ndarray):
-            try:
-                image = load_image(image, None)
-            except UserError as exc:  # its hint about `clothopt data check` is for data sets
-                raise UserError(str(exc).split(" (run `clothopt data check`")[0]) from None
+            image = _load_query(image)
         vectors.append(embed(image))
     if not vectors:
         return []
+    if vectors[0].shape[0] != index.index.d:
+        raise ModelError(
+            f"the model gives {vectors[0].shape[0]}-dimensional embeddings; the index holds "
+            f"{index.index.d}: rebuild it with this model"
+        )
     k = max(1, min(k, index.index.ntotal))
     scores, ids = index.index.search(np.stack(vectors), k)
     root = index.root
@@ -373,6 +516,13 @@ def query(
         ]
         for row_s, row_i in zip(scores, ids, strict=True)
     ]
+
+
+def _load_query(path: str | os.PathLike[str]) -> np.ndarray:
+    try:
+        return load_image(path, None)
+    except UnusableImage as exc:  # its hint about `clothopt data check` is for data sets
+        raise DataError(f"cannot read image {path}: {exc.detail}") from None
 
 
 def rejections(
@@ -388,10 +538,7 @@ def rejections(
         return [None] * len(images)
     out: list[dict[str, Any] | None] = []
     for path in images:
-        try:
-            image = load_image(path, None)
-        except UserError as exc:  # its hint about `clothopt data check` is for data sets
-            raise UserError(str(exc).split(" (run `clothopt data check`")[0]) from None
+        image = _load_query(path)
         verdict = run_model(model, image)
         if verdict.accepted or verdict.score is None:
             out.append(None)
@@ -409,7 +556,8 @@ def _thumbnail(path: str | os.PathLike[str], size: int) -> str:
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        # never open() a FIFO or a device: the page must not wait for a writer
+        with open_regular_file(path) as fh, Image.open(fh) as img:
             img = img.convert("RGB")
             img.thumbnail((size, size))
             buf = io.BytesIO()
