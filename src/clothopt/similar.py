@@ -118,16 +118,18 @@ def embed_arrays(
     benchmark passes other ``w``, ``T`` to choose them; the index uses the defaults).
     """
     pooled = np.asarray(pooled, dtype=np.float64)
-    if name == "pooled":
-        out = _l2(pooled)
-    elif name == "pooled+probs":
-        z = np.asarray(logits, dtype=np.float64) / temperature
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        probs = e / e.sum(axis=1, keepdims=True)
-        w = class_weight
-        out = np.hstack([np.sqrt(1.0 - w) * _l2(pooled), np.sqrt(w) * np.sqrt(probs)])
-    else:
+    if name not in EMBEDDINGS:
         raise InvalidArgument(f"unknown embedding {name!r} (choose from {', '.join(EMBEDDINGS)})")
+    # a model that answers nan or inf would put garbage in the index without a word
+    with np.errstate(all="ignore"):
+        if name == "pooled":
+            out = _l2(pooled)
+        else:
+            z = np.asarray(logits, dtype=np.float64) / temperature
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            probs = e / e.sum(axis=1, keepdims=True)
+            w = class_weight
+            out = np.hstack([np.sqrt(1.0 - w) * _l2(pooled), np.sqrt(w) * np.sqrt(probs)])
     if not np.all(np.isfinite(out)):
         raise ModelError(
             "the model's features or logits for an image are not finite: the model is broken "
@@ -394,7 +396,16 @@ def load_index(
                 f"index {path} is stale: catalogue {root} changed since it was built; "
                 "rebuild it with `clothopt index build`"
             )
-    set_nprobe(index, nprobe if nprobe is not None else meta.get("nprobe"))
+    if nprobe is not None:
+        set_nprobe(index, nprobe)  # the user's: its mistakes are the user's (InvalidArgument)
+    elif meta.get("nprobe") is not None:
+        try:
+            set_nprobe(index, meta["nprobe"])
+        except InvalidArgument:
+            raise DataError(
+                f"{path} is not a readable similar-item index (its nprobe "
+                f"{meta['nprobe']!r} does not fit its faiss index)"
+            ) from None
     return SimilarIndex(index, paths, meta, path)
 
 
@@ -447,8 +458,13 @@ def _read_index_file(path: Path) -> tuple[dict[str, Any], list[str], faiss.Index
             f"inconsistent: {index.ntotal} vectors of {index.d} dims, {len(paths)} paths, "
             f"metadata {meta['count']} of {meta['dims']}"
         )
-    if not os.path.isabs(meta["catalogue"]):
-        raise refuse(f"its catalogue folder {meta['catalogue']!r} is not an absolute path")
+    for key in ("catalogue", "model"):
+        if not os.path.isabs(meta[key]) or "\x00" in meta[key]:
+            raise refuse(f"its {key} {meta[key]!r} is not an absolute path")
+    if meta.get("nprobe") is not None and (
+        not isinstance(meta["nprobe"], int) or isinstance(meta["nprobe"], bool)
+    ):
+        raise refuse("metadata 'nprobe' is not a whole number")
     return meta, paths, index
 
 
