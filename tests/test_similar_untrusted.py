@@ -7,6 +7,7 @@ model file is any file, whose SHA-256 the metadata records.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -146,6 +147,11 @@ def _leaves(root: Path, rel: str) -> bool:
         return True
     if any(part in ("", ".", "..") for part in rel.split("/")):
         return True
+    try:
+        os.stat(os.path.join(root, rel))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link loop names no file at all
+            return True
     real_root = os.path.realpath(root)
     target = os.path.realpath(os.path.join(root, rel))
     return os.path.commonpath([real_root, target]) != real_root

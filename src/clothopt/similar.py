@@ -31,9 +31,11 @@ names. :func:`load_index` refuses (one line) a file that is not a readable index
 format, metadata of the wrong shape, and any stored path that is absolute, climbs out with
 ``..`` or resolves (through symbolic links) outside the catalogue folder, before any catalogue
 file is read. The catalogue's fingerprint hashes every image's bytes (SHA-256, streamed), so an
-edit that keeps a file's size and modification time is seen too; on the train split (3,068
-JPEGs, 90 MB) that costs about 0.2 s a load (``benchmarks/catalogue_fingerprint.py``). Files
-under the folder that resolve outside it are left out of an index when it is built.
+edit that keeps a file's size and modification time is seen too. On the train split (3,068
+JPEGs, 87.5 MB, page cache warm) that costs 0.48 ± 0.03 s a load against 0.075 s for the
+size-and-mtime listing it replaced, plus 0.15 s to list the folder
+(``benchmarks/catalogue_fingerprint.py``, a 2-core machine shared with other jobs). Files under
+the folder that resolve outside it are left out of an index when it is built.
 """
 
 from __future__ import annotations
@@ -189,13 +191,22 @@ def catalogue_files(folder: str | os.PathLike[str]) -> tuple[list[Path], int]:
     if not root.is_dir():
         raise NotFound(f"catalogue folder not found: {root}")
     real_root = root.resolve()
+    inside: dict[Path, bool] = {}  # per folder: resolving it once costs less than per file
+
+    def leaves(path: Path) -> bool:
+        if path.parent not in inside:
+            inside[path.parent] = path.parent.resolve().is_relative_to(real_root)
+        if not inside[path.parent]:
+            return True
+        return path.is_symlink() and not path.resolve().is_relative_to(real_root)
+
     images, skipped, outside = [], 0, 0
     for path in sorted(root.rglob("*")):
         if path.is_dir():
             continue
         if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
             skipped += 1
-        elif not path.resolve().is_relative_to(real_root):
+        elif leaves(path):
             outside += 1
         else:
             images.append(path)
@@ -476,22 +487,29 @@ def _check_paths(index_path: Path, root: Path, paths: Sequence[str]) -> None:
     """Every stored path must name a file inside ``root``: relative, no ``..``, and resolving
     (through any link) inside it. Only names are looked at, and links; no file is opened."""
     real_root = root.resolve()
+    folders: dict[str, bool] = {}  # per folder: resolved once (3,068 paths: 0.33 s -> 0.02 s)
     for rel in paths:
-        if _path_leaves(rel, root, real_root):
+        if _path_leaves(rel, root, real_root, folders):
             raise DataError(
                 f"index {index_path} is refused: its stored path {rel!r} is not inside the "
                 f"catalogue folder {root}; an index names files of its catalogue only"
             )
 
 
-def _path_leaves(rel: str, root: Path, real_root: Path) -> bool:
+def _path_leaves(rel: str, root: Path, real_root: Path, folders: dict[str, bool]) -> bool:
     if not rel or "\x00" in rel:
         return True
-    parts = rel.split("/")
-    if os.path.isabs(rel) or any(part in ("", ".", "..") for part in parts):
+    if os.path.isabs(rel) or any(part in ("", ".", "..") for part in rel.split("/")):
         return True
+    # no ".." left: the path can only leave through a link, in a folder or the file itself
+    folder, _, _ = rel.rpartition("/")
     try:
-        return not (root / rel).resolve().is_relative_to(real_root)
+        if folder not in folders:
+            folders[folder] = (root / folder).resolve().is_relative_to(real_root)
+        if not folders[folder]:
+            return True
+        full = root / rel
+        return full.is_symlink() and not full.resolve().is_relative_to(real_root)
     except (OSError, RuntimeError):  # a link loop: not a file inside the catalogue
         return True
 
