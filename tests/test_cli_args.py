@@ -188,7 +188,7 @@ def test_words_that_are_no_numbers_are_one_line(key: tuple[str, str], text: str)
         (["evaluate", "m", "d", "--bootstrap-seed", "-5"], "--bootstrap-seed"),
         (["evaluate", "m", "d", "--resamples", "10"], "between 1000 and 1000000"),
         (["study", "finalize", "s", "--fine-tune-lr", "nan"], "finite"),
-        (["study", "finalize", "s", "--fine-tune-lr", "2"], "between 0 and 1"),
+        (["study", "finalize", "s", "--fine-tune-lr", "2"], "--fine-tune-lr: must be in (0, 1)"),
         (["study", "optimize", "s", "--timeout", "inf"], "finite"),
         (["similar", "i", "q", "-k", "0"], "at least 1"),
         (["compare", "samplers", "--backbone", "x", "--seeds", "100000"], "between 1 and 1000"),

@@ -83,7 +83,7 @@ def _unit_interval(text: str) -> float:
     """A number in (0, 1): a learning rate, a share."""
     value = _finite(text)
     if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), not {value:g}")
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), not {value:g}")
     return value
 
 
