@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt.data import IMAGE_EXTENSIONS, UnusableImage, default_threads, load_image
-from clothopt.data.images import open_regular_file, regular_file_problem
+from clothopt.data.images import NO_SUCH_FILE, open_regular_file, regular_file_problem
 from clothopt.errors import DataError, ModelError, NotFound, UserError
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def read_classes(model_path: str | os.PathLike[str]) -> tuple[str, ...]:
     strings (a duplicate would make two outputs one class in every report)."""
     path = Path(model_path).with_name(CLASSES_FILE)
     if (problem := regular_file_problem(path)) is not None:
-        if problem[1] == "no such file":
+        if problem[1] == NO_SUCH_FILE:
             raise NotFound(f"no {CLASSES_FILE} beside the model (expected {path})")
         raise ModelError(f"cannot read {path}: {problem[1]}")
     try:
@@ -148,7 +148,7 @@ def load_classifier(path: str | os.PathLike[str]) -> tuple[keras.Model, tuple[st
     """
     path = Path(path).expanduser()
     if (problem := regular_file_problem(path)) is not None:
-        if problem[1] == "no such file":
+        if problem[1] == NO_SUCH_FILE:
             raise NotFound(f"model not found: {path}")
         raise ModelError(f"cannot read model {path}: {problem[1]}")
     classes = read_classes(path)

@@ -57,7 +57,7 @@ import numpy as np
 
 from clothopt._io import atomic_path, atomic_write_text
 from clothopt.data import IMAGE_EXTENSIONS, UnusableImage, file_sha256, load_image
-from clothopt.data.images import open_regular_file
+from clothopt.data.images import NO_SUCH_FILE, open_regular_file
 from clothopt.errors import DataError, InvalidArgument, ModelError, NotFound, UserError
 from clothopt.logging import get_logger
 from clothopt.vector_index import index_info, make_index, plan_index, set_nprobe
@@ -181,7 +181,7 @@ def embedder(
 # --------------------------------------------------------------------------- the catalogue
 
 
-def catalogue_files(folder: str | os.PathLike[str]) -> tuple[list[Path], int]:
+def catalogue_files(folder: str | os.PathLike[str], warn: bool = True) -> tuple[list[Path], int]:
     """The images under ``folder`` (recursive, sorted) and how many other files were skipped.
 
     Skipped: files without an image's name, anything but a regular file (a FIFO would block
@@ -210,7 +210,7 @@ def catalogue_files(folder: str | os.PathLike[str]) -> tuple[list[Path], int]:
             outside += 1
         else:
             images.append(path)
-    if outside:
+    if outside and warn:
         logger.warning(
             "left out %d file(s) under %s that link to outside it: an index names files of its "
             "catalogue only",
@@ -387,7 +387,7 @@ def load_index(
         with open_regular_file(model, "model") as fh:
             digest = hashlib.file_digest(fh, "sha256").hexdigest()
     except UnusableImage as exc:
-        if exc.detail == "no such file":
+        if exc.detail == NO_SUCH_FILE:
             raise NotFound(f"model not found: {model}") from None
         raise ModelError(f"cannot read model {model}: {exc.detail}") from None
     if digest != meta["model_sha256"]:
@@ -396,7 +396,8 @@ def load_index(
             "rebuild it with `clothopt index build`"
         )
     if check_catalogue:
-        images = catalogue_files(root)[0] if root.is_dir() else None
+        # links out were left out and reported by index build: not again on every load
+        images = catalogue_files(root, warn=False)[0] if root.is_dir() else None
         listed = {p.relative_to(root).as_posix() for p in images or ()}
         if (
             images is None
@@ -430,7 +431,7 @@ def _read_index_file(path: Path) -> tuple[dict[str, Any], list[str], faiss.Index
     try:
         fh = open_regular_file(path, "index")
     except UnusableImage as exc:
-        if exc.detail == "no such file":
+        if exc.detail == NO_SUCH_FILE:
             raise NotFound(f"index not found: {path}") from None
         raise refuse(exc.detail) from None
     try:

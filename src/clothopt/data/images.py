@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
+    "NO_SUCH_FILE",
     "RESIZE_METHODS",
     "UnusableImage",
     "default_threads",
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 RESIZE_METHODS = ("nearest", "bilinear", "bicubic")
+NO_SUCH_FILE = "no such file"  # the detail of a path that is not there (not a broken link)
 
 MAX_IMAGE_PIXELS = 50_000_000
 """The largest image clothopt decodes (width × height; 50 megapixels, e.g. 8660×5773).
@@ -107,7 +109,7 @@ def regular_file_problem(path: str | os.PathLike[str]) -> tuple[str, str] | None
     except FileNotFoundError:
         if os.path.islink(path):
             return "broken-link", f"broken symbolic link to {os.readlink(path)}"
-        return "unreadable", "no such file"
+        return "unreadable", NO_SUCH_FILE
     except OSError as exc:  # a link loop (ELOOP), a folder we may not enter (EACCES), ...
         kind = "broken-link" if os.path.islink(path) else "unreadable"
         return kind, exc.strerror or type(exc).__name__

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clothopt.data.images import open_regular_file
 from clothopt.errors import DataError, NotFound
 
 __all__ = ["IMAGE_EXTENSIONS", "SPLITS", "Dataset", "Split", "file_sha256", "open_dataset"]
@@ -20,8 +21,9 @@ SPLITS = ("train", "validation", "test")
 
 
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """SHA-256 of a regular file, streamed; anything else (a FIFO would block) is refused."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular_file(path, "file") as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
