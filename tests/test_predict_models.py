@@ -74,6 +74,8 @@ def _foreign(folder: Path, kind: str) -> Path:
         inputs = [image, other]
         pooled2 = keras.layers.GlobalAveragePooling2D()(other)
         outputs = keras.layers.Softmax()(keras.layers.Dense(n)(pooled + pooled2))
+    elif kind == "image-out":  # a per-pixel answer, not one per image
+        outputs = keras.layers.Softmax()(image)
     elif kind in ("nan-threshold", "nan-score"):
         outputs = {"probabilities": probs, "clothing_score": score, "accepted": threshold}
     model = keras.Model(inputs, outputs)
@@ -100,6 +102,7 @@ FOREIGN = {
     "two-outputs": "load",
     "two-inputs": "load",
     "nan-threshold": "load",
+    "image-out": "load",
     "logits": "run",
     "nan-probabilities": "run",
     "nan-score": "run",

@@ -197,7 +197,12 @@ def _probabilities_width(model: keras.Model, path: Path) -> int | None:
             f"model {path} is not one clothopt exported: it has {len(out)} unnamed outputs"
         )
     shape = getattr(out, "shape", None)
-    return None if shape is None or len(shape) != 2 else shape[-1]
+    if shape is None or len(shape) != 2:
+        raise ModelError(
+            f"model {path} is not one clothopt exported: its probabilities have shape "
+            f"{None if shape is None else tuple(shape)}, not (batch, classes)"
+        )
+    return shape[-1]
 
 
 def shipped_threshold(model: keras.Model) -> float | None:
