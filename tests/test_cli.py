@@ -174,3 +174,41 @@ def test_an_unreadable_image_fails_only_its_trial(
     assert [t.state.name for t in st.trials] == ["FAIL", "FAIL"]
     for t in st.trials:
         assert t.user_attrs["fail_reason"].startswith(f"cannot read image {victim}")
+
+
+def _one_line(code: int, err: str, message: str) -> None:
+    assert code == 2 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_a_class_folder_with_no_images_is_refused_by_create_and_optimize(
+    tiny_data: Path, storage: str, tmp_path: Path, split: str
+) -> None:
+    from conftest import run_cli
+
+    space = tmp_path / "s.toml"
+    space.write_text(SPACE)
+    db = Path(storage.removeprefix("sqlite:///"))
+    images = sorted((tiny_data / split / "hat").iterdir())
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for image in images:  # the folder stays, empty
+        image.rename(moved / image.name)
+    message = f"class 'hat' of the {split} split has no images"
+    code, out, err = run_cli(create_args(space, tiny_data, "t", storage))
+    _one_line(code, err, message)
+    assert out == "" and not db.exists()  # nothing written
+
+    for image in images:  # created on the full set, then a class emptied
+        (moved / image.name).rename(image)
+    assert main(create_args(space, tiny_data, "t", storage)) == 0
+    for image in images:
+        image.rename(moved / image.name)
+    (tiny_data / split / "hat" / "notes.txt").write_text("not an image")
+    before = db.read_bytes()
+    code, out, err = run_cli(["study", "optimize", "t", "--storage", storage, "--quiet"])
+    _one_line(code, err, message)
+    assert db.read_bytes() == before  # refused before any trial was taken from the queue
+    code, out, err = run_cli(["study", "show", "t", "--storage", storage, "--json"])
+    assert code == 0 and {t["state"] for t in json.loads(out)["trials"]} == {"WAITING"}

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
+from clothopt.data import check
 from clothopt.data.layout import SPLITS, open_dataset
-from clothopt.errors import UserError
+from clothopt.errors import DataError, UserError
 
 CLASSES = ("shirt", "hat", "pants")  # deliberately not sorted
 
@@ -73,7 +77,7 @@ def test_only_some_splits(tmp_path: Path) -> None:
         (lambda r: (r / "test" / "socks").mkdir(), "not in train: socks"),
         (lambda r: shutil.rmtree(r / "train"), "no train/ folder"),
         (lambda r: [shutil.rmtree(r / "train" / c) for c in ("hat", "pants")], "two class"),
-        (lambda r: [p.unlink() for p in (r / "test").rglob("*.png")], "holds no images"),
+        (lambda r: [p.unlink() for p in (r / "test").rglob("*.png")], "of the test split has no"),
     ],
 )
 def test_layout_errors(tmp_path: Path, breakage, message: str) -> None:
@@ -133,3 +137,57 @@ def test_broken_link_is_one_user_error_not_a_crash(tmp_path: Path) -> None:
         UserError, match=r"zz\.jpg is a broken symbolic link \(run `clothopt data check`"
     ):
         open_dataset(root)
+
+
+# --------------------------------------------------------------------------- empty classes
+
+_LAYOUTS = st.fixed_dictionaries(
+    {
+        split: st.fixed_dictionaries(
+            # per class: (images, other files): a folder of notes alone holds no images
+            {cls: st.tuples(st.integers(0, 2), st.integers(0, 1)) for cls in CLASSES}
+        )
+        for split in SPLITS
+    }
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(layout=_LAYOUTS)
+def test_a_class_with_no_images_in_any_split_is_refused_as_data_check_sees_it(
+    layout: dict[str, dict[str, tuple[int, int]]],
+) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        for split, classes in layout.items():
+            for cls, (images, others) in classes.items():
+                folder = root / split / cls
+                folder.mkdir(parents=True)
+                for i in range(images):
+                    Image.fromarray(np.full((4, 5, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+                for i in range(others):
+                    (folder / f"note{i}.txt").write_text("not an image")
+        empty = [
+            (split, cls)
+            for split in SPLITS
+            for cls in sorted(CLASSES)
+            if layout[split][cls][0] == 0
+        ]
+        report = check(root)
+        assert report.usable == (not empty)
+        assert {
+            (p.path.parent.name, p.path.name) for p in report.problems if p.kind == "empty-class"
+        } == set(empty)
+        if not empty:
+            assert len(open_dataset(root).classes) == len(CLASSES)
+            return
+        with pytest.raises(DataError) as info:
+            open_dataset(root)
+        split, cls = empty[0]
+        message = str(info.value)
+        assert f"class {cls!r} of the {split} split has no images" in message
+        assert len(message.splitlines()) == 1
+        # asked for the splits without an empty class only, the set opens
+        usable = tuple(s for s in SPLITS if not any(e[0] == s for e in empty))
+        if "train" in usable:
+            assert set(open_dataset(root, usable).splits) == set(usable)

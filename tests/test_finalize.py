@@ -314,7 +314,7 @@ def test_finalize_a_chosen_trial_replaces_the_result(finalized: dict[str, Any]) 
     ("extra", "message"),
     [
         (["--trial", "99"], "has no trial 99"),
-        (["--resamples", "10"], "at least 1000"),
+        (["--resamples", "10"], "--resamples: must be between 1000 and"),
         (["--paper", "/nonexistent"], "no final_test.csv"),
     ],
 )

@@ -88,7 +88,7 @@ def test_the_saved_model_answers_as_the_tuned_training_model(tuned: dict[str, An
     ("extra", "message"),
     [
         (["--fine-tune", "100000"], "--fine-tune must be between 1 and"),
-        (["--fine-tune", "2", "--fine-tune-lr", "1.5"], "--fine-tune-lr must be in (0, 1)"),
+        (["--fine-tune", "2", "--fine-tune-lr", "1.5"], "--fine-tune-lr: must be in (0, 1)"),
         (["--fine-tune", "2", "--fine-tune-epochs", "5000"], "between 1 and 1000"),
     ],
 )

@@ -188,11 +188,19 @@ def test_stale_index_is_refused(model_file: Path, tmp_path: Path) -> None:
     load_index(out)
 
     st = images[0].stat()
-    os.utime(images[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # an image edited
+    os.utime(images[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, not edited
+    load_index(out)
+    # an edit that keeps the size and the modification time: the content hash sees it
+    original = images[0].read_bytes()
+    edited = bytearray(original)
+    edited[-20] ^= 0xFF
+    images[0].write_bytes(bytes(edited))
+    os.utime(images[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert images[0].stat().st_size == st.st_size
     with pytest.raises(UserError, match=r"stale: catalogue"):
         load_index(out)
     assert load_index(out, check_catalogue=False).meta["count"] == 3
-    os.utime(images[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    images[0].write_bytes(original)
     load_index(out)
     (cat / "new.png").write_bytes(images[1].read_bytes())  # an image added
     with pytest.raises(UserError, match=r"stale: catalogue"):
@@ -205,7 +213,7 @@ def test_stale_index_is_refused(model_file: Path, tmp_path: Path) -> None:
     old = tmp_path / "old.npz"
     np.savez(old, **arrays | {"meta": np.array(json.dumps(meta))})
     with pytest.raises(
-        UserError, match=rf"not a similar-item index of format {INDEX_FORMAT}; rebuild"
+        UserError, match=rf"index of format 1; this clothopt reads format {INDEX_FORMAT}: rebuild"
     ):
         load_index(old, check_catalogue=False)
 

@@ -9,13 +9,19 @@ A model from ``clothopt study finalize`` since issue #13 returns a dict: ``"prob
 ``"clothing_score"`` (the shipped "not clothing" detector's score, higher = more like the train
 split) and ``"accepted"`` (1.0 where the score reaches the threshold the model holds in its
 layer ``"ood_threshold"``). An older model returns the probabilities alone; both load here.
+
+A model clothopt did not make is refused in one line (:class:`~clothopt.errors.ModelError`):
+it must take one ``(batch, height, width, 3)`` input of any size and answer with those outputs;
+the probabilities of every image must be finite, in [0, 1] and sum to 1, the detector's score
+finite. ``classes.json`` must name each class once.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt.data import IMAGE_EXTENSIONS, UnusableImage, default_threads, load_image
-from clothopt.errors import UserError
+from clothopt.data.images import NO_SUCH_FILE, open_regular_file, regular_file_problem
+from clothopt.errors import DataError, ModelError, NotFound, UserError
 
 if TYPE_CHECKING:
     import keras
@@ -105,55 +112,114 @@ def not_clothing_line(score: float, threshold: float) -> str:
     return f"not clothing (score {score:.4f} < threshold {threshold:.4f})"
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def read_classes(model_path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The class names in ``classes.json`` beside the model: a list of distinct, non-blank
+    strings (a duplicate would make two outputs one class in every report)."""
     path = Path(model_path).with_name(CLASSES_FILE)
+    if (problem := regular_file_problem(path)) is not None:
+        if problem[1] == NO_SUCH_FILE:
+            raise NotFound(f"no {CLASSES_FILE} beside the model (expected {path})")
+        raise ModelError(f"cannot read {path}: {problem[1]}")
     try:
-        classes = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"no {CLASSES_FILE} beside the model (expected {path})") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
+        with open_regular_file(path, CLASSES_FILE) as fh:
+            classes = json.loads(fh.read().decode("utf-8"))
+    except UnusableImage as exc:
+        raise ModelError(f"cannot read {path}: {exc.detail}") from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError included
+        raise ModelError(f"cannot read {path}: {_first_line(exc)}") from None
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
-        raise UserError(f"{path} must hold a JSON list of class names")
+        raise ModelError(f"{path} must hold a JSON list of class names")
+    if blank := [i for i, c in enumerate(classes) if not c.strip()]:
+        raise ModelError(f"{path}: class name {blank[0] + 1} of {len(classes)} is empty")
+    if dup := [c for c, n in Counter(classes).items() if n > 1]:
+        raise ModelError(f"{path} names class {dup[0]!r} twice: each output needs its own name")
     return tuple(classes)
 
 
 def load_classifier(path: str | os.PathLike[str]) -> tuple[keras.Model, tuple[str, ...]]:
-    """The model (safe mode: no arbitrary code runs while loading) and its class names."""
+    """The model (safe mode: no arbitrary code runs while loading) and its class names.
+
+    A model clothopt did not make (another input or outputs) is a :class:`ModelError`.
+    """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"model not found: {path}")
+    if (problem := regular_file_problem(path)) is not None:
+        if problem[1] == NO_SUCH_FILE:
+            raise NotFound(f"model not found: {path}")
+        raise ModelError(f"cannot read model {path}: {problem[1]}")
     classes = read_classes(path)
     import keras
 
     try:
         model = keras.saving.load_model(path, safe_mode=True)
     except Exception as exc:  # Keras raises ValueError, TypeError, zipfile errors, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load model {path}: {reason}") from None
-    outputs = _probabilities_width(model)
+        raise ModelError(f"cannot load model {path}: {_first_line(exc)}") from None
+    if not isinstance(model, keras.Model):
+        raise ModelError(f"{path} holds a {type(model).__name__}, not a Keras model")
+    _check_input(model, path)
+    outputs = _probabilities_width(model, path)
     if outputs != len(classes):
-        raise UserError(
+        raise ModelError(
             f"model {path} gives {outputs} outputs but {CLASSES_FILE} names {len(classes)} classes"
         )
+    shipped_threshold(model)  # a detector without its threshold fails now, not per image
     return model, classes
 
 
-def _probabilities_width(model: keras.Model) -> int | None:
+def _check_input(model: keras.Model, path: Path) -> None:
+    """One input of raw RGB images of any size: ``(None, None, None, 3)``."""
+    inputs = model.inputs
+    shape = tuple(inputs[0].shape) if len(inputs) == 1 else None
+    if shape is None or len(shape) != 4 or shape[-1] != 3 or shape[1:3] != (None, None):
+        got = ", ".join(str(tuple(i.shape)) for i in inputs) or "none"
+        raise ModelError(
+            f"model {path} is not one clothopt exported: it must take one input of RGB images of "
+            f"any size (None, None, None, 3), not {got}"
+        )
+
+
+def _probabilities_width(model: keras.Model, path: Path) -> int | None:
     out = model.output
     if isinstance(out, dict):
-        if set(out) != {PROBABILITIES_OUTPUT, SCORE_OUTPUT, ACCEPTED_OUTPUT}:
-            return None
+        wanted = {PROBABILITIES_OUTPUT, SCORE_OUTPUT, ACCEPTED_OUTPUT}
+        if set(out) != wanted:
+            raise ModelError(
+                f"model {path} is not one clothopt exported: its outputs are "
+                f"{', '.join(sorted(map(str, out)))}, not {', '.join(sorted(wanted))}"
+            )
         out = out[PROBABILITIES_OUTPUT]
+    elif isinstance(out, list | tuple):
+        raise ModelError(
+            f"model {path} is not one clothopt exported: it has {len(out)} unnamed outputs"
+        )
     shape = getattr(out, "shape", None)
-    return None if shape is None or len(shape) != 2 else shape[-1]
+    if shape is None or len(shape) != 2:
+        raise ModelError(
+            f"model {path} is not one clothopt exported: its probabilities have shape "
+            f"{None if shape is None else tuple(shape)}, not (batch, classes)"
+        )
+    return shape[-1]
 
 
 def shipped_threshold(model: keras.Model) -> float | None:
     """The "not clothing" threshold the model holds, or None for a model without detector."""
     if not isinstance(model.output, dict):
         return None
-    return float(np.asarray(model.get_layer(THRESHOLD_LAYER).get_weights()[1]).reshape(-1)[0])
+    try:
+        threshold = float(
+            np.asarray(model.get_layer(THRESHOLD_LAYER).get_weights()[1]).reshape(-1)[0]
+        )
+    except (ValueError, IndexError) as exc:  # no such layer, or one without a bias
+        raise ModelError(
+            f"the model's detector has no threshold (layer {THRESHOLD_LAYER!r}): {_first_line(exc)}"
+        ) from None
+    if not math.isfinite(threshold):
+        raise ModelError(f"the model's detector threshold is {threshold}, not a finite number")
+    return threshold
 
 
 def run_model(model: keras.Model, image: np.ndarray) -> ModelOutput:
@@ -161,15 +227,43 @@ def run_model(model: keras.Model, image: np.ndarray) -> ModelOutput:
 
     One image per call (images differ in size), through ``predict_on_batch``: finalize scores
     the test split with exactly this call, so the reported figures are this function's.
+    Outputs that are no probabilities (not finite, outside [0, 1], not summing to 1) are a
+    :class:`ModelError`: every figure made from them would be meaningless.
     """
-    out = model.predict_on_batch(image[None])
+    try:
+        out = model.predict_on_batch(image[None])
+    except Exception as exc:  # a model of another make: shapes, dtypes, ops it lacks
+        raise ModelError(f"the model failed on an image: {_first_line(exc)}") from None
     if not isinstance(out, dict):
-        return ModelOutput(np.asarray(out)[0])
+        return ModelOutput(_probabilities(out))
+    score = float(np.asarray(out[SCORE_OUTPUT]).reshape(-1)[0])
+    if not math.isfinite(score):
+        raise ModelError(f"the model's detector scores an image {score}, not a finite number")
     return ModelOutput(
-        np.asarray(out[PROBABILITIES_OUTPUT])[0],
-        float(np.asarray(out[SCORE_OUTPUT]).reshape(-1)[0]),
+        _probabilities(out[PROBABILITIES_OUTPUT]),
+        score,
         bool(np.asarray(out[ACCEPTED_OUTPUT]).reshape(-1)[0] >= 0.5),
     )
+
+
+def _probabilities(batch: Any) -> np.ndarray:
+    probs = np.asarray(batch)
+    if probs.ndim != 2 or probs.shape[0] != 1:
+        raise ModelError(f"the model answers with shape {probs.shape}, not (1, classes)")
+    probs = probs[0]
+    if not np.all(np.isfinite(probs)):
+        bad = probs[~np.isfinite(probs)][0]
+        raise ModelError(
+            f"the model's probabilities for an image are not finite ({bad}): the model is "
+            "broken (trained to divergence?) and cannot be used"
+        )
+    # float32 softmax sums to 1 within ~1e-6; logits or another activation are far off
+    if probs.min() < -1e-3 or probs.max() > 1 + 1e-3 or abs(float(probs.sum()) - 1) > 1e-3:
+        raise ModelError(
+            "the model's outputs for an image are not probabilities (sum "
+            f"{float(probs.sum()):.4g}, range {float(probs.min()):.4g}..{float(probs.max()):.4g})"
+        )
+    return probs
 
 
 def predict_image(model: keras.Model, image: np.ndarray) -> np.ndarray:
@@ -199,7 +293,7 @@ def _read(path: Path) -> np.ndarray | UserError:
         return load_image(path, None)
     except UnusableImage as exc:
         # load_image's hint about `clothopt data check` is for data sets, not for one picture
-        return UserError(f"cannot read image {path}: {exc.detail}")
+        return DataError(f"cannot read image {path}: {exc.detail}")
     except UserError as exc:
         return exc
 
@@ -236,7 +330,10 @@ def predict_files(
         if isinstance(image, UserError):
             yield Prediction(str(path), error=str(image))
             continue
-        out = run_model(model, image)
+        try:
+            out = run_model(model, image)
+        except ModelError as exc:  # the whole model is at fault: stop, naming the image
+            raise ModelError(f"{exc} ({path})") from None
         probs = out.probabilities
         order = np.argsort(-probs, kind="stable")[:k]
         top = tuple((classes[i], float(probs[i])) for i in order)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clothopt.errors import UserError
+from clothopt.errors import InvalidArgument
 
 if TYPE_CHECKING:
     import faiss
@@ -65,32 +65,32 @@ def plan_index(
     nprobe: int | None = None,
     auto_ivf_from: int = AUTO_IVF_FROM,
 ) -> IndexPlan:
-    """Resolve the user's choices for ``n`` vectors; a choice that cannot work is a UserError."""
+    """Resolve the user's choices for ``n`` vectors; one that cannot work: InvalidArgument."""
     if kind not in INDEX_KINDS:
-        raise UserError(f"unknown index kind {kind!r} (choose from {', '.join(INDEX_KINDS)})")
+        raise InvalidArgument(f"unknown index kind {kind!r} (choose from {', '.join(INDEX_KINDS)})")
     for flag, value in (("--nlist", nlist), ("--nprobe", nprobe)):
         if value is not None and value < 1:
-            raise UserError(f"{flag} must be at least 1, not {value}")
+            raise InvalidArgument(f"{flag} must be at least 1, not {value}")
     if kind == "auto":
         kind = "ivf" if n >= auto_ivf_from else "flat"
         if kind == "flat":
             nlist = nprobe = None  # tuning for a large catalogue does not apply to a small one
     if kind == "flat":
         if nlist is not None or nprobe is not None:
-            raise UserError("--nlist and --nprobe apply to an IVF index only (--index ivf)")
+            raise InvalidArgument("--nlist and --nprobe apply to an IVF index only (--index ivf)")
         return IndexPlan("flat")
     if nlist is None:
         nlist = max(1, min(round(4 * math.sqrt(n)), n // TRAIN_PER_LIST))
     elif nlist > n:
         # faiss's k-means needs at least one training point per list
-        raise UserError(
+        raise InvalidArgument(
             f"--nlist {nlist} needs at least {nlist} items to train on; the catalogue has {n} "
             "(leave --nlist out to pick it from the size)"
         )
     if nprobe is None:
         nprobe = min(DEFAULT_NPROBE, nlist)
     elif nprobe > nlist:
-        raise UserError(f"--nprobe {nprobe} is more than the index's {nlist} lists")
+        raise InvalidArgument(f"--nprobe {nprobe} is more than the index's {nlist} lists")
     return IndexPlan("ivf", nlist, nprobe)
 
 
@@ -118,7 +118,7 @@ def make_index(x: np.ndarray, plan: IndexPlan, seed: int = 0) -> faiss.Index:
 
 
 def set_nprobe(index: faiss.Index, nprobe: int | None) -> None:
-    """Override an IVF index's nprobe (None keeps the stored one); a UserError on a Flat one."""
+    """Override an IVF index's nprobe (None keeps the stored one); InvalidArgument on Flat."""
     if nprobe is None:
         return
     import faiss
@@ -126,9 +126,11 @@ def set_nprobe(index: faiss.Index, nprobe: int | None) -> None:
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
-        raise UserError("--nprobe applies to an IVF index only; this index is exact") from None
+        raise InvalidArgument(
+            "--nprobe applies to an IVF index only; this index is exact"
+        ) from None
     if not 1 <= nprobe <= ivf.nlist:
-        raise UserError(f"--nprobe must be between 1 and the index's {ivf.nlist} lists")
+        raise InvalidArgument(f"--nprobe must be between 1 and the index's {ivf.nlist} lists")
     ivf.nprobe = nprobe
 
 

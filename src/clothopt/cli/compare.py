@@ -160,19 +160,22 @@ class CompareSamplers(_Command):
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
+        from clothopt.cli._args import _epochs, _int_range
         from clothopt.model.backbones import BACKBONES
 
         p.add_argument("--backbone", required=True, help=f"one of: {', '.join(BACKBONES)}")
         p.add_argument(
             "--samplers", default="grid,tpe,random,qmc,gp", help="comma-separated (default: all)"
         )
-        p.add_argument("--seeds", type=_positive_int, default=5, help="seeds 0..N-1 (default 5)")
+        p.add_argument(
+            "--seeds", type=_int_range(1, 1000), default=5, help="seeds 0..N-1 (default 5)"
+        )
         p.add_argument("--budget", type=_positive_int, default=27, help="trials per study")
         p.add_argument("--space", default="paper", help="paper, tpe, quick, wide or a TOML file")
         _storage_arg(p)
         p.add_argument("--data", default="data", help="data set folder (default: data)")
         p.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file")
-        p.add_argument("--epochs", type=_positive_int, help="epochs per trial (default: space's)")
+        p.add_argument("--epochs", type=_epochs, help="epochs per trial (default: space's)")
         p.add_argument("--resize", default="nearest", help="nearest (the paper's), bilinear, ...")
         p.add_argument("--cache-dir", help="feature cache folder (default: beside the SQLite file)")
         p.add_argument("--out", help="report folder (default: reports/samplers-BACKBONE)")

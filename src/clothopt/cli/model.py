@@ -77,7 +77,8 @@ class Evaluate(_Command):
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        from clothopt.final.finalize import DEFAULT_RESAMPLES
+        from clothopt.cli._args import MAX_RESAMPLES, _int_range, _seed
+        from clothopt.final.finalize import DEFAULT_RESAMPLES, MIN_RESAMPLES
 
         p.add_argument("model", help="a .keras file written by clothopt study finalize")
         p.add_argument("dir", help="labelled images: DIR/<class>/<images>")
@@ -88,8 +89,13 @@ class Evaluate(_Command):
             action="store_true",
             help="folders that are no class of the model hold pictures to reject",
         )
-        p.add_argument("--resamples", type=_positive_int, default=DEFAULT_RESAMPLES)
-        p.add_argument("--bootstrap-seed", type=int, default=0)
+        p.add_argument(
+            "--resamples",
+            type=_int_range(MIN_RESAMPLES, MAX_RESAMPLES),
+            default=DEFAULT_RESAMPLES,
+            help=f"bootstrap resamples ({DEFAULT_RESAMPLES}, at least {MIN_RESAMPLES})",
+        )
+        p.add_argument("--bootstrap-seed", type=_seed, default=0)
 
     def run(self, args: argparse.Namespace) -> int:
         from clothopt.final.evaluate import evaluate, format_evaluation, write_evaluation

@@ -33,6 +33,7 @@ class StudyCreate(_Command):
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
+        from clothopt.cli._args import _epochs, _int_range, _seed
         from clothopt.model.backbones import BACKBONES
         from clothopt.samplers import SAMPLERS
 
@@ -50,9 +51,9 @@ class StudyCreate(_Command):
         p.add_argument("--data", default="data", help="data set folder (default: data)")
         p.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file")
         p.add_argument(
-            "--epochs", type=_positive_int, help="epochs per trial (default: space's, 2)"
+            "--epochs", type=_epochs, help="epochs per trial, 1 to 1000 (default: space's, 2)"
         )
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=_seed, default=0, help="0 to 2**32 - 1 (default 0)")
         p.add_argument(
             "--resize", default="nearest", help="nearest (the paper's), bilinear, bicubic"
         )
@@ -62,7 +63,10 @@ class StudyCreate(_Command):
         )
         p.add_argument("--cache-dir", help="feature cache folder (default: beside the SQLite file)")
         p.add_argument(
-            "--max-retries", type=int, default=3, help="reruns of a trial whose worker died"
+            "--max-retries",
+            type=_int_range(0, 100),
+            default=3,
+            help="reruns of a trial whose worker died, 0 to 100 (default 3)",
         )
 
     def run(self, args: argparse.Namespace) -> int:
@@ -296,25 +300,38 @@ class StudyFinalize(_Command):
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        from clothopt.final.finalize import DEFAULT_RESAMPLES, FINE_TUNE_EPOCHS, FINE_TUNE_LR
+        from clothopt.cli._args import (
+            MAX_RESAMPLES,
+            _epochs,
+            _int_range,
+            _non_negative_int,
+            _seed,
+            _unit_interval,
+        )
+        from clothopt.final.finalize import (
+            DEFAULT_RESAMPLES,
+            FINE_TUNE_EPOCHS,
+            FINE_TUNE_LR,
+            MIN_RESAMPLES,
+        )
 
         p.add_argument("name")
         _storage_arg(p)
         p.add_argument(
             "--epochs",
-            type=_positive_int,
+            type=_epochs,
             help="default: the trial's own when its space searched them, else 5 (the paper's)",
         )
-        p.add_argument("--trial", type=int, help="trial number (default: the best)")
+        p.add_argument("--trial", type=_non_negative_int, help="trial number (default: the best)")
         p.add_argument("--data", help="the data set's folder on this machine (same fingerprint)")
         p.add_argument("--cache-dir", help="feature cache folder on this machine")
         p.add_argument(
             "--resamples",
-            type=_positive_int,
+            type=_int_range(MIN_RESAMPLES, MAX_RESAMPLES),
             default=DEFAULT_RESAMPLES,
-            help=f"bootstrap resamples (default {DEFAULT_RESAMPLES}, at least 1000)",
+            help=f"bootstrap resamples (default {DEFAULT_RESAMPLES}, at least {MIN_RESAMPLES})",
         )
-        p.add_argument("--bootstrap-seed", type=int, default=0)
+        p.add_argument("--bootstrap-seed", type=_seed, default=0)
         p.add_argument(
             "--not-clothing",
             help="folder of non-clothing photos the model's rejection is measured on (default: "
@@ -322,7 +339,7 @@ class StudyFinalize(_Command):
         )
         p.add_argument(
             "--fine-tune",
-            type=_positive_int,
+            type=_non_negative_int,
             default=0,
             metavar="N",
             help="after the head, unfreeze the base's top N layers with weights and train end to "
@@ -330,13 +347,13 @@ class StudyFinalize(_Command):
         )
         p.add_argument(
             "--fine-tune-epochs",
-            type=_positive_int,
+            type=_epochs,
             default=FINE_TUNE_EPOCHS,
             help=f"epochs of the fine-tuning (default {FINE_TUNE_EPOCHS})",
         )
         p.add_argument(
             "--fine-tune-lr",
-            type=_positive_float,
+            type=_unit_interval,
             default=FINE_TUNE_LR,
             help=f"its Adam learning rate (default {FINE_TUNE_LR:g})",
         )

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from clothopt.data.images import UnusableImage, default_threads, load_image
 from clothopt.data.layout import IMAGE_EXTENSIONS, SPLITS
-from clothopt.errors import UserError
+from clothopt.errors import NotFound
 from clothopt.reports.render import format_table
 
 __all__ = ["PROBLEM_KINDS", "WARNING_KINDS", "CheckReport", "Problem", "check"]
@@ -117,12 +117,12 @@ class CheckReport:
 def check(root: str | os.PathLike[str], threads: int | None = None) -> CheckReport:
     """Walk ``root/<split>/<class>/`` and decode every image, as training would read it.
 
-    Raises :class:`UserError` only when ``root`` is not a directory; everything else
+    Raises :class:`NotFound` only when ``root`` is not a directory; everything else
     is reported in the returned :class:`CheckReport`.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise UserError(f"data directory not found: {root}")
+        raise NotFound(f"data directory not found: {root}")
     problems: list[Problem] = []
 
     train_dir = root / "train"

@@ -30,7 +30,14 @@ from typing import Any
 
 from clothopt._io import atomic_write_json
 from clothopt.data.layout import SPLITS, Dataset, open_dataset
-from clothopt.errors import UserError
+from clothopt.errors import (
+    AlreadyExists,
+    DataError,
+    OutputConflict,
+    UserError,
+    WriteFailed,
+)
+from clothopt.logging import get_logger
 
 __all__ = [
     "DATASET_COMMIT",
@@ -41,6 +48,8 @@ __all__ = [
     "SOURCE_FILE",
     "fetch",
 ]
+
+logger = get_logger(__name__)
 
 DATASET_REPO = "alexeygrigorev/clothing-dataset-small"
 DATASET_COMMIT = "11961516512414bf9f6c150a832cfd21b54a6b54"
@@ -96,12 +105,12 @@ def fetch(
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".download", dir=dest.parent)
         except OSError as exc:
-            raise UserError(f"cannot write to {dest.parent}: {_reason(exc)}") from None
+            raise WriteFailed(f"cannot write to {dest.parent}: {_reason(exc)}") from None
         archive = Path(tmp)
         with os.fdopen(fd, "wb") as out:
             digest, size = _download(url, out, timeout=timeout, progress=progress)
         if sha256 is not None and digest != sha256.strip().lower():
-            raise UserError(
+            raise DataError(
                 f"archive from {url} has SHA-256 {digest}, expected {sha256.strip().lower()}"
             )
 
@@ -114,7 +123,7 @@ def fetch(
         folder = _find_root(unpack_dir, url)
         dataset = _open_downloaded(folder, url)
         if fingerprint is not None and dataset.fingerprint != fingerprint:
-            raise UserError(
+            raise DataError(
                 f"data set from {url} has fingerprint {dataset.fingerprint}, expected {fingerprint}"
             )
         if commit is None and url == DATASET_URL:
@@ -137,11 +146,11 @@ def fetch(
         if folder == unpack_dir:
             os.chmod(folder, 0o777 & ~_umask())
         if dest.exists() or dest.is_symlink():  # appeared while we were downloading
-            raise UserError(f"{dest} appeared while downloading; not overwriting it")
+            raise AlreadyExists(f"{dest} appeared while downloading; not overwriting it")
         try:
             os.rename(folder, dest)
         except OSError as exc:
-            raise UserError(f"cannot move the data set to {dest}: {_reason(exc)}") from None
+            raise WriteFailed(f"cannot move the data set to {dest}: {_reason(exc)}") from None
         done = True
     finally:
         if archive is not None:
@@ -159,16 +168,18 @@ def fetch(
 
 def _check_existing(dest: Path, fingerprint: str | None) -> None:
     if not dest.is_dir():
-        raise UserError(f"{dest} already exists and is not a directory; choose another destination")
+        raise OutputConflict(
+            f"{dest} already exists and is not a directory; choose another destination"
+        )
     try:
         dataset = open_dataset(dest)
     except UserError as exc:
-        raise UserError(
+        raise OutputConflict(
             f"{dest} already exists and is not a usable data set ({exc}); "
             "choose another destination or remove it"
         ) from None
     if fingerprint is not None and dataset.fingerprint != fingerprint:
-        raise UserError(
+        raise OutputConflict(
             f"{dest} already exists with fingerprint {dataset.fingerprint}, "
             f"expected {fingerprint}; choose another destination or remove it"
         )
@@ -188,7 +199,7 @@ def _make_parents(parent: Path) -> list[Path]:
         except FileExistsError:
             pass
         except OSError as exc:
-            raise UserError(f"cannot create {d}: {_reason(exc)}") from None
+            raise WriteFailed(f"cannot create {d}: {_reason(exc)}") from None
     return missing
 
 
@@ -208,7 +219,7 @@ def _download(url: str, out: Any, *, timeout: float, progress: bool) -> tuple[st
                 try:
                     out.write(block)
                 except OSError as exc:
-                    raise UserError(f"cannot write the download: {_reason(exc)}") from None
+                    raise WriteFailed(f"cannot write the download: {_reason(exc)}") from None
                 got += len(block)
                 meter.update(got, total)
     except urllib.error.HTTPError as exc:
@@ -231,8 +242,8 @@ def _download(url: str, out: Any, *, timeout: float, progress: bool) -> tuple[st
     return h.hexdigest(), got
 
 
-def _download_error(url: str, reason: str) -> UserError:
-    return UserError(f"could not download {url}: {reason}")
+def _download_error(url: str, reason: str) -> DataError:
+    return DataError(f"could not download {url}: {reason}")
 
 
 def _reason(exc: object) -> str:
@@ -275,7 +286,7 @@ def _mb(n: int) -> str:
 
 def _say(enabled: bool, message: str) -> None:
     if enabled:
-        print(message, file=sys.stderr)
+        logger.info(message)
 
 
 def _unpack(archive: Path, into: Path, url: str) -> str | None:
@@ -298,16 +309,18 @@ def _unpack(archive: Path, into: Path, url: str) -> str | None:
     except UserError:
         raise
     except _FilterError as exc:
-        raise UserError(f"archive from {url} has a member that is not safe: {exc}") from None
+        raise DataError(f"archive from {url} has a member that is not safe: {exc}") from None
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, gzip.BadGzipFile) as exc:
-        raise UserError(
+        raise DataError(
             f"archive from {url} is damaged or incomplete, or not a .tar.gz/.tar/.zip: "
             f"{_reason(exc)}"
         ) from None
     except (zlib.error, lzma.LZMAError) as exc:
-        raise UserError(f"archive from {url} is damaged: {_reason(exc)}") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot unpack the archive from {url}: {_reason(exc)}") from None
+        raise DataError(f"archive from {url} is damaged: {_reason(exc)}") from None
+    except OSError as exc:  # a full disk, a file-size limit, permissions
+        raise WriteFailed(f"cannot unpack the archive from {url}: {_reason(exc)}") from None
+    except ValueError as exc:
+        raise DataError(f"cannot unpack the archive from {url}: {_reason(exc)}") from None
 
 
 def _unsafe_name(name: str) -> bool:
@@ -326,20 +339,20 @@ def _unpack_tar(archive: Path, into: Path) -> str | None:
         members = tf.getmembers()
         for m in members:
             if _unsafe_name(m.name):
-                raise UserError(f"archive member {m.name!r} points outside the archive; refused")
+                raise DataError(f"archive member {m.name!r} points outside the archive; refused")
             if m.issym():
                 target = posixpath.normpath(posixpath.join(posixpath.dirname(m.name), m.linkname))
                 if m.linkname.startswith("/") or target == ".." or target.startswith("../"):
-                    raise UserError(
+                    raise DataError(
                         f"archive link {m.name!r} -> {m.linkname!r} points outside; refused"
                     )
             elif m.islnk():
                 if _unsafe_name(m.linkname):
-                    raise UserError(
+                    raise DataError(
                         f"archive link {m.name!r} -> {m.linkname!r} points outside; refused"
                     )
             elif not (m.isreg() or m.isdir()):
-                raise UserError(f"archive member {m.name!r} is a device or fifo; refused")
+                raise DataError(f"archive member {m.name!r} is a device or fifo; refused")
         if hasattr(tarfile, "data_filter"):  # the stdlib's own checks as a second line
             tf.extractall(into, members=members, filter="data")
         else:  # pragma: no cover - Python without PEP 706 backports
@@ -352,7 +365,7 @@ def _unpack_zip(archive: Path, into: Path) -> str | None:
     with zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
             if _unsafe_name(info.filename):
-                raise UserError(
+                raise DataError(
                     f"archive member {info.filename!r} points outside the archive; refused"
                 )
         zf.extractall(into)
@@ -371,10 +384,10 @@ def _find_root(unpack_dir: Path, url: str) -> Path:
         elif len(here.relative_to(unpack_dir).parts) >= 3:
             dirnames.clear()
     if not found:
-        raise UserError(f"archive from {url} holds no folder with {'/, '.join(SPLITS)}/ in it")
+        raise DataError(f"archive from {url} holds no folder with {'/, '.join(SPLITS)}/ in it")
     if len(found) > 1:
         names = ", ".join(p.relative_to(unpack_dir).as_posix() for p in found)
-        raise UserError(f"archive from {url} holds more than one data set: {names}")
+        raise DataError(f"archive from {url} holds more than one data set: {names}")
     return found[0]
 
 
@@ -382,7 +395,7 @@ def _open_downloaded(folder: Path, url: str) -> Dataset:
     try:
         return open_dataset(folder)
     except UserError as exc:
-        raise UserError(f"data set from {url} is not usable: {exc}") from None
+        raise DataError(f"data set from {url} is not usable: {exc}") from None
 
 
 def _umask() -> int:

@@ -12,6 +12,9 @@ exhaust memory without a word):
   to 255 (an all-white picture).
 - 32-bit integer (``I``) and floating-point (``F``) pixels have no agreed 8-bit scale: refused.
 - More than :data:`MAX_IMAGE_PIXELS` pixels: refused from the header, before decoding.
+- Anything but a regular file (after symbolic links: a FIFO, a socket, a device, a folder) is
+  refused before it is opened: ``open()`` on a FIFO blocks until a writer comes, and Python
+  cannot interrupt that wait (Ctrl-C and SIGTERM only take effect after it returns).
 
 Every other mode (8-bit RGB, L, P with or without transparency, LA, RGBA, CMYK, 1, ...) decodes
 bit for bit as ``load_img`` does: ``convert("RGB")``.
@@ -21,13 +24,14 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
+    "NO_SUCH_FILE",
     "RESIZE_METHODS",
     "UnusableImage",
     "default_threads",
@@ -47,9 +52,12 @@ __all__ = [
     "load_image",
     "load_image_sizes",
     "nearest_indices",
+    "open_regular_file",
+    "regular_file_problem",
 ]
 
 RESIZE_METHODS = ("nearest", "bilinear", "bicubic")
+NO_SUCH_FILE = "no such file"  # the detail of a path that is not there (not a broken link)
 
 MAX_IMAGE_PIXELS = 50_000_000
 """The largest image clothopt decodes (width × height; 50 megapixels, e.g. 8660×5773).
@@ -72,11 +80,64 @@ class UnusableImage(DataError):
     """An image clothopt will not train on or predict, with ``kind`` (as ``data check`` names
     it: unreadable, truncated, too-large, broken-link) and a one-line ``detail``."""
 
-    def __init__(self, path: str | os.PathLike[str], kind: str, detail: str) -> None:
-        super().__init__(
-            f"cannot read image {path}: {detail} (run `clothopt data check` on the data set)"
-        )
+    def __init__(
+        self, path: str | os.PathLike[str], kind: str, detail: str, what: str = "image"
+    ) -> None:
+        hint = " (run `clothopt data check` on the data set)" if what == "image" else ""
+        super().__init__(f"cannot read {what} {path}: {detail}{hint}")
         self.path, self.kind, self.detail = path, kind, detail
+
+
+_FILE_TYPES = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _file_type(mode: int) -> str:
+    return next((name for test, name in _FILE_TYPES if test(mode)), "not a regular file")
+
+
+def regular_file_problem(path: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """None when ``path`` is a regular file (after links), else ``(kind, detail)`` as
+    :class:`UnusableImage` names them. Only ``stat``: nothing is opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return "broken-link", f"broken symbolic link to {os.readlink(path)}"
+        return "unreadable", NO_SUCH_FILE
+    except OSError as exc:  # a link loop (ELOOP), a folder we may not enter (EACCES), ...
+        kind = "broken-link" if os.path.islink(path) else "unreadable"
+        return kind, exc.strerror or type(exc).__name__
+    if stat.S_ISREG(mode):
+        return None
+    return "unreadable", f"not a regular file: {_file_type(mode)}"
+
+
+def open_regular_file(path: str | os.PathLike[str], what: str = "image") -> BinaryIO:
+    """Open ``path`` for binary reading only when it is a regular file, else
+    :class:`UnusableImage` (``what`` names it in the message: "image", "index", ...).
+
+    Checked with ``stat`` before opening, and again with ``fstat`` on a descriptor opened
+    non-blocking: a FIFO swapped in between cannot make ``open()`` wait for a writer.
+    """
+    if (problem := regular_file_problem(path)) is not None:
+        raise UnusableImage(path, *problem, what=what)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise UnusableImage(path, "unreadable", exc.strerror or str(exc), what=what) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        detail = f"not a regular file: {_file_type(mode)}"
+        raise UnusableImage(path, "unreadable", detail, what=what)
+    os.set_blocking(fd, True)  # no effect on a regular file; plain reads from here on
+    return os.fdopen(fd, "rb")
 
 
 def default_threads() -> int:
@@ -116,18 +177,26 @@ def load_image_sizes(
     Each array is bit for bit what :func:`load_image` gives for that size: every resize starts
     from the same decoded RGB picture.
     """
-    from PIL import Image
 
     resample = _pil_filter(resize) if any(s is not None for s in sizes) else None
-    if os.path.islink(path) and not os.path.exists(path):
-        raise UnusableImage(path, "broken-link", f"broken symbolic link to {os.readlink(path)}")
+    with open_regular_file(path) as fh:
+        return _decode(path, fh, sizes, resample)
+
+
+def _decode(
+    path: str | os.PathLike[str], fh: BinaryIO, sizes: Sequence[int | None], resample: int | None
+) -> list[np.ndarray]:
+    from PIL import Image
+
     # PIL raises many types (OSError, SyntaxError, struct.error, ...): each one is a finding
     try:
-        img = Image.open(path)
+        img = Image.open(fh)
     except Image.DecompressionBombError as exc:  # above 2x PIL's threshold: PIL refuses to open
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
         detail = _too_large(int(pixels[1]) if pixels else None)
         raise UnusableImage(path, "too-large", detail) from None
+    except Image.UnidentifiedImageError:  # its own text names the file object, not the path
+        raise UnusableImage(path, "unreadable", "cannot identify image file") from None
     except Exception as exc:
         raise UnusableImage(path, "unreadable", _describe(exc)) from None
     with img:

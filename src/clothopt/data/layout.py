@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clothopt.errors import UserError
+from clothopt.data.images import open_regular_file
+from clothopt.errors import DataError, NotFound
 
 __all__ = ["IMAGE_EXTENSIONS", "SPLITS", "Dataset", "Split", "file_sha256", "open_dataset"]
 
@@ -20,8 +21,9 @@ SPLITS = ("train", "validation", "test")
 
 
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """SHA-256 of a regular file, streamed; anything else (a FIFO would block) is refused."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular_file(path, "file") as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -42,7 +44,7 @@ def _refuse_unreadable_entries(paths: list[Path]) -> None:
     for path in paths:
         if not path.is_file():
             what = "a broken symbolic link" if path.is_symlink() else "not a regular file"
-            raise UserError(
+            raise DataError(
                 f"{path} is {what} (run `clothopt data check` on the data set for the full list)"
             )
 
@@ -90,7 +92,7 @@ class Dataset:
         try:
             return self.splits[split]
         except KeyError:
-            raise UserError(
+            raise NotFound(
                 f"data set {self.root} has no {split!r} split (it has: {', '.join(self.splits)})"
             ) from None
 
@@ -104,23 +106,22 @@ class Dataset:
 
 
 def open_dataset(root: str | os.PathLike[str], splits: tuple[str, ...] = SPLITS) -> Dataset:
-    """Read the layout of ``root``; every split named must exist and hold every train class."""
+    """Read the layout of ``root``; every split named must exist and hold images of every
+    train class (an empty class would score a zero F1 into every macro average)."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise UserError(f"data directory not found: {root} (fetch it with `clothopt data fetch`)")
+        raise NotFound(f"data directory not found: {root} (fetch it with `clothopt data fetch`)")
     train_dir = root / "train"
     if not train_dir.is_dir():
-        raise UserError(
-            f"{root} has no train/ folder: expected DATA/train|validation|test/<class>/"
-        )
+        raise NotFound(f"{root} has no train/ folder: expected DATA/train|validation|test/<class>/")
     classes = tuple(sorted(d.name for d in train_dir.iterdir() if d.is_dir()))
     if len(classes) < 2:
-        raise UserError(f"{train_dir} must hold at least two class folders, found {len(classes)}")
+        raise DataError(f"{train_dir} must hold at least two class folders, found {len(classes)}")
     result: dict[str, Split] = {}
     for name in splits:
         split_dir = root / name
         if not split_dir.is_dir():
-            raise UserError(f"data set {root} has no {name}/ split")
+            raise NotFound(f"data set {root} has no {name}/ split")
         present = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
         missing = [c for c in classes if c not in present]
         extra = [c for c in present if c not in classes]
@@ -130,15 +131,18 @@ def open_dataset(root: str | os.PathLike[str], splits: tuple[str, ...] = SPLITS)
                 parts.append(f"missing {', '.join(missing)}")
             if extra:
                 parts.append(f"not in train: {', '.join(extra)}")
-            raise UserError(f"classes of {name}/ differ from train/: {'; '.join(parts)}")
+            raise DataError(f"classes of {name}/ differ from train/: {'; '.join(parts)}")
         paths: list[Path] = []
         labels: list[int] = []
         for label, cls in enumerate(classes):
             images = _list_images(split_dir / cls)
+            if not images:
+                raise DataError(
+                    f"class {cls!r} of the {name} split has no images ({split_dir / cls}): "
+                    "every class needs images in every split (run `clothopt data check`)"
+                )
             paths.extend(images)
             labels.extend([label] * len(images))
-        if not paths:
-            raise UserError(f"{split_dir} holds no images")
         _refuse_unreadable_entries(paths)
         result[name] = Split(name, split_dir, classes, tuple(paths), np.asarray(labels, np.int64))
     return Dataset(root, classes, result)
