@@ -5,7 +5,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from clothopt.errors import UserError
+from clothopt.errors import InvalidArgument, UserError
 from clothopt.samplers import make_sampler, sampler_args
 from clothopt.spaces import SearchSpace, image_sizes, load_space
 
@@ -279,3 +279,48 @@ def test_conditions_survive_a_stored_config_whose_keys_come_back_sorted(tmp_path
             HEAD + "flip = {choices = [true, false], when = {tta = [true]}}\n"
             "tta = {choices = [true, false], when = {flip = [true]}}\n",
         )
+
+
+_PAPER_PARAMS_TOML = "[params]\nimage_size = [300]\nbatch_size = [32]\nlearning_rate = [1e-3]\n"
+
+
+@pytest.mark.parametrize(
+    ("head", "repeats", "folds"),
+    [
+        ("", 1, 0),
+        ("repeats = 5\n", 5, 0),
+        ("folds = 5\n", 1, 5),
+        ("repeats = 3\nfolds = 2\n", 3, 2),
+    ],
+)
+def test_a_space_sets_how_a_trial_estimates_its_configuration(
+    tmp_path: Path, head: str, repeats: int, folds: int
+) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(head + _PAPER_PARAMS_TOML)
+    space = load_space(str(path))
+    assert (space.repeats, space.folds) == (repeats, folds)
+    again = SearchSpace.from_dict(space.to_dict())
+    assert (again.repeats, again.folds) == (repeats, folds)
+    # a space that sets neither records exactly what it recorded before they existed
+    assert ("repeats" in space.to_dict(), "folds" in space.to_dict()) == (repeats != 1, folds != 0)
+
+
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        ("repeats = 0\n", r"repeats must be an integer in \[1, 100\]"),
+        ("repeats = 101\n", r"repeats must be an integer in \[1, 100\]"),
+        ("repeats = 2.5\n", "repeats must be an integer"),
+        ("repeats = true\n", "repeats must be an integer"),
+        ("folds = 1\n", r"folds must be an integer in \[2, 20\]"),
+        ("folds = 21\n", r"folds must be an integer in \[2, 20\]"),
+        ("folds = -3\n", "folds must be an integer"),
+        ("folds = false\n", "folds must be an integer"),
+    ],
+)
+def test_bad_repeats_and_folds_are_one_line(tmp_path: Path, head: str, message: str) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(head + _PAPER_PARAMS_TOML)
+    with pytest.raises(InvalidArgument, match=message):
+        load_space(str(path))

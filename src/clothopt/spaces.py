@@ -33,7 +33,18 @@ __all__ = [
     "load_space",
 ]
 
-_SPACE_KEYS = {"description", "sampler", "n_trials", "epochs", "params", "sampler_args"}
+_SPACE_KEYS = {
+    "description",
+    "sampler",
+    "n_trials",
+    "epochs",
+    "repeats",
+    "folds",
+    "params",
+    "sampler_args",
+}
+MAX_REPEATS = 100
+MAX_FOLDS = 20
 _TABLE_KEYS = {"low", "high", "log", "step", "choices", "when"}
 BUILTIN_SPACES = ("paper", "tpe", "quick", "wide")
 
@@ -119,6 +130,10 @@ class SearchSpace:
     sampler: str = "grid"
     n_trials: int | None = None  # budget for samplers that are not the grid
     epochs: int = 2
+    # How a trial estimates its configuration (issue 20): ``repeats`` fits with their own seeds;
+    # ``folds`` K >= 2 trains on K stratified folds of train + validation (0: the split as given)
+    repeats: int = 1
+    folds: int = 0
     description: str = ""
     sampler_args: Mapping[str, Any] = field(default_factory=dict)
 
@@ -182,6 +197,9 @@ class SearchSpace:
             "sampler": self.sampler,
             "n_trials": self.n_trials,
             "epochs": self.epochs,
+            # only when set, so the record of a space without them stays as it was
+            **({"repeats": self.repeats} if self.repeats != 1 else {}),
+            **({"folds": self.folds} if self.folds else {}),
             "params": {n: p.to_dict() for n, p in self.params.items()},
             "sampler_args": dict(self.sampler_args),
         }
@@ -225,6 +243,8 @@ class SearchSpace:
             sampler=sampler,
             n_trials=_positive_int(name, "n_trials", data.get("n_trials")),
             epochs=_positive_int(name, "epochs", data.get("epochs", 2)) or 2,
+            repeats=_bounded_int(name, "repeats", data.get("repeats", 1), 1, MAX_REPEATS),
+            folds=_folds(name, data.get("folds", 0)),
             description=str(data.get("description", "")),
             sampler_args=dict(data.get("sampler_args", {})),
         )
@@ -285,6 +305,21 @@ class SearchSpace:
     def is_paper_head(self) -> bool:
         """Whether every trial is the paper's head (all the end-to-end path can train)."""
         return set(self.params) <= set(PAPER_PARAMS)
+
+
+def _bounded_int(space: str, key: str, value: Any, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidArgument(
+            f"space {space!r}: {key} must be an integer in [{low}, {high}], not {value!r}"
+        )
+    return value
+
+
+def _folds(space: str, value: Any) -> int:
+    """0 (train on train, score on validation) or a number of folds in [2, MAX_FOLDS]."""
+    if value == 0 and not isinstance(value, bool):
+        return 0
+    return _bounded_int(space, "folds", value, 2, MAX_FOLDS)
 
 
 def _positive_int(space: str, key: str, value: Any) -> int | None:
