@@ -41,6 +41,10 @@ class StackShape:
     label_smoothing: bool
     optimizer: str
     ragged: bool  # members differ in their number of batches per epoch
+    # Adam through TensorFlow's fused kernel too (SGD always is: its maths is Keras's exactly).
+    # Off by default: the kernel's 1 - beta_2 is 1 - 0.999f, 4.6e-5 off Keras's 0.001, so
+    # weights drift ~1e-3 from the fit alone within 2 epochs; on: 1 pass a variable, not 18
+    fused_adam: bool = False
 
     @property
     def dims(self) -> list[int]:
@@ -170,7 +174,7 @@ class Stack:
         """Keras's update (``HeadTrainer``'s optimizers) of every member's variables with its
         own rate; a member not active at this step keeps everything as it was."""
         ops, shape = _ops(), self.shape
-        if self.graph and not shape.ragged:
+        if self.graph and not shape.ragged and (shape.optimizer == "sgd" or shape.fused_adam):
             self._apply_fused(grads, p, r)
             return
         keep = ops.greater(p["act"], 0.5)
@@ -197,9 +201,10 @@ class Stack:
                 target.assign(value)
 
     def _apply_fused(self, grads: list[Any], p: dict[str, Any], r: Any) -> None:
-        """The same update with TensorFlow's fused kernels (one pass over each variable, not
-        a dozen): possible when every member is at the same step with the same rate, as
-        repeats always are (``lr`` and ``alpha`` are then scalars)."""
+        """The update with TensorFlow's fused kernels (one pass over each variable, not a
+        dozen): possible when every member is at the same step with the same rate, as repeats
+        always are (``lr`` and ``alpha`` are then scalars). SGD's is Keras's maths exactly;
+        Adam's rounds ``1 - beta`` otherwise (see ``StackShape.fused_adam``)."""
         import tensorflow as tf
 
         lr, alpha = p["lr"][0], p["alpha"][0]
@@ -291,10 +296,12 @@ class Stack:
         rows = plan["xi"].shape[2]
         for s in range(len(plan["xi"])):
             p = {k: ops.convert_to_tensor(plan[k][s]) for k in PLAN_KEYS}
+            on = plan["act"][s] > 0  # a member that skips the step draws nothing, as alone
             noise = [
-                ops.stack([_uniform((rows, u), g) for g in gens])
+                ops.stack([_uniform((rows, u), g) if on[k] else ops.zeros((rows, u))
+                           for k, g in enumerate(gens)])
                 for u, gens in zip(self.shape.dropout_units(), self._generators, strict=True)
-            ]
+            ]  # fmt: skip
             xb, yb = ops.take(data["x"], p["xi"], axis=0), ops.take(data["y"], p["xi"], axis=0)
             losses += np.asarray(self.step(xb, yb, p, noise, data["rates"]))
         return losses, self.validation_logits(data["x_val"])
