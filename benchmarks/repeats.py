@@ -130,9 +130,9 @@ def measure_repeats(s: Settings) -> dict[str, Any]:
         "val_rows": len(data[2]),
         "load_before": round(os.getloadavg()[0], 2),
     }
-    solo, exact, fused = HeadTrainer(), StackedTrainer(), StackedTrainer(fused_adam=True)
+    alone, exact, fused = HeadTrainer(), StackedTrainer(), StackedTrainer(fused_adam=True)
     for name, what, spec, goal in HEADS:
-        trainers = (solo, fused if name.endswith("fused_adam") else exact)
+        trainers = (alone, fused if name.endswith("fused_adam") else exact)
         epochs = 2 if name == "paper" else s.repeats_wide_epochs
         params = HeadParams(**(spec | {"epochs": epochs}))
         _pair(data, params, 10_000, s.repeats_members, trainers)  # compiles both shapes
