@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,6 @@ from clothopt.errors import DataError, InvalidArgument, NotFound
 __all__ = ["EVALUATE_REPORT", "evaluate", "format_evaluation", "write_evaluation"]
 
 EVALUATE_REPORT = "report.json"
-
-
-def _stderr(line: str) -> None:
-    print(f"clothopt: {line}", file=sys.stderr, flush=True)
 
 
 def _files(class_dir: Path) -> tuple[list[Path], int]:
