@@ -38,7 +38,7 @@ from clothopt.reports.render import (
     text_to_html,
     write_outputs,
 )
-from clothopt.reports.stats import holm, mcnemar, pct
+from clothopt.reports.stats import holm, mcnemar, paired_bootstrap_f1_diff, pct
 from clothopt.trial_spec import paper_point
 
 if TYPE_CHECKING:
@@ -238,6 +238,15 @@ def mcnemar_pairs(studies: Sequence[BackboneStudy]) -> list[dict[str, Any]]:
                     "another order): McNemar needs the same test images in the same order"
                 )
             r = mcnemar(fa["test_labels"], fa["test_predictions"], fb["test_predictions"])
+            boot = fa.get("bootstrap") or {}
+            d = paired_bootstrap_f1_diff(
+                fa["test_labels"],
+                fa["test_predictions"],
+                fb["test_predictions"],
+                len(fa["classes"]),
+                resamples=int(boot.get("resamples", 2000)),
+                seed=int(boot.get("seed", 0)),
+            )
             rows.append(
                 {
                     "a": a.label,
@@ -255,11 +264,19 @@ def mcnemar_pairs(studies: Sequence[BackboneStudy]) -> list[dict[str, Any]]:
                     "statistic": r["statistic"],
                     "p_value": r["p_value"],
                     "significant_05": r["p_value"] < ALPHA,
+                    "f1_diff": pct(d["diff"]),
+                    "f1_diff_ci95_low": pct(d["ci_low"]),
+                    "f1_diff_ci95_high": pct(d["ci_high"]),
+                    "f1_diff_p": d["p_value"],
+                    "bootstrap_resamples": d["resamples"],
                 }
             )
     for row, adjusted in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
         row["p_holm"] = adjusted
         row["significant_holm_05"] = adjusted < ALPHA
+    for row, adjusted in zip(rows, holm([r["f1_diff_p"] for r in rows]), strict=True):
+        row["f1_diff_p_holm"] = adjusted
+        row["f1_diff_significant_holm_05"] = adjusted < ALPHA
     return rows
 
 
@@ -281,6 +298,20 @@ _MCNEMAR_COLUMNS = [
     "significant_05",
     "p_holm",
     "significant_holm_05",
+]
+_F1_DIFF_COLUMNS = [
+    "a",
+    "b",
+    "a_test_f1",
+    "b_test_f1",
+    "images",
+    "f1_diff",
+    "f1_diff_ci95_low",
+    "f1_diff_ci95_high",
+    "bootstrap_resamples",
+    "f1_diff_p",
+    "f1_diff_p_holm",
+    "f1_diff_significant_holm_05",
 ]
 
 
@@ -433,7 +464,7 @@ def backbone_report(
         left = ", ".join(s.name for s in studies if s.final is None)
         notes.append(f"not finalized (left out of the test statistics): {left}")
     t3_digits = {"test_accuracy": 2, "final_train_seconds": 1, "search_seconds": 1}
-    mc_digits = {"statistic": 3, "p_value": 4, "p_holm": 4}
+    mc_digits = {"statistic": 3, "p_value": 4, "p_holm": 4, "f1_diff_p": 4, "f1_diff_p_holm": 4}
     boot = sorted(
         {json.dumps(s.final.get("bootstrap", {}), sort_keys=True) for s in done if s.final}
     )
@@ -474,6 +505,18 @@ def backbone_report(
             mc_digits,
             None,
         ),
+        (
+            "Paired bootstrap of the test macro-F1 difference",
+            "Each pair of finalized backbones on the same test images: `f1_diff` = macro-F1 of A"
+            " - B (points) and its 95% percentile interval from resampling the test images, the"
+            " same resample for both models (A's finalize bootstrap resamples and seed). "
+            "`f1_diff_p`: two-sided bootstrap p of no difference (at least 1/resamples); "
+            f"`f1_diff_p_holm` adjusts it for testing every pair (Holm); significant: < {ALPHA}.",
+            pairs,
+            _F1_DIFF_COLUMNS,
+            mc_digits,
+            None,
+        ),
         ("Per-class test F1 (%)", "", pcf, pcf_cols, {}, None),
     ]
     md = [f"# Backbone comparison: {', '.join(s.name for s in studies)}"]
@@ -494,6 +537,7 @@ def backbone_report(
             "table1_validation_f1": (t1, t1_cols),
             "table3_test": (t3, _T3_COLUMNS),
             "mcnemar": (pairs, _MCNEMAR_COLUMNS),
+            "f1_difference": (pairs, _F1_DIFF_COLUMNS),
             "per_class_f1": (pcf, pcf_cols),
         },
     )
