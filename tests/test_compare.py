@@ -414,7 +414,7 @@ def test_pairwise_differences_are_paired_over_seeds_and_holm_corrected(
 def test_noise_floor_from_repeated_trials() -> None:
     from optuna.distributions import FloatDistribution
 
-    from clothopt.reports.samplers import noise_floor
+    from clothopt.reports.sampler_noise import noise_floor
 
     def trial(sd: float, se: float | None, proto: dict[str, int] | None) -> Any:
         attrs: dict[str, Any] = {"val_f1_sd": sd, "protocol": proto}

@@ -228,15 +228,13 @@ class StudyShow(_Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from clothopt import study
+        from clothopt.reports.trial_noise import best_versus_next_of, with_spread
 
         st, config = study.load(args.name, args.storage)
-        rows = study.trial_rows(st)
-        noise, verdict = _noise_of_the_top(st)
+        rows, noise = study.trial_rows(st), best_versus_next_of(st)
         if args.json:
-            out = {"config": config.to_dict(), "trials": rows}
-            if noise:
-                out["best_versus_next"] = {"rows": noise, "verdict": verdict}
-            print(json.dumps(out, default=str))
+            extra = {"best_versus_next": noise} if noise else {}
+            print(json.dumps({"config": config.to_dict(), "trials": rows, **extra}, default=str))
             return 0
         print(
             f"study {config.name}: {config.backbone} (weights {config.weights}), space "
@@ -244,51 +242,8 @@ class StudyShow(_Command):
             f"seed {config.seed}, {'cached features' if config.use_cache else 'end to end'}"
         )
         print(f"data {config.data} ({config.data_fingerprint[:12]})")
-        if rows and "members" in rows[0]:
-            rows = [_with_spread(r) for r in rows]
-        print(format_table(rows))
-        if noise:
-            print(
-                "best vs next: "
-                + "; ".join(
-                    f"#{r['other']} {r['test']} p = {r['p_value']:.3g}"
-                    if r["p_value"] is not None
-                    else f"#{r['other']} not tested"
-                    for r in noise
-                )
-            )
-            print(verdict)
+        print(format_table([with_spread(r) for r in rows]) + noise.get("text", ""))
         return 0
-
-
-def _with_spread(row: dict[str, Any]) -> dict[str, Any]:
-    """``val_f1`` shown as "mean ± se (n)" for a trial evaluated with repeats/folds."""
-    row = dict(row)
-    se, n = row.pop("val_f1_se"), row.pop("members")
-    if row["val_f1"] is not None and n:
-        spread = f" ± {se:.4f}" if se is not None else ""
-        row["val_f1"] = f"{row['val_f1']:.4f}{spread} ({n})"
-    return row
-
-
-def _noise_of_the_top(st: Any, top: int = 5) -> tuple[list[dict[str, Any]], str]:
-    """The best trial against the next ``top - 1``, on their per-member scores."""
-    from optuna.trial import TrialState
-
-    from clothopt.reports.stats import best_versus_next
-
-    done = sorted(
-        (t for t in st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
-        key=lambda t: (-(t.value or 0.0), t.number),
-    )
-    if not done or not done[0].user_attrs.get("val_f1_runs"):
-        return [], ""
-    entries = [
-        (t.number, list(t.user_attrs["val_f1_runs"]), t.user_attrs.get("protocol"))
-        for t in done[:top]
-        if t.user_attrs.get("val_f1_runs")
-    ]
-    return best_versus_next(entries)
 
 
 class StudyDelete(_Command):

@@ -32,16 +32,14 @@ from clothopt.reports.render import (
     write_outputs,
 )
 from clothopt.reports.sampler_figures import sampler_figures
+from clothopt.reports.sampler_noise import PAIRWISE_COLUMNS, pairwise_section, sampler_differences
 from clothopt.reports.stats import (
-    ALPHA,
     TOLERANCE,
     best_so_far,
     first_within,
     mean_or_none,
-    pairwise_paired,
     pct,
     sd_or_none,
-    separation_verdict,
 )
 
 if TYPE_CHECKING:
@@ -304,13 +302,8 @@ def sampler_report(
                     "max": max(vals),
                 }
             )
-    finals_by_seed = {
-        s: {r["seed"]: r["final_best"] for r in by_sampler[s] if r["final_best"] is not None}
-        for s in samplers
-    }
-    pairwise = pairwise_paired({s: v for s, v in finals_by_seed.items() if v})
-    noise = noise_floor([t for r in runs if r.sampler in by_sampler for t in r.trials[:budget]])
-    verdict = separation_verdict(pairwise, "samplers", f"at this budget ({budget} trials)")
+    trials = [t for r in runs if r.sampler in by_sampler for t in r.trials[:budget]]
+    differences = sampler_differences(by_sampler, trials, budget)
     # the settings a reader needs to rerun the comparison
     versions = sorted({r.config.versions.get("optuna", "?") for r in runs})
     sampler_args = {
@@ -335,9 +328,7 @@ def sampler_report(
         "targets": {str(k): v for k, v in targets.items()},
         "target": target_how,
         "tolerance": TOLERANCE,
-        "pairwise": pairwise,
-        "noise_floor": noise,
-        "verdict": verdict,
+        **differences,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **dict(meta or {}),
     }
@@ -351,8 +342,7 @@ def sampler_report(
         html_table(summary, _SUMMARY_COLUMNS, _SUMMARY_DIGITS),
         *[figure_html(f) for f in figs],
         "<h2>Differences with their noise</h2>",
-        text_to_html(_pairwise_text(record)),
-        html_table(pairwise, _PAIRWISE_COLUMNS, _PAIRWISE_DIGITS),
+        *pairwise_section(record, "html"),
         "<h2>Per seed</h2>",
         html_table(per_seed, _PER_SEED_COLUMNS, _SUMMARY_DIGITS),
         "<h2>To rerun</h2>",
@@ -366,7 +356,7 @@ def sampler_report(
         {
             "samplers_summary": (summary, _SUMMARY_COLUMNS),
             "samplers_per_seed": (per_seed, _PER_SEED_COLUMNS),
-            "samplers_pairwise": (pairwise, _PAIRWISE_COLUMNS),
+            "samplers_pairwise": (record["pairwise"], PAIRWISE_COLUMNS),
             "best_so_far": (curves, _CURVE_COLUMNS),
             "best_so_far_mean": (
                 mean_curves,
@@ -406,24 +396,6 @@ _PER_SEED_COLUMNS = [
     "seconds",
     "head_seconds",
 ]
-_PAIRWISE_COLUMNS = [
-    "a",
-    "b",
-    "n",
-    "mean_diff",
-    "ci_low",
-    "ci_high",
-    "a_ahead",
-    "t",
-    "p_t",
-    "p_holm_t",
-    "wilcoxon_w",
-    "p_wilcoxon",
-    "p_holm_wilcoxon",
-    "separated",
-    "note",
-]
-_PAIRWISE_DIGITS = {"t": 2, "p_t": 4, "p_holm_t": 4, "p_wilcoxon": 4, "p_holm_wilcoxon": 4}
 _CURVE_COLUMNS = [
     "sampler",
     "seed",
@@ -446,53 +418,6 @@ _SUMMARY_DIGITS = {
     "seconds": 1,
     "head_seconds": 1,
 }
-
-
-def noise_floor(trials: Sequence[FrozenTrial]) -> dict[str, Any] | None:
-    """How much one configuration's score moves by itself, from trials evaluated with repeats
-    or folds (their ``val_f1_sd`` / ``val_f1_se``): medians over the trials, in points (%).
-    None when no trial carries them."""
-    rated = [t for t in trials if t.user_attrs.get("val_f1_sd") is not None]
-    if not rated:
-        return None
-    protocols = sorted(
-        {json.dumps(t.user_attrs.get("protocol") or {}, sort_keys=True) for t in rated}
-    )
-    ses = [float(t.user_attrs["val_f1_se"]) for t in rated if t.user_attrs.get("val_f1_se")]
-    return {
-        "trials": len(rated),
-        "protocols": [json.loads(p) for p in protocols],
-        "member_sd_median": pct(float(np.median([t.user_attrs["val_f1_sd"] for t in rated]))),
-        "se_median": pct(float(np.median(ses))) if ses else None,
-    }
-
-
-def _pairwise_text(record: Mapping[str, Any]) -> str:
-    text = (
-        "Each pair of samplers over the seeds both ran: `mean_diff` = A - B in final best "
-        "(points), its 95% t interval, `a_ahead` = seeds where A ended higher, the paired t-test"
-        " and Wilcoxon's signed-rank test (exact without ties) with Holm's adjustment over all "
-        f"pairs (`p_holm_*`). Separated: Holm-adjusted paired t p < {ALPHA}. "
-    )
-    noise = record.get("noise_floor")
-    if noise:
-        protocols = ", ".join(
-            f"{p.get('repeats', 1)} repeats x {p.get('folds', 1)} folds" for p in noise["protocols"]
-        )
-        se = noise["se_median"]
-        text += (
-            f"Noise floor: over {noise['trials']} trials evaluated with {protocols}, one "
-            f"configuration's members (seeds/folds) differ by a median sd of "
-            f"{noise['member_sd_median']:.2f} points"
-            + (f" (standard error of a trial's mean {se:.2f})" if se is not None else "")
-            + "; a gap below that is the size of one configuration's own spread. "
-        )
-    else:
-        text += (
-            "Noise floor: unknown (the trials were evaluated once each, without repeats or "
-            "folds); a single configuration's seed-to-seed sd can be as large as these gaps. "
-        )
-    return text + "\n\n" + str(record["verdict"])
 
 
 def _definitions(record: Mapping[str, Any]) -> str:
@@ -540,10 +465,7 @@ def _sampler_markdown(
         _definitions(record),
         markdown_table(summary, _SUMMARY_COLUMNS, _SUMMARY_DIGITS),
         "## Differences with their noise",
-        _pairwise_text(record),
-        markdown_table(record["pairwise"], _PAIRWISE_COLUMNS, _PAIRWISE_DIGITS)
-        if record["pairwise"]
-        else "(fewer than two samplers)",
+        *pairwise_section(record, "markdown"),
         "## Per seed",
         markdown_table(per_seed, _PER_SEED_COLUMNS, _SUMMARY_DIGITS),
         "## Best validation macro-F1 (%) after each trial (mean ± sd over seeds)",

@@ -1,0 +1,51 @@
+"""``study show``'s noise: each trial evaluated with repeats/folds as mean ± se (n), and the
+best trial tested against the next ones over their per-member scores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clothopt.reports.stats import best_versus_next
+
+__all__ = ["best_versus_next_of", "with_spread"]
+
+
+def with_spread(row: dict[str, Any]) -> dict[str, Any]:
+    """``val_f1`` shown as "mean ± se (n)" for a trial evaluated with repeats/folds (rows of
+    studies without them pass unchanged)."""
+    if "members" not in row:
+        return row
+    row = dict(row)
+    se, n = row.pop("val_f1_se"), row.pop("members")
+    if row["val_f1"] is not None and n:
+        spread = f" ± {se:.4f}" if se is not None else ""
+        row["val_f1"] = f"{row['val_f1']:.4f}{spread} ({n})"
+    return row
+
+
+def best_versus_next_of(study: Any, top: int = 5) -> dict[str, Any]:
+    """The best trial against the next ``top - 1``: ``rows``, ``verdict`` and the ``text``
+    ``study show`` prints under its table; empty when the best trial has no per-member scores."""
+    from optuna.trial import TrialState
+
+    done = sorted(
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+        key=lambda t: (-(t.value or 0.0), t.number),
+    )
+    if not done or not done[0].user_attrs.get("val_f1_runs"):
+        return {}
+    entries = [
+        (t.number, list(t.user_attrs["val_f1_runs"]), t.user_attrs.get("protocol"))
+        for t in done[:top]
+        if t.user_attrs.get("val_f1_runs")
+    ]
+    rows, verdict = best_versus_next(entries)
+    if not rows:
+        return {}
+    tests = "; ".join(
+        f"#{r['other']} {r['test']} p = {r['p_value']:.3g}"
+        if r["p_value"] is not None
+        else f"#{r['other']} not tested"
+        for r in rows
+    )
+    return {"rows": rows, "verdict": verdict, "text": f"\nbest vs next: {tests}\n{verdict}"}
