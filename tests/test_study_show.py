@@ -34,7 +34,7 @@ def _cli(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def _study(tiny_data: Path, storage: str, tmp_path: Path, repeated: bool) -> None:
+def _study(tiny_data: Path, storage: str, tmp_path: Path, repeated: bool, folds: int = 3) -> None:
     space = tmp_path / "space.toml"
     space.write_text(SPACE)
     study, config = st.create(
@@ -53,7 +53,9 @@ def _study(tiny_data: Path, storage: str, tmp_path: Path, repeated: bool) -> Non
             trial.set_user_attr("val_f1_runs", runs)
             trial.set_user_attr("val_f1_sd", float(np.std(runs, ddof=1)))
             trial.set_user_attr("val_f1_se", float(ss.sem(runs)))
-            trial.set_user_attr("protocol", {"repeats": 2, "folds": 3})
+            trial.set_user_attr("protocol", {"repeats": 6 // max(1, folds), "folds": folds})
+            # each trial draws its repeats' seeds from its own parameters
+            trial.set_user_attr("member_seeds", [trial.number * 10 + i for i in range(6)])
         return float(np.mean(runs))
 
     st.optimize(study, config, objective, progress=False)  # type: ignore[arg-type]
@@ -94,3 +96,17 @@ def test_trials_without_members_are_shown_as_before(
     assert "±" not in out and "within noise" not in out and "best vs next" not in out
     shown = json.loads(_cli(["study", "show", "s", "--storage", storage, "--json"])[1])
     assert "members" not in shown["trials"][0] and "best_versus_next" not in shown
+
+
+def test_repeats_with_each_trials_own_seeds_are_not_paired(
+    tiny_data: Path, storage: str, tmp_path: Path
+) -> None:
+    # repeats without folds: trial A's member i and trial B's member i are different seeds,
+    # independent draws, so the comparison is Welch's, not the paired t
+    _study(tiny_data, storage, tmp_path, repeated=True, folds=0)
+    shown = json.loads(_cli(["study", "show", "s", "--storage", storage, "--json"])[1])
+    rows = shown["best_versus_next"]["rows"]
+    assert [r["test"] for r in rows] == ["Welch t"] * 3
+    want = ss.ttest_ind(RUNS[(4, 0.01)], RUNS[(8, 0.01)], equal_var=False).pvalue
+    assert rows[0]["p_value"] == pytest.approx(want)
+    assert "(Welch t, p > 0.05)" in shown["best_versus_next"]["verdict"]

@@ -394,10 +394,11 @@ def best_versus_next(
 ) -> tuple[list[dict[str, Any]], str]:
     """The first entry (the best trial) against each of the others, on their member scores.
 
-    ``entries``: (label, member scores, protocol), best first. Same protocol and as many
-    members: the members are the same folds/seeds, so a paired t-test over them; otherwise
-    Welch's t-test. Returns the rows and a one-line verdict on how many of the top entries lie
-    within noise of the best (each test uncorrected, p >= alpha: the stricter claim).
+    ``entries``: (label, member scores, pairing), best first. ``pairing`` says which draws the
+    members share (the same folds, the same seeds): equal and not None, with as many members,
+    the members pair up, so a paired t-test over them; otherwise Welch's t-test. Returns the
+    rows and a one-line verdict on how many of the top entries lie within noise of the best
+    (each test uncorrected, p >= alpha: the stricter claim).
     """
     if len(entries) < 2:
         return [], ""
@@ -405,7 +406,7 @@ def best_versus_next(
     rows = []
     for label, runs, proto in entries[1:]:
         row: dict[str, Any] = {"best": label0, "other": label, "n": len(runs)}
-        paired = proto == proto0 and len(runs) == len(runs0) and len(runs) >= 2
+        paired = proto is not None and proto == proto0 and len(runs) == len(runs0) >= 2
         if paired:
             r = paired_t(runs0, runs)
             row |= {"test": "paired t", "diff": r["mean_diff"], "p_value": r["p_value"]}

@@ -3,6 +3,7 @@ best trial tested against the next ones over their per-member scores."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from clothopt.reports.stats import best_versus_next
@@ -23,6 +24,20 @@ def with_spread(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _pairing(attrs: dict[str, Any]) -> str | None:
+    """What a trial's members share with another's: with folds, the study's folds (drawn from
+    the study seed, the same for every trial), member by member in the same order; with repeats
+    alone, only the seeds in ``member_seeds`` (each trial draws its own from its parameters, so
+    two trials' repeats are independent draws unless those seeds are equal)."""
+    protocol = attrs.get("protocol") or {}
+    if int(protocol.get("folds") or 0) >= 2:
+        return json.dumps({"folds": protocol}, sort_keys=True)
+    seeds = attrs.get("member_seeds")
+    return (
+        json.dumps({"seeds": list(seeds), "protocol": protocol}, sort_keys=True) if seeds else None
+    )
+
+
 def best_versus_next_of(study: Any, top: int = 5) -> dict[str, Any]:
     """The best trial against the next ``top - 1``: ``rows``, ``verdict`` and the ``text``
     ``study show`` prints under its table; empty when the best trial has no per-member scores."""
@@ -35,7 +50,7 @@ def best_versus_next_of(study: Any, top: int = 5) -> dict[str, Any]:
     if not done or not done[0].user_attrs.get("val_f1_runs"):
         return {}
     entries = [
-        (t.number, list(t.user_attrs["val_f1_runs"]), t.user_attrs.get("protocol"))
+        (t.number, list(t.user_attrs["val_f1_runs"]), _pairing(t.user_attrs))
         for t in done[:top]
         if t.user_attrs.get("val_f1_runs")
     ]
