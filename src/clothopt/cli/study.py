@@ -222,11 +222,13 @@ class StudyShow(_Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from clothopt import study
+        from clothopt.reports.trial_noise import best_versus_next_of, with_spread
 
         st, config = study.load(args.name, args.storage)
-        rows = study.trial_rows(st)
+        rows, noise = study.trial_rows(st), best_versus_next_of(st)
         if args.json:
-            print(json.dumps({"config": config.to_dict(), "trials": rows}, default=str))
+            extra = {"best_versus_next": noise} if noise else {}
+            print(json.dumps({"config": config.to_dict(), "trials": rows, **extra}, default=str))
             return 0
         print(
             f"study {config.name}: {config.backbone} (weights {config.weights}), space "
@@ -234,7 +236,7 @@ class StudyShow(_Command):
             f"seed {config.seed}, {'cached features' if config.use_cache else 'end to end'}"
         )
         print(f"data {config.data} ({config.data_fingerprint[:12]})")
-        print(format_table(rows))
+        print(format_table([with_spread(r) for r in rows]) + noise.get("text", ""))
         return 0
 
 
