@@ -574,7 +574,13 @@ class Objective:
     Records in the trial's user attributes what the trial measured (validation precision,
     recall, F1, accuracy, per-class figures and confusion matrix; seconds extracting and
     training; parameter counts; per-epoch loss; the backbone) and reports per-epoch F1 as
-    intermediate values for pruners. An image that does not decode fails this trial only
+    intermediate values for pruners. A space that sets ``repeats`` R > 1 and/or ``folds``
+    K >= 2 makes a trial R x (K | 1) fits (:func:`evaluate`): its value is their mean
+    validation macro-F1, ``val_f1_macro`` that mean, ``val_f1_runs`` / ``val_f1_sd`` /
+    ``val_f1_se`` / ``protocol`` / ``member_seeds`` the members', ``val_f1_pooled`` and the
+    other validation figures (precision, recall, accuracy, per-class, confusion matrix) those
+    of every member's predictions pooled (out-of-fold with folds), ``epoch_loss`` the first
+    member's. An image that does not decode fails this trial only
     (:class:`~clothopt.errors.TrialFailed`); any other :class:`~clothopt.errors.UserError`
     stops the run. Cached trials share one :class:`HeadTrainer` per worker thread: its compiled
     models are what makes a trial cost what its head costs.
