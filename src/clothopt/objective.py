@@ -426,7 +426,7 @@ def _pool(inputs: Mapping[str, HeadInput]) -> tuple[HeadInput, HeadInput]:
     tr, va = inputs["train"], inputs["validation"]
     copies, views = tr.blocks, va.views
     n_tr, n_va = tr.examples, va.examples
-    y_tr, y = tr.y[:n_tr], np.concatenate([tr.y[:n_tr], va.y[:n_va]])
+    y = np.concatenate([tr.y[:n_tr], va.y[:n_va]])
     x_val_tr = inputs["train_views"].x if views > 1 else tr.x[:n_tr]
     x_train_va = inputs["validation_train"].x if copies > 1 else va.x[:n_va]
     x = np.concatenate(
@@ -437,7 +437,6 @@ def _pool(inputs: Mapping[str, HeadInput]) -> tuple[HeadInput, HeadInput]:
         [m for b in range(views) for m in (x_val_tr[b * n_tr : (b + 1) * n_tr],
                                            va.x[b * n_va : (b + 1) * n_va])]
     )  # fmt: skip
-    assert len(y_tr) == n_tr
     train = dataclasses.replace(tr, x=x, y=np.tile(y, copies), views=1, blocks=copies)
     scored = dataclasses.replace(va, x=xv, y=y, views=views, blocks=views)
     return train, scored
