@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,8 +14,13 @@ from clothopt.model.backbones import get_backbone
 from clothopt.model.head import HeadParams, HeadTrainer
 from clothopt.objective import (
     Objective,
+    Protocol,
+    _members,
+    _solo,
     batch_order,
     head_inputs,
+    member_seeds,
+    protocol_inputs,
     train_end_to_end,
     train_head,
     train_spec,
@@ -226,3 +232,126 @@ def test_the_pipeline_trains_a_given_seed_on_given_rows(tiny_data: Path, tmp_pat
     assert spec.seed == trial_seed(0, params)
     plain = va.plain()
     assert plain.views == plain.blocks == 1 and len(plain.x) == len(plain.y) == va.examples
+
+
+# --- repeated evaluation (issue 20): repeats x folds members, their mean the trial's value ---
+
+ROBUST = (
+    "sampler = 'tpe'\nn_trials = 3\nrepeats = 2\nfolds = 3\n[params]\nimage_size = [32]\n"
+    "batch_size = [8]\nlearning_rate = [0.01, 0.003]\nepochs = [3]\nhidden_layers = [1]\n"
+    "hidden_units = [16]\nnormalize = ['standardize']\nflip = [true]\ntta = [true]\n"
+)
+
+
+def _robust_objective(tmp_path: Path, data: Path, text: str = ROBUST) -> tuple[Any, Any, Any]:
+    st, config = _study(tmp_path, data, text)
+    objective = Objective(config, open_dataset(data), FeatureCache(None))  # type: ignore[arg-type]
+    return st, config, objective
+
+
+def test_a_repeated_trial_is_the_mean_of_its_members_each_its_solo_fit(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    st, config, objective = _robust_objective(tmp_path, tiny_data)
+    study.optimize(st, config, objective, n_trials=1, progress=False)
+    trial = st.trials[0]
+    attrs = trial.user_attrs
+    runs = attrs["val_f1_runs"]
+    assert len(runs) == 6 and attrs["protocol"] == {"repeats": 2, "folds": 3}
+    assert trial.value == pytest.approx(np.mean(runs)) == attrs["val_f1_macro"]
+    assert attrs["val_f1_sd"] == pytest.approx(np.std(runs, ddof=1))
+    assert attrs["val_f1_se"] == pytest.approx(np.std(runs, ddof=1) / np.sqrt(6))
+    ds = open_dataset(tiny_data)
+    n = len(ds["train"]) + len(ds["validation"])
+    assert sum(sum(r) for r in attrs["val_confusion_matrix"]) == 2 * n  # pooled out-of-fold
+    assert len(trial.intermediate_values) == 6 * 3  # every member's epochs, first one first
+    # each member is the fit the HeadTrainer gives alone (the stacked ones within tolerance)
+    spec = TrialSpec.of(trial.params, config)
+    protocol = Protocol(2, 3)
+    inputs = protocol_inputs(objective.cache, ds, config, spec, protocol)
+    train, scored, members = _members(spec, inputs, protocol, 0, 0)
+    assert [m.seed for m in members] == [spec.seed] * 3 + [member_seeds(spec.seed, 1, 1)[0]] * 3
+    solo = HeadTrainer()
+    for k, member in enumerate(members):
+        alone = _solo(solo, spec, train, scored, member, ds.classes, None)
+        assert alone.epoch_f1[-1] == runs[k]
+        assert [trial.intermediate_values[k * 3 + e] for e in range(3)] == alone.epoch_f1
+
+
+def test_folds_are_stratified_disjoint_cover_the_pool_and_depend_on_the_study_seed_only(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    _, config, objective = _robust_objective(tmp_path, tiny_data)
+    ds = open_dataset(tiny_data)
+    y = np.concatenate([ds["train"].labels, ds["validation"].labels])
+    protocol = Protocol(1, 3)
+    got = []
+    for lr in (0.01, 0.003):
+        params = {"image_size": 32, "batch_size": 8, "learning_rate": lr, "flip": True}
+        spec = TrialSpec.of(params, config)
+        inputs = protocol_inputs(objective.cache, ds, config, spec, protocol)
+        train, scored, members = _members(spec, inputs, protocol, 0, 0)
+        np.testing.assert_array_equal(scored.y, y)
+        got.append([m.val_examples for m in members])
+        for m in members:  # training rows: the other folds, plain and mirrored
+            own = np.setdiff1d(np.arange(len(y)), m.val_examples)
+            np.testing.assert_array_equal(m.train_rows, np.concatenate([own, own + len(y)]))
+            np.testing.assert_array_equal(train.y[m.train_rows], np.tile(y[own], 2))
+    for a, b in zip(*got, strict=True):  # every trial of the study sees the same folds
+        np.testing.assert_array_equal(a, b)
+    val = np.concatenate(got[0])
+    assert sorted(val) == list(range(len(y)))  # disjoint and covering train + validation
+    for c in np.unique(y):
+        shares = [int((y[v] == c).sum()) for v in got[0]]
+        assert max(shares) - min(shares) <= 1
+    other = _members(spec, inputs, protocol, 1, 0)[2]  # another study seed: other folds
+    pairs = zip(other, members, strict=True)
+    assert any(not np.array_equal(a.val_examples, b.val_examples) for a, b in pairs)
+
+
+def test_a_pruner_stops_a_repeated_trial_after_its_first_member(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    import optuna
+
+    class Always(optuna.pruners.BasePruner):
+        def prune(self, study: object, trial: object) -> bool:
+            return True
+
+    st, config, objective = _robust_objective(tmp_path, tiny_data)
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    st = optuna.load_study(study_name=st.study_name, storage=storage, pruner=Always())
+    study.optimize(st, config, objective, n_trials=1, progress=False)
+    trial = st.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert list(trial.intermediate_values) == [0]  # the first member's first epoch only
+    assert not objective.stacked._stacks  # the other members were never trained
+
+
+def test_member_seeds_start_with_the_trials_and_never_repeat() -> None:
+    seeds = member_seeds(1234, 0, 8)
+    assert seeds[0] == 1234 and len(set(seeds)) == 8
+    assert member_seeds(1234, 3, 5) == seeds[3:]  # a re-evaluation's seeds are new ones
+    assert all(0 <= s < 2**31 for s in seeds)
+
+
+def test_the_paper_protocol_records_no_repeats(tiny_data: Path, tmp_path: Path) -> None:
+    st, config, objective = _robust_objective(tmp_path, tiny_data, PAPERLIKE)
+    study.optimize(st, config, objective, n_trials=1, progress=False)
+    attrs = st.trials[0].user_attrs
+    assert "protocol" not in attrs and "val_f1_runs" not in attrs
+    assert not objective.stacked._stacks
+
+
+@pytest.mark.parametrize("text", ["repeats = 2\n", "folds = 5\n"])
+def test_the_end_to_end_path_refuses_repeats_and_folds(
+    tiny_data: Path, tmp_path: Path, text: str
+) -> None:
+    with pytest.raises(UserError, match="repeats/folds: the end-to-end path"):
+        _study(tmp_path, tiny_data, text + PAPERLIKE, use_cache=False)
+
+
+@pytest.mark.parametrize("text", ["folds = 1\n", "folds = 21\n", "repeats = 0\n"])
+def test_bad_protocols_are_refused(tiny_data: Path, tmp_path: Path, text: str) -> None:
+    with pytest.raises(UserError, match=r"folds|repeats"):
+        _study(tmp_path, tiny_data, text + PAPERLIKE)

@@ -26,11 +26,13 @@ import numpy as np
 
 from clothopt.data import Dataset, Split, UnusableImage, default_threads, load_batch
 from clothopt.engine.storage import set_user_attrs
-from clothopt.errors import TrialFailed
+from clothopt.errors import InvalidArgument, TrialFailed
+from clothopt.folds import fold_rows, stratified_folds
 from clothopt.metrics import classification_metrics
 from clothopt.model.backbones import BackboneSpec, get_backbone
 from clothopt.model.compose import Head, build_head, compose
 from clothopt.model.head import HeadResult, HeadTrainer
+from clothopt.model.stacked import Member, StackedTrainer
 from clothopt.trial_spec import TrialSpec, trial_seed
 
 if TYPE_CHECKING:
@@ -41,11 +43,16 @@ if TYPE_CHECKING:
     from clothopt.features import FeatureCache
 
 __all__ = [
+    "Evaluation",
     "HeadInput",
     "Objective",
+    "Protocol",
     "batch_order",
     "compile_for_training",
+    "evaluate",
     "head_inputs",
+    "member_seeds",
+    "protocol_inputs",
     "train_end_to_end",
     "train_head",
     "train_spec",
@@ -355,6 +362,186 @@ def train_spec(
     return result
 
 
+@dataclass(frozen=True)
+class Protocol:
+    """How a trial estimates its configuration: ``repeats`` seeds, each trained on ``folds``
+    stratified folds of train + validation (K >= 2) or on the split as given (0)."""
+
+    repeats: int = 1
+    folds: int = 0
+
+    @property
+    def members(self) -> int:
+        """Heads one evaluation trains: repeats x (folds or the one given split)."""
+        return self.repeats * max(1, self.folds)
+
+    @property
+    def single(self) -> bool:
+        """The paper's protocol: one fit on train, scored on validation."""
+        return self.repeats == 1 and self.folds == 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"repeats": self.repeats, "folds": self.folds}
+
+
+def member_seeds(seed: int, start: int, count: int) -> list[int]:
+    """Seeds ``start .. start + count - 1`` of a trial whose own seed is ``seed``: seed 0 is
+    the trial's (its first member is today's single fit), the others derived from it, so a
+    re-evaluation (``start`` past the trial's repeats) draws seeds the trial never used."""
+    return [
+        seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1)[0] >> 1)
+        for i in range(start, start + count)
+    ]
+
+
+@dataclass
+class Evaluation:
+    """The members of one repeated evaluation: each one's final validation macro-F1 (repeat
+    after repeat, fold after fold), its HeadResult, and the pooled (true, predicted) labels of
+    every member's validation examples (out-of-fold predictions with folds)."""
+
+    runs: list[float]
+    results: list[HeadResult]
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    train_seconds: float
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.runs))
+
+    @property
+    def sd(self) -> float:
+        """Sample standard deviation (0 for one member)."""
+        return float(np.std(self.runs, ddof=1)) if len(self.runs) > 1 else 0.0
+
+    @property
+    def se(self) -> float:
+        return self.sd / math.sqrt(len(self.runs))
+
+
+def _pool(inputs: Mapping[str, HeadInput]) -> tuple[HeadInput, HeadInput]:
+    """Train + validation as one pool of N examples: its training layout (plain block, then
+    mirrored with ``flip``) and its scoring layout (plain view, then mirrored with ``tta``)."""
+    tr, va = inputs["train"], inputs["validation"]
+    copies, views = tr.blocks, va.views
+    n_tr, n_va = tr.examples, va.examples
+    y = np.concatenate([tr.y[:n_tr], va.y[:n_va]])
+    x_val_tr = inputs["train_views"].x if views > 1 else tr.x[:n_tr]
+    x_train_va = inputs["validation_train"].x if copies > 1 else va.x[:n_va]
+    x = np.concatenate(
+        [m for b in range(copies) for m in (tr.x[b * n_tr : (b + 1) * n_tr],
+                                            x_train_va[b * n_va : (b + 1) * n_va])]
+    )  # fmt: skip
+    xv = np.concatenate(
+        [m for b in range(views) for m in (x_val_tr[b * n_tr : (b + 1) * n_tr],
+                                           va.x[b * n_va : (b + 1) * n_va])]
+    )  # fmt: skip
+    train = dataclasses.replace(tr, x=x, y=np.tile(y, copies), views=1, blocks=copies)
+    scored = dataclasses.replace(va, x=xv, y=y, views=views, blocks=views)
+    return train, scored
+
+
+def _members(
+    spec: TrialSpec,
+    inputs: Mapping[str, HeadInput],
+    protocol: Protocol,
+    study_seed: int,
+    start: int,
+) -> tuple[HeadInput, HeadInput, list[Member]]:
+    """The training and scoring layouts the members index, and the members: ``protocol``'s
+    seeds (from ``start``) x its folds (the same for every trial of a study: from the study
+    seed only) or the split as given."""
+    seeds = member_seeds(spec.seed, start, protocol.repeats)
+    if not protocol.folds:
+        return inputs["train"], inputs["validation"], [Member(s) for s in seeds]
+    train, scored = _pool(inputs)
+    n = scored.examples
+    if protocol.folds > n:
+        raise InvalidArgument(f"folds: {protocol.folds} folds need at least as many examples")
+    folds = stratified_folds(scored.y, protocol.folds, study_seed)
+    members = [Member(s, fold_rows(tr, n, train.blocks), va) for s in seeds for tr, va in folds]
+    return train, scored, members
+
+
+def _solo(
+    trainer: HeadTrainer,
+    spec: TrialSpec,
+    train: HeadInput,
+    scored: HeadInput,
+    member: Member,
+    classes: Sequence[str],
+    on_epoch: EpochCallback | None,
+) -> HeadResult:
+    """One member alone (the first, whose curve a pruner watches)."""
+    x, y = train.x, train.y
+    if member.train_rows is not None:
+        x, y = x[member.train_rows], y[member.train_rows]
+    val = scored if member.val_examples is None else scored.take(member.val_examples)
+    return trainer.train(
+        x, y, val.x, val.y, classes, spec.head, member.seed, batch_order, on_epoch,
+        val_views=val.views,
+    )  # fmt: skip
+
+
+def evaluate(
+    spec: TrialSpec,
+    inputs: Mapping[str, HeadInput],
+    classes: Sequence[str],
+    protocol: Protocol,
+    study_seed: int,
+    trainers: tuple[HeadTrainer, StackedTrainer],
+    *,
+    start: int = 0,
+    on_epoch: EpochCallback | None = None,
+) -> Evaluation:
+    """``spec`` trained ``protocol.members`` times: the first member alone (``on_epoch`` gets
+    its curve, and may raise to prune the configuration there), then the rest as one stacked
+    model. ``inputs`` as :func:`head_inputs` gives them; with folds also ``train_views`` (the
+    train split scored, with TTA) and ``validation_train`` (validation as training rows, with
+    flip): see :func:`protocol_inputs`. ``start``: the first repeat's index (a re-evaluation
+    passes the trial's repeats to draw new seeds)."""
+    train, scored, members = _members(spec, inputs, protocol, study_seed, start)
+    solo, stacked = trainers
+    first = _solo(solo, spec, train, scored, members[0], classes, on_epoch)
+    results, seconds = [first], first.train_seconds
+    if len(members) > 1:
+        rest = stacked.train(
+            train.x, train.y, scored.x, scored.y, classes, spec.head, members[1:], batch_order,
+            val_views=scored.views, reports=0,
+        )  # fmt: skip
+        results += rest.members
+        seconds += rest.train_seconds
+    n = scored.examples
+    examples = [np.arange(n) if m.val_examples is None else m.val_examples for m in members]
+    for r in results:
+        r.total_params = train.base_params + r.trainable_params
+    return Evaluation(
+        runs=[float(r.epoch_f1[-1]) for r in results],
+        results=results,
+        y_true=np.concatenate([scored.y[:n][e] for e in examples]),
+        y_pred=np.concatenate([r.val_pred for r in results]),
+        train_seconds=seconds,
+    )
+
+
+def protocol_inputs(
+    cache: FeatureCache,
+    dataset: Dataset,
+    config: StudyConfig,
+    spec: TrialSpec,
+    protocol: Protocol,
+) -> dict[str, HeadInput]:
+    """What :func:`evaluate` reads: :func:`head_inputs`, and with folds the two other layouts
+    of the pool (train scored with TTA views, validation trained on with mirrored rows)."""
+    inputs = head_inputs(cache, dataset, config, spec)
+    if protocol.folds:
+        other = head_inputs(cache, dataset, config, spec, train_splits=("validation",))
+        inputs["train_views"] = other["train"]
+        inputs["validation_train"] = other["validation"]
+    return inputs
+
+
 def _trial_attrs(
     result: HeadResult, extract_seconds: float, cached: bool, seed: int
 ) -> dict[str, Any]:
@@ -386,7 +573,13 @@ class Objective:
     Records in the trial's user attributes what the trial measured (validation precision,
     recall, F1, accuracy, per-class figures and confusion matrix; seconds extracting and
     training; parameter counts; per-epoch loss; the backbone) and reports per-epoch F1 as
-    intermediate values for pruners. An image that does not decode fails this trial only
+    intermediate values for pruners. A space that sets ``repeats`` R > 1 and/or ``folds``
+    K >= 2 makes a trial R x (K | 1) fits (:func:`evaluate`): its value is their mean
+    validation macro-F1, ``val_f1_macro`` that mean, ``val_f1_runs`` / ``val_f1_sd`` /
+    ``val_f1_se`` / ``protocol`` / ``member_seeds`` the members', ``val_f1_pooled`` and the
+    other validation figures (precision, recall, accuracy, per-class, confusion matrix) those
+    of every member's predictions pooled (out-of-fold with folds), ``epoch_loss`` the first
+    member's. An image that does not decode fails this trial only
     (:class:`~clothopt.errors.TrialFailed`); any other :class:`~clothopt.errors.UserError`
     stops the run. Cached trials share one :class:`HeadTrainer` per worker thread: its compiled
     models are what makes a trial cost what its head costs.
@@ -460,6 +653,9 @@ class Objective:
             tr, va = inputs["train"], inputs["validation"]
             extract_seconds = warm + tr.extract_seconds + va.extract_seconds
             trial.set_user_attr("features_cached", tr.cached and va.cached and not warm)
+            protocol = Protocol(cfg.space.repeats, cfg.space.folds)
+            if not protocol.single:
+                return self._repeated(trial, spec, protocol, extract_seconds, on_epoch)
             result = train_spec(
                 spec, inputs, self.dataset["train"].classes, self.trainer, on_epoch=on_epoch
             )
@@ -483,6 +679,58 @@ class Objective:
             )
         set_user_attrs(trial, _trial_attrs(result, extract_seconds, cfg.use_cache, spec.seed))
         return result.val_metrics["f1_macro"]
+
+    def _repeated(
+        self,
+        trial: optuna.Trial,
+        spec: TrialSpec,
+        protocol: Protocol,
+        extract_seconds: float,
+        on_epoch: EpochCallback,
+    ) -> float:
+        """The trial as ``protocol.members`` fits; its value their mean validation macro-F1.
+        The pruner watches the first member's epochs (steps 0..E-1); the other members' curves
+        are reported after it, member m's epoch e at step m * E + e."""
+        cfg = self.config
+        inputs = protocol_inputs(self.cache, self.dataset, cfg, spec, protocol)
+        extract_seconds += sum(
+            inputs[k].extract_seconds for k in ("train_views", "validation_train") if k in inputs
+        )
+        classes = self.dataset["train"].classes
+        got = evaluate(
+            spec, inputs, classes, protocol, cfg.seed, (self.trainer, self.stacked),
+            on_epoch=on_epoch,
+        )  # fmt: skip
+        epochs = spec.head.epochs
+        for m, result in enumerate(got.results[1:], start=1):
+            for e, f1 in enumerate(result.epoch_f1):
+                trial.report(f1, m * epochs + e)
+        first = got.results[0]
+        pooled = classification_metrics(got.y_true, got.y_pred, classes)
+        pooled_result = dataclasses.replace(
+            first,
+            val_metrics=pooled | {"f1_macro": got.mean},
+            train_seconds=got.train_seconds,
+            diverged=any(r.diverged for r in got.results),
+        )
+        attrs = _trial_attrs(pooled_result, extract_seconds, True, spec.seed)
+        attrs |= {
+            "val_f1_runs": got.runs,
+            "val_f1_sd": got.sd,
+            "val_f1_se": got.se,
+            "val_f1_pooled": pooled["f1_macro"],
+            "protocol": protocol.to_dict(),
+            "member_seeds": member_seeds(spec.seed, 0, protocol.repeats),
+        }
+        set_user_attrs(trial, attrs)
+        return got.mean
+
+    @property
+    def stacked(self) -> StackedTrainer:
+        """This thread's stacked trainer (the members after a repeated trial's first)."""
+        if not hasattr(self._local, "stacked"):
+            self._local.stacked = StackedTrainer()
+        return self._local.stacked  # type: ignore[no-any-return]
 
     def _release(self) -> None:
         # Free the trial's Keras state so memory stays flat over a long study; the head

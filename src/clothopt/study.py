@@ -128,6 +128,11 @@ def create(
     spec = get_backbone(names[0] if names else backbone)
     for one in specs:
         one.check_size(space_obj.min_image_size())
+    if not use_cache and (space_obj.repeats != 1 or space_obj.folds):
+        raise InvalidArgument(
+            f"space {space_obj.name!r} sets repeats/folds: the end-to-end path (--no-cache) "
+            "fits one head per trial (drop --no-cache)"
+        )
     if not use_cache and not space_obj.is_paper_head():
         raise InvalidArgument(
             f"space {space_obj.name!r} varies more than image_size, batch_size and learning_rate: "
