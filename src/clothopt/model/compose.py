@@ -149,7 +149,8 @@ def _head_layers(
         if head.dropout > 0.0 and (i > 0 or head.hidden_layers == 0):
             layers.append(keras.layers.Dropout(head.dropout, seed=head.seed + 1000 + len(dense)))
         if i == head.hidden_layers:
-            dense.append(build_head(head.num_classes, head.seed, prefix + "logits"))
+            named = (prefix + "logits",) if prefix else ()  # a member's own name
+            dense.append(build_head(head.num_classes, head.seed, *named))
         else:
             dense.append(
                 keras.layers.Dense(
