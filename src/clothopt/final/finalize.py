@@ -7,15 +7,19 @@ Four steps, each one function:
 2. :func:`train` runs the trial's own pipeline (``clothopt.objective.head_inputs`` and
    ``train_spec``, as the objective calls them) on the train split for the final epochs: the
    paper's ``Dense(10)`` for a paper trial, bit for bit as the search trained it; for a wide
-   trial its sizes, flip and head. Then, optionally, fine-tuning (:mod:`.fine_tune`) and the
-   "not clothing" detector (:mod:`.rejection`).
+   trial its sizes, flip and head. A space that sets ``folds`` K >= 2 or ``repeats`` R > 1
+   gets the members its trials train instead (:func:`train_ensemble`: the K fold heads on
+   train + validation and/or the R seed heads). Then, optionally, fine-tuning
+   (:mod:`.fine_tune`, single fits only) and the "not clothing" detector (:mod:`.rejection`).
 3. :func:`export` composes one Keras model that takes raw images
    (:func:`clothopt.model.compose.compose`, as every model is; ``tta`` averages the logits of
-   the image and its flip inside it) and saves it.
+   the image and its flip inside it; an ensemble averages its members' probabilities inside
+   it) and saves it.
 4. :func:`score` reloads the saved model from its file and scores the test split, which no
    trial saw: the figures in ``report.json`` are the file's own. Beside the paper's figures
    (precision, recall, F1, parameters, seconds) the report holds what the paper lacked: a 95%
-   bootstrap interval of the test macro-F1.
+   bootstrap interval of the test macro-F1, and ``estimate``: what the search's protocol
+   predicted for this model (:func:`clothopt.final.scoring.estimate_section`).
 
 What the folder holds and how it is swapped into place: :mod:`clothopt.final.store`.
 """
