@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clothopt.data import nearest_indices
+from clothopt.errors import InvalidArgument
 from clothopt.model import compose as compose_mod
 from clothopt.model.backbones import get_backbone
 from clothopt.model.compose import POOL_LAYER, Head, build_head, compose, nearest_corrections
@@ -363,3 +364,67 @@ def test_the_correction_table_turns_the_exact_index_into_pils(size: int, side: i
     got = (2 * k + 1) * side // (2 * size) - fix
     np.testing.assert_array_equal(got, nearest_indices(side, size))
     assert row_of_side[-1] == 0  # longer sides: the closed form, no row
+
+
+def test_an_ensemble_averages_its_members_probabilities_in_built_in_layers(
+    tmp_path: Any,
+) -> None:
+    """Several heads: each member as it would be exported alone (TTA logits first), then the
+    mean of their probabilities; one head in a list is exactly the single-head model."""
+    import keras
+
+    rng = np.random.default_rng(4)
+    dim = SPEC.feature_dim
+
+    def member(seed: int, normalize: str) -> Head:
+        mean = std = None
+        if normalize == "standardize":
+            mean, std = rng.normal(0, 1, dim), rng.uniform(0.5, 2.0, dim)
+        weights = [
+            rng.normal(0, 0.3, (dim, 6)).astype("float32"),
+            rng.normal(0, 0.3, 6).astype("float32"),
+            rng.normal(0, 1, (6, CLASSES)).astype("float32"),
+            rng.normal(0, 1, CLASSES).astype("float32"),
+        ]
+        return Head(
+            num_classes=CLASSES, seed=seed, weights=weights, hidden_layers=1, hidden_units=6,
+            dropout=0.3, normalize=normalize, mean=mean, std=std,
+        )  # fmt: skip
+
+    heads = [member(1, "standardize"), member(2, "l2"), member(3, "none")]
+
+    def exported(head: Any) -> Any:
+        return compose(
+            SPEC, SIZE, "none", 3, raw_input=True, head=head, softmax=True, tta=True,
+            extra_outputs={"pooled": lambda pooled: pooled},
+        )  # fmt: skip
+
+    images = rng.integers(0, 256, (3, 40, 52, 3)).astype("float32")
+    ensemble = exported(heads)
+    assert "Lambda" not in json.dumps(ensemble.get_config())
+    path = tmp_path / "ensemble.keras"
+    ensemble.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    got = np.asarray(loaded.predict_on_batch(images)["probabilities"])
+    alone = [np.asarray(exported(h).predict_on_batch(images)["probabilities"]) for h in heads]
+    np.testing.assert_allclose(got, np.mean(alone, axis=0), rtol=1e-5, atol=1e-6)
+    names = {layer.name for layer in loaded.layers}
+    assert {
+        f"member{i}_{n}" for i in range(3) for n in ("logits", "hidden0", "tta_logits")
+    } <= names
+    assert "probabilities" in names and "logits" not in names
+    # a list of one head is the single head's model, layer for layer
+    one, single = exported([heads[0]]), exported(heads[0])
+
+    def names(model: Any) -> list[str]:  # Keras numbers unnamed layers process-wide
+        return [re.sub(r"^dropout(_\d+)?$", "dropout", layer.name) for layer in model.layers]
+
+    assert names(one) == names(single)
+    np.testing.assert_array_equal(
+        np.asarray(one.predict_on_batch(images)["probabilities"]),
+        np.asarray(single.predict_on_batch(images)["probabilities"]),
+    )
+    with pytest.raises(InvalidArgument, match="needs softmax"):
+        compose(SPEC, SIZE, "none", 3, raw_input=True, head=heads[:2])
+    with pytest.raises(InvalidArgument, match="at least one head"):
+        compose(SPEC, SIZE, "none", 3, raw_input=True, head=[], softmax=True)

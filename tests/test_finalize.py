@@ -697,3 +697,135 @@ def test_a_full_disk_after_the_training_is_one_line_and_keeps_the_result(
     assert not list(folder.parent.glob(".final-*"))
     st, _ = study_mod.load("tiny", storage)
     assert st.user_attrs[FINAL_ATTR] == record
+
+
+# --------------------------------------------------------------------------- an ensemble
+
+FOLDED = {
+    "image_size": 32,
+    "batch_size": 4,
+    "learning_rate": 0.01,
+    "hidden_layers": 1,
+    "hidden_units": 8,
+    "normalize": "standardize",  # each member's own train statistics travel in the model
+    "flip": True,
+    "tta": True,
+}
+
+
+@pytest.fixture(scope="module")
+def folded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A study whose space sets ``folds = 3``, its one trial finalized (pretrained weights, so
+    the members' answers are not near ties)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from conftest import REAL_WEIGHTS
+
+    if not REAL_WEIGHTS.is_file():
+        pytest.skip("the shared pretrained weights are not here")
+    root = tmp_path_factory.mktemp("folded")
+    data = make_dataset(root / "data", counts=(9, 3, 6))
+    (root / "space.toml").write_text("folds = 3\n" + SPACE)
+    storage = f"sqlite:///{root / 'studies' / 'clothopt.db'}"
+    st, cfg = study_mod.create(
+        backbone="mobilenet_025",
+        space=str(root / "space.toml"),
+        name="folded",
+        storage=storage,
+        data=str(data),
+        weights=str(REAL_WEIGHTS),
+    )
+    dists = {k: CategoricalDistribution([v]) for k, v in FOLDED.items()}
+    st.add_trial(optuna.trial.create_trial(params=FOLDED, distributions=dists, value=0.5))
+    report = finalize("folded", storage, epochs=2)
+    _, folder = load_final("folded", storage)
+    return {"report": report, "folder": folder, "config": cfg, "data": data, "storage": storage}
+
+
+def test_a_k_fold_study_ships_the_average_of_its_fold_heads(folded: dict[str, Any]) -> None:
+    """Member k is the head the one pipeline trains on the other folds of train + validation
+    (split from the study seed, the trial's seed); the model averages the members'
+    probabilities and answers as the cached-feature ensemble does."""
+    import keras
+
+    from clothopt.folds import member_seeds, stratified_folds
+    from clothopt.model.head import HeadTrainer
+    from clothopt.objective import head_inputs, train_spec
+    from clothopt.trial_spec import TrialSpec
+
+    report, folder, cfg = folded["report"], folded["folder"], folded["config"]
+    model = keras.saving.load_model(folder / "model.keras", safe_mode=True)
+    members = [f"member{i}_probabilities" for i in range(3)]
+    probe = keras.Model(
+        model.input, [model.get_layer(n).output for n in members] + [model.output["probabilities"]]
+    )
+    dataset = open_dataset(folded["data"])
+    probs = []
+    for path in dataset["test"].paths:
+        with Image.open(path) as img:
+            probs.append([np.asarray(o)[0] for o in probe.predict_on_batch(
+                np.asarray(img.convert("RGB"), "float32")[None])])  # fmt: skip
+    each = np.array([[p[i] for p in probs] for i in range(4)])  # (3 members + mean, N, C)
+    np.testing.assert_allclose(each[3], each[:3].mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert report["test_predictions"] == np.argmax(each[3], axis=1).tolist()
+    agree = report["cached_path_agreement"]
+    assert agree["agree"] == agree["of"] == len(dataset["test"])
+    assert "ensemble of 3 heads" in agree["reference"]
+    assert report["trainable_params"] == 3 * (256 * 8 + 8 + 8 * 3 + 3)
+
+    # member 1, trained here apart on its fold with the shared split and seed
+    spec = TrialSpec.from_params(FOLDED, backbone="mobilenet_025", study_seed=cfg.seed, epochs=2)
+    splits = ("train", "validation")
+    cache = FeatureCache(cfg.cache_dir)
+    fit = head_inputs(cache, dataset, cfg, spec, splits, train_splits=splits)
+    seen = head_inputs(cache, dataset, cfg, spec, splits, train_splits=())
+    pool = finalize_mod._join(fit["train"], fit["validation"])
+    pool_views = finalize_mod._join(seen["train"], seen["validation"])
+    y = np.concatenate([dataset["train"].labels, dataset["validation"].labels])
+    np.testing.assert_array_equal(pool_views.y, y)
+    rows, held_out = stratified_folds(y, 3, cfg.seed)[1]
+    alone = train_spec(
+        spec, {"train": pool, "validation": pool_views.take(held_out)}, dataset.classes,
+        HeadTrainer(1), seed=member_seeds(spec.seed, 1)[0], train_rows=rows,
+    )  # fmt: skip
+    saved = [
+        *model.get_layer("member1_hidden0").get_weights(),
+        *model.get_layer("member1_logits").get_weights(),
+    ]
+    for got, want in zip(saved, alone.weights, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert report["estimate"]["member_f1_macro"][1] == alone.val_metrics["f1_macro"]
+
+
+def test_a_k_fold_report_states_its_estimate_beside_the_test_figure(
+    folded: dict[str, Any],
+) -> None:
+    report = folded["report"]
+    est = report["estimate"]
+    f1 = est["member_f1_macro"]
+    assert (est["members"], est["folds"], est["repeats"], len(f1)) == (3, 3, 1, 3)
+    assert est["mean"] == pytest.approx(np.mean(f1))
+    assert est["sd"] == pytest.approx(np.std(f1, ddof=1))
+    assert est["se"] == pytest.approx(np.std(f1, ddof=1) / np.sqrt(3))
+    assert 0.0 <= est["pooled_oof_f1_macro"] <= 1.0
+    assert est["test_f1_macro"] == report["test"]["f1_macro"]
+    assert "out-of-fold" in est["how"] and "optimistic" in est["how"].lower()
+    assert report["selection"] is None
+    assert len(report["final_validation_f1_per_epoch"]) == 2  # the members' mean per epoch
+    code, out, err = run_cli(["study", "report", "folded", "--storage", folded["storage"]])
+    assert code == 0, err
+    assert "estimate (3 heads: 3 folds)" in out and f"{est['mean']:.4f}" in out
+
+
+def test_a_k_fold_model_reproduces_in_a_fresh_process(folded: dict[str, Any]) -> None:
+    got = _reproduce_in_fresh_process(folded["folder"], folded["data"] / "test")
+    assert got["predictions"] == folded["report"]["test_predictions"]
+    assert got["f1_macro"] == folded["report"]["test"]["f1_macro"]
+
+
+def test_a_single_fit_report_estimates_by_the_trial_value(finalized: dict[str, Any]) -> None:
+    est = finalized["report"]["estimate"]
+    assert est["members"] == 1 and est["sd"] is None
+    assert est["mean"] == finalized["report"]["trial_validation_f1_macro"]
+    assert "optimistic" in est["how"]

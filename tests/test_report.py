@@ -423,3 +423,23 @@ def test_with_the_real_finalize(three: dict[str, Any]) -> None:
     want_p = sm_mcnemar(table, exact=table[0, 1] + table[1, 0] < 25).pvalue
     assert float(pair["p_value"]) == pytest.approx(want_p, rel=1e-5)
     assert "Table III" in report.markdown
+
+
+def test_the_estimate_is_printed_beside_the_test_figure() -> None:
+    from clothopt.final.scoring import estimate_section
+    from clothopt.reports.finalized import format_estimate
+
+    seeds = estimate_section(0.81, 0.79, ([0.80, 0.78, 0.82], 0.83, 0, 3))
+    assert seeds["pooled_validation_f1_macro"] == 0.83 and seeds["sd"] == pytest.approx(0.02)
+    assert seeds["test_minus_estimate"] == pytest.approx(0.79 - 0.83)
+    text = "\n".join(format_estimate(seeds, 0.79, [0.75, 0.83]))
+    assert "estimate (3 heads: 3 seeds): members' validation macro-F1 0.8000 ± 0.0200" in text
+    assert "pooled validation 0.8300; test 0.7900 [0.7500, 0.8300]" in text
+    assert seeds["how"] in text
+    both = estimate_section(0.8, 0.7, ([0.7, 0.8, 0.75, 0.65], 0.72, 2, 2))
+    assert "(4 heads: 2 seeds x 2 folds)" in format_estimate(both, 0.7, [0.6, 0.8])[0]
+    one = estimate_section(0.81, 0.79, None)
+    assert (one["members"], one["sd"], one["se"]) == (1, None, None)
+    assert format_estimate(one, 0.79, [0.75, 0.83])[0] == (
+        "estimate (one fit): the trial's validation macro-F1 0.8100; test 0.7900 [0.7500, 0.8300]"
+    )

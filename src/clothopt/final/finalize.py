@@ -7,15 +7,19 @@ Four steps, each one function:
 2. :func:`train` runs the trial's own pipeline (``clothopt.objective.head_inputs`` and
    ``train_spec``, as the objective calls them) on the train split for the final epochs: the
    paper's ``Dense(10)`` for a paper trial, bit for bit as the search trained it; for a wide
-   trial its sizes, flip and head. Then, optionally, fine-tuning (:mod:`.fine_tune`) and the
-   "not clothing" detector (:mod:`.rejection`).
+   trial its sizes, flip and head. A space that sets ``folds`` K >= 2 or ``repeats`` R > 1
+   gets the members its trials train instead (:func:`train_ensemble`: the K fold heads on
+   train + validation and/or the R seed heads). Then, optionally, fine-tuning
+   (:mod:`.fine_tune`, single fits only) and the "not clothing" detector (:mod:`.rejection`).
 3. :func:`export` composes one Keras model that takes raw images
    (:func:`clothopt.model.compose.compose`, as every model is; ``tta`` averages the logits of
-   the image and its flip inside it) and saves it.
+   the image and its flip inside it; an ensemble averages its members' probabilities inside
+   it) and saves it.
 4. :func:`score` reloads the saved model from its file and scores the test split, which no
    trial saw: the figures in ``report.json`` are the file's own. Beside the paper's figures
    (precision, recall, F1, parameters, seconds) the report holds what the paper lacked: a 95%
-   bootstrap interval of the test macro-F1.
+   bootstrap interval of the test macro-F1, and ``estimate``: what the search's protocol
+   predicted for this model (:func:`clothopt.final.scoring.estimate_section`).
 
 What the folder holds and how it is swapped into place: :mod:`clothopt.final.store`.
 """
@@ -25,7 +29,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +73,7 @@ __all__ = [
     "FINE_TUNE_EPOCHS",
     "FINE_TUNE_LR",
     "MIN_RESAMPLES",
+    "Ensemble",
     "FineTuning",
     "Trained",
     "export",
@@ -78,6 +83,7 @@ __all__ = [
     "search_seconds",
     "select",
     "train",
+    "train_ensemble",
 ]
 
 DEFAULT_EPOCHS = 5  # the paper's final training
@@ -170,17 +176,30 @@ class Trained:
     tuned: FineTuned | None
     detector: Detector
     extract_seconds: float
+    ensemble: Ensemble | None = None  # when the space sets folds or repeats
 
     @property
     def reference(self) -> str:
         """What the saved model must agree with."""
+        if self.ensemble is not None:
+            return f"cached-feature ensemble of {len(self.ensemble.heads)} heads"
         return "cached-feature head" if self.tuned is None else "fine-tuned training model"
+
+    @property
+    def heads(self) -> list[Head]:
+        """The heads the exported model averages (one for a single fit)."""
+        return [self.model_head] if self.ensemble is None else self.ensemble.heads
 
     def logits(self, split: str) -> np.ndarray:
         """The training path's own logits of ``split`` (views averaged), as the exported model
-        computes them: the head on cached features, or the fine-tuned training model."""
+        computes them: the head on cached features, or the fine-tuned training model (an
+        ensemble: the log of its averaged probabilities on the test split)."""
         from clothopt.model.head import average_views, head_logits, normalize_features
 
+        if self.ensemble is not None:
+            if split != "test":
+                raise InvalidArgument("an ensemble's cached path is kept for the test split")
+            return np.log(np.maximum(self.ensemble.test_probabilities, 1e-30))
         if self.tuned is not None:
             return self.tuned.test_logits if split == "test" else self.tuned.val_logits
         x_train = np.asarray(self.inputs["train"].x, np.float32)
@@ -213,13 +232,20 @@ def train(
     _say(progress, f"training the head for {spec.head.epochs} epochs ({spec.to_params()})")
     train_plain = inputs["train"].plain()
     val_plain = inputs["validation"].plain()
-    head = train_spec(
-        spec, {"train": inputs["train"], "validation": val_plain}, classes, HeadTrainer(1)
-    )
-    mean = std = None
-    if spec.head.normalize == "standardize":
-        mean, std = feature_statistics(np.asarray(inputs["train"].x, np.float32))
-    model_head = Head.of(spec.head, len(classes), weights=head.weights, mean=mean, std=std)
+    ensemble = None
+    if (repeats := config.space.repeats) > 1 or config.space.folds:
+        ensemble = train_ensemble(
+            spec, config, dataset, cache, inputs, repeats, config.space.folds, progress
+        )
+        head, model_head = ensemble.results[0], ensemble.heads[0]
+    else:
+        head = train_spec(
+            spec, {"train": inputs["train"], "validation": val_plain}, classes, HeadTrainer(1)
+        )
+        mean = std = None
+        if spec.head.normalize == "standardize":
+            mean, std = feature_statistics(np.asarray(inputs["train"].x, np.float32))
+        model_head = Head.of(spec.head, len(classes), weights=head.weights, mean=mean, std=std)
     tuned = None
     if tuning is not None and tuning.layers:
         tuned = tuning.run(spec, config, dataset, model_head, lambda m: _say(progress, m))
@@ -237,6 +263,135 @@ def train(
         tuned=tuned,
         detector=detector,
         extract_seconds=sum(f.extract_seconds for f in inputs.values()),
+        ensemble=ensemble,
+    )
+
+
+@dataclass
+class Ensemble:
+    """The heads of a configuration estimated by folds and/or repeats, trained as the search
+    trained them: member ``r * K + k`` is repeat r's seed on fold k (K = 1 without folds)."""
+
+    folds: int  # K (0: the given split)
+    repeats: int  # R
+    results: list[HeadResult]
+    heads: list[Head]
+    test_probabilities: np.ndarray  # the cached-feature ensemble's, (N test, C)
+    member_f1: list[float]  # each member's validation (repeats) or out-of-fold macro-F1
+    pooled_f1: float  # macro-F1 of the pooled predictions (out-of-fold, or on validation)
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(r.train_seconds for r in self.results)
+
+
+def _join(a: HeadInput, b: HeadInput) -> HeadInput:
+    """Two splits' inputs as one pool (``a``'s examples, then ``b``'s, in every block)."""
+    import dataclasses
+
+    na, nb = a.examples, b.examples
+    x = np.concatenate(
+        [
+            m
+            for i in range(a.blocks)
+            for m in (a.x[i * na : (i + 1) * na], b.x[i * nb : (i + 1) * nb])
+        ]
+    )
+    if len(a.y) == len(a.x):  # a training split: a label per row
+        y = np.concatenate(
+            [
+                m
+                for i in range(a.blocks)
+                for m in (a.y[i * na : (i + 1) * na], b.y[i * nb : (i + 1) * nb])
+            ]
+        )
+    else:
+        y = np.concatenate([a.y, b.y])
+    return dataclasses.replace(a, x=x, y=y, extract_seconds=a.extract_seconds + b.extract_seconds)
+
+
+def _probabilities(
+    weights: Sequence[np.ndarray], how: str, x_train: np.ndarray, scored: HeadInput
+) -> np.ndarray:
+    """A member's class probabilities of ``scored`` on cached features (normalised with its
+    own training rows' statistics, TTA views' logits averaged), as the exported model does."""
+    from clothopt.model.head import average_views, head_logits, normalize_features
+
+    x = normalize_features(x_train, np.asarray(scored.x, np.float32), how)[1]
+    logits = average_views(head_logits(weights, x), scored.views).astype(np.float64)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def train_ensemble(
+    spec: TrialSpec,
+    config: StudyConfig,
+    dataset: Dataset,
+    cache: FeatureCache,
+    inputs: Mapping[str, HeadInput],
+    repeats: int,
+    folds: int,
+    progress: bool = False,
+) -> Ensemble:
+    """The members the objective trains for ``spec`` (``clothopt.folds``: the fold split of
+    train + validation from the study seed, the repeats' seeds from the trial's), each by the
+    one pipeline (``train_spec``), for the final epochs."""
+    from clothopt.folds import member_seeds, stratified_folds
+    from clothopt.metrics import macro_f1
+    from clothopt.model.compose import Head
+    from clothopt.model.head import HeadTrainer, feature_statistics
+    from clothopt.objective import head_inputs, train_spec
+
+    classes, trainer = list(dataset.classes), HeadTrainer(1)
+    seeds = member_seeds(spec.seed, repeats)
+    if folds:
+        splits = ("train", "validation")
+        fit = head_inputs(cache, dataset, config, spec, splits, train_splits=splits)
+        views = head_inputs(cache, dataset, config, spec, splits, train_splits=())
+        pool_fit = _join(fit["train"], fit["validation"])
+        pool_scored = _join(views["train"], views["validation"])
+        y_pool = np.asarray(pool_scored.y)
+        split = stratified_folds(y_pool, folds, config.seed)
+    else:
+        pool_fit, pool_scored = inputs["train"], inputs["validation"]
+        y_pool = np.asarray(pool_scored.y)
+        split = [(np.arange(inputs["train"].examples), np.arange(len(y_pool)))]
+    _say(progress, f"training {len(seeds) * len(split)} heads ({spec.to_params()})")
+    results, heads, member_f1 = [], [], []
+    test = np.zeros((inputs["test"].examples, len(classes)))
+    pooled = np.zeros((len(y_pool), len(classes)))
+    for seed in seeds:
+        for rows, held_out in split:
+            scored = pool_scored.take(held_out) if folds else pool_scored
+            result = train_spec(
+                spec,
+                {"train": pool_fit, "validation": scored},
+                classes,
+                trainer,
+                seed=seed,
+                train_rows=rows if folds else None,
+            )
+            x_train = np.asarray(pool_fit.take(rows).x if folds else pool_fit.x, np.float32)
+            mean = std = None
+            if spec.head.normalize == "standardize":
+                mean, std = feature_statistics(x_train)
+            how = spec.head.normalize
+            heads.append(
+                Head.of(spec.head, len(classes), weights=result.weights, mean=mean, std=std)
+            )
+            results.append(result)
+            member_f1.append(float(result.val_metrics["f1_macro"]))
+            test += _probabilities(result.weights, how, x_train, inputs["test"])
+            pooled[held_out] += _probabilities(result.weights, how, x_train, scored)
+    pooled_f1 = macro_f1(y_pool, np.argmax(pooled, axis=1), len(classes))
+    return Ensemble(
+        folds=folds,
+        repeats=repeats,
+        results=results,
+        heads=heads,
+        test_probabilities=test / len(heads),
+        member_f1=member_f1,
+        pooled_f1=float(pooled_f1),
     )
 
 
@@ -259,7 +414,7 @@ def export(trained: Trained, config: StudyConfig, folder: Path) -> float:
         config.weights,
         config.seed,
         raw_input=True,
-        head=trained.model_head,
+        head=trained.model_head if trained.ensemble is None else trained.heads,
         softmax=True,
         tta=trained.spec.tta,
         extra_outputs=detector_outputs(trained.detector),
@@ -277,8 +432,8 @@ def export(trained: Trained, config: StudyConfig, folder: Path) -> float:
 def _validation_tta_f1(trained: Trained, dataset: Dataset) -> float | None:
     from clothopt.metrics import classification_metrics
 
-    if not trained.spec.tta:
-        return None
+    if not trained.spec.tta or trained.ensemble is not None:
+        return None  # an ensemble's validation figures are its estimate's
     pred = np.argmax(trained.logits("validation"), axis=1)
     return classification_metrics(dataset["validation"].labels, pred, trained.classes)["f1_macro"]
 
@@ -295,14 +450,17 @@ def score(
     bootstrap_seed: int = 0,
     not_clothing: Path | None = None,
     export_seconds: float = 0.0,
+    selection: Any = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Score the test split with the model saved in ``folder`` (reloaded from its file) and
-    write the confusion figure there; returns ``report.json``'s content."""
+    write the confusion figure there; returns ``report.json``'s content. ``selection`` (the
+    racing table, when the trial was picked by one) is written through as is."""
     from clothopt import study as study_mod
     from clothopt.final.rejection import ood_section
     from clothopt.final.scoring import (
         agreement,
+        estimate_section,
         head_section,
         labelled_report,
         model_input,
@@ -316,7 +474,8 @@ def score(
     got = score_saved(folder / MODEL_FILE, test.paths, config.threads)
     y_test = test.labels
     scored = labelled_report(y_test, got.y_pred, classes, resamples=resamples, seed=bootstrap_seed)
-    trainable = int(sum(w.size for w in head.weights))
+    members = [head] if trained.ensemble is None else trained.ensemble.results
+    trainable = int(sum(w.size for m in members for w in m.weights))
     if trained.tuned is not None:
         trainable = trained.tuned.trainable_params
     search, search_wall, search_trials = search_seconds(study.get_trials(deepcopy=False))
@@ -340,15 +499,16 @@ def score(
         "cached_path_agreement": agreement(
             trained.logits("test"), y_test, got.y_pred, classes, trained.reference
         ),
-        "final_validation_f1_per_epoch": head.epoch_f1,
-        "final_loss_per_epoch": head.epoch_loss,
+        # an ensemble's: the members' mean after each epoch
+        "final_validation_f1_per_epoch": _mean_curve([m.epoch_f1 for m in members]),
+        "final_loss_per_epoch": _mean_curve([m.epoch_loss for m in members]),
         "total_params": trained.inputs["train"].base_params + trainable,
         "trainable_params": trainable,
         "exported_model_params": int(got.model.count_params()),
         "search_seconds": round(search, 3),
         "search_wall_seconds": round(search_wall, 3),
         "search_trials": search_trials,
-        "final_train_seconds": round(head.train_seconds, 3),
+        "final_train_seconds": round(sum(m.train_seconds for m in members), 3),
         "final_extract_seconds": round(trained.extract_seconds, 3),
         "export_seconds": round(export_seconds, 3),
         "test_seconds": round(got.seconds, 3),
@@ -360,6 +520,13 @@ def score(
         "versions": study_mod.versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    ens = trained.ensemble
+    report["estimate"] = estimate_section(
+        chosen.value,
+        scored["test"]["f1_macro"],
+        None if ens is None else (ens.member_f1, ens.pooled_f1, ens.folds, ens.repeats),
+    )
+    report["selection"] = selection
     if not spec.is_paper:
         report["head"] = head_section(spec, _validation_tta_f1(trained, dataset))
     if trained.tuned is not None:
@@ -381,6 +548,14 @@ def score(
     )
     report["figures"] = _confusion_figure(metrics["confusion_matrix"], classes, title, folder)
     return report
+
+
+def _mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
+    """Per epoch, the mean over members (one member: its own curve, unchanged)."""
+    if len(curves) == 1:
+        return list(curves[0])
+    n = min(len(c) for c in curves)
+    return [float(np.mean([c[i] for c in curves])) for i in range(n)]
 
 
 # --------------------------------------------------------------------------- finalize
@@ -411,6 +586,11 @@ def _check_exportable(
             "only PIL's nearest resize (the paper's)"
         )
     tuning.check(spec, f"trial {number}")
+    if tuning.layers and (config.space.folds or config.space.repeats > 1):
+        raise InvalidArgument(
+            f"study {config.name!r} ships an ensemble (folds or repeats): fine-tuning tunes one "
+            "network, so --fine-tune needs a single-fit space"
+        )
 
 
 def finalize(
@@ -429,6 +609,7 @@ def finalize(
     fine_tune_lr: float = FINE_TUNE_LR,
     progress: bool = False,
     on_finalized: Callable[[optuna.Study, int, list[Path]], None] | None = None,
+    selection: Any = None,
 ) -> dict[str, Any]:
     """Select, train, export, score; publishes the study's ``final`` folder and returns
     ``report.json``'s content.
@@ -443,6 +624,11 @@ def finalize(
     ``fine_tune``: after the head, unfreeze the base's top that many layers and train end to
     end for ``fine_tune_epochs`` at ``fine_tune_lr`` (:mod:`clothopt.final.fine_tune`); the
     export, detector and report then use the tuned network. 0: the frozen base (the paper's).
+
+    A space with ``folds`` K >= 2 or ``repeats`` R > 1 ships the average of the K fold heads
+    (or R seed heads, or both) inside the model (:func:`train_ensemble`); report.json's
+    ``estimate`` says what the search's protocol predicts for it. ``selection``: the racing
+    table that picked ``trial`` (report.json's ``selection``; None: picked by value alone).
 
     ``progress``: log each step at INFO (else at DEBUG) and show extraction progress bars.
     ``on_finalized(study, trial_number, files)`` gets the published files (report, figures,
@@ -476,6 +662,7 @@ def finalize(
             bootstrap_seed=bootstrap_seed,
             not_clothing=not_clothing_dir,
             export_seconds=export_seconds,
+            selection=selection,
             progress=progress,
         )
         write_report(tmp, report)

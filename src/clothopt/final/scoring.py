@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "agreement",
     "confusion_figure",
+    "estimate_section",
     "head_section",
     "labelled_report",
     "model_input",
@@ -141,6 +142,71 @@ def agreement(
         "cached_f1_macro": cached["f1_macro"],
         "reference": reference,
     }
+
+
+_ONE_FIT = (
+    "the chosen trial's validation macro-F1 from one fit (one seed, the validation split "
+    "alone): the maximum over the search's trials, so optimistic (selection on seed noise "
+    "as much as on the configuration), and with no spread known from one fit"
+)
+_FOLDS = (
+    "the shipped members, trained again here for the final epochs on the search's own folds "
+    "of train + validation (split from the study seed, seeds from the trial's): each "
+    "member's out-of-fold macro-F1, their mean, sd and standard error, and the macro-F1 of "
+    "the pooled out-of-fold probabilities. Optimistic where the configuration was picked as "
+    "the best of many trials on these same folds; pessimistic for the shipped model, which "
+    "averages all {k} heads (an ensemble usually beats its members) and each of which saw "
+    "{k1}/{k} of the pool"
+)
+_REPEATS = (
+    "the shipped members (one per repeat seed), trained again here for the final epochs on "
+    "the train split: each member's validation macro-F1, their mean, sd and standard error, "
+    "and the macro-F1 of their averaged probabilities on validation. Optimistic: the "
+    "configuration was picked as the best of many trials on this same validation split; the "
+    "members' mean is pessimistic for the shipped average of {r} heads"
+)
+
+
+def estimate_section(
+    trial_value: float | None,
+    test_f1: float,
+    members: tuple[Sequence[float], float, int, int] | None,
+) -> dict[str, Any]:
+    """report.json's ``estimate``: what the search predicts for the shipped model's macro-F1,
+    beside its test figure. ``members``: an ensemble's (per-member validation or out-of-fold
+    macro-F1, the pooled predictions' macro-F1, folds K, repeats R); None: a single fit,
+    estimated by the trial's own value."""
+    if members is None:
+        f1 = [] if trial_value is None else [float(trial_value)]
+        out: dict[str, Any] = {"members": 1, "folds": 0, "repeats": 1, "member_f1_macro": f1}
+        pooled, how, key = None, _ONE_FIT, None
+    else:
+        f1 = [float(v) for v in members[0]]
+        k, r = members[2], members[3]
+        out = {"members": len(f1), "folds": k, "repeats": r, "member_f1_macro": f1}
+        pooled, how = members[1], (_FOLDS.format(k=k, k1=k - 1) if k else _REPEATS.format(r=r))
+        key = "pooled_oof_f1_macro" if k else "pooled_validation_f1_macro"
+    arr = np.asarray(f1, np.float64)
+    sd = float(arr.std(ddof=1)) if len(arr) > 1 else None
+    out.update(
+        {
+            "mean": float(arr.mean()) if len(arr) else None,
+            "sd": sd,
+            "se": None if sd is None else sd / float(np.sqrt(len(arr))),
+        }
+    )
+    if key is not None:
+        out[key] = pooled
+    best = pooled if pooled is not None else out["mean"]
+    out.update(
+        {
+            "trial_value": trial_value,
+            "test_f1_macro": test_f1,
+            "test_minus_estimate": None if best is None else test_f1 - best,
+            "how": how,
+        }
+    )
+    return out
 
 
 def model_input(backbone: str, sizes: Sequence[int], tta: bool) -> str:

@@ -98,7 +98,7 @@ class Head:
         )
 
 
-def build_head(num_classes: int, seed: int) -> keras.layers.Dense:
+def build_head(num_classes: int, seed: int, name: str = "logits") -> keras.layers.Dense:
     """The paper's head: ``Dense(num_classes)`` logits, Glorot-uniform from ``seed``."""
     import keras
 
@@ -106,14 +106,15 @@ def build_head(num_classes: int, seed: int) -> keras.layers.Dense:
         num_classes,
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
         bias_initializer="zeros",
-        name="logits",
+        name=name,
     )
 
 
 def _head_layers(
-    head: Head,
+    head: Head, prefix: str = ""
 ) -> tuple[list[keras.layers.Layer], list[keras.layers.Dense], list[np.ndarray] | None]:
-    """Every layer of ``head`` in call order, its Dense layers, and their weights to set."""
+    """Every layer of ``head`` in call order, its Dense layers, and their weights to set;
+    ``prefix`` starts every layer name (an ensemble's members: ``member{i}_``)."""
     import keras
 
     layers: list[keras.layers.Layer] = []
@@ -125,7 +126,7 @@ def _head_layers(
         )
     if head.normalize == "l2":
         # x * min(rsqrt(sum x^2), 1e12): x / max(norm, 1e-12), as normalize_features computes
-        layers.append(keras.layers.UnitNormalization(name=L2_LAYER))
+        layers.append(keras.layers.UnitNormalization(name=prefix + L2_LAYER))
     elif head.normalize == "standardize":
         if head.mean is None or head.std is None:
             raise InvalidArgument("a standardizing head needs the train features' mean and std")
@@ -134,7 +135,9 @@ def _head_layers(
         # epsilon there, and the rest of its division folded into the next kernel's rows
         clamped = np.maximum(std, keras.backend.epsilon())
         layers.append(
-            keras.layers.Normalization(mean=mean, variance=clamped**2, name=STANDARDIZE_LAYER)
+            keras.layers.Normalization(
+                mean=mean, variance=clamped**2, name=prefix + STANDARDIZE_LAYER
+            )
         )
         if weights is not None and np.any(clamped != std):
             weights[0] = (weights[0] * (clamped / std)[:, None]).astype("float32")
@@ -146,7 +149,8 @@ def _head_layers(
         if head.dropout > 0.0 and (i > 0 or head.hidden_layers == 0):
             layers.append(keras.layers.Dropout(head.dropout, seed=head.seed + 1000 + len(dense)))
         if i == head.hidden_layers:
-            dense.append(build_head(head.num_classes, head.seed))
+            named = (prefix + "logits",) if prefix else ()  # a member's own name
+            dense.append(build_head(head.num_classes, head.seed, *named))
         else:
             dense.append(
                 keras.layers.Dense(
@@ -154,7 +158,7 @@ def _head_layers(
                     activation="relu",
                     kernel_initializer=keras.initializers.GlorotUniform(seed=head.seed + 1 + i),
                     bias_initializer="zeros",
-                    name=HIDDEN_LAYER.format(i),
+                    name=prefix + HIDDEN_LAYER.format(i),
                 )
             )
         layers.append(dense[-1])
@@ -245,6 +249,32 @@ def pil_nearest_resize(
     return ops.take(rows_taken, index[1], axis=2)
 
 
+def _head_output(
+    head: Head,
+    pooled: keras.KerasTensor,
+    flipped: keras.KerasTensor | None,
+    prefix: str = "",
+) -> keras.KerasTensor:
+    """``head``'s logits on the pooled features, averaged with those of the flipped view when
+    there is one (TTA); its trained weights set."""
+    import keras
+
+    layers, dense, trained = _head_layers(head, prefix)
+
+    def logits_of(features: keras.KerasTensor) -> keras.KerasTensor:
+        for layer in layers:
+            features = layer(features)
+        return features
+
+    out = logits_of(pooled)
+    if flipped is not None:
+        out = keras.layers.Average(name=prefix + "tta_logits")([out, logits_of(flipped)])
+    if trained is not None:
+        for i, layer in enumerate(dense):
+            layer.set_weights(trained[2 * i : 2 * i + 2])
+    return out
+
+
 def compose(
     spec: BackboneSpec,
     size: int | Sequence[int],
@@ -253,7 +283,7 @@ def compose(
     *,
     precision: str = "float32",
     raw_input: bool = False,
-    head: Head | None = None,
+    head: Head | Sequence[Head] | None = None,
     softmax: bool = False,
     tta: bool = False,
     extra_outputs: Mapping[str, OutputBuilder] | None = None,
@@ -266,6 +296,15 @@ def compose(
     - end-to-end training model: ``head=Head(num_classes=C, seed=s)`` -> ``(B, C)`` logits;
     - exported model: ``raw_input=True, head=Head(..., weights=trained), softmax=True``: raw RGB
       ``(B, H, W, 3)`` of any size (one per batch) -> ``(B, C)`` probabilities.
+
+    ``head`` may be several heads (an ensemble: the K fold heads or R seed heads of one
+    configuration, each on the same pooled features, its layers named ``member{i}_...``): each
+    member's probabilities (its TTA logits averaged first, as a single head's) are averaged in
+    one ``Average`` layer named ``probabilities``. Probabilities, not logits: the members are
+    trained apart (other rows, other seeds, their own standardization), so their logits need
+    not share a scale, and a logit average (a geometric mean of the probabilities) lets one
+    over-confident member outvote the rest; the probability average is the bagging estimate
+    the search's out-of-fold figures describe. A single head is composed exactly as before.
 
     ``size`` may list several sizes and ``tta`` flip the image too (module docstring): both
     need ``raw_input``. ``weights``/``weights_seed``/``precision`` go to :func:`build_base`
@@ -280,6 +319,11 @@ def compose(
     sizes = [size] if isinstance(size, int) else [int(s) for s in size]
     if not sizes or len(set(sizes)) != len(sizes):
         raise InvalidArgument(f"sizes must be distinct and at least one, not {sizes}")
+    heads = [] if head is None else [head] if isinstance(head, Head) else list(head)
+    if head is not None and not heads:
+        raise InvalidArgument("an ensemble needs at least one head")
+    if len(heads) > 1 and not softmax:
+        raise InvalidArgument("an ensemble averages probabilities: it needs softmax")
     if softmax and head is None:
         raise InvalidArgument("softmax needs a head")
     if (len(sizes) > 1 or tta) and not raw_input:
@@ -320,23 +364,18 @@ def compose(
 
     pooled = pooled_of(inputs, "")
     out, main = pooled, "features"
-    if head is not None:
-        layers, dense, trained = _head_layers(head)
-
-        def logits_of(features: keras.KerasTensor) -> keras.KerasTensor:
-            for layer in layers:
-                features = layer(features)
-            return features
-
-        out, main = logits_of(pooled), "logits"
-        if tta:
-            flipped = pooled_of(inputs, "_flipped", flip=True)
-            out = keras.layers.Average(name="tta_logits")([out, logits_of(flipped)])
-        if trained is not None:
-            for i, layer in enumerate(dense):
-                layer.set_weights(trained[2 * i : 2 * i + 2])
-        if softmax:
-            out, main = keras.layers.Softmax(name="probabilities")(out), "probabilities"
+    if heads:
+        flipped = pooled_of(inputs, "_flipped", flip=True) if tta else None
+        members = []
+        for i, member in enumerate(heads):
+            prefix = f"member{i}_" if len(heads) > 1 else ""
+            logits = _head_output(member, pooled, flipped, prefix)
+            if softmax:
+                logits = keras.layers.Softmax(name=prefix + "probabilities")(logits)
+            members.append(logits)
+        out, main = members[0], "probabilities" if softmax else "logits"
+        if len(members) > 1:  # averaged as probabilities (see ``head``)
+            out = keras.layers.Average(name="probabilities")(members)
     if extra_outputs:
         if main in extra_outputs:
             raise InvalidArgument(f"extra output {main!r} would replace the main output")

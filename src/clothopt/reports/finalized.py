@@ -8,7 +8,7 @@ from typing import Any
 from clothopt.final.store import REPORT_FILE
 from clothopt.reports.render import format_table
 
-__all__ = ["format_ood", "format_report", "format_scores"]
+__all__ = ["format_estimate", "format_ood", "format_report", "format_scores"]
 
 
 def format_report(report: dict[str, Any], folder: Path | None = None) -> str:
@@ -25,6 +25,8 @@ def format_report(report: dict[str, Any], folder: Path | None = None) -> str:
     ]
     if head := report.get("head"):
         lines[1:1] = [f"head: {_head_text(head)}"]
+    if estimate := report.get("estimate"):
+        lines += format_estimate(estimate, report["test"]["f1_macro"], report["f1_macro_ci95"])
     agree = report["cached_path_agreement"]
     lines += [
         f"parameters: {report['total_params']:,} total, {report['trainable_params']:,} trainable",
@@ -47,6 +49,36 @@ def format_report(report: dict[str, Any], folder: Path | None = None) -> str:
         files = [report["model"], report.get("classes_file", "classes.json"), REPORT_FILE]
         lines.append(f"wrote {', '.join(files + report.get('figures', []))} to {folder}")
     return "\n".join(lines)
+
+
+def format_estimate(
+    estimate: dict[str, Any], test_f1: float, ci: tuple[float, float] | list[float]
+) -> list[str]:
+    """report.json's ``estimate`` beside the test figure: what the search predicted for the
+    shipped model, how it was made, and how far the test split landed from it."""
+    n = estimate["members"]
+    if n > 1:
+        k, r = estimate["folds"], estimate["repeats"]
+        what = " x ".join(
+            p for p in (f"{r} seeds" if r > 1 else "", f"{k} folds" if k else "") if p
+        )
+        kind = "out-of-fold" if k else "validation"
+        text = (
+            f"estimate ({n} heads: {what}): members' {kind} macro-F1 "
+            f"{estimate['mean']:.4f} ± {estimate['sd']:.4f} (sd; se {estimate['se']:.4f})"
+        )
+        pooled = estimate.get("pooled_oof_f1_macro", estimate.get("pooled_validation_f1_macro"))
+        if pooled is not None:
+            text += f", pooled {kind} {pooled:.4f}"
+    elif estimate["mean"] is not None:
+        text = f"estimate (one fit): the trial's validation macro-F1 {estimate['mean']:.4f}"
+    else:
+        return []
+    low, high = ci
+    return [
+        f"{text}; test {test_f1:.4f} [{low:.4f}, {high:.4f}]",
+        f"  ({estimate['how']})",
+    ]
 
 
 def _share(value: float | None) -> str:
