@@ -749,9 +749,9 @@ def test_a_k_fold_study_ships_the_average_of_its_fold_heads(folded: dict[str, An
     probabilities and answers as the cached-feature ensemble does."""
     import keras
 
-    from clothopt.folds import member_seeds, stratified_folds
+    from clothopt.folds import stratified_folds
     from clothopt.model.head import HeadTrainer
-    from clothopt.objective import head_inputs, train_spec
+    from clothopt.objective import Protocol, protocol_inputs, protocol_members, train_spec
     from clothopt.trial_spec import TrialSpec
 
     report, folder, cfg = folded["report"], folded["folder"], folded["config"]
@@ -774,20 +774,19 @@ def test_a_k_fold_study_ships_the_average_of_its_fold_heads(folded: dict[str, An
     assert "ensemble of 3 heads" in agree["reference"]
     assert report["trainable_params"] == 3 * (256 * 8 + 8 + 8 * 3 + 3)
 
-    # member 1, trained here apart on its fold with the shared split and seed
+    # member 1, trained here apart on its fold with the objective's pool, split and seed
     spec = TrialSpec.from_params(FOLDED, backbone="mobilenet_025", study_seed=cfg.seed, epochs=2)
-    splits = ("train", "validation")
-    cache = FeatureCache(cfg.cache_dir)
-    fit = head_inputs(cache, dataset, cfg, spec, splits, train_splits=splits)
-    seen = head_inputs(cache, dataset, cfg, spec, splits, train_splits=())
-    pool = finalize_mod._join(fit["train"], fit["validation"])
-    pool_views = finalize_mod._join(seen["train"], seen["validation"])
+    protocol = Protocol(repeats=1, folds=3)
+    layouts = protocol_inputs(FeatureCache(cfg.cache_dir), dataset, cfg, spec, protocol)
+    pool, pool_views, members = protocol_members(spec, layouts, protocol, cfg.seed, 0)
     y = np.concatenate([dataset["train"].labels, dataset["validation"].labels])
     np.testing.assert_array_equal(pool_views.y, y)
     rows, held_out = stratified_folds(y, 3, cfg.seed)[1]
+    np.testing.assert_array_equal(members[1].val_examples, held_out)
+    assert members[1].seed == spec.seed  # one repeat: every fold trains with the trial's seed
     alone = train_spec(
         spec, {"train": pool, "validation": pool_views.take(held_out)}, dataset.classes,
-        HeadTrainer(1), seed=member_seeds(spec.seed, 1)[0], train_rows=rows,
+        HeadTrainer(1), seed=spec.seed, train_rows=rows,
     )  # fmt: skip
     saved = [
         *model.get_layer("member1_hidden0").get_weights(),

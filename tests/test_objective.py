@@ -15,14 +15,14 @@ from clothopt.model.head import HeadParams, HeadTrainer
 from clothopt.objective import (
     Objective,
     Protocol,
-    _members,
-    _solo,
     batch_order,
     head_inputs,
     member_seeds,
     protocol_inputs,
+    protocol_members,
     train_end_to_end,
     train_head,
+    train_member,
     train_spec,
     trial_seed,
 )
@@ -269,11 +269,11 @@ def test_a_repeated_trial_is_the_mean_of_its_members_each_its_solo_fit(
     spec = TrialSpec.of(trial.params, config)
     protocol = Protocol(2, 3)
     inputs = protocol_inputs(objective.cache, ds, config, spec, protocol)
-    train, scored, members = _members(spec, inputs, protocol, 0, 0)
+    train, scored, members = protocol_members(spec, inputs, protocol, 0, 0)
     assert [m.seed for m in members] == [spec.seed] * 3 + [member_seeds(spec.seed, 1, 1)[0]] * 3
     solo = HeadTrainer()
     for k, member in enumerate(members):
-        alone = _solo(solo, spec, train, scored, member, ds.classes, None)
+        alone = train_member(solo, spec, train, scored, member, ds.classes, None)
         assert alone.epoch_f1[-1] == runs[k]
         assert [trial.intermediate_values[k * 3 + e] for e in range(3)] == alone.epoch_f1
 
@@ -290,7 +290,7 @@ def test_folds_are_stratified_disjoint_cover_the_pool_and_depend_on_the_study_se
         params = {"image_size": 32, "batch_size": 8, "learning_rate": lr, "flip": True}
         spec = TrialSpec.of(params, config)
         inputs = protocol_inputs(objective.cache, ds, config, spec, protocol)
-        train, scored, members = _members(spec, inputs, protocol, 0, 0)
+        train, scored, members = protocol_members(spec, inputs, protocol, 0, 0)
         np.testing.assert_array_equal(scored.y, y)
         got.append([m.val_examples for m in members])
         for m in members:  # training rows: the other folds, plain and mirrored
@@ -304,7 +304,7 @@ def test_folds_are_stratified_disjoint_cover_the_pool_and_depend_on_the_study_se
     for c in np.unique(y):
         shares = [int((y[v] == c).sum()) for v in got[0]]
         assert max(shares) - min(shares) <= 1
-    other = _members(spec, inputs, protocol, 1, 0)[2]  # another study seed: other folds
+    other = protocol_members(spec, inputs, protocol, 1, 0)[2]  # another study seed: other folds
     pairs = zip(other, members, strict=True)
     assert any(not np.array_equal(a.val_examples, b.val_examples) for a, b in pairs)
 

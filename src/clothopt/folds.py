@@ -8,14 +8,13 @@ starts where the previous class's ended, so remainders spread instead of piling 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 
 from clothopt.errors import InvalidArgument
 
-__all__ = ["Fold", "fold_rows", "member_seeds", "stratified_folds"]
+__all__ = ["Fold", "fold_rows", "stratified_folds"]
 
 Fold = tuple[np.ndarray, np.ndarray]  # (training example indices, validation example indices)
 
@@ -54,18 +53,3 @@ def fold_rows(examples: np.ndarray, n: int, copies: int = 1) -> np.ndarray:
     if len(examples) and (examples.min() < 0 or examples.max() >= n):
         raise InvalidArgument(f"folds: example indices must lie in [0, {n})")
     return np.concatenate([examples + c * n for c in range(copies)])
-
-
-def member_seeds(trial_seed: int, repeats: int) -> list[int]:
-    """The seeds of a configuration's ``repeats`` fits, shared by the objective and finalize:
-    repeat 0 is the trial's own seed (a single fit is the one it always was), repeat r > 0 a
-    32-bit hash of ``(trial_seed, r)`` (not ``trial_seed + r``: a head's layers already use
-    ``seed + 1 + i`` and ``seed + 1000 + i``). Every fold of a repeat uses that repeat's seed;
-    the fold split itself comes from the study seed (:func:`stratified_folds`)."""
-    if repeats < 1:
-        raise InvalidArgument(f"folds: repeats must be >= 1 (got {repeats})")
-    seeds = [int(trial_seed)]
-    for r in range(1, repeats):
-        blob = f"{int(trial_seed)}:{r}".encode()
-        seeds.append(int(hashlib.sha256(blob).hexdigest()[:8], 16))
-    return seeds

@@ -53,8 +53,10 @@ __all__ = [
     "head_inputs",
     "member_seeds",
     "protocol_inputs",
+    "protocol_members",
     "train_end_to_end",
     "train_head",
+    "train_member",
     "train_spec",
     "trial_seed",
 ]
@@ -442,7 +444,7 @@ def _pool(inputs: Mapping[str, HeadInput]) -> tuple[HeadInput, HeadInput]:
     return train, scored
 
 
-def _members(
+def protocol_members(
     spec: TrialSpec,
     inputs: Mapping[str, HeadInput],
     protocol: Protocol,
@@ -464,7 +466,7 @@ def _members(
     return train, scored, members
 
 
-def _solo(
+def train_member(
     trainer: HeadTrainer,
     spec: TrialSpec,
     train: HeadInput,
@@ -473,7 +475,8 @@ def _solo(
     classes: Sequence[str],
     on_epoch: EpochCallback | None,
 ) -> HeadResult:
-    """One member alone (the first, whose curve a pruner watches)."""
+    """One member alone: the first of a trial (whose curve a pruner watches), and each of
+    the final ensemble's (finalize)."""
     x, y = train.x, train.y
     if member.train_rows is not None:
         x, y = x[member.train_rows], y[member.train_rows]
@@ -501,9 +504,9 @@ def evaluate(
     train split scored, with TTA) and ``validation_train`` (validation as training rows, with
     flip): see :func:`protocol_inputs`. ``start``: the first repeat's index (a re-evaluation
     passes the trial's repeats to draw new seeds)."""
-    train, scored, members = _members(spec, inputs, protocol, study_seed, start)
+    train, scored, members = protocol_members(spec, inputs, protocol, study_seed, start)
     solo, stacked = trainers
-    first = _solo(solo, spec, train, scored, members[0], classes, on_epoch)
+    first = train_member(solo, spec, train, scored, members[0], classes, on_epoch)
     results, seconds = [first], first.train_seconds
     if len(members) > 1:
         rest = stacked.train(

@@ -285,31 +285,6 @@ class Ensemble:
         return sum(r.train_seconds for r in self.results)
 
 
-def _join(a: HeadInput, b: HeadInput) -> HeadInput:
-    """Two splits' inputs as one pool (``a``'s examples, then ``b``'s, in every block)."""
-    import dataclasses
-
-    na, nb = a.examples, b.examples
-    x = np.concatenate(
-        [
-            m
-            for i in range(a.blocks)
-            for m in (a.x[i * na : (i + 1) * na], b.x[i * nb : (i + 1) * nb])
-        ]
-    )
-    if len(a.y) == len(a.x):  # a training split: a label per row
-        y = np.concatenate(
-            [
-                m
-                for i in range(a.blocks)
-                for m in (a.y[i * na : (i + 1) * na], b.y[i * nb : (i + 1) * nb])
-            ]
-        )
-    else:
-        y = np.concatenate([a.y, b.y])
-    return dataclasses.replace(a, x=x, y=y, extract_seconds=a.extract_seconds + b.extract_seconds)
-
-
 def _probabilities(
     weights: Sequence[np.ndarray], how: str, x_train: np.ndarray, scored: HeadInput
 ) -> np.ndarray:
@@ -333,56 +308,40 @@ def train_ensemble(
     folds: int,
     progress: bool = False,
 ) -> Ensemble:
-    """The members the objective trains for ``spec`` (``clothopt.folds``: the fold split of
-    train + validation from the study seed, the repeats' seeds from the trial's), each by the
-    one pipeline (``train_spec``), for the final epochs."""
-    from clothopt.folds import member_seeds, stratified_folds
+    """The members the objective trains for ``spec`` — the objective's own pool layout, fold
+    split (from the study seed) and seeds (:func:`~clothopt.objective.protocol_members`) —
+    each trained alone by :func:`~clothopt.objective.train_member`, for the final epochs."""
     from clothopt.metrics import macro_f1
     from clothopt.model.compose import Head
     from clothopt.model.head import HeadTrainer, feature_statistics
-    from clothopt.objective import head_inputs, train_spec
+    from clothopt.objective import Protocol, protocol_inputs, protocol_members, train_member
 
     classes, trainer = list(dataset.classes), HeadTrainer(1)
-    seeds = member_seeds(spec.seed, repeats)
-    if folds:
-        splits = ("train", "validation")
-        fit = head_inputs(cache, dataset, config, spec, splits, train_splits=splits)
-        views = head_inputs(cache, dataset, config, spec, splits, train_splits=())
-        pool_fit = _join(fit["train"], fit["validation"])
-        pool_scored = _join(views["train"], views["validation"])
-        y_pool = np.asarray(pool_scored.y)
-        split = stratified_folds(y_pool, folds, config.seed)
-    else:
-        pool_fit, pool_scored = inputs["train"], inputs["validation"]
-        y_pool = np.asarray(pool_scored.y)
-        split = [(np.arange(inputs["train"].examples), np.arange(len(y_pool)))]
-    _say(progress, f"training {len(seeds) * len(split)} heads ({spec.to_params()})")
+    protocol = Protocol(repeats, folds)
+    layouts = protocol_inputs(cache, dataset, config, spec, protocol)
+    train, scored, members = protocol_members(spec, layouts, protocol, config.seed, 0)
+    _say(progress, f"training {len(members)} heads ({spec.to_params()})")
     results, heads, member_f1 = [], [], []
     test = np.zeros((inputs["test"].examples, len(classes)))
-    pooled = np.zeros((len(y_pool), len(classes)))
-    for seed in seeds:
-        for rows, held_out in split:
-            scored = pool_scored.take(held_out) if folds else pool_scored
-            result = train_spec(
-                spec,
-                {"train": pool_fit, "validation": scored},
-                classes,
-                trainer,
-                seed=seed,
-                train_rows=rows if folds else None,
-            )
-            x_train = np.asarray(pool_fit.take(rows).x if folds else pool_fit.x, np.float32)
-            mean = std = None
-            if spec.head.normalize == "standardize":
-                mean, std = feature_statistics(x_train)
-            how = spec.head.normalize
-            heads.append(
-                Head.of(spec.head, len(classes), weights=result.weights, mean=mean, std=std)
-            )
-            results.append(result)
-            member_f1.append(float(result.val_metrics["f1_macro"]))
-            test += _probabilities(result.weights, how, x_train, inputs["test"])
-            pooled[held_out] += _probabilities(result.weights, how, x_train, scored)
+    pooled = np.zeros((scored.examples, len(classes)))
+    how = spec.head.normalize
+    for member in members:
+        result = train_member(trainer, spec, train, scored, member, classes, None)
+        rows = member.train_rows
+        x_train = np.asarray(train.x if rows is None else train.x[rows], np.float32)
+        result.total_params = train.base_params + result.trainable_params
+        mean = std = None
+        if how == "standardize":
+            mean, std = feature_statistics(x_train)
+        heads.append(Head.of(spec.head, len(classes), weights=result.weights, mean=mean, std=std))
+        results.append(result)
+        member_f1.append(float(result.val_metrics["f1_macro"]))
+        test += _probabilities(result.weights, how, x_train, inputs["test"])
+        held_out = (
+            np.arange(scored.examples) if member.val_examples is None else member.val_examples
+        )
+        pooled[held_out] += _probabilities(result.weights, how, x_train, scored.take(held_out))
+    y_pool = np.asarray(scored.y)[: scored.examples]
     pooled_f1 = macro_f1(y_pool, np.argmax(pooled, axis=1), len(classes))
     return Ensemble(
         folds=folds,
