@@ -97,7 +97,7 @@ def test_an_output_file_is_never_an_input_nor_a_file_of_another_kind(tmp_path: P
     assert (
         outputs.check_output_file(tmp_path / "page.html", kind, [photo]) == tmp_path / "page.html"
     )
-    from clothopt.similar import write_html
+    from clothopt.similar_html import write_html
 
     write_html(tmp_path / "page.html", [str(photo)], [[]])
     outputs.check_output_file(tmp_path / "page.html", kind, [photo])

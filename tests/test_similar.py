@@ -24,10 +24,10 @@ from clothopt.similar import (
     embed_arrays,
     embedder,
     embedding_taps,
-    load_index,
     query,
-    write_html,
 )
+from clothopt.similar_html import write_html
+from clothopt.similar_index import load_index
 from conftest import save_tiny_model
 
 CLASSES = ["hat", "pants", "shoes", "skirt"]

@@ -26,12 +26,8 @@ from PIL import Image
 
 from clothopt.cli import main
 from clothopt.errors import ClothoptError, DataError
-from clothopt.similar import (
-    INDEX_FORMAT,
-    catalogue_files,
-    catalogue_fingerprint,
-    load_index,
-)
+from clothopt.similar import INDEX_FORMAT, catalogue_files, catalogue_fingerprint
+from clothopt.similar_index import load_index
 
 SECRET = "the contents of a file outside the catalogue"
 

@@ -180,7 +180,8 @@ def find_similar(
         InvalidArgument, NotFound, DataError (an unreadable image, a stale index), ModelError.
     """
     from clothopt.predict import expand_paths
-    from clothopt.similar import SimilarIndex, load_index, query, rejections
+    from clothopt.similar import SimilarIndex, query, rejections
+    from clothopt.similar_index import load_index
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InvalidArgument(f"k must be a positive number, not {k!r}")

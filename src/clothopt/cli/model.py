@@ -220,7 +220,9 @@ class Similar(_Command):
     def run(self, args: argparse.Namespace) -> int:
 
         from clothopt.predict import expand_paths, load_classifier
-        from clothopt.similar import load_index, query, rejections, write_html
+        from clothopt.similar import query, rejections
+        from clothopt.similar_html import write_html
+        from clothopt.similar_index import load_index
 
         paths = expand_paths(args.images)
         if not paths:

@@ -8,7 +8,6 @@ page. Numbers are percentages (F1 x 100).
 
 from __future__ import annotations
 
-import html
 import json
 import time
 import warnings
@@ -22,17 +21,16 @@ import numpy as np
 from clothopt._io import atomic_write_json
 from clothopt.errors import UserError
 from clothopt.reports.paper import GRID_KEYS
-from clothopt.reports.render import (
-    Report,
-    figure_html,
-    html_page,
-    html_table,
-    markdown_table,
-    text_to_html,
-    write_outputs,
-)
+from clothopt.reports.render import Report, html_page, write_outputs
 from clothopt.reports.sampler_figures import sampler_figures
-from clothopt.reports.sampler_noise import PAIRWISE_COLUMNS, pairwise_section, sampler_differences
+from clothopt.reports.sampler_noise import PAIRWISE_COLUMNS, sampler_differences
+from clothopt.reports.sampler_pages import (
+    CURVE_COLUMNS,
+    PER_SEED_COLUMNS,
+    SUMMARY_COLUMNS,
+    sampler_html_blocks,
+    sampler_markdown,
+)
 from clothopt.reports.stats import (
     TOLERANCE,
     best_so_far,
@@ -201,8 +199,6 @@ def sampler_report(
     ``runs`` holds every study of the comparison (the grid ones too: they set each seed's
     target); ``samplers`` says which to report (default: all).
     """
-    import optuna
-
     samplers = list(samplers or dict.fromkeys(r.sampler for r in runs))
     targets, target_how = _targets(runs)
     costs = _ExtractionCosts(runs)
@@ -216,42 +212,10 @@ def sampler_report(
         n = min(budget, len(run.trials))
         if n < budget:
             notes.append(f"study {run.name} has {n} of {budget} trials complete")
-        values = run.values[:n]
-        best = best_so_far(values)
-        secs = np.cumsum(_standalone_seconds(run, costs)[:n])
-        head = np.cumsum(run.head_seconds[:n])
-        target = targets.get(run.seed)
-        hit = None if target is None else first_within(best, target)
-        row = {
-            "sampler": run.sampler,
-            "seed": run.seed,
-            "study": run.name,
-            "trials": n,
-            "distinct_points": len({tuple(sorted(t.params.items())) for t in run.trials[:n]}),
-            "target": pct(target),
-            "final_best": pct(best[-1]) if n else None,
-            "trials_to_target": hit,
-            "seconds_to_target": None if hit is None else float(secs[hit - 1]),
-            "head_seconds_to_target": None if hit is None else float(head[hit - 1]),
-            "seconds": float(secs[-1]) if n else None,
-            "head_seconds": float(head[-1]) if n else None,
-        }
+        row, private, run_curve = _run_rows(run, n, targets.get(run.seed), costs)
         per_seed.append(row)
-        by_sampler[run.sampler].append(row | {"_best": best, "_secs": secs, "_run": run})
-        for k in range(n):
-            curves.append(
-                {
-                    "sampler": run.sampler,
-                    "seed": run.seed,
-                    "trial": k + 1,
-                    "number": run.trials[k].number,
-                    **{p: run.trials[k].params.get(p) for p in GRID_KEYS},
-                    "value": pct(values[k]),
-                    "best_so_far": pct(best[k]),
-                    "seconds": float(secs[k]),
-                    "head_seconds": float(head[k]),
-                }
-            )
+        by_sampler[run.sampler].append(row | private)
+        curves += run_curve
     if costs.missing:
         notes.append(
             "no record of the feature extraction cost at "
@@ -263,56 +227,135 @@ def sampler_report(
         rows = by_sampler[sampler]
         if not rows:
             continue
-        finals = [r["final_best"] for r in rows if r["final_best"] is not None]
-        reached = [r for r in rows if r["trials_to_target"] is not None]
-        summary.append(
-            {
-                "sampler": sampler,
-                "seeds": len(rows),
-                "final_best_mean": mean_or_none(finals),
-                "final_best_sd": sd_or_none(finals),
-                "final_best_min": min(finals, default=None),
-                "final_best_max": max(finals, default=None),
-                "reached": f"{len(reached)}/{len(rows)}",
-                "trials_to_target_mean": mean_or_none([r["trials_to_target"] for r in reached]),
-                "trials_to_target_per_seed": " ".join(
-                    str(r["trials_to_target"] or "-") for r in rows
-                ),
-                "seconds_to_target_mean": mean_or_none([r["seconds_to_target"] for r in reached]),
-                "head_seconds_to_target_mean": mean_or_none(
-                    [r["head_seconds_to_target"] for r in reached]
-                ),
-                "distinct_points_mean": mean_or_none([r["distinct_points"] for r in rows]),
-                "seconds_mean": mean_or_none(
-                    [r["seconds"] for r in rows if r["seconds"] is not None]
-                ),
-            }
-        )
-        length = max(len(r["_best"]) for r in rows)
-        for k in range(length):
-            vals = [100 * float(r["_best"][k]) for r in rows if k < len(r["_best"])]
-            mean_curves.append(
-                {
-                    "sampler": sampler,
-                    "trial": k + 1,
-                    "seeds": len(vals),
-                    "mean": mean_or_none(vals),
-                    "sd": sd_or_none(vals),
-                    "min": min(vals),
-                    "max": max(vals),
-                }
-            )
+        summary.append(_summary_row(sampler, rows))
+        mean_curves += _mean_curve(sampler, rows)
     trials = [t for r in runs if r.sampler in by_sampler for t in r.trials[:budget]]
     differences = sampler_differences(by_sampler, trials, budget)
-    # the settings a reader needs to rerun the comparison
+    record = _rerun_record(runs, budget, samplers, targets, target_how, differences, meta)
+    atomic_write_json(out / "comparison.json", record)
+    markdown = sampler_markdown(summary, per_seed, mean_curves, samplers, record, notes)
+    figs = sampler_figures(by_sampler, samplers, targets, budget, target_how)
+    title = f"Sampler comparison: {record['backbone']}"
+    files = write_outputs(
+        out,
+        markdown,
+        html_page(title, sampler_html_blocks(notes, record, summary, figs, per_seed)),
+        {
+            "samplers_summary": (summary, SUMMARY_COLUMNS),
+            "samplers_per_seed": (per_seed, PER_SEED_COLUMNS),
+            "samplers_pairwise": (record["pairwise"], PAIRWISE_COLUMNS),
+            "best_so_far": (curves, CURVE_COLUMNS),
+            "best_so_far_mean": (
+                mean_curves,
+                ["sampler", "trial", "seeds", "mean", "sd", "min", "max"],
+            ),
+        },
+    )
+    return Report(markdown, [*files, out / "comparison.json"], notes)
+
+
+def _run_rows(
+    run: SamplerRun, n: int, target: float | None, costs: _ExtractionCosts
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """One study's first ``n`` trials: its per-seed row, the curves the summary and figures
+    read (keys with a leading ``_``), and its best-so-far rows, one per trial."""
+    values = run.values[:n]
+    best = best_so_far(values)
+    secs = np.cumsum(_standalone_seconds(run, costs)[:n])
+    head = np.cumsum(run.head_seconds[:n])
+    hit = None if target is None else first_within(best, target)
+    row = {
+        "sampler": run.sampler,
+        "seed": run.seed,
+        "study": run.name,
+        "trials": n,
+        "distinct_points": len({tuple(sorted(t.params.items())) for t in run.trials[:n]}),
+        "target": pct(target),
+        "final_best": pct(best[-1]) if n else None,
+        "trials_to_target": hit,
+        "seconds_to_target": None if hit is None else float(secs[hit - 1]),
+        "head_seconds_to_target": None if hit is None else float(head[hit - 1]),
+        "seconds": float(secs[-1]) if n else None,
+        "head_seconds": float(head[-1]) if n else None,
+    }
+    curve = [
+        {
+            "sampler": run.sampler,
+            "seed": run.seed,
+            "trial": k + 1,
+            "number": run.trials[k].number,
+            **{p: run.trials[k].params.get(p) for p in GRID_KEYS},
+            "value": pct(values[k]),
+            "best_so_far": pct(best[k]),
+            "seconds": float(secs[k]),
+            "head_seconds": float(head[k]),
+        }
+        for k in range(n)
+    ]
+    return row, {"_best": best, "_secs": secs, "_run": run}, curve
+
+
+def _summary_row(sampler: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One sampler over its seeds: final bests, how many seeds reached the target and when."""
+    finals = [r["final_best"] for r in rows if r["final_best"] is not None]
+    reached = [r for r in rows if r["trials_to_target"] is not None]
+    return {
+        "sampler": sampler,
+        "seeds": len(rows),
+        "final_best_mean": mean_or_none(finals),
+        "final_best_sd": sd_or_none(finals),
+        "final_best_min": min(finals, default=None),
+        "final_best_max": max(finals, default=None),
+        "reached": f"{len(reached)}/{len(rows)}",
+        "trials_to_target_mean": mean_or_none([r["trials_to_target"] for r in reached]),
+        "trials_to_target_per_seed": " ".join(str(r["trials_to_target"] or "-") for r in rows),
+        "seconds_to_target_mean": mean_or_none([r["seconds_to_target"] for r in reached]),
+        "head_seconds_to_target_mean": mean_or_none([r["head_seconds_to_target"] for r in reached]),
+        "distinct_points_mean": mean_or_none([r["distinct_points"] for r in rows]),
+        "seconds_mean": mean_or_none([r["seconds"] for r in rows if r["seconds"] is not None]),
+    }
+
+
+def _mean_curve(sampler: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One sampler's best-so-far after each trial, over the seeds that got that far."""
+    out = []
+    length = max(len(r["_best"]) for r in rows)
+    for k in range(length):
+        vals = [100 * float(r["_best"][k]) for r in rows if k < len(r["_best"])]
+        out.append(
+            {
+                "sampler": sampler,
+                "trial": k + 1,
+                "seeds": len(vals),
+                "mean": mean_or_none(vals),
+                "sd": sd_or_none(vals),
+                "min": min(vals),
+                "max": max(vals),
+            }
+        )
+    return out
+
+
+def _rerun_record(
+    runs: Sequence[SamplerRun],
+    budget: int,
+    samplers: Sequence[str],
+    targets: Mapping[int, float],
+    target_how: str,
+    differences: Mapping[str, Any],
+    meta: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """``comparison.json``: the settings a reader needs to rerun the comparison."""
+    import optuna
+
     versions = sorted({r.config.versions.get("optuna", "?") for r in runs})
     sampler_args = {
         s: {r.name: dict(r.config.sampler_args) for r in runs if r.sampler == s} for s in samplers
     }
     first = runs[0].config if runs else None
-    record = {
+    return {
         "budget": budget,
-        "samplers": samplers,
+        "samplers": list(samplers),
         "seeds": sorted({r.seed for r in runs}),
         "studies": [r.name for r in runs],
         "optuna_versions_of_studies": versions,
@@ -332,161 +375,3 @@ def sampler_report(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **dict(meta or {}),
     }
-    atomic_write_json(out / "comparison.json", record)
-    markdown = _sampler_markdown(summary, per_seed, mean_curves, samplers, record, notes)
-    figs = sampler_figures(by_sampler, samplers, targets, budget, target_how)
-    blocks = [text_to_html(n) for n in notes]
-    blocks += [
-        "<h2>Summary</h2>",
-        text_to_html(_definitions(record)),
-        html_table(summary, _SUMMARY_COLUMNS, _SUMMARY_DIGITS),
-        *[figure_html(f) for f in figs],
-        "<h2>Differences with their noise</h2>",
-        *pairwise_section(record, "html"),
-        "<h2>Per seed</h2>",
-        html_table(per_seed, _PER_SEED_COLUMNS, _SUMMARY_DIGITS),
-        "<h2>To rerun</h2>",
-        "<pre>" + html.escape(json.dumps(record, indent=2, default=str)) + "</pre>",
-    ]
-    title = f"Sampler comparison: {record['backbone']}"
-    files = write_outputs(
-        out,
-        markdown,
-        html_page(title, blocks),
-        {
-            "samplers_summary": (summary, _SUMMARY_COLUMNS),
-            "samplers_per_seed": (per_seed, _PER_SEED_COLUMNS),
-            "samplers_pairwise": (record["pairwise"], PAIRWISE_COLUMNS),
-            "best_so_far": (curves, _CURVE_COLUMNS),
-            "best_so_far_mean": (
-                mean_curves,
-                ["sampler", "trial", "seeds", "mean", "sd", "min", "max"],
-            ),
-        },
-    )
-    return Report(markdown, [*files, out / "comparison.json"], notes)
-
-
-_SUMMARY_COLUMNS = [
-    "sampler",
-    "seeds",
-    "final_best_mean",
-    "final_best_sd",
-    "final_best_min",
-    "final_best_max",
-    "reached",
-    "trials_to_target_mean",
-    "trials_to_target_per_seed",
-    "seconds_to_target_mean",
-    "head_seconds_to_target_mean",
-    "distinct_points_mean",
-    "seconds_mean",
-]
-_PER_SEED_COLUMNS = [
-    "sampler",
-    "seed",
-    "study",
-    "trials",
-    "distinct_points",
-    "target",
-    "final_best",
-    "trials_to_target",
-    "seconds_to_target",
-    "head_seconds_to_target",
-    "seconds",
-    "head_seconds",
-]
-_CURVE_COLUMNS = [
-    "sampler",
-    "seed",
-    "trial",
-    "number",
-    *GRID_KEYS,
-    "value",
-    "best_so_far",
-    "seconds",
-    "head_seconds",
-]
-_SUMMARY_DIGITS = {
-    "trials_to_target_mean": 1,
-    "seconds_to_target_mean": 1,
-    "head_seconds_to_target_mean": 1,
-    "distinct_points_mean": 1,
-    "seconds_mean": 1,
-    "seconds_to_target": 1,
-    "head_seconds_to_target": 1,
-    "seconds": 1,
-    "head_seconds": 1,
-}
-
-
-def _definitions(record: Mapping[str, Any]) -> str:
-    target = {
-        "grid": "the best validation macro-F1 of the full grid with the same seed",
-        "grid (incomplete)": "the best of the grid study with the same seed, which is not "
-        "complete yet",
-        "any": "the best validation macro-F1 any study with the same seed found (the space "
-        "has no grid)",
-    }[record["target"]]
-    return (
-        f"Budget {record['budget']} trials per study; F1 in %. Target: per seed, {target} (a "
-        "seed fixes each point's head initialisation and batch order, so every sampler of that "
-        "seed scores a point exactly as the grid does). Reached: best-so-far within "
-        f"{100 * record['tolerance']:.1f} points of the target. Seconds: head training of each "
-        "trial plus feature extraction of an image size charged once, at the study's first "
-        "trial of that size (what the study costs alone on an empty feature cache); head "
-        "seconds: head training only. The grid sampler walks the grid in a random order drawn "
-        "from its seed. Spread: sample standard deviation (sd) and min-max over seeds."
-    )
-
-
-def _sampler_markdown(
-    summary: list[dict[str, Any]],
-    per_seed: list[dict[str, Any]],
-    mean_curves: list[dict[str, Any]],
-    samplers: Sequence[str],
-    record: Mapping[str, Any],
-    notes: Sequence[str],
-) -> str:
-    # best-so-far after each trial, one column per sampler: "mean ± sd"
-    by_trial: dict[int, dict[str, Any]] = {}
-    for c in mean_curves:
-        text = f"{c['mean']:.2f}" + (f" ± {c['sd']:.2f}" if c["sd"] is not None else "")
-        by_trial.setdefault(c["trial"], {"trial": c["trial"]})[c["sampler"]] = text
-    space = record.get("space") or {}
-    params = ", ".join(f"{k} {v.get('choices', v)}" for k, v in (space.get("params") or {}).items())
-    parts = [
-        f"# Sampler comparison: {record['backbone']}",
-        f"Space {space.get('name')} ({params}); {record['epochs']} epochs per trial; "
-        f"seeds {', '.join(map(str, record['seeds']))}; weights {record['weights']}; "
-        f"data {record['data']}.",
-        *[f"> {n}" for n in notes],
-        "## Summary",
-        _definitions(record),
-        markdown_table(summary, _SUMMARY_COLUMNS, _SUMMARY_DIGITS),
-        "## Differences with their noise",
-        *pairwise_section(record, "markdown"),
-        "## Per seed",
-        markdown_table(per_seed, _PER_SEED_COLUMNS, _SUMMARY_DIGITS),
-        "## Best validation macro-F1 (%) after each trial (mean ± sd over seeds)",
-        markdown_table(
-            list(by_trial.values()),
-            ["trial", *[s for s in samplers if any(s in r for r in by_trial.values())]],
-        ),
-        "## To rerun",
-        f"optuna {', '.join(record['optuna_versions_of_studies'])} (studies), "
-        f"{record['optuna_version_of_report']} (this report). Sampler arguments:",
-    ]
-    bullets = [
-        f"- {name}: `{json.dumps(a, sort_keys=True)}`"
-        for sampler in samplers
-        for name, a in (record["sampler_args"].get(sampler) or {}).items()
-    ]
-    parts.append("\n".join(bullets))
-    if record.get("skipped"):
-        parts.append(
-            "Skipped: " + "; ".join(f"{s} ({why})" for s, why in record["skipped"].items())
-        )
-    if record.get("command"):
-        parts.append(f"Command: `{record['command']}`")
-    return "\n\n".join(parts)
