@@ -53,7 +53,8 @@ class ClothingModel:
 
 def load_model(model: PathLike | optuna.Study) -> ClothingModel:
     """A finalized model: a ``model.keras`` file (``classes.json`` beside it), or a finalized
-    study's. Loads with Keras safe mode on (no code in the file runs).
+    study's (fetched from the study's store on a machine that did not finalize it). Loads
+    with Keras safe mode on (no code in the file runs).
 
     Raises:
         NotFound, ModelError (not a model clothopt exported).
@@ -68,12 +69,11 @@ def load_model(model: PathLike | optuna.Study) -> ClothingModel:
 
 
 def _final_model_of(study: Any) -> Path:
-    from clothopt.final.store import MODEL_FILE, final_dir
+    """The study's final model: from its store when it has one (fetched, verified, cached),
+    else its local ``final/``."""
+    from clothopt.store import MODEL_PREFIX, resolve_model
 
-    path = final_dir(url_of(study), study.study_name) / MODEL_FILE
-    if not path.is_file():
-        raise NotFound(f"study {study.study_name!r} has no final model: finalize it first")
-    return path
+    return Path(resolve_model(f"{MODEL_PREFIX}{study.study_name}", url_of(study)))
 
 
 def predict_images(

@@ -69,6 +69,7 @@ def create_study(
     max_retries: int = 3,
     load_if_exists: bool = False,
     command: str | None = None,
+    store: str | None = None,
 ) -> optuna.Study:
     """Create a clothopt study (``clothopt study create``): checked, recorded, grid enqueued.
 
@@ -100,6 +101,10 @@ def create_study(
         cache_dir: the feature cache (default: beside the SQLite file).
         max_retries: reruns of a trial whose worker died.
         load_if_exists: return the existing study of that ``study_name`` instead of failing.
+        store: the store every machine shares, ``file:///shared/folder`` or
+            ``s3://bucket/prefix`` (:mod:`clothopt.store`; S3 credentials come from the
+            environment or the AWS configuration and are never recorded). The final model is
+            uploaded there, so ``load_model(study)`` works on any machine.
         command: how the study was made, recorded with it (default: this call, as
             ``clothopt.create_study(...)``; the CLI passes its command line). Never put a
             password in it.
@@ -156,8 +161,10 @@ def create_study(
             use_cache=use_cache,
             cache_dir=cache_dir,
             max_retries=max_retries,
+            store=store,
         ),
         on_create=describe_study,  # its note and metric name in optuna-dashboard, as the CLI
+        store=None if store is None else os.fspath(store),
     )
     return _override(st, sampler_obj, pruner_obj)
 
@@ -427,7 +434,12 @@ def _attach_to_dashboard(url: str) -> Any:
 
     def attach(st: optuna.Study, number: int, files: list[Path]) -> None:
         from clothopt.dashboard import attach_files
+        from clothopt.store import publish_final
 
+        try:  # to the study's store, when it has one: usable by name from any machine
+            publish_final(st, url, number, files)
+        except (UserError, OSError, ConnectionError) as exc:  # final/ is in place either way
+            logger.warning("finalize: final model not uploaded to the store: %s", exc)
         try:
             attach_files(st, number, url, files)
         except (UserError, OSError) as exc:  # best effort: the files are on disk either way

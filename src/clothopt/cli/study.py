@@ -63,6 +63,12 @@ class StudyCreate(_Command):
         )
         p.add_argument("--cache-dir", help="feature cache folder (default: beside the SQLite file)")
         p.add_argument(
+            "--store",
+            metavar="URL",
+            help="the store every machine shares (file:///shared/folder or s3://bucket/prefix; "
+            "S3 credentials from the environment or ~/.aws, never stored)",
+        )
+        p.add_argument(
             "--max-retries",
             type=_int_range(0, 100),
             default=3,
@@ -91,6 +97,7 @@ class StudyCreate(_Command):
             max_retries=args.max_retries,
             command=recorded_command(args._argv),
             on_create=describe_study,  # its note and metric name in optuna-dashboard
+            store=args.store,
         )
         print(
             f"created study {config.name!r}: {config.backbone}, space {config.space.name} "
@@ -459,11 +466,19 @@ def _not_clothing_dir(value: str | None) -> str | None:
 
 
 def _attach_to_dashboard(storage: str | None) -> Any:
-    """A finalize callback: show the final files under the trial in optuna-dashboard."""
+    """A finalize callback: upload the final files to the study's store (when it has one),
+    and show them under the trial in optuna-dashboard."""
 
     def attach(st: Any, number: int, files: list[Any]) -> None:
         from clothopt.dashboard import attach_files
+        from clothopt.store import publish_final
 
+        try:
+            record = publish_final(st, storage, number, files)
+            if record is not None:
+                print(f"uploaded the final model to {record['store']}", file=sys.stderr)
+        except (UserError, OSError, ConnectionError) as exc:  # final/ is in place either way
+            print(f"finalize: final model not uploaded to the store: {exc}", file=sys.stderr)
         try:
             attach_files(st, number, storage, files)
         except (UserError, OSError) as exc:  # best effort: the files are on disk either way
