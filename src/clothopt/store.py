@@ -19,8 +19,8 @@ store URL with credentials in it is refused without being echoed.
 
 Study-level helpers: :func:`store_of` (a study's store, or None), :func:`publish` /
 :func:`fetch_published` (files recorded in a study user attribute with their keys and
-checksums: the final model, the similar-items index) and :func:`resolve_model` (``study:NAME``
-in place of a model path).
+checksums: the final model, the similar-items index) and :func:`fetch_final_model` (what
+``study:NAME`` in place of a model path reads).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import re
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
 
 from clothopt._io import atomic_path
@@ -43,20 +43,20 @@ from clothopt.logging import get_logger
 
 if TYPE_CHECKING:
     import optuna
-    from optuna.artifacts._protocol import ArtifactStore
 
 __all__ = [
     "FINAL_ATTR",
     "INDEX_ATTR",
     "MODEL_PREFIX",
+    "ArtifactStore",
     "Store",
     "check_store_url",
+    "fetch_final_model",
     "fetch_published",
     "open_store",
     "prefixed",
     "publish",
     "publish_final",
-    "resolve_model",
     "sha256_of",
     "store_cache_dir",
     "store_of",
@@ -69,6 +69,17 @@ _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=-]*(/[A-Za-z0-9_][A-Za-z0-9._=-]*)*
 _CHUNK = 1 << 20
 
 logger = get_logger(__name__)
+
+
+class ArtifactStore(Protocol):
+    """What Optuna's artifact stores offer (``optuna.artifacts``' protocol, which Optuna keeps
+    private): the part this module uses."""
+
+    def open_reader(self, artifact_id: str) -> BinaryIO: ...
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None: ...
+
+    def remove(self, artifact_id: str) -> None: ...
 
 
 # --------------------------------------------------------------------------- URLs and stores
@@ -358,23 +369,15 @@ def fetch_published(study: optuna.Study, store: Store, attr: str) -> dict[str, P
     }
 
 
-def resolve_model(model: str, storage_url: str | None) -> str:
-    """A model argument as a path: ``study:NAME`` is that study's final model (fetched from
-    its store when it has one, else its local ``final/``); anything else is returned as is."""
-    if not model.startswith(MODEL_PREFIX):
-        return model
-    from clothopt import study as study_mod
-    from clothopt.final.store import MODEL_FILE, final_dir
-
-    name = model[len(MODEL_PREFIX) :]
-    st, _ = study_mod.load(name, storage_url)
-    store = store_of(st, storage_url)
-    if store is not None and st.user_attrs.get(FINAL_ATTR):
-        files = fetch_published(st, store, FINAL_ATTR)
-        if MODEL_FILE not in files:
-            raise NotFound(f"study {name!r}: its store record lacks {MODEL_FILE}")
-        return str(files[MODEL_FILE])
-    local = final_dir(storage_url, name) / MODEL_FILE
-    if not local.is_file():
-        raise NotFound(f"study {name!r} has no final model here or in a store: finalize it first")
-    return str(local)
+def fetch_final_model(study: optuna.Study, storage_url: str | None) -> Path | None:
+    """The study's final model fetched from its store (verified, cached, ``classes.json``
+    beside it); None when the study has no store or nothing was published there (the caller
+    then looks at the local ``final/``)."""
+    store = store_of(study, storage_url)
+    if store is None or not study.user_attrs.get(FINAL_ATTR):
+        return None
+    files = fetch_published(study, store, FINAL_ATTR)
+    models = [path for name, path in files.items() if name.endswith(".keras")]
+    if len(models) != 1:
+        raise NotFound(f"study {study.study_name!r}: its store record names no single model")
+    return models[0]

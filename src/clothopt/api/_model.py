@@ -71,9 +71,17 @@ def load_model(model: PathLike | optuna.Study) -> ClothingModel:
 def _final_model_of(study: Any) -> Path:
     """The study's final model: from its store when it has one (fetched, verified, cached),
     else its local ``final/``."""
-    from clothopt.store import MODEL_PREFIX, resolve_model
+    from clothopt.final.store import MODEL_FILE, final_dir
+    from clothopt.store import fetch_final_model
 
-    return Path(resolve_model(f"{MODEL_PREFIX}{study.study_name}", url_of(study)))
+    url = url_of(study)
+    fetched = fetch_final_model(study, url)
+    if fetched is not None:
+        return fetched
+    path = final_dir(url, study.study_name) / MODEL_FILE
+    if not path.is_file():
+        raise NotFound(f"study {study.study_name!r} has no final model: finalize it first")
+    return path
 
 
 def predict_images(

@@ -17,7 +17,7 @@ from clothopt.api._common import (
     storage_url,
     url_of,
 )
-from clothopt.errors import InvalidArgument, NotFound, UserError
+from clothopt.errors import InvalidArgument, NotFound
 from clothopt.logging import get_logger
 
 if TYPE_CHECKING:
@@ -402,6 +402,7 @@ def finalize(
         InvalidArgument, NotFound, AlreadyExists (a final folder that is not clothopt's),
         DataError, StorageUnavailable.
     """
+    from clothopt.dashboard import publish_finalized
     from clothopt.final.finalize import finalize as _finalize
 
     if isinstance(not_clothing, bool):
@@ -424,28 +425,9 @@ def finalize(
         not_clothing=fspath(not_clothing),
         fine_tune=fine_tune,
         progress=show_progress_bar,
-        on_finalized=_attach_to_dashboard(url),
+        on_finalized=publish_finalized(url),
         **{k: v for k, v in optional.items() if v is not None},
     )
-
-
-def _attach_to_dashboard(url: str) -> Any:
-    """A finalize callback: show the final files under the trial in optuna-dashboard."""
-
-    def attach(st: optuna.Study, number: int, files: list[Path]) -> None:
-        from clothopt.dashboard import attach_files
-        from clothopt.store import publish_final
-
-        try:  # to the study's store, when it has one: usable by name from any machine
-            publish_final(st, url, number, files)
-        except (UserError, OSError, ConnectionError) as exc:  # final/ is in place either way
-            logger.warning("finalize: final model not uploaded to the store: %s", exc)
-        try:
-            attach_files(st, number, url, files)
-        except (UserError, OSError) as exc:  # best effort: the files are on disk either way
-            logger.warning("finalize: not attached to the dashboard: %s", exc)
-
-    return attach
 
 
 def _is_space(value: object) -> bool:

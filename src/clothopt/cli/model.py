@@ -146,10 +146,21 @@ def _study_name(model: str) -> str | None:
 
 
 def _resolved(args: argparse.Namespace) -> str:
-    """The model argument as a file: ``study:NAME`` fetched (verified, cached) or local."""
-    from clothopt.store import resolve_model
+    """The model argument as a file: ``study:NAME`` is the study's final model, fetched from
+    its store (verified, cached) when it has one, else its local ``final/``."""
+    name = _study_name(args.model)
+    if name is None:
+        return args.model
+    from clothopt import study as study_mod
+    from clothopt.final.store import MODEL_FILE, final_dir
+    from clothopt.store import fetch_final_model
 
-    return resolve_model(args.model, args.storage)
+    st, _ = study_mod.load(name, args.storage)
+    fetched = fetch_final_model(st, args.storage)
+    local = final_dir(args.storage, name) / MODEL_FILE
+    if fetched is None and not local.is_file():
+        raise NotFound(f"study {name!r} has no final model here or in a store: finalize it first")
+    return str(fetched or local)
 
 
 def _publish_index(name: str, storage: str | None, index: Any) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from clothopt._quiet import quiet_import_keras
 from clothopt.cli._args import _Command, _positive_float, _positive_int, _storage_arg
-from clothopt.errors import InvalidArgument, Terminated, UserError
+from clothopt.errors import InvalidArgument, Terminated
 from clothopt.reports.render import format_table
 
 __all__ = [
@@ -391,6 +391,7 @@ class StudyFinalize(_Command):
     @staticmethod
     def _finalize(args: argparse.Namespace) -> dict[str, Any]:
         from clothopt._io import writing
+        from clothopt.dashboard import publish_finalized
         from clothopt.final.finalize import finalize
         from clothopt.final.store import final_dir
 
@@ -410,7 +411,7 @@ class StudyFinalize(_Command):
                 fine_tune_epochs=args.fine_tune_epochs,
                 fine_tune_lr=args.fine_tune_lr,
                 progress=not args.quiet,
-                on_finalized=_attach_to_dashboard(args.storage),
+                on_finalized=publish_finalized(args.storage),
             )
 
 
@@ -463,28 +464,6 @@ def _not_clothing_dir(value: str | None) -> str | None:
         default = Path("../shared/datasets/not-clothing")
         return str(default) if default.is_dir() else None
     return None if value == "none" else value
-
-
-def _attach_to_dashboard(storage: str | None) -> Any:
-    """A finalize callback: upload the final files to the study's store (when it has one),
-    and show them under the trial in optuna-dashboard."""
-
-    def attach(st: Any, number: int, files: list[Any]) -> None:
-        from clothopt.dashboard import attach_files
-        from clothopt.store import publish_final
-
-        try:
-            record = publish_final(st, storage, number, files)
-            if record is not None:
-                print(f"uploaded the final model to {record['store']}", file=sys.stderr)
-        except (UserError, OSError, ConnectionError) as exc:  # final/ is in place either way
-            print(f"finalize: final model not uploaded to the store: {exc}", file=sys.stderr)
-        try:
-            attach_files(st, number, storage, files)
-        except (UserError, OSError) as exc:  # best effort: the files are on disk either way
-            print(f"finalize: not attached to the dashboard: {exc}", file=sys.stderr)
-
-    return attach
 
 
 class StudyReport(_Command):

@@ -38,6 +38,7 @@ __all__ = [
     "artifact_ids",
     "artifact_store",
     "attach_files",
+    "publish_finalized",
     "remove_artifacts",
     "store_url_of",
     "study_artifact_store",
@@ -314,6 +315,29 @@ def attach_files(
             for p in files
         ]
     return [_attach_to_finished(study, trial, store, path) for path in files]
+
+
+def publish_finalized(storage_url: str | None) -> Any:
+    """A finalize ``on_finalized`` callback: upload the final files to the study's store (when
+    it has one: the model is then usable by name from any machine, ``clothopt.store``) and show
+    them under the trial in optuna-dashboard. Both are best effort: ``final/`` is in place
+    either way, so a failure is logged, not raised."""
+
+    def publish(study: optuna.Study, number: int, files: list[Path]) -> None:
+        from clothopt.store import publish_final
+
+        try:
+            record = publish_final(study, storage_url, number, files)
+            if record is not None:
+                _log.info("uploaded the final model to %s", record["store"])
+        except (UserError, OSError, ConnectionError) as exc:
+            _log.warning("finalize: final model not uploaded to the store: %s", exc)
+        try:
+            attach_files(study, number, storage_url, files)
+        except (UserError, OSError, ConnectionError) as exc:
+            _log.warning("finalize: not attached to the dashboard: %s", exc)
+
+    return publish
 
 
 def _attach_to_finished(
