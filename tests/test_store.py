@@ -322,6 +322,12 @@ def test_final_model_by_study_name_on_a_host_that_did_not_finalize(
     assert not any(SECRET in text for text in out)
     assert SECRET not in caplog.text
 
+    # study delete removes what the study put in the store: another host then finds nothing
+    published = [e["key"] for e in record["files"].values()]
+    cli("study", "delete", "shared", "--storage", storage_b)
+    gone = Store.open(store_url, tmp_path / "host-c")
+    assert [k for k in published if gone.exists(k)] == []
+
 
 def test_create_refuses_a_bad_store_and_creates_nothing(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data")

@@ -57,6 +57,7 @@ __all__ = [
     "prefixed",
     "publish",
     "publish_final",
+    "published_keys",
     "sha256_of",
     "store_cache_dir",
     "store_of",
@@ -354,6 +355,12 @@ def publish_final(
     if store is None:
         return None
     return publish(study, store, FINAL_ATTR, files, trial=trial)
+
+
+def published_keys(study: optuna.Study) -> list[str]:
+    """The store keys of every file the study published (final model, index)."""
+    records = (study.user_attrs.get(attr) or {} for attr in (FINAL_ATTR, INDEX_ATTR))
+    return [entry["key"] for record in records for entry in record.get("files", {}).values()]
 
 
 def fetch_published(study: optuna.Study, store: Store, attr: str) -> dict[str, Path]:

@@ -105,14 +105,20 @@ def artifact_ids(study: optuna.Study) -> list[str]:
 def remove_artifacts(
     study: optuna.Study, artifacts: str | os.PathLike[str] | None = None
 ) -> list[str]:
-    """Delete a study's artifact files from its store (``study delete``'s hook); returns
-    what was removed, in words."""
+    """Delete a study's artifact files from its store (``study delete``'s hook): the
+    dashboard's, and in a study's store also the files it published there (final model,
+    index) with their checksums; returns what was removed, in words."""
+    from clothopt.store import published_keys
 
     ids = artifact_ids(study)
     url = storage_url_of(storage_of(study))
     store_url = store_url_of(study.user_attrs)
-    if ids and store_url:
-        return _remove_from(study_artifact_store(store_url), ids, store_url)
+    if store_url:
+        from clothopt.store import open_store
+
+        removed = _remove_from(study_artifact_store(store_url), ids, store_url)
+        keys = [k for key in published_keys(study) for k in (key, f"{key}.sha256")]
+        return removed + _remove_from(open_store(store_url), keys, store_url)
     if not ids or (url is None and not (artifacts or os.environ.get(ARTIFACTS_ENV))):
         return []
     folder = artifact_dir(url, artifacts)
