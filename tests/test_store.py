@@ -354,6 +354,20 @@ def test_create_refuses_a_bad_store_and_creates_nothing(tmp_path: Path) -> None:
     assert "mobilenet" not in out
 
 
+@pytest.mark.s3
+def test_create_refuses_a_missing_bucket_in_one_line(s3_env: str, tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data")
+    storage = f"sqlite:///{tmp_path / 'studies' / 'clothopt.db'}"
+    argv = ["study", "create", "--backbone", "mobilenet_025", "--space", "quick", "--data"]
+    code, out, err = run_cli(
+        [*argv, str(data), "--storage", storage, "--store", "s3://no-such-b/x"]
+    )
+    assert code == 2 and err.startswith("clothopt: error: store s3://no-such-b/x")
+    assert len(err.strip().splitlines()) == 1 and SECRET not in out + err
+    code, out, err = run_cli([*argv, str(data), "--storage", storage, "--store", f"s3://{s3_env}"])
+    assert code == 0, err
+
+
 def test_a_study_without_a_store_records_none() -> None:
     from clothopt.config import StudyConfig
     from clothopt.spaces import load_space

@@ -306,6 +306,18 @@ class Store:
     def exists(self, key: str) -> bool:
         return self.checksum(key) is not None
 
+    def check(self) -> None:
+        """Reach the store once (``study create`` does): no credentials, an unreachable server
+        or a missing bucket is one line now rather than at the first upload."""
+        if self.url.startswith("s3://"):
+            import boto3
+
+            bucket = self.url[len("s3://") :].split("/", 1)[0]
+            with _reached(self.url):
+                boto3.client("s3").head_bucket(Bucket=bucket)
+        else:
+            self.checksum("clothopt-probe")
+
 
 # --------------------------------------------------------------------------- studies
 

@@ -227,7 +227,7 @@ def _check_store(url: str) -> str:
     from clothopt.store import Store, check_store_url
 
     url = check_store_url(url)
-    Store.open(url, ".").checksum("clothopt-probe")  # reads nothing, writes nothing
+    Store.open(url, ".").check()  # writes nothing
     return url
 
 
