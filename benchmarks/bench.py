@@ -58,6 +58,7 @@ QUICK: dict[str, Any] = {
     "batch_images": 32, "option_threads": [1, 2], "slow_variant_seconds": 10.0,
     "train_images": 60, "val_images": 30, "search_batches": [32], "search_lrs": [1e-3, 1e-4],
     "wide_trials": 2, "memory_train_images": 30, "memory_val_images": 20,
+    "repeats_runs": 1, "repeats_train_rows": 300, "repeats_wide_epochs": 2,
 }
 
 # Settings a flag may override: (field, type, help)
@@ -103,6 +104,11 @@ GOALS: tuple[Goal, ...] = (
      "<= {goal:g} s", "met"),
     ("overhead", "Search overhead per trial (storage + sampling, {storage}, {trials} trials, "
      "no training)", "{ms_per_trial:.1f} ms", "<= {goal_ms:g} ms", "met"),
+    ("repeats.heads", "Stacked fit of {members} members (seeds) vs one fit, {what}, {epochs} "
+     "epochs, {train_rows} rows x {feature_dim} (synthetic)",
+     "median {stacked_seconds:.2f} s vs {solo_seconds:.2f} s = {ratio:.2f}x over {runs} "
+     "alternating runs (CPU {cpu_ratio:.2f}x; max |dw| vs alone {max_weight_diff:.0e})",
+     "<= {goal:g}x", "met"),
     ("memory", "Memory, {trials}-trial grid (cached path)", "peak {peak_rss_mb:.0f} MiB; after "
      "trials: first {rss_first_mb:.0f}, last {rss_last_mb:.0f}, max {rss_max_mb:.0f} MiB; "
      "{slope_mb_per_trial:+.2f} MiB/trial within a size", "flat", "flat"),
@@ -307,6 +313,12 @@ def summarize(sections: dict[str, Any]) -> dict[str, Any]:
         if bbs := opt.get("batch_by_size"):
             keep = "grid_seconds_per_1000_images default best best_speedup recommended"
             out["batch_by_size"] = _pick(bbs, keep)
+    if "paper" in (rep := sections.get("repeats", {})):
+        names = [n for n in ("paper", "wide", "wide_fused_adam", "wide_no_dropout") if n in rep]
+        out["repeats"] = _pick(rep, "members runs train_rows feature_dim load_before") | {
+            "heads": [{"name": n} | rep[n] for n in names],
+            "loaded": bool(rep.get("loaded")),
+        }
     devices = [r["device"] for r in sections.values() if r.get("device")]
     out["device"] = devices[0] if devices else None
     out["gpu"] = bool(devices) and devices[0] != "cpu"

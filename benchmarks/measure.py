@@ -118,6 +118,10 @@ class Settings:
     memory_train_images: int = 300
     memory_val_images: int = 100
     memory_space: str = "paper"
+    repeats_runs: int = 3  # alternating (one fit, stacked fit) pairs per head
+    repeats_members: int = 5  # R seeds or K folds in one stacked fit
+    repeats_train_rows: int = 3068  # before mirroring (the real train split)
+    repeats_wide_epochs: int = 20  # the wide space's default epochs
     seed: int = 0
 
     @property
@@ -753,7 +757,14 @@ SECTIONS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "search_cached": lambda s: measure_search(s, "cached"),
     "overhead": measure_overhead,
     "memory": measure_memory,
+    "repeats": lambda s: _measure_repeats(s),
 }
+
+
+def _measure_repeats(s: Settings) -> dict[str, Any]:
+    from benchmarks.repeats import measure_repeats  # it imports Settings from here
+
+    return measure_repeats(s)
 
 
 def run_section(name: str, s: Settings) -> dict[str, Any]:

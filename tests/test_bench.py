@@ -54,6 +54,9 @@ def report(tiny_data: Path, tmp_path: Path) -> dict:
         memory_train_images=0,
         memory_val_images=0,
         memory_space=str(grid),
+        repeats_runs=1,
+        repeats_train_rows=40,
+        repeats_wide_epochs=1,
     )
     return run_all(settings, SECTIONS, tmp_path / "out", in_process=True)
 
@@ -104,6 +107,18 @@ def test_bench_writes_every_documented_figure(report: dict, tmp_path: Path) -> N
     t = summary["search_trial"]
     assert _positive(t["train_seconds"]) and t["outside_training_seconds"] is not None
     assert t["goal"] == 0.3 and isinstance(t["met"], bool)
+    r = summary["repeats"]
+    assert r["members"] == 5 and r["runs"] == 1 and r["train_rows"] == 80
+    assert [h["name"] for h in r["heads"]] == [
+        "paper",
+        "wide",
+        "wide_fused_adam",
+        "wide_no_dropout",
+    ]
+    for head in r["heads"]:
+        assert _positive(head["solo_seconds"]) and _positive(head["stacked_seconds"])
+        assert head["max_weight_diff"] < 1e-3 and isinstance(head["met"], bool)
+    assert [h["goal"] for h in r["heads"]] == [1.5, 3.0, 3.0, 3.0]
     o = summary["overhead"]
     assert o["trials"] == 27 and _positive(o["ms_per_trial"]) and o["storage"] == "sqlite"
     assert o["goal_ms"] == 300 and isinstance(o["met"], bool)

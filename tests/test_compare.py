@@ -370,3 +370,74 @@ def test_standalone_seconds_charge_each_size_and_mirror_once() -> None:
     cost[224, False] = 5.0
     seconds = _standalone_seconds(run, lambda _cfg, size, flip=False: cost[size, flip])
     assert seconds == [11.0, 1.0 + 20 + 30 + 40, 1.0, 6.0]
+
+
+def test_pairwise_differences_are_paired_over_seeds_and_holm_corrected(
+    comparison: dict[str, Any],
+) -> None:
+    import scipy.stats as ss
+    from statsmodels.stats.multitest import multipletests
+
+    out = comparison["out"]
+    per_seed = _read_csv(out / "samplers_per_seed.csv")
+    finals = {
+        (r["sampler"], int(r["seed"])): float(r["final_best"]) for r in per_seed if r["final_best"]
+    }
+    record = json.loads((out / "comparison.json").read_text())
+    rows = record["pairwise"]
+    shown = comparison["samplers"]
+    assert len(rows) == len(shown) * (len(shown) - 1) // 2
+    p_t = []
+    for r in rows:
+        a = [finals[(r["a"], s)] for s in range(SEEDS)]
+        b = [finals[(r["b"], s)] for s in range(SEEDS)]
+        assert np.mean(a) >= np.mean(b) - 1e-9  # A is the sampler ahead
+        assert r["mean_diff"] == pytest.approx(np.mean(a) - np.mean(b), abs=1e-4)
+        d = np.subtract(a, b)
+        if np.std(d) > 1e-6:
+            ref = ss.ttest_rel(a, b)
+            assert r["p_t"] == pytest.approx(ref.pvalue, rel=1e-3)
+        p_t.append(r["p_t"])
+        # two seeds: the exact Wilcoxon's smallest p is 0.5, and the report says so
+        assert "Wilcoxon cannot reach p < 0.05 with n=2" in r["note"]
+    want = multipletests(p_t, method="holm")[1]
+    assert [r["p_holm_t"] for r in rows] == pytest.approx(list(want))
+    assert record["verdict"] in comparison["stdout"]
+    assert "## Differences with their noise" in comparison["stdout"]
+    assert _read_csv(out / "samplers_pairwise.csv")[0]["a"] == rows[0]["a"]
+    if not any(r["separated"] for r in rows):
+        assert "no ranking is claimed" in record["verdict"]
+    # these trials ran once each: no noise floor, and the report says it is unknown
+    assert record["noise_floor"] is None and "Noise floor: unknown" in comparison["stdout"]
+
+
+def test_noise_floor_from_repeated_trials() -> None:
+    from optuna.distributions import FloatDistribution
+
+    from clothopt.reports.sampler_noise import noise_floor
+
+    def trial(sd: float, se: float | None, proto: dict[str, int] | None) -> Any:
+        attrs: dict[str, Any] = {"val_f1_sd": sd, "protocol": proto}
+        if se is not None:
+            attrs["val_f1_se"] = se
+        return optuna.trial.create_trial(
+            params={"x": 0.5},
+            distributions={"x": FloatDistribution(0, 1)},
+            value=0.8,
+            user_attrs=attrs,
+        )
+
+    once = optuna.trial.create_trial(
+        params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)}, value=0.8
+    )
+    assert noise_floor([once]) is None
+    five = {"repeats": 5, "folds": 1}
+    got = noise_floor(
+        [trial(0.01, 0.004, five), trial(0.03, 0.012, five), trial(0.02, None, five), once]
+    )
+    assert got == {
+        "trials": 3,
+        "protocols": [five],
+        "member_sd_median": pytest.approx(2.0),
+        "se_median": pytest.approx(0.8),
+    }

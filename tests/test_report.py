@@ -253,6 +253,40 @@ def test_every_pair_gets_mcnemar_as_statsmodels_computes_it(three: dict[str, Any
     assert rows[1]["significant_05"] == "True"  # 90% vs 45% accuracy on 90 images
 
 
+def test_every_pair_gets_a_paired_bootstrap_of_the_f1_difference(three: dict[str, Any]) -> None:
+    from sklearn.metrics import f1_score
+
+    rows = _read_csv(three["out"] / "f1_difference.csv")
+    assert [(r["a"], r["b"]) for r in rows] == [("a", "b"), ("a", "c"), ("b", "c")]
+    finals = three["finals"]
+    p_values = []
+    for r in rows:
+        y = np.array(finals[r["a"]]["test_labels"])
+        pa = np.array(finals[r["a"]]["test_predictions"])
+        pb = np.array(finals[r["b"]]["test_predictions"])
+        labels = list(range(len(finals[r["a"]]["classes"])))
+
+        def f1(idx: np.ndarray, pred: np.ndarray, y: np.ndarray = y, k: list = labels) -> float:
+            return f1_score(y[idx], pred[idx], labels=k, average="macro", zero_division=0)
+
+        # the same resampled images for both models, finalize's resamples and seed
+        idx = np.random.default_rng(0).integers(0, len(y), (2000, len(y)))
+        diffs = np.array([f1(i, pa) - f1(i, pb) for i in idx])
+        low, high = np.percentile(diffs, [2.5, 97.5])
+        assert float(r["f1_diff"]) == pytest.approx(
+            100 * (f1(np.arange(len(y)), pa) - f1(np.arange(len(y)), pb)), abs=1e-4
+        )
+        assert float(r["f1_diff_ci95_low"]) == pytest.approx(100 * low, abs=1e-4)
+        assert float(r["f1_diff_ci95_high"]) == pytest.approx(100 * high, abs=1e-4)
+        p_values.append(max(2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)), 1 / 2000))
+        assert float(r["f1_diff_p"]) == pytest.approx(p_values[-1], abs=1e-6)
+    adjusted = multipletests(p_values, method="holm")[1]
+    for r, want in zip(rows, adjusted, strict=True):
+        assert float(r["f1_diff_p_holm"]) == pytest.approx(min(want, 1.0), abs=1e-6)
+    assert rows[1]["f1_diff_significant_holm_05"] == "True"  # 90% vs 45% accuracy
+    assert "Paired bootstrap of the test macro-F1 difference" in three["report"].markdown
+
+
 def test_per_class_f1_equals_sklearn(three: dict[str, Any]) -> None:
     rows = _read_csv(three["out"] / "per_class_f1.csv")
     for name, final in three["finals"].items():

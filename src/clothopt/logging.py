@@ -39,14 +39,15 @@ def get_logger(name: str) -> logging.Logger:
 
 
 def enable_default_handler() -> None:
-    """Messages of the ``clothopt`` logger go to stderr as plain lines (no level, no time)."""
+    """Messages of the ``clothopt`` logger go to stderr as plain lines (no level, no time;
+    warnings and errors begin with ``clothopt: ``)."""
     global _handler
     with _lock:
         if _handler is not None:
             return
         # stderr looked up at each record: tests and the CLI swap sys.stderr
         _handler = _StderrHandler()
-        _handler.setFormatter(logging.Formatter("%(message)s"))
+        _handler.setFormatter(_Formatter())
         root = logging.getLogger(_ROOT)
         root.addHandler(_handler)
         root.propagate = False
@@ -71,6 +72,14 @@ def set_verbosity(level: int) -> None:
 
 def get_verbosity() -> int:
     return logging.getLogger(_ROOT).getEffectiveLevel()
+
+
+class _Formatter(logging.Formatter):
+    """Plain lines; a warning or error says whose it is, as the CLI's own error line does."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return f"clothopt: {text}" if record.levelno >= WARNING else text
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -174,7 +174,7 @@ FINAL = Kind(
 )
 _BACKBONE_FILES = frozenset(
     {"table1_validation_f1.csv", "table3_test.csv", "mcnemar.csv", "per_class_f1.csv"}
-    | {"report.md", "report.html"}
+    | {"f1_difference.csv", "report.md", "report.html"}
 )
 COMPARE_BACKBONES = Kind(
     "a backbone comparison",
@@ -184,7 +184,7 @@ COMPARE_BACKBONES = Kind(
 )
 _SAMPLER_FILES = frozenset(
     {"samplers_summary.csv", "samplers_per_seed.csv", "best_so_far.csv", "best_so_far_mean.csv"}
-    | {"report.md", "report.html", "comparison.json"}
+    | {"samplers_pairwise.csv", "report.md", "report.html", "comparison.json"}
 )
 COMPARE_SAMPLERS = Kind(
     "a sampler comparison",

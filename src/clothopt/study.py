@@ -418,6 +418,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         key=lambda t: (-(t.value or 0.0), t.number),
     )
     rest = [t for t in trials if t.state != TrialState.COMPLETE]
+    # trials evaluated with repeats/folds add their spread (older studies look as before)
+    repeated = any(t.user_attrs.get("val_f1_runs") for t in trials)
     rows = []
     for t in done + rest:
         params = trial_params(t) if not t.params else t.params
@@ -430,6 +432,14 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "batch_size": params.get("batch_size"),
                 "learning_rate": params.get("learning_rate"),
                 "val_f1": t.value,
+                **(
+                    {
+                        "val_f1_se": t.user_attrs.get("val_f1_se"),
+                        "members": len(t.user_attrs.get("val_f1_runs") or []) or None,
+                    }
+                    if repeated
+                    else {}
+                ),
                 "val_precision": a.get("val_precision_macro"),
                 "val_recall": a.get("val_recall_macro"),
                 "val_accuracy": a.get("val_accuracy"),

@@ -238,6 +238,7 @@ def optimize(
         InvalidArgument, NotFound, DataError (the data set differs), StorageUnavailable.
     """
     from clothopt import study as study_mod
+    from clothopt._quiet import quiet_import_keras
     from clothopt.dashboard import upload_validation_report
 
     if n_trials is not None and (isinstance(n_trials, bool) or n_trials < 1):
@@ -246,6 +247,7 @@ def optimize(
         raise InvalidArgument(f"timeout must be positive seconds, not {timeout!r}")
     config = config_of(study)
     objective = _study_objective(study, data, cache_dir, progress=show_progress_bar)
+    quiet_import_keras()  # TensorFlow's start-up lines only when verbose
     return study_mod.optimize(
         study,
         config,
@@ -318,10 +320,14 @@ def _study_objective(
     """A clothopt study's objective on this machine's data set (checked) and feature cache;
     ``progress``: extraction's progress bar."""
     from clothopt.objective import Objective
+    from clothopt.outputs import check_writable
     from clothopt.runs import open_run
 
     config = config_of(study)
     dataset, cache = open_run(config, fspath(data), fspath(cache_dir), progress=progress)
+    if getattr(cache, "root", None) is not None:
+        # before the first extraction, not after it: one line, no trial taken
+        check_writable(cache.root)
     return Objective(config, dataset, cache)
 
 

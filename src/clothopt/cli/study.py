@@ -76,29 +76,30 @@ class StudyCreate(_Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from clothopt import study
-        from clothopt.dashboard import describe_study
+        from clothopt.api import create_study
+        from clothopt.api._common import config_of
+        from clothopt.paths import DEFAULT_STORAGE
 
-        _, config = study.create(
+        st = create_study(
+            args.data,
             backbone=args.backbone,
+            storage=args.storage or DEFAULT_STORAGE,
             space=args.space,
             sampler=args.sampler,
+            pruner=args.pruner,
             n_trials=args.n_trials,
-            name=args.name,
-            storage=args.storage,
-            data=args.data,
+            study_name=args.name,
             weights=args.weights,
             epochs=args.epochs,
             seed=args.seed,
             resize=args.resize,
-            pruner=args.pruner,
             use_cache=not args.no_cache,
             cache_dir=args.cache_dir,
             max_retries=args.max_retries,
             command=recorded_command(args._argv),
-            on_create=describe_study,  # its note and metric name in optuna-dashboard
             store=args.store,
         )
+        config = config_of(st)
         print(
             f"created study {config.name!r}: {config.backbone}, space {config.space.name} "
             f"({config.budget()} trials, sampler {config.sampler}), data {config.data}"
@@ -166,26 +167,19 @@ class StudyOptimize(_Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from clothopt import study
-        from clothopt.dashboard import upload_validation_report
-        from clothopt.objective import Objective
-        from clothopt.runs import open_run
+        from clothopt.api import load_study, optimize
+        from clothopt.api._common import config_of
+        from clothopt.paths import DEFAULT_STORAGE
 
-        st, config = study.load(args.name, args.storage)
-        dataset, cache = open_run(config, args.data, args.cache_dir, progress=not args.quiet)
-        if getattr(cache, "root", None) is not None:
-            from clothopt.outputs import check_writable
-
-            # before the first extraction, not after it: one line, no trial taken
-            check_writable(cache.root)
-        quiet_import_keras()  # TensorFlow's start-up lines only with --verbose
-        summary = study.optimize(
+        st = load_study(args.name, args.storage or DEFAULT_STORAGE)
+        config = config_of(st)
+        summary = optimize(
             st,
-            config,
-            Objective(config, dataset, cache),
             n_trials=args.n_trials,
             timeout=args.timeout,
-            progress=not args.quiet,
-            callbacks=[upload_validation_report],  # per-class report, shown by the dashboard
+            data=args.data,
+            cache_dir=args.cache_dir,
+            show_progress_bar=not args.quiet,
         )
         print(
             f"ran {summary.ran} trial(s) in {summary.seconds:.1f} s: {summary.complete} complete, "
@@ -235,11 +229,13 @@ class StudyShow(_Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from clothopt import study
+        from clothopt.reports.trial_noise import best_versus_next_of, with_spread
 
         st, config = study.load(args.name, args.storage)
-        rows = study.trial_rows(st)
+        rows, noise = study.trial_rows(st), best_versus_next_of(st)
         if args.json:
-            print(json.dumps({"config": config.to_dict(), "trials": rows}, default=str))
+            extra = {"best_versus_next": noise} if noise else {}
+            print(json.dumps({"config": config.to_dict(), "trials": rows, **extra}, default=str))
             return 0
         print(
             f"study {config.name}: {config.backbone} (weights {config.weights}), space "
@@ -247,7 +243,7 @@ class StudyShow(_Command):
             f"seed {config.seed}, {'cached features' if config.use_cache else 'end to end'}"
         )
         print(f"data {config.data} ({config.data_fingerprint[:12]})")
-        print(format_table(rows))
+        print(format_table([with_spread(r) for r in rows]) + noise.get("text", ""))
         return 0
 
 
@@ -261,10 +257,10 @@ class StudyDelete(_Command):
         _storage_arg(p)
 
     def run(self, args: argparse.Namespace) -> int:
-        from clothopt import study
-        from clothopt.dashboard import remove_artifacts
+        from clothopt.api import delete_study
+        from clothopt.paths import DEFAULT_STORAGE
 
-        removed = study.delete(args.name, args.storage, on_delete=remove_artifacts)
+        removed = delete_study(args.name, args.storage or DEFAULT_STORAGE)
         print(f"deleted study {args.name!r}")
         for what in removed[1:]:
             print(f"removed {what}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,12 @@ import numpy as np
 
 from clothopt.data import IMAGE_EXTENSIONS
 from clothopt.errors import DataError, InvalidArgument, NotFound
+from clothopt.logging import get_logger
 
 __all__ = ["EVALUATE_REPORT", "evaluate", "format_evaluation", "write_evaluation"]
 
 EVALUATE_REPORT = "report.json"
-
-
-def _stderr(line: str) -> None:
-    print(f"clothopt: {line}", file=sys.stderr, flush=True)
+logger = get_logger(__name__)
 
 
 def _files(class_dir: Path) -> tuple[list[Path], int]:
@@ -52,13 +49,15 @@ def evaluate(
     resamples: int = 2000,
     seed: int = 0,
     threads: int | None = None,
-    log: Callable[[str], None] = _stderr,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Score ``folder``'s images with the model; returns the report: finalize's test figures
     (``test``, ``f1_macro_ci95``, ``bootstrap``), ``labels``/``predictions``, the model's
     ``threshold`` and ``rejected_share`` (None without a detector) and, with unknown folders,
     ``unknown`` (``images``, ``accepted_share``, ``auroc``). Unreadable images are logged and
-    left out; no usable image is a :class:`DataError`."""
+    left out (``log``, default: a warning of the ``clothopt`` logger); no usable image is a
+    :class:`DataError`."""
+    log = log or logger.warning
     from clothopt.final.scoring import labelled_report, score_set
     from clothopt.metrics import auroc
     from clothopt.predict import load_classifier, shipped_threshold

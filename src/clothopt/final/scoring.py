@@ -208,5 +208,5 @@ def confusion_figure(
             fig.write_image(folder / f"{FIGURE_STEM}.png", scale=2)
             written.append(f"{FIGURE_STEM}.png")
         except Exception as exc:  # kaleido needs a browser it may not find: the HTML is enough
-            logger.warning("clothopt: no PNG figure (%s)", exc)
+            logger.warning("no PNG figure (%s)", exc)
     return written

@@ -21,6 +21,7 @@ import numpy as np
 from clothopt.errors import InvalidArgument
 from clothopt.final.finalize import search_seconds
 from clothopt.final.store import read_final
+from clothopt.reports.backbone_pairs import F1_DIFF_COLUMNS, MCNEMAR_COLUMNS, mcnemar_pairs
 from clothopt.reports.paper import (
     GRID_FILE,
     GRID_KEYS,
@@ -38,7 +39,7 @@ from clothopt.reports.render import (
     text_to_html,
     write_outputs,
 )
-from clothopt.reports.stats import holm, mcnemar, pct
+from clothopt.reports.stats import ALPHA, pct
 from clothopt.trial_spec import paper_point
 
 if TYPE_CHECKING:
@@ -55,8 +56,6 @@ __all__ = [
     "table_one",
     "table_three",
 ]
-
-ALPHA = 0.05
 
 
 @dataclass
@@ -217,73 +216,6 @@ def table_three(
     return rows, _T3_COLUMNS
 
 
-def mcnemar_pairs(studies: Sequence[BackboneStudy]) -> list[dict[str, Any]]:
-    """McNemar's test for every pair of finalized studies, with Holm-adjusted p-values.
-
-    Both studies must have scored the same test images in the same order.
-    """
-    done = [s for s in studies if s.final is not None]
-    rows = []
-    for i, a in enumerate(done):
-        for b in done[i + 1 :]:
-            fa, fb = a.final or {}, b.final or {}
-            if list(fa["classes"]) != list(fb["classes"]):
-                raise InvalidArgument(
-                    f"studies {a.name!r} and {b.name!r} have different classes: "
-                    "McNemar needs the same test set"
-                )
-            if list(fa["test_labels"]) != list(fb["test_labels"]):
-                raise InvalidArgument(
-                    f"studies {a.name!r} and {b.name!r} were tested on different images (or in "
-                    "another order): McNemar needs the same test images in the same order"
-                )
-            r = mcnemar(fa["test_labels"], fa["test_predictions"], fb["test_predictions"])
-            rows.append(
-                {
-                    "a": a.label,
-                    "b": b.label,
-                    "a_test_f1": pct(fa["test"]["f1_macro"]),
-                    "b_test_f1": pct(fb["test"]["f1_macro"]),
-                    "a_accuracy": pct(fa["test"].get("accuracy")),
-                    "b_accuracy": pct(fb["test"].get("accuracy")),
-                    "images": len(fa["test_labels"]),
-                    "both_correct": r["both_correct"],
-                    "a_only_correct": r["a_only"],
-                    "b_only_correct": r["b_only"],
-                    "both_wrong": r["both_wrong"],
-                    "method": r["method"],
-                    "statistic": r["statistic"],
-                    "p_value": r["p_value"],
-                    "significant_05": r["p_value"] < ALPHA,
-                }
-            )
-    for row, adjusted in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
-        row["p_holm"] = adjusted
-        row["significant_holm_05"] = adjusted < ALPHA
-    return rows
-
-
-_MCNEMAR_COLUMNS = [
-    "a",
-    "b",
-    "a_test_f1",
-    "b_test_f1",
-    "a_accuracy",
-    "b_accuracy",
-    "images",
-    "both_correct",
-    "a_only_correct",
-    "b_only_correct",
-    "both_wrong",
-    "method",
-    "statistic",
-    "p_value",
-    "significant_05",
-    "p_holm",
-    "significant_holm_05",
-]
-
-
 def per_class_f1(studies: Sequence[BackboneStudy]) -> tuple[list[dict[str, Any]], list[str]]:
     """Test F1 (%) per class, one column per finalized study."""
     done = [s for s in studies if s.final is not None]
@@ -433,7 +365,7 @@ def backbone_report(
         left = ", ".join(s.name for s in studies if s.final is None)
         notes.append(f"not finalized (left out of the test statistics): {left}")
     t3_digits = {"test_accuracy": 2, "final_train_seconds": 1, "search_seconds": 1}
-    mc_digits = {"statistic": 3, "p_value": 4, "p_holm": 4}
+    mc_digits = {"statistic": 3, "p_value": 4, "p_holm": 4, "f1_diff_p": 4, "f1_diff_p_holm": 4}
     boot = sorted(
         {json.dumps(s.final.get("bootstrap", {}), sort_keys=True) for s in done if s.final}
     )
@@ -470,7 +402,19 @@ def backbone_report(
             f"chi-square with continuity correction. Significant: p < {ALPHA}; `p_holm` adjusts "
             "for testing every pair (Holm).",
             pairs,
-            _MCNEMAR_COLUMNS,
+            MCNEMAR_COLUMNS,
+            mc_digits,
+            None,
+        ),
+        (
+            "Paired bootstrap of the test macro-F1 difference",
+            "Each pair of finalized backbones on the same test images: `f1_diff` = macro-F1 of A"
+            " - B (points) and its 95% percentile interval from resampling the test images, the"
+            " same resample for both models (A's finalize bootstrap resamples and seed). "
+            "`f1_diff_p`: two-sided bootstrap p of no difference (at least 1/resamples); "
+            f"`f1_diff_p_holm` adjusts it for testing every pair (Holm); significant: < {ALPHA}.",
+            pairs,
+            F1_DIFF_COLUMNS,
             mc_digits,
             None,
         ),
@@ -493,7 +437,8 @@ def backbone_report(
         {
             "table1_validation_f1": (t1, t1_cols),
             "table3_test": (t3, _T3_COLUMNS),
-            "mcnemar": (pairs, _MCNEMAR_COLUMNS),
+            "mcnemar": (pairs, MCNEMAR_COLUMNS),
+            "f1_difference": (pairs, F1_DIFF_COLUMNS),
             "per_class_f1": (pcf, pcf_cols),
         },
     )

@@ -32,6 +32,7 @@ from clothopt.reports.render import (
     write_outputs,
 )
 from clothopt.reports.sampler_figures import sampler_figures
+from clothopt.reports.sampler_noise import PAIRWISE_COLUMNS, pairwise_section, sampler_differences
 from clothopt.reports.stats import (
     TOLERANCE,
     best_so_far,
@@ -301,6 +302,8 @@ def sampler_report(
                     "max": max(vals),
                 }
             )
+    trials = [t for r in runs if r.sampler in by_sampler for t in r.trials[:budget]]
+    differences = sampler_differences(by_sampler, trials, budget)
     # the settings a reader needs to rerun the comparison
     versions = sorted({r.config.versions.get("optuna", "?") for r in runs})
     sampler_args = {
@@ -325,6 +328,7 @@ def sampler_report(
         "targets": {str(k): v for k, v in targets.items()},
         "target": target_how,
         "tolerance": TOLERANCE,
+        **differences,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **dict(meta or {}),
     }
@@ -337,6 +341,8 @@ def sampler_report(
         text_to_html(_definitions(record)),
         html_table(summary, _SUMMARY_COLUMNS, _SUMMARY_DIGITS),
         *[figure_html(f) for f in figs],
+        "<h2>Differences with their noise</h2>",
+        *pairwise_section(record, "html"),
         "<h2>Per seed</h2>",
         html_table(per_seed, _PER_SEED_COLUMNS, _SUMMARY_DIGITS),
         "<h2>To rerun</h2>",
@@ -350,6 +356,7 @@ def sampler_report(
         {
             "samplers_summary": (summary, _SUMMARY_COLUMNS),
             "samplers_per_seed": (per_seed, _PER_SEED_COLUMNS),
+            "samplers_pairwise": (record["pairwise"], PAIRWISE_COLUMNS),
             "best_so_far": (curves, _CURVE_COLUMNS),
             "best_so_far_mean": (
                 mean_curves,
@@ -457,6 +464,8 @@ def _sampler_markdown(
         "## Summary",
         _definitions(record),
         markdown_table(summary, _SUMMARY_COLUMNS, _SUMMARY_DIGITS),
+        "## Differences with their noise",
+        *pairwise_section(record, "markdown"),
         "## Per seed",
         markdown_table(per_seed, _PER_SEED_COLUMNS, _SUMMARY_DIGITS),
         "## Best validation macro-F1 (%) after each trial (mean ± sd over seeds)",

@@ -1,0 +1,345 @@
+"""The maths of a stacked head (see :mod:`clothopt.model.stacked`): M members' weights with a
+leading member axis, one step for all of them, written out in ``keras.ops``.
+
+The backward pass is written by hand (an MLP's is a few matmuls), so a step is plain
+``keras.ops`` on every backend; TensorFlow runs a whole epoch as one traced loop. Per step the
+host sends each member's rows, row weights, learning rate and Adam step size (all computed per
+epoch in NumPy: fewer ops in the loop), so the loop body is only the arithmetic. The first
+layer's bias is the last row of its kernel (the features get a column of ones): one variable
+and one matmul fewer per step; decay skips that row as Keras skips biases.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["UNROLL_BELOW", "Stack", "StackShape"]
+
+BETA_1, BETA_2, EPSILON, MOMENTUM = 0.9, 0.999, 1e-7, 0.9  # Keras's Adam; clothopt's SGD
+# a member's (in x out) below which per-member 2-D MatMuls beat one BatchMatMul on CPU
+UNROLL_BELOW = 32768
+RATE_NAMES = ("dropout_rate", "dropout_scale", "weight_decay", "smooth_keep", "smooth_add")
+PLAN_KEYS = ("xi", "w", "ws", "act", "lr", "alpha", "dseed")
+
+
+@dataclass(frozen=True)
+class StackShape:
+    """What one stack (and its traced epoch) is specialised for."""
+
+    members: int
+    input_dim: int
+    num_classes: int
+    hidden_layers: int
+    hidden_units: int
+    dropout: bool
+    weight_decay: bool
+    label_smoothing: bool
+    optimizer: str
+    ragged: bool  # members differ in their number of batches per epoch
+    # Adam through TensorFlow's fused kernel too (SGD always is: its maths is Keras's exactly).
+    # Off by default: the kernel's 1 - beta_2 is 1 - 0.999f, 4.6e-5 off Keras's 0.001, so
+    # weights drift ~1e-3 from the fit alone within 2 epochs; on: 1 pass a variable, not 18
+    fused_adam: bool = False
+
+    @property
+    def dims(self) -> list[int]:
+        return [self.input_dim] + [self.hidden_units] * self.hidden_layers + [self.num_classes]
+
+    def dropout_before(self, layer: int) -> bool:
+        """Dropout precedes every Dense after the first hidden one (the logits when none)."""
+        return self.dropout and (layer >= 1 or self.hidden_layers == 0)
+
+    def dropout_units(self) -> list[int]:
+        dims = self.dims
+        return [dims[i] for i in range(len(dims) - 1) if self.dropout_before(i)]
+
+
+def _glorot(seed: int, shape: tuple[int, int]) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.initializers.GlorotUniform(seed=seed)(shape), np.float32)
+
+
+class Stack:
+    """Stacked weights and optimizer state of one shape, and its step.
+
+    ``weights`` in order: the first kernel with its bias as last row ``(M, d+1, h)``, then
+    each later layer's kernel ``(M, a, b)`` and bias ``(M, b)``.
+    """
+
+    def __init__(self, shape: StackShape) -> None:
+        import keras
+
+        self.shape = shape
+        m, dims = shape.members, shape.dims
+        sizes = [(m, dims[0] + 1, dims[1])]
+        for a, b in itertools.pairwise(dims[1:]):
+            sizes += [(m, a, b), (m, b)]
+        self.weights = [keras.Variable(np.zeros(s, np.float32)) for s in sizes]
+        slots = 1 if shape.optimizer == "sgd" else 2
+        self.slots = [
+            [keras.Variable(np.zeros(s, np.float32)) for s in sizes] for _ in range(slots)
+        ]
+        # decay every kernel entry, never a bias (Keras's exclude_from_weight_decay("bias"))
+        first = np.ones((dims[0] + 1, 1), np.float32)
+        first[-1] = 0.0
+        self.decay = [first] + [1.0 if len(s) == 3 else None for s in sizes[1:]]
+        self.graph = keras.backend.backend() == "tensorflow"
+        self._epoch_fn = self._make_epoch_fn() if self.graph else None
+        self._generators: list[list[Any]] = []
+
+    def reset(self, seeds: Sequence[int]) -> None:
+        """Each member's weights as ``HeadTrainer`` initialises its layers from its seed (the
+        logits get the seed itself, hidden layer i ``seed + 1 + i``); a new optimizer."""
+        last = self.shape.hidden_layers
+        layers = self.shape.hidden_layers + 1
+        for i in range(layers):
+            kernel = self.weights[0 if i == 0 else 2 * i - 1]
+            shape = (self.shape.dims[i], self.shape.dims[i + 1])
+            init = np.stack([_glorot(s if i == last else s + 1 + i, shape) for s in seeds])
+            if i == 0:
+                init = np.concatenate([init, np.zeros((len(seeds), 1, shape[1]), np.float32)], 1)
+            kernel.assign(init)
+            if i > 0:
+                self.weights[2 * i].assign(np.zeros(self.weights[2 * i].shape, np.float32))
+        for var in (v for slot in self.slots for v in slot):
+            var.assign(np.zeros(var.shape, np.float32))
+        if not self.graph:
+            import keras
+
+            drops = len(self.shape.dropout_units())
+            self._generators = [
+                [keras.random.SeedGenerator(s + 1000 + i) for s in seeds] for i in range(drops)
+            ]
+
+    def member_weights(self, k: int) -> list[np.ndarray]:
+        """Member ``k``'s layers as ``HeadResult.weights``: [kernel, bias] per Dense."""
+        values = [np.asarray(_value(w))[k] for w in self.weights]
+        return [values[0][:-1], values[0][-1], *values[1:]]
+
+    def _mm(self, layer: int, a: Any, b: Any, **flags: bool) -> Any:
+        dims = self.shape.dims
+        return _matmul(a, b, dims[layer] * dims[layer + 1], self.shape.members, **flags)
+
+    def _layers(self) -> list[tuple[Any, Any]]:
+        """(kernel, bias or None) per Dense, as tensors read now."""
+        w = [_value(v) for v in self.weights]
+        return [(w[0], None), *((w[i], w[i + 1]) for i in range(1, len(w), 2))]
+
+    def step(self, xb: Any, yb: Any, p: dict[str, Any], noise: Sequence[Any], r: Any) -> Any:
+        """One optimizer step of every member on its batch; returns each member's summed row
+        loss. ``xb`` (M, B, d+1) with its ones column, ``yb`` (M, B, C) one-hot, ``p`` this
+        step's plan row (``w``/``ws`` row weights 1 or 0 and ``w / rows``; ``act``; ``lr``;
+        ``alpha``), ``noise`` one (M, B, units) uniform draw per dropout."""
+        ops, shape = _ops(), self.shape
+        layers = self._layers()
+        acts, masks, pre = [], [], []
+        a, draws = xb, iter(noise)
+        for i, (kernel, bias) in enumerate(layers):
+            if shape.dropout_before(i):
+                masks.append(ops.greater_equal(next(draws), r["dropout_rate"]))
+                if i == 0:  # on the features (a linear head): never on the ones column
+                    kept = ops.where(masks[-1], ops.multiply(a[..., :-1], r["dropout_scale"]), 0.0)
+                    a = ops.concatenate([kept, a[..., -1:]], axis=-1)
+                else:
+                    a = ops.where(masks[-1], ops.multiply(a, r["dropout_scale"]), 0.0)
+            acts.append(a)
+            z = self._mm(i, a, kernel)
+            z = z if bias is None else ops.add(z, bias[:, None, :])
+            pre.append(z)
+            a = ops.relu(z) if i < len(layers) - 1 else z
+        if shape.label_smoothing:
+            yb = ops.add(ops.multiply(yb, r["smooth_keep"]), r["smooth_add"])
+        row_loss = -ops.sum(ops.multiply(yb, ops.log_softmax(a, axis=-1)), axis=-1)
+        grad = ops.multiply(ops.subtract(ops.softmax(a, axis=-1), yb), p["ws"][..., None])
+        grads: list[Any] = []
+        for i in range(len(layers) - 1, -1, -1):
+            grads[:0] = [self._mm(i, acts[i], grad, transpose_a=True)]
+            if i == 0:
+                break
+            grads.insert(1, ops.sum(grad, axis=1))
+            grad = self._mm(i, grad, layers[i][0], transpose_b=True)
+            if shape.dropout_before(i):
+                grad = ops.where(masks.pop(), ops.multiply(grad, r["dropout_scale"]), 0.0)
+            grad = ops.where(ops.greater(pre[i - 1], 0.0), grad, 0.0)
+        self._apply(grads, p, r)
+        return ops.sum(ops.multiply(row_loss, p["w"]), axis=1)
+
+    def _apply(self, grads: list[Any], p: dict[str, Any], r: Any) -> None:
+        """Keras's update (``HeadTrainer``'s optimizers) of every member's variables with its
+        own rate; a member not active at this step keeps everything as it was."""
+        ops, shape = _ops(), self.shape
+        if self.graph and not shape.ragged and (shape.optimizer == "sgd" or shape.fused_adam):
+            self._apply_fused(grads, p, r)
+            return
+        keep = ops.greater(p["act"], 0.5)
+        for j, (var, g) in enumerate(zip(self.weights, grads, strict=True)):
+
+            def per(t: Any, n: int = len(var.shape)) -> Any:
+                return ops.reshape(t, (-1,) + (1,) * (n - 1))
+
+            new, lr = _value(var), per(p["lr"])
+            if shape.weight_decay and self.decay[j] is not None:  # decoupled, before the step
+                new = new - new * r["weight_decay"] * lr * self.decay[j]
+            if shape.optimizer == "sgd":
+                mom = _value(self.slots[0][j]) * MOMENTUM - g * lr
+                updates = [(var, new + mom), (self.slots[0][j], mom)]
+            else:
+                m, v = _value(self.slots[0][j]), _value(self.slots[1][j])
+                m = m + (g - m) * (1 - BETA_1)
+                v = v + (ops.square(g) - v) * (1 - BETA_2)
+                new = new - (m * per(p["alpha"])) / (ops.sqrt(v) + EPSILON)
+                updates = [(var, new), (self.slots[0][j], m), (self.slots[1][j], v)]
+            for target, value in updates:
+                if shape.ragged:
+                    value = ops.where(per(keep), value, _value(target))
+                target.assign(value)
+
+    def _apply_fused(self, grads: list[Any], p: dict[str, Any], r: Any) -> None:
+        """The update with TensorFlow's fused kernels (one pass over each variable, not a
+        dozen): possible when every member is at the same step with the same rate, as repeats
+        always are (``lr`` and ``alpha`` are then scalars). SGD's is Keras's maths exactly;
+        Adam's rounds ``1 - beta`` otherwise (see ``StackShape.fused_adam``)."""
+        import tensorflow as tf
+
+        lr, alpha = p["lr"][0], p["alpha"][0]
+        zero = tf.constant(0.0)
+        for j, (var, g) in enumerate(zip(self.weights, grads, strict=True)):
+            if self.shape.weight_decay and self.decay[j] is not None:
+                value = _value(var)
+                var.assign(value - value * r["weight_decay"] * lr * self.decay[j])
+            slots = [self.slots[i][j].value.handle for i in range(len(self.slots))]
+            if self.shape.optimizer == "sgd":
+                tf.raw_ops.ResourceApplyKerasMomentum(
+                    var=var.value.handle, accum=slots[0], lr=lr, grad=g, momentum=MOMENTUM
+                )
+            else:  # alpha given: powers 0 make the kernel's own alpha exactly ours
+                tf.raw_ops.ResourceApplyAdam(
+                    var=var.value.handle, m=slots[0], v=slots[1], beta1_power=zero,
+                    beta2_power=zero, lr=alpha, beta1=BETA_1, beta2=BETA_2, epsilon=EPSILON,
+                    grad=g,
+                )  # fmt: skip
+
+    def validation_logits(self, x_val: Any) -> Any:
+        """(M, V, C) logits of each member on its (M, V, d+1) validation rows, no dropout."""
+        ops = _ops()
+        layers = self._layers()
+        a = x_val
+        for i, (kernel, bias) in enumerate(layers):
+            a = self._mm(i, a, kernel)
+            a = a if bias is None else ops.add(a, bias[:, None, :])
+            if i < len(layers) - 1:
+                a = ops.relu(a)
+        return a
+
+    def _noise_tf(self, tf: Any, dseed: Any, rows: Any) -> list[Any]:
+        """Per dropout i and member m, Keras's TensorFlow draw for a ``SeedGenerator`` whose
+        state is ``[seed + 1000 + i, step]`` (``dseed[m, i]``: that state folded into int32 as
+        Keras folds it, computed on the host)."""
+        units = self.shape.dropout_units()
+        pairs = tf.unstack(tf.reshape(dseed, (-1, 2)), self.shape.members * len(units))
+        return [
+            tf.stack(
+                [
+                    tf.random.stateless_uniform((rows, width), seed=pairs[k * len(units) + i])
+                    for k in range(self.shape.members)
+                ]
+            )
+            for i, width in enumerate(units)
+        ]
+
+    def _make_epoch_fn(self) -> Callable[..., Any]:
+        # tf.function around the keras.ops step: the epoch is one graph, as HeadTrainer's is
+        import tensorflow as tf
+
+        m, f32 = self.shape.members, tf.float32
+        plan_spec = {k: tf.TensorSpec((None, m, None), f32) for k in ("w", "ws")}
+        plan_spec |= {k: tf.TensorSpec((None, m), f32) for k in ("act", "lr", "alpha")}
+        plan_spec |= {
+            "xi": tf.TensorSpec((None, m, None), tf.int32),
+            "dseed": tf.TensorSpec((None, m, None, 2), tf.int32),
+        }
+        sig = [
+            tf.TensorSpec((None, None), f32),  # x pool, with its ones column
+            tf.TensorSpec((None, None), f32),  # y pool, one-hot
+            tf.TensorSpec((m, None, None), f32),  # validation rows per member
+            tf.TensorSpec((m,), tf.int64),  # seeds
+            plan_spec,
+            {name: tf.TensorSpec((), f32) for name in RATE_NAMES},
+        ]
+
+        @tf.function(input_signature=sig, reduce_retracing=True)
+        def epoch(x: Any, y: Any, x_val: Any, seeds: Any, plan: Any, rates: Any) -> Any:
+            losses = tf.zeros((m,), f32)
+            rows = tf.shape(plan["xi"])[2]
+            for s in tf.range(tf.shape(plan["xi"])[0]):
+                p = {k: tf.gather(v, s) for k, v in plan.items()}  # 1 op, not a 3-op slice
+                xb, yb = tf.gather(x, p["xi"]), tf.gather(y, p["xi"])
+                noise = self._noise_tf(tf, p["dseed"], rows) if self.shape.dropout else []
+                losses += self.step(xb, yb, p, noise, rates)
+            return losses, self.validation_logits(x_val)
+
+        return epoch
+
+    def run_epoch(self, data: dict[str, Any], plan: dict[str, np.ndarray]) -> tuple[Any, Any]:
+        """One epoch of every member on ``plan``'s steps: (summed loss, validation logits)."""
+        if self._epoch_fn is not None:
+            args = (data["x"], data["y"], data["x_val"], data["seeds"])
+            return self._epoch_fn(*args, {k: plan[k] for k in PLAN_KEYS}, data["rates"])
+        ops = _ops()
+        losses = np.zeros(self.shape.members, np.float32)
+        rows = plan["xi"].shape[2]
+        for s in range(len(plan["xi"])):
+            p = {k: ops.convert_to_tensor(plan[k][s]) for k in PLAN_KEYS}
+            on = plan["act"][s] > 0  # a member that skips the step draws nothing, as alone
+            noise = [
+                ops.stack([_uniform((rows, u), g) if on[k] else ops.zeros((rows, u))
+                           for k, g in enumerate(gens)])
+                for u, gens in zip(self.shape.dropout_units(), self._generators, strict=True)
+            ]  # fmt: skip
+            xb, yb = ops.take(data["x"], p["xi"], axis=0), ops.take(data["y"], p["xi"], axis=0)
+            losses += np.asarray(self.step(xb, yb, p, noise, data["rates"]))
+        return losses, self.validation_logits(data["x_val"])
+
+
+def _ops() -> Any:
+    import keras
+
+    return keras.ops
+
+
+def _value(var: Any) -> Any:
+    """A variable's current value as a tensor (read in program order inside a graph)."""
+    return var.value if hasattr(var, "value") else var
+
+
+def _uniform(shape: tuple[int, int], generator: Any) -> Any:
+    import keras
+
+    return keras.random.uniform(shape, seed=generator)
+
+
+def _matmul(
+    a: Any, b: Any, size: int, members: int, transpose_a: bool = False, transpose_b: bool = False
+) -> Any:
+    """Batched ``a @ b`` over the member axis for a layer of ``size`` (in x out) weights. On
+    TensorFlow the transposes fold into the matmul, and a small layer (a linear head) runs one
+    2-D MatMul per member: on CPU a BatchMatMul's fixed cost exceeds a tiny product's."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        ops = keras.ops
+        a = ops.transpose(a, (0, 2, 1)) if transpose_a else a
+        return ops.matmul(a, ops.transpose(b, (0, 2, 1)) if transpose_b else b)
+    import tensorflow as tf
+
+    flags = {"transpose_a": transpose_a, "transpose_b": transpose_b}
+    if size >= UNROLL_BELOW:
+        return tf.linalg.matmul(a, b, **flags)
+    pairs = zip(tf.unstack(a, members), tf.unstack(b, members), strict=True)
+    return tf.stack([tf.linalg.matmul(x, y, **flags) for x, y in pairs])
