@@ -46,6 +46,7 @@ class StudyConfig:
     threads: int | None = None
     max_retries: int = 3
     command: str = ""
+    store: str | None = None  # the store URL every machine shares (clothopt.store)
     versions: Mapping[str, str] = field(default_factory=dict)
 
     def budget(self) -> int:
@@ -57,6 +58,8 @@ class StudyConfig:
         out["classes"] = list(self.classes)
         out["sampler_args"] = dict(self.sampler_args)
         out["versions"] = dict(self.versions)
+        if self.store is None:  # recorded only when set: studies without one read as before
+            del out["store"]
         return out
 
     def to_json(self) -> str:

@@ -92,6 +92,7 @@ def create(
     command: str = "",
     grid_order_seed: int | None = None,
     on_create: CreateHook | None = None,
+    store: str | None = None,
 ) -> tuple[optuna.Study, StudyConfig]:
     """Validate everything, then create the study and enqueue its grid; on error change nothing.
 
@@ -100,6 +101,8 @@ def create(
     needs it, or "trials until the grid's best" would only measure where the best point sits.
     ``on_create(study, config)`` runs before the grid is enqueued (the CLI writes the
     dashboard's note with it); if it raises, the study is deleted again.
+    ``store``: the URL of the store every machine shares (``file:///shared/folder`` or
+    ``s3://bucket/prefix``, :mod:`clothopt.store`), opened here once so a bad one stops now.
     """
     import optuna
 
@@ -161,8 +164,10 @@ def create(
     check_name(name)  # before it becomes a folder, and before anything is written
     folder = study_dir(storage, name)
     dataset = open_dataset(data)
-    store = open_storage(storage, create=True)
-    if name in _study_names(store):
+    if store is not None:
+        store = _check_store(store)
+    db = open_storage(storage, create=True)
+    if name in _study_names(db):
         raise AlreadyExists(f"study {name!r} already exists (pick another --name, or delete it)")
     config = StudyConfig(
         name=name,
@@ -182,12 +187,13 @@ def create(
         cache_dir=str(Path(cache_dir).absolute() if cache_dir else default_cache_dir(storage)),
         max_retries=max_retries,
         command=command,
+        store=store,
         versions=versions(),
     )
     try:
         study = optuna.create_study(
             study_name=name,
-            storage=store,
+            storage=db,
             direction="maximize",
             sampler=_sampler(config),
             pruner=_pruner(config),
@@ -215,9 +221,19 @@ def create(
             _enqueue_grid(study, points)
         atomic_write_json(folder / "config.json", config.to_dict())
     except BaseException:
-        optuna.delete_study(study_name=name, storage=store)
+        optuna.delete_study(study_name=name, storage=db)
         raise
     return study, config
+
+
+def _check_store(url: str) -> str:
+    """The store URL normalised, once it is known to open and answer (credentials from the
+    environment; a missing one is one line now, not at the first upload)."""
+    from clothopt.store import Store, check_store_url
+
+    url = check_store_url(url)
+    Store.open(url, ".").check()  # writes nothing
+    return url
 
 
 def _enqueue_grid(study: optuna.Study, points: list[dict[str, Any]]) -> None:

@@ -53,7 +53,8 @@ class ClothingModel:
 
 def load_model(model: PathLike | optuna.Study) -> ClothingModel:
     """A finalized model: a ``model.keras`` file (``classes.json`` beside it), or a finalized
-    study's. Loads with Keras safe mode on (no code in the file runs).
+    study's (fetched from the study's store on a machine that did not finalize it). Loads
+    with Keras safe mode on (no code in the file runs).
 
     Raises:
         NotFound, ModelError (not a model clothopt exported).
@@ -68,9 +69,16 @@ def load_model(model: PathLike | optuna.Study) -> ClothingModel:
 
 
 def _final_model_of(study: Any) -> Path:
+    """The study's final model: from its store when it has one (fetched, verified, cached),
+    else its local ``final/``."""
     from clothopt.final.store import MODEL_FILE, final_dir
+    from clothopt.store import fetch_final_model
 
-    path = final_dir(url_of(study), study.study_name) / MODEL_FILE
+    url = url_of(study)
+    fetched = fetch_final_model(study, url)
+    if fetched is not None:
+        return fetched
+    path = final_dir(url, study.study_name) / MODEL_FILE
     if not path.is_file():
         raise NotFound(f"study {study.study_name!r} has no final model: finalize it first")
     return path

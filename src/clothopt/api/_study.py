@@ -17,7 +17,7 @@ from clothopt.api._common import (
     storage_url,
     url_of,
 )
-from clothopt.errors import InvalidArgument, NotFound, UserError
+from clothopt.errors import InvalidArgument, NotFound
 from clothopt.logging import get_logger
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ def create_study(
     max_retries: int = 3,
     load_if_exists: bool = False,
     command: str | None = None,
+    store: str | None = None,
 ) -> optuna.Study:
     """Create a clothopt study (``clothopt study create``): checked, recorded, grid enqueued.
 
@@ -100,6 +101,10 @@ def create_study(
         cache_dir: the feature cache (default: beside the SQLite file).
         max_retries: reruns of a trial whose worker died.
         load_if_exists: return the existing study of that ``study_name`` instead of failing.
+        store: the store every machine shares, ``file:///shared/folder`` or
+            ``s3://bucket/prefix`` (:mod:`clothopt.store`; S3 credentials come from the
+            environment or the AWS configuration and are never recorded). The final model is
+            uploaded there, so ``load_model(study)`` works on any machine.
         command: how the study was made, recorded with it (default: this call, as
             ``clothopt.create_study(...)``; the CLI passes its command line). Never put a
             password in it.
@@ -156,8 +161,10 @@ def create_study(
             use_cache=use_cache,
             cache_dir=cache_dir,
             max_retries=max_retries,
+            store=store,
         ),
         on_create=describe_study,  # its note and metric name in optuna-dashboard, as the CLI
+        store=None if store is None else os.fspath(store),
     )
     return _override(st, sampler_obj, pruner_obj)
 
@@ -401,6 +408,7 @@ def finalize(
         InvalidArgument, NotFound, AlreadyExists (a final folder that is not clothopt's),
         DataError, StorageUnavailable.
     """
+    from clothopt.dashboard import publish_finalized
     from clothopt.final.finalize import finalize as _finalize
 
     if isinstance(not_clothing, bool):
@@ -423,23 +431,9 @@ def finalize(
         not_clothing=fspath(not_clothing),
         fine_tune=fine_tune,
         progress=show_progress_bar,
-        on_finalized=_attach_to_dashboard(url),
+        on_finalized=publish_finalized(url),
         **{k: v for k, v in optional.items() if v is not None},
     )
-
-
-def _attach_to_dashboard(url: str) -> Any:
-    """A finalize callback: show the final files under the trial in optuna-dashboard."""
-
-    def attach(st: optuna.Study, number: int, files: list[Path]) -> None:
-        from clothopt.dashboard import attach_files
-
-        try:
-            attach_files(st, number, url, files)
-        except (UserError, OSError) as exc:  # best effort: the files are on disk either way
-            logger.warning("finalize: not attached to the dashboard: %s", exc)
-
-    return attach
 
 
 def _is_space(value: object) -> bool:

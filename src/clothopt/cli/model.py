@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from clothopt._quiet import native_stderr_captured, quiet_import_keras
-from clothopt.cli._args import _Command, _positive_int
+from clothopt.cli._args import _Command, _positive_int, _storage_arg
 from clothopt.errors import InvalidArgument, NotFound
 from clothopt.reports.render import format_table
 
@@ -26,7 +26,7 @@ class Predict(_Command):
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("model", help="a .keras file written by clothopt study finalize")
+        _model_arg(p)
         p.add_argument("images", nargs="+", metavar="IMAGE")
         p.add_argument("--top-k", type=_positive_int, default=3, help="classes per image (3)")
         p.add_argument("--json", action="store_true", help="one JSON object per image and line")
@@ -38,6 +38,8 @@ class Predict(_Command):
         if not paths:
             raise NotFound("no images in the folders given")
         from clothopt.predict import NO_DETECTOR_NOTE, shipped_threshold
+
+        args.model = _resolved(args)
 
         with native_stderr_captured():  # TensorFlow start-up, "Not handling type DT_DOUBLE"
             model, classes = load_classifier(args.model)
@@ -80,7 +82,7 @@ class Evaluate(_Command):
         from clothopt.cli._args import MAX_RESAMPLES, _int_range, _seed
         from clothopt.final.finalize import DEFAULT_RESAMPLES, MIN_RESAMPLES
 
-        p.add_argument("model", help="a .keras file written by clothopt study finalize")
+        _model_arg(p)
         p.add_argument("dir", help="labelled images: DIR/<class>/<images>")
         p.add_argument("--json", action="store_true", help="print the report as JSON")
         p.add_argument("--out", help="also write report.json and the confusion matrix here")
@@ -105,6 +107,7 @@ class Evaluate(_Command):
             raise InvalidArgument(
                 f"--resamples must be at least {MIN_RESAMPLES}, not {args.resamples}"
             )
+        args.model = _resolved(args)
         inputs = [*_model_files(args.model), args.dir]
         if args.out:  # before the scoring: a wrong --out costs nothing
             from clothopt.outputs import EVALUATION, check_output_dir
@@ -125,6 +128,51 @@ class Evaluate(_Command):
             written = write_evaluation(report, args.out, inputs)
             print(f"wrote {', '.join(p.name for p in written)} to {args.out}", file=sys.stderr)
         return 0
+
+
+def _model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model",
+        help="a .keras file written by clothopt study finalize, or study:NAME for that study's "
+        "final model (fetched from its store on a machine that did not finalize it)",
+    )
+    _storage_arg(p)
+
+
+def _study_name(model: str) -> str | None:
+    from clothopt.store import MODEL_PREFIX
+
+    return model[len(MODEL_PREFIX) :] if model.startswith(MODEL_PREFIX) else None
+
+
+def _resolved(args: argparse.Namespace) -> str:
+    """The model argument as a file: ``study:NAME`` is the study's final model, fetched from
+    its store (verified, cached) when it has one, else its local ``final/``."""
+    name = _study_name(args.model)
+    if name is None:
+        return args.model
+    from clothopt import study as study_mod
+    from clothopt.final.store import MODEL_FILE, final_dir
+    from clothopt.store import fetch_final_model
+
+    st, _ = study_mod.load(name, args.storage)
+    fetched = fetch_final_model(st, args.storage)
+    local = final_dir(args.storage, name) / MODEL_FILE
+    if fetched is None and not local.is_file():
+        raise NotFound(f"study {name!r} has no final model here or in a store: finalize it first")
+    return str(fetched or local)
+
+
+def _publish_index(name: str, storage: str | None, index: Any) -> None:
+    """An index built from a study's model, with --out: uploaded to the study's store too."""
+    from clothopt import study as study_mod
+    from clothopt.store import INDEX_ATTR, publish, store_of
+
+    st, _ = study_mod.load(name, storage)
+    store = store_of(st, storage)
+    if store is not None:
+        publish(st, store, INDEX_ATTR, [index])
+        print(f"uploaded {index} to {store.url}", file=sys.stderr)
 
 
 def _model_files(model: str) -> list[Any]:
@@ -154,7 +202,7 @@ class IndexBuild(_Command):
     def add_arguments(p: argparse.ArgumentParser) -> None:
         from clothopt.vector_index import AUTO_IVF_FROM, DEFAULT_NPROBE, INDEX_KINDS
 
-        p.add_argument("model", help="a .keras file written by clothopt study finalize")
+        _model_arg(p)
         p.add_argument("dir", help="the catalogue: a folder of images (any layout)")
         p.add_argument("--out", help="index file (default: similar.npz beside the model)")
         p.add_argument(
@@ -178,6 +226,8 @@ class IndexBuild(_Command):
         from clothopt.outputs import INDEX, check_output_file
         from clothopt.similar import build_index
 
+        study_name = _study_name(args.model)
+        args.model = _resolved(args)
         out = Path(args.out) if args.out else Path(args.model).with_name("similar.npz")
         # the model, its classes and every file of the catalogue are read: none is the index
         catalogue = Path(args.dir).expanduser()
@@ -199,6 +249,8 @@ class IndexBuild(_Command):
             f"{result.skipped} non-image files skipped, {len(result.failed)} unreadable; "
             f"wrote {result.out}"
         )
+        if study_name is not None and args.out:
+            _publish_index(study_name, args.storage, result.out)
         return 0
 
 

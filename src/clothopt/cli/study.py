@@ -12,7 +12,7 @@ from typing import Any
 
 from clothopt._quiet import quiet_import_keras
 from clothopt.cli._args import _Command, _positive_float, _positive_int, _storage_arg
-from clothopt.errors import InvalidArgument, Terminated, UserError
+from clothopt.errors import InvalidArgument, Terminated
 from clothopt.reports.render import format_table
 
 __all__ = [
@@ -63,6 +63,12 @@ class StudyCreate(_Command):
         )
         p.add_argument("--cache-dir", help="feature cache folder (default: beside the SQLite file)")
         p.add_argument(
+            "--store",
+            metavar="URL",
+            help="the store every machine shares (file:///shared/folder or s3://bucket/prefix; "
+            "S3 credentials from the environment or ~/.aws, never stored)",
+        )
+        p.add_argument(
             "--max-retries",
             type=_int_range(0, 100),
             default=3,
@@ -91,6 +97,7 @@ class StudyCreate(_Command):
             cache_dir=args.cache_dir,
             max_retries=args.max_retries,
             command=recorded_command(args._argv),
+            store=args.store,
         )
         config = config_of(st)
         print(
@@ -380,6 +387,7 @@ class StudyFinalize(_Command):
     @staticmethod
     def _finalize(args: argparse.Namespace) -> dict[str, Any]:
         from clothopt._io import writing
+        from clothopt.dashboard import publish_finalized
         from clothopt.final.finalize import finalize
         from clothopt.final.store import final_dir
 
@@ -399,7 +407,7 @@ class StudyFinalize(_Command):
                 fine_tune_epochs=args.fine_tune_epochs,
                 fine_tune_lr=args.fine_tune_lr,
                 progress=not args.quiet,
-                on_finalized=_attach_to_dashboard(args.storage),
+                on_finalized=publish_finalized(args.storage),
             )
 
 
@@ -452,20 +460,6 @@ def _not_clothing_dir(value: str | None) -> str | None:
         default = Path("../shared/datasets/not-clothing")
         return str(default) if default.is_dir() else None
     return None if value == "none" else value
-
-
-def _attach_to_dashboard(storage: str | None) -> Any:
-    """A finalize callback: show the final files under the trial in optuna-dashboard."""
-
-    def attach(st: Any, number: int, files: list[Any]) -> None:
-        from clothopt.dashboard import attach_files
-
-        try:
-            attach_files(st, number, storage, files)
-        except (UserError, OSError) as exc:  # best effort: the files are on disk either way
-            print(f"finalize: not attached to the dashboard: {exc}", file=sys.stderr)
-
-    return attach
 
 
 class StudyReport(_Command):

@@ -10,12 +10,15 @@ What the dashboard shows, and where it comes from:
   attributes and uploaded when the trial ends by :func:`upload_validation_report`, a runner
   callback ``clothopt study optimize`` registers;
 - files attached later (the finalized trial's confusion matrix, ``report.json``, the model):
-  :func:`attach_files`.
+  :func:`attach_files`; :func:`publish_finalized` (finalize's callback) also uploads them to
+  the study's store.
 
 Artifacts live in a ``FileSystemArtifactStore`` whose folder follows from the storage URL the
 way ``paths.study_dir`` does (``<folder of the SQLite file>/artifacts``, else
 ``./studies/artifacts``), or ``$CLOTHOPT_ARTIFACTS``. Workers on several machines (PostgreSQL)
-must share that folder (set ``$CLOTHOPT_ARTIFACTS`` to the same shared path everywhere).
+must share that folder (set ``$CLOTHOPT_ARTIFACTS`` to the same shared path everywhere), or
+the study has a store (``study create --store``): its artifacts are then written under
+``artifacts/`` in the store, and the server reads the folder first, then every study's store.
 
 Watching live: the dashboard reads the storage on every request (it caches a study's trials
 for 2 s below 100 trials, longer above) and its pages poll it every 10 s while "Live Update"
@@ -31,6 +34,7 @@ from clothopt.dashboard.artifacts import (
     artifact_ids,
     artifact_store,
     attach_files,
+    publish_finalized,
     remove_artifacts,
     upload_validation_report,
     validation_metrics_of,
@@ -50,6 +54,7 @@ __all__ = [
     "artifact_store",
     "attach_files",
     "describe_study",
+    "publish_finalized",
     "remove_artifacts",
     "serve",
     "study_note",

@@ -34,10 +34,14 @@ if TYPE_CHECKING:
 __all__ = [
     "METRIC_NAME",
     "REPORT_NAME",
+    "StudyStores",
     "artifact_ids",
     "artifact_store",
     "attach_files",
+    "publish_finalized",
     "remove_artifacts",
+    "store_url_of",
+    "study_artifact_store",
     "upload_validation_report",
     "validation_metrics_of",
     "validation_report",
@@ -101,30 +105,106 @@ def artifact_ids(study: optuna.Study) -> list[str]:
 def remove_artifacts(
     study: optuna.Study, artifacts: str | os.PathLike[str] | None = None
 ) -> list[str]:
-    """Delete a study's artifact files from its store (``study delete``'s hook); returns
-    what was removed, in words."""
-    from optuna.artifacts.exceptions import ArtifactNotFound
+    """Delete a study's artifact files from its store (``study delete``'s hook): the
+    dashboard's, and in a study's store also the files it published there (final model,
+    index) with their checksums; returns what was removed, in words."""
+    from clothopt.store import published_keys
 
     ids = artifact_ids(study)
     url = storage_url_of(storage_of(study))
+    store_url = store_url_of(study.user_attrs)
+    if store_url:
+        from clothopt.store import open_store
+
+        removed = _remove_from(study_artifact_store(store_url), ids, store_url)
+        keys = [k for key in published_keys(study) for k in (key, f"{key}.sha256")]
+        return removed + _remove_from(open_store(store_url), keys, store_url)
     if not ids or (url is None and not (artifacts or os.environ.get(ARTIFACTS_ENV))):
         return []
     folder = artifact_dir(url, artifacts)
     if not folder.is_dir():
         return []
-    store = _atomic_store_class()(folder)
+    return _remove_from(_atomic_store_class()(folder), ids, str(folder))
+
+
+def _remove_from(store: Any, ids: Sequence[str], where: str) -> list[str]:
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
     removed = 0
     for artifact_id in ids:
         with contextlib.suppress(ArtifactNotFound, FileNotFoundError):
             store.remove(artifact_id)
             removed += 1
-    return [f"{removed} artifact file(s) from {folder}"] if removed else []
+    return [f"{removed} artifact file(s) from {where}"] if removed else []
 
 
 def _store_for(
     storage: BaseStorage, override: str | os.PathLike[str] | None
 ) -> FileSystemArtifactStore:
     return artifact_store(artifact_dir(storage_url_of(storage), override))
+
+
+def store_url_of(user_attrs: Mapping[str, Any]) -> str | None:
+    """The store URL a study records (``study create --store``), or None."""
+    from clothopt.config import CONFIG_ATTR
+
+    raw = user_attrs.get(CONFIG_ATTR)
+    try:
+        return json.loads(raw).get("store") if raw else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def study_artifact_store(url: str) -> Any:
+    """The artifacts of a study with a store: under ``artifacts/`` in it, seen by every host."""
+    from clothopt.store import open_store, prefixed
+
+    return prefixed(open_store(url), "artifacts")
+
+
+def _artifacts_of(
+    study: optuna.Study, storage_url: str | None, override: str | os.PathLike[str] | None
+) -> Any:
+    """Where a study's artifacts go: its store when it has one, else the artifact folder."""
+    url = store_url_of(study.user_attrs)
+    if url:
+        return study_artifact_store(url)
+    return artifact_store(artifact_dir(storage_url, override))
+
+
+class StudyStores:
+    """The dashboard's artifact store: the artifact folder first, then the store of every
+    study that has one (read again when an id is found nowhere: a study created since)."""
+
+    def __init__(self, local: Any, storage: BaseStorage) -> None:
+        self.local, self.storage = local, storage
+        self._stores: dict[str, Any] = {}
+
+    def _refresh(self) -> None:
+        for summary in self.storage.get_all_studies():
+            url = store_url_of(summary.user_attrs)
+            if url and url not in self._stores:
+                try:
+                    self._stores[url] = study_artifact_store(url)
+                except UserError as exc:  # one store down: the others still show
+                    _log.warning("store %s: %s", url, exc)
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        for attempt in range(2):
+            for store in (self.local, *self._stores.values()):
+                with contextlib.suppress(ArtifactNotFound, FileNotFoundError):
+                    return store.open_reader(artifact_id)
+            if attempt == 0:
+                self._refresh()
+        raise ArtifactNotFound(f"artifact {artifact_id} not found")
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        self.local.write(artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self.local.remove(artifact_id)
 
 
 # --------------------------------------------------------------------------- trial artifacts
@@ -182,17 +262,22 @@ def upload_validation_report(
     metrics = validation_metrics_of(trial)
     if metrics is None:
         return None
-    if storage_url_of(storage) is None and not (artifacts or os.environ.get(ARTIFACTS_ENV)):
+    has_store = bool(store_url_of(study.user_attrs))
+    if (
+        not has_store
+        and storage_url_of(storage) is None
+        and not (artifacts or os.environ.get(ARTIFACTS_ENV))
+    ):
         return None
     report = validation_report(
         metrics, study=study.study_name, trial=trial.number, params=trial.params
     )
     body = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
     try:
-        store = _store_for(storage, artifacts)
+        store = _artifacts_of(study, storage_url_of(storage), artifacts)
         # written from memory, named as the file it is (no temporary file on the way)
         return _attach_to_finished(study, trial, store, Path(REPORT_NAME), io.BytesIO(body))
-    except (OSError, UserError) as exc:
+    except (OSError, UserError, ConnectionError) as exc:
         _log.warning("trial %d: validation report not uploaded: %s", trial.number, exc)
         return None
 
@@ -219,7 +304,7 @@ def attach_files(
     if missing:
         raise NotFound(f"cannot attach {', '.join(missing)}: no such file")
     storage = storage_of(study)
-    store = artifact_store(artifact_dir(storage_url or storage_url_of(storage), artifacts))
+    store = _artifacts_of(study, storage_url or storage_url_of(storage), artifacts)
     if trial_number is None:
         return [
             upload_artifact(artifact_store=store, file_path=str(p), study_or_trial=study)
@@ -236,6 +321,29 @@ def attach_files(
             for p in files
         ]
     return [_attach_to_finished(study, trial, store, path) for path in files]
+
+
+def publish_finalized(storage_url: str | None) -> Any:
+    """A finalize ``on_finalized`` callback: upload the final files to the study's store (when
+    it has one: the model is then usable by name from any machine, ``clothopt.store``) and show
+    them under the trial in optuna-dashboard. Both are best effort: ``final/`` is in place
+    either way, so a failure is logged, not raised."""
+
+    def publish(study: optuna.Study, number: int, files: list[Path]) -> None:
+        from clothopt.store import publish_final
+
+        try:
+            record = publish_final(study, storage_url, number, files)
+            if record is not None:
+                _log.info("uploaded the final model to %s", record["store"])
+        except (UserError, OSError, ConnectionError) as exc:
+            _log.warning("finalize: final model not uploaded to the store: %s", exc)
+        try:
+            attach_files(study, number, storage_url, files)
+        except (UserError, OSError, ConnectionError) as exc:
+            _log.warning("finalize: not attached to the dashboard: %s", exc)
+
+    return publish
 
 
 def _attach_to_finished(

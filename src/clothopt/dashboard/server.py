@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from clothopt.dashboard.artifacts import artifact_store
+from clothopt.dashboard.artifacts import StudyStores, artifact_store
 from clothopt.errors import InvalidArgument, NotFound
 from clothopt.logging import get_logger
 from clothopt.paths import DEFAULT_STORAGE, artifact_dir, masked_url
@@ -56,7 +56,9 @@ class DashboardServer:
         _check_sqlite_exists(self.storage_url)
         self.storage = open_storage(self.storage_url)
         self.artifact_dir = artifact_dir(self.storage_url, artifacts)
-        app = wsgi(self.storage, artifact_store=artifact_store(self.artifact_dir))
+        # the artifact folder, then each study's store: a store's files show from any host
+        stores = StudyStores(artifact_store(self.artifact_dir), self.storage)
+        app = wsgi(self.storage, artifact_store=stores)
         self._httpd = _make_server(host, port, app)
         self.host = host
         self.port = int(self._httpd.server_address[1])
