@@ -232,12 +232,16 @@ def test_a_killed_workers_claim_expires_and_another_finishes_it(
         not lease.done and lease.holder is not None and lease.holder.split(":")[1] == str(first.pid)
     )
     assert not list((shared / "store").glob("*.json")), "no manifest: nothing a reader would use"
-    second = json.loads(_finish(_spawn(_job(shared, any_storage, "b", mode="extract", plan=plan))))
+    second = json.loads(
+        _finish(_spawn(_job(shared, any_storage, "b", mode="extract", shard=64, plan=plan)))
+    )
     assert second["stats"]["computed_keys"] == [lease.key]
     (lease,) = _table(any_storage).keys("features:")
     assert lease.done and lease.holder.split(":")[1] != str(first.pid)
     # a third worker reads the entry from the store: checked, whole, equal to a fresh pass
-    third = json.loads(_finish(_spawn(_job(shared, any_storage, "c", mode="extract", plan=plan))))
+    third = json.loads(
+        _finish(_spawn(_job(shared, any_storage, "c", mode="extract", shard=64, plan=plan)))
+    )
     assert third["stats"]["computed_keys"] == [] and third["digests"] == second["digests"]
     np.testing.assert_allclose(
         np.load(Path(third["arrays"]["train-32"])), _local_features(shared, "train", 32), atol=1e-5
