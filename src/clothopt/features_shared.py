@@ -33,7 +33,6 @@ from clothopt.logging import get_logger
 
 if TYPE_CHECKING:
     from clothopt.data import Split
-    from clothopt.features import FeatureKey
 
 __all__ = ["ArtifactStore", "Part", "ShareStats", "SharedEntries"]
 
@@ -44,6 +43,20 @@ _log = get_logger(__name__)
 DEFAULT_SHARD_IMAGES = 512
 DEFAULT_TTL = 60.0
 _FORMAT = 1
+
+
+class FeatureKey(Protocol):
+    """What this module reads of :class:`clothopt.features.FeatureKey` (which imports it)."""
+
+    backbone: str
+    image_size: int
+    split: str
+    flip: bool
+
+    @property
+    def digest(self) -> str: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
 
 
 class ArtifactStore(Protocol):
