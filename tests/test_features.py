@@ -207,3 +207,104 @@ def test_progress_is_one_log_line_and_no_bar_off_a_terminal(
     )
     captured = capsys.readouterr()  # stderr is not a terminal here: tqdm draws nothing
     assert "features test" not in captured.err and captured.out == ""
+
+
+# --------------------------------------------------------------------------- a shared store
+
+
+def _shared_cache(root: Path, storage: str, name: str, shard: int = 8) -> FeatureCache:
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from clothopt.engine.leases import LeaseTable
+    from clothopt.engine.storage import open_storage
+
+    (root / "store").mkdir(exist_ok=True)
+    return FeatureCache(
+        root / f"cache-{name}",
+        store=FileSystemArtifactStore(root / "store"),
+        leases=LeaseTable.of_storage(open_storage(storage, create=True)),
+        shard_images=shard,
+        lease_ttl=30,
+    )
+
+
+def test_a_shared_entry_is_computed_once_and_fetched_by_another_cache(
+    tiny_data: Path, tmp_path: Path, storage: str
+) -> None:
+    ds = open_dataset(tiny_data)
+    one, two = _shared_cache(tmp_path, storage, "one"), _shared_cache(tmp_path, storage, "two")
+    first = one.get_many(SPEC, "none", 0, [32, 40], "nearest", ds["train"])
+    assert not first[32].cached and one.shared.stats.computed_shards == 2 * 3  # 24 images / 8
+    fetched = two.get(SPEC, "none", 0, 40, "nearest", ds["train"])
+    assert fetched.cached and two._extractor is None and two.shared.stats.computed_shards == 0
+    np.testing.assert_array_equal(fetched.x, first[40].x)
+    np.testing.assert_array_equal(fetched.y, ds["train"].labels)
+    assert fetched.extract_seconds == pytest.approx(first[40].extract_seconds)
+    # sharded extraction equals one pass over the split
+    whole = FeatureCache(None).get(SPEC, "none", 0, 40, "nearest", ds["train"])
+    np.testing.assert_allclose(fetched.x, whole.x, atol=1e-5)
+    # and the fetched entry is now in the second cache's own folder
+    assert (
+        FeatureCache(tmp_path / "cache-two").get(SPEC, "none", 0, 40, "nearest", ds["train"]).cached
+    )
+
+
+@pytest.mark.parametrize("damage", ["torn manifest", "torn data", "other data"])
+def test_a_damaged_shard_in_the_store_is_never_used(
+    tiny_data: Path, tmp_path: Path, storage: str, damage: str
+) -> None:
+    ds = open_dataset(tiny_data)
+    one = _shared_cache(tmp_path, storage, "one", shard=64)
+    good = one.get(SPEC, "none", 0, 32, "nearest", ds["validation"])
+    store = tmp_path / "store"
+    (manifest,) = store.glob("*.json")
+    (data,) = store.glob("*.npz")
+    if damage == "torn manifest":
+        manifest.write_bytes(manifest.read_bytes()[:40])
+    elif damage == "torn data":
+        data.write_bytes(data.read_bytes()[:100])
+    else:  # bytes that are a valid npz, but not the ones the manifest's checksum names
+        other = np.zeros_like(good.x)
+        with open(data, "wb") as fh:
+            np.savez(fh, x=other, y=good.y)
+    two = _shared_cache(tmp_path, storage, "two", shard=64)
+    assert two.shared.fetch(good.key, (0, len(good.y)), ds["validation"].labels) is None
+    # its lease says done but the store cannot give it: reopened and computed again
+    again = two.get(SPEC, "none", 0, 32, "nearest", ds["validation"])
+    assert two.shared.stats.computed_shards == 1
+    np.testing.assert_allclose(again.x, good.x, atol=1e-6)
+
+
+def test_an_entry_another_worker_holds_is_deferred_in_a_trial_and_awaited_elsewhere(
+    tiny_data: Path, tmp_path: Path, storage: str
+) -> None:
+    import threading
+
+    from clothopt.engine.leases import allow_deferral
+    from clothopt.errors import NotReady
+
+    ds = open_dataset(tiny_data)
+    one, two = _shared_cache(tmp_path, storage, "one"), _shared_cache(tmp_path, storage, "two")
+    key = two.key(SPEC, "none", 0, 32, "nearest", ds["test"])
+    shards = two.shared.shards(len(ds["test"]))
+    lease_keys = [two.shared.lease_key(key, s) for s in shards]
+    assert all(one.shared.leases.claim(k, one.shared.holder, 30) for k in lease_keys)
+    with allow_deferral(), pytest.raises(NotReady):
+        two.get(SPEC, "none", 0, 32, "nearest", ds["test"])
+    assert two.shared.stats.computed_shards == 0 and two.shared.stats.deferred == 1
+    # outside a trial it waits: here until the holder gives its claims up, then computes
+    threading.Timer(
+        1.0, lambda: [one.shared.leases.release(k, one.shared.holder) for k in lease_keys]
+    ).start()
+    got = two.get(SPEC, "none", 0, 32, "nearest", ds["test"])
+    assert not got.cached and two.shared.stats.computed_shards == len(shards)
+    assert two.shared.stats.waited_seconds > 0
+
+
+def test_a_store_needs_a_lease_table(tmp_path: Path) -> None:
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from clothopt.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument):
+        FeatureCache(tmp_path, store=FileSystemArtifactStore(tmp_path))

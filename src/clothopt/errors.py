@@ -10,6 +10,8 @@ for a lost database. Exit codes are the CLI's business (``clothopt.cli``), not t
 - :class:`StorageUnavailable`: the study's database cannot be reached or was lost.
 - :class:`TrialFailed`: this trial cannot finish (an image that does not decode, out of
   memory); the trial is marked FAIL with the message as its reason and the study goes on.
+- :class:`NotReady`: something this trial needs is being computed by another worker; the
+  trial goes back in the queue (uncounted) and the worker runs another one meanwhile.
 - :class:`Terminated`: SIGTERM, raised in the main thread so the running trial is put back in
   the queue; a ``BaseException`` like ``KeyboardInterrupt`` so no ``except Exception`` eats it.
 """
@@ -23,6 +25,7 @@ __all__ = [
     "InvalidArgument",
     "ModelError",
     "NotFound",
+    "NotReady",
     "OutputConflict",
     "StorageUnavailable",
     "Terminated",
@@ -74,6 +77,10 @@ class StorageUnavailable(ClothoptError, ConnectionError):
 
 class TrialFailed(ClothoptError):
     """This trial failed (its reason is the message); the study carries on with the others."""
+
+
+class NotReady(ClothoptError):
+    """Another worker is computing what this needs (a shared feature entry): try again later."""
 
 
 class Terminated(BaseException):

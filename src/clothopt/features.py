@@ -3,7 +3,9 @@
 With a frozen base and no augmentation, what the head sees depends only on (backbone, weights,
 image size, resize method, image). Entries are keyed by exactly that (plus the split's content
 fingerprint and numeric precision), written atomically, and guarded by a file lock so several
-workers needing the same entry compute it once.
+workers needing the same entry compute it once. Given a shared store and a lease table
+(:mod:`clothopt.features_shared`), an entry missing here is fetched from the store, or computed
+by exactly one worker of any machine and uploaded for the others.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from clothopt.model.compose import compose
 
 if TYPE_CHECKING:
     import keras
+
+    from clothopt.engine.leases import LeaseTable
+    from clothopt.features_shared import ArtifactStore, SharedEntries
 
 __all__ = [
     "CPU_EXTRACT_BATCH",
@@ -210,6 +215,10 @@ class FeatureCache:
     ``precision`` ("float32", "bfloat16", "float16": the base's compute dtype) changes the
     features slightly, so it is part of the key; ``jit_compile`` (XLA for the forward pass;
     None leaves Keras's "auto") changes them by float rounding only and is not.
+
+    ``store`` (an Optuna ``ArtifactStore``) and ``leases`` (a ``LeaseTable`` in the study's
+    database) share entries between machines (:mod:`clothopt.features_shared`, where
+    ``shard_images`` and ``lease_ttl`` are explained).
     """
 
     def __init__(
@@ -221,6 +230,11 @@ class FeatureCache:
         memory_entries: int = 8,
         precision: str = "float32",
         jit_compile: bool | None = None,
+        *,
+        store: ArtifactStore | None = None,
+        leases: LeaseTable | None = None,
+        shard_images: int | None = None,
+        lease_ttl: float | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise InvalidArgument(
@@ -235,6 +249,18 @@ class FeatureCache:
         self._memory: OrderedDict[str, Features] = OrderedDict()
         self._memory_entries = memory_entries
         self._extractor: tuple[tuple[str, int, str], keras.Model] | None = None
+        self.shared: SharedEntries | None = None
+        if (store is None) != (leases is None):
+            raise InvalidArgument("a shared feature store needs a lease table, and vice versa")
+        if store is not None and leases is not None:
+            from clothopt.features_shared import DEFAULT_SHARD_IMAGES, DEFAULT_TTL, SharedEntries
+
+            self.shared = SharedEntries(
+                store,
+                leases,
+                shard_images=shard_images or DEFAULT_SHARD_IMAGES,
+                ttl=lease_ttl or DEFAULT_TTL,
+            )
 
     @property
     def batch_size(self) -> int:
@@ -288,6 +314,8 @@ class FeatureCache:
         path = self.path(key)
         if path is not None and (feats := self._read(path, key)) is not None:
             return self._remember(feats)
+        if self.shared is not None:
+            return self._remember(self._share(spec, weights, seed, {image_size: key}, split)[0])
         if path is None:
             return self._remember(self._compute(spec, weights, seed, key, split))
         with file_lock(path.with_suffix(".lock")):
@@ -315,7 +343,10 @@ class FeatureCache:
         """
         keys = {s: self.key(spec, weights, seed, s, resize, split, flip=flip) for s in sizes}
         found = {size: f for size, key in keys.items() if (f := self._lookup(key)) is not None}
-        if missing := sorted(set(keys) - set(found)):
+        if self.shared is not None and (missing := sorted(set(keys) - set(found))):
+            got = self._share(spec, weights, seed, {s: keys[s] for s in missing}, split)
+            found |= dict(zip(missing, got, strict=True))
+        elif missing := sorted(set(keys) - set(found)):
             with contextlib.ExitStack() as locks:
                 paths = {size: self.path(keys[size]) for size in missing}
                 for path in paths.values():  # sorted by size: one lock order for every worker
@@ -338,6 +369,28 @@ class FeatureCache:
             return Features(hit.x, hit.y, key, hit.extract_seconds, True, hit.base_params)
         path = self.path(key)
         return None if path is None else self._read(path, key)
+
+    def _share(self, spec: BackboneSpec, weights: str, seed: int, keys: Any, split: Split) -> Any:
+        """``keys`` ({size: key}) from the shared store (fetched, or computed here under
+        leases), as a list in order; each is also written to the local cache."""
+        assert self.shared is not None
+        models: dict[int, keras.Model] = {}  # one per size for all the shards of this call
+
+        def compute(part: Split, sizes: list[int]) -> dict[int, tuple[np.ndarray, float, int]]:
+            models.update(
+                {s: self._model(spec, weights, seed, s) for s in sizes if s not in models}
+            )
+            todo = {s: keys[s] for s in sizes}
+            got = self._extract({s: models[s] for s in sizes}, todo, part, time.perf_counter())
+            return {s: (f.x, f.extract_seconds, f.base_params) for s, f in got.items()}
+
+        out = []
+        parts = self.shared.gather(keys, split, compute)
+        for key, p in zip(keys.values(), parts.values(), strict=True):
+            out.append(Features(p.x, p.y, key, p.seconds, not p.computed, p.base_params))
+            if (path := self.path(key)) is not None:
+                self._write(path, out[-1])
+        return out
 
     def _write(self, path: Path, feats: Features) -> None:
         with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
@@ -400,6 +453,15 @@ class FeatureCache:
         start = time.perf_counter()
         # the dict keeps each size's extractor alive; the cache's slot holds only the last one
         models = {size: self._model(spec, weights, seed, size) for size in keys}
+        return self._extract(models, keys, split, start)
+
+    def _extract(
+        self,
+        models: Mapping[int, keras.Model],
+        keys: Mapping[int, FeatureKey],
+        split: Split,
+        start: float,
+    ) -> dict[int, Features]:
         first = next(iter(keys.values()))
         xs = extract_features_sizes(
             models,

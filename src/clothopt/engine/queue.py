@@ -21,7 +21,7 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "MAX_RETRIES_ATTR",
     "OWNER_ATTR",
     "TERMINATED",
+    "defer",
     "max_retries",
     "owner",
     "pop_waiting",
@@ -269,13 +270,28 @@ def recover(study: optuna.Study) -> int:
     return count
 
 
+def defer(study: optuna.Study, tid: int) -> bool:
+    """Put this worker's RUNNING trial back to WAITING as it is (no copy, no retry used):
+    it could not start yet. False when it was finished meanwhile (declared dead)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    try:
+        return bool(storage_of(study).set_trial_state_values(tid, state=TrialState.WAITING))
+    except UpdateFinishedTrialError:
+        return False
+
+
 def pop_waiting(
-    study: optuna.Study, trials: list[FrozenTrial] | None = None
+    study: optuna.Study,
+    trials: list[FrozenTrial] | None = None,
+    skip: Collection[int] = (),
 ) -> optuna.Trial | None:
     """Take one WAITING trial; the WAITING->RUNNING switch is atomic in the storage.
 
     ``trials``: a list to fill with the study's trials as read to find it (their states as
-    before the switch), so that the caller need not read them again."""
+    before the switch), so that the caller need not read them again. ``skip``: trial ids not
+    to take (ones this worker just deferred)."""
     import optuna
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
@@ -285,6 +301,8 @@ def pop_waiting(
     if trials is not None:
         trials[:] = read
     for frozen in (t for t in read if t.state == TrialState.WAITING):
+        if trial_id(frozen) in skip:
+            continue
         try:
             if storage.set_trial_state_values(trial_id(frozen), state=TrialState.RUNNING):
                 return optuna.Trial(study, trial_id(frozen))

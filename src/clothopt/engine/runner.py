@@ -8,6 +8,9 @@ How a trial ends, by what its objective raised:
 - nothing: COMPLETE; ``optuna.TrialPruned``: PRUNED;
 - :class:`~clothopt.errors.TrialFailed`, ``MemoryError`` or an out-of-memory error: FAIL with
   that reason, and the run goes on with the next trial;
+- :class:`~clothopt.errors.NotReady` (another worker is computing what it needs): back to
+  WAITING as it is, uncounted; this worker takes another trial and sleeps briefly only when
+  every WAITING trial is one it deferred;
 - :class:`~clothopt.errors.UserError` or :class:`~clothopt.errors.StorageUnavailable`: the
   trial goes back in the queue (not counted as a retry) and the error is raised: every other
   trial would hit it too. A refused write (a full disk, a file-size limit, no permission:
@@ -36,17 +39,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clothopt._io import write_failed
+from clothopt.engine.leases import allow_deferral
 from clothopt.engine.queue import (
     INTERRUPTED,
     OWNER_ATTR,
     TERMINATED,
+    defer,
     owner,
     pop_waiting,
     recover,
     requeue,
 )
 from clothopt.engine.storage import HEARTBEAT_INTERVAL, storage_of, trial_id
-from clothopt.errors import StorageUnavailable, Terminated, TrialFailed, UserError
+from clothopt.errors import NotReady, StorageUnavailable, Terminated, TrialFailed, UserError
 
 if TYPE_CHECKING:
     import optuna
@@ -215,11 +220,17 @@ def _run_one(
     mark = received()
     with _Heartbeat(storage, tid):
         try:
-            value, state = objective(trial), TrialState.COMPLETE
+            with allow_deferral():
+                value, state = objective(trial), TrialState.COMPLETE
             # resident memory after each trial: a long study must stay flat (benchmarks read it)
             storage.set_trial_user_attr(tid, "rss_mb", rss_mb())
         except optuna.TrialPruned:
             state, value = TrialState.PRUNED, None
+        except NotReady:
+            if (interrupt := interrupt_since(mark)) is not None:
+                raise interrupt from None
+            defer(study, tid)  # it waits for the other worker; this one runs another
+            return "deferred", storage.get_trial(tid)
         except (UserError, StorageUnavailable) as exc:
             # a mistake every trial would make: this one waits in the queue for the fix
             requeue(study, storage.get_trial(tid), f"stopped: {exc}"[:500], counted=False)
@@ -264,11 +275,13 @@ def _run_one(
     return outcome, frozen
 
 
-def _next_trial(study: optuna.Study, budget: int, ask_sampler: bool) -> optuna.Trial | None:
+def _next_trial(
+    study: optuna.Study, budget: int, ask_sampler: bool, skip: set[int]
+) -> optuna.Trial | None:
     from optuna.trial import TrialState
 
     trials: list[FrozenTrial] = []
-    trial = pop_waiting(study, trials)
+    trial = pop_waiting(study, trials, skip)
     if trial is not None or not ask_sampler:
         return trial
     # nothing was WAITING: the trials pop_waiting just read are the ones to count
@@ -309,6 +322,7 @@ def optimize(
     gc.collect()
     gc.freeze()
     summary = RunSummary()
+    deferred: set[int] = set()  # trials put back for lack of what another worker computes
     start = time.perf_counter()
     bar = _progress_bar(study, budget) if progress else None
     try:
@@ -320,11 +334,15 @@ def optimize(
                 try:
                     with signals_held():
                         summary.recovered += recover(study)
-                        trial = _next_trial(study, budget, ask_sampler)
+                        trial = _next_trial(study, budget, ask_sampler, deferred)
                         if trial is not None:
                             storage_of(study).set_trial_system_attr(
                                 trial_id(trial), OWNER_ATTR, owner()
                             )
+                    if trial is None and deferred:
+                        time.sleep(POLL_SECONDS)  # nothing else to run: give them a moment
+                        deferred.clear()
+                        continue
                     if trial is None:
                         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                             break
@@ -335,6 +353,9 @@ def optimize(
                     if trial is not None:
                         _put_back(study, trial, exc)
                     raise
+                if outcome == "deferred":
+                    deferred.add(trial_id(trial))
+                    continue
                 summary.ran += 1
                 if outcome == "complete":
                     summary.complete += 1
