@@ -230,6 +230,7 @@ class _Runner:
 
     def optimize(self, st: optuna.Study, cfg: StudyConfig) -> None:
         from clothopt import study as study_mod
+        from clothopt.engine import storage_of
         from clothopt.objective import Objective
         from clothopt.runs import open_run
 
@@ -239,6 +240,7 @@ class _Runner:
             progress=self.progress,
             dataset=self.datasets.get(cfg.data),
             cache=self.caches.get(cfg.cache_dir),
+            storage=storage_of(st),
         )
         self.datasets[cfg.data], self.caches[cfg.cache_dir] = dataset, cache
         summary = study_mod.optimize(

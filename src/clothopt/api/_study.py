@@ -319,12 +319,15 @@ def _study_objective(
 ) -> Objective:
     """A clothopt study's objective on this machine's data set (checked) and feature cache;
     ``progress``: extraction's progress bar."""
+    from clothopt.engine import storage_of
     from clothopt.objective import Objective
     from clothopt.outputs import check_writable
     from clothopt.runs import open_run
 
     config = config_of(study)
-    dataset, cache = open_run(config, fspath(data), fspath(cache_dir), progress=progress)
+    dataset, cache = open_run(
+        config, fspath(data), fspath(cache_dir), progress=progress, storage=storage_of(study)
+    )
     if getattr(cache, "root", None) is not None:
         # before the first extraction, not after it: one line, no trial taken
         check_writable(cache.root)

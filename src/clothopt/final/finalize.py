@@ -594,6 +594,7 @@ def finalize(
     model, classes), e.g. to show them in optuna-dashboard.
     """
     from clothopt import study as study_mod
+    from clothopt.engine import storage_of
     from clothopt.predict import CLASSES_FILE
     from clothopt.runs import open_run
 
@@ -604,7 +605,7 @@ def finalize(
     check_replaceable(dest)  # before the work, not only at the swap
     chosen, spec = select(st, config, trial, epochs)
     _check_exportable(spec, config, chosen.number, tuning)
-    dataset, cache = open_run(config, data, cache_dir, progress)
+    dataset, cache = open_run(config, data, cache_dir, progress, storage=storage_of(st))
     _say(progress, f"finalizing trial {chosen.number}")
     trained = train(spec, config, dataset, cache, tuning, progress)
     tmp = make_staging(dest)
