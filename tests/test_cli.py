@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -181,6 +182,14 @@ def _one_line(code: int, err: str, message: str) -> None:
     assert len(err.strip().splitlines()) == 1 and message in err, err
 
 
+def _content(db: Path) -> list[str]:
+    """A SQLite file's rows, as SQL (its bytes move when WAL is checkpointed into it)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return list(conn.iterdump())
+
+
 @pytest.mark.parametrize("split", ["train", "validation", "test"])
 def test_a_class_folder_with_no_images_is_refused_by_create_and_optimize(
     tiny_data: Path, storage: str, tmp_path: Path, split: str
@@ -206,9 +215,9 @@ def test_a_class_folder_with_no_images_is_refused_by_create_and_optimize(
     for image in images:
         image.rename(moved / image.name)
     (tiny_data / split / "hat" / "notes.txt").write_text("not an image")
-    before = db.read_bytes()
+    before = _content(db)
     code, out, err = run_cli(["study", "optimize", "t", "--storage", storage, "--quiet"])
     _one_line(code, err, message)
-    assert db.read_bytes() == before  # refused before any trial was taken from the queue
+    assert _content(db) == before  # refused before any trial was taken from the queue
     code, out, err = run_cli(["study", "show", "t", "--storage", storage, "--json"])
     assert code == 0 and {t["state"] for t in json.loads(out)["trials"]} == {"WAITING"}

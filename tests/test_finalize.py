@@ -773,6 +773,10 @@ def test_a_k_fold_study_ships_the_average_of_its_fold_heads(folded: dict[str, An
     assert agree["agree"] == agree["of"] == len(dataset["test"])
     assert "ensemble of 3 heads" in agree["reference"]
     assert report["trainable_params"] == 3 * (256 * 8 + 8 + 8 * 3 + 3)
+    # the pick was raced: the one complete trial re-evaluated with 3 fresh seeds x its 3 folds
+    selection, number = report["selection"], report["trial"]
+    assert selection["pick"] == number and selection["protocol"] == {"repeats": 3, "folds": 3}
+    assert [(r["trial"], r["n"], r["rank"]) for r in selection["rows"]] == [(number, 9, 1)]
 
     # member 1, trained here apart on its fold with the objective's pool, split and seed
     spec = TrialSpec.from_params(FOLDED, backbone="mobilenet_025", study_seed=cfg.seed, epochs=2)
@@ -810,7 +814,7 @@ def test_a_k_fold_report_states_its_estimate_beside_the_test_figure(
     assert 0.0 <= est["pooled_oof_f1_macro"] <= 1.0
     assert est["test_f1_macro"] == report["test"]["f1_macro"]
     assert "out-of-fold" in est["how"] and "optimistic" in est["how"].lower()
-    assert report["selection"] is None
+    assert report["selection"]["pick"] == report["trial"]  # raced (the table: the test above)
     assert len(report["final_validation_f1_per_epoch"]) == 2  # the members' mean per epoch
     code, out, err = run_cli(["study", "report", "folded", "--storage", folded["storage"]])
     assert code == 0, err

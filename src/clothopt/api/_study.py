@@ -383,6 +383,8 @@ def finalize(
     fine_tune: int = 0,
     fine_tune_epochs: int | None = None,
     fine_tune_lr: float | None = None,
+    race_top: int | None = None,
+    race_repeats: int | None = None,
     show_progress_bar: bool = False,
 ) -> dict[str, Any]:
     """Retrain the best trial (or ``trial``), export the model, score the test split
@@ -403,6 +405,9 @@ def finalize(
             (resamples: at least 1000; default 2000).
         fine_tune, fine_tune_epochs, fine_tune_lr: unfreeze the base's top ``fine_tune``
             layers after the head (0: the paper's frozen base).
+        race_top, race_repeats: a study whose space sets ``repeats``/``folds`` finalizes the
+            best of its ``race_top`` (default 5) best trials re-evaluated with
+            ``race_repeats`` (default 3) fresh seeds each; 0: its best search value.
 
     Returns:
         ``report.json`` as a dict (test figures of the saved model, parameters, seconds).
@@ -422,6 +427,8 @@ def finalize(
         "resamples": resamples,
         "fine_tune_epochs": fine_tune_epochs,
         "fine_tune_lr": fine_tune_lr,
+        "race_top": race_top,
+        "race_repeats": race_repeats,
     }
     return _finalize(
         study.study_name,

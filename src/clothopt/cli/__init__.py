@@ -20,6 +20,7 @@ from clothopt._io import write_failed
 from clothopt._quiet import VERBOSE_ENV, verbose
 from clothopt._version import version
 from clothopt.cli._args import _Command
+from clothopt.cli._record import recorded_command, run_it_line
 from clothopt.cli.compare import CompareBackbones, CompareSamplers, Dashboard
 from clothopt.cli.data import Backbones, DataCheck, DataFetch
 from clothopt.cli.model import Evaluate, IndexBuild, Predict, Similar
@@ -31,8 +32,6 @@ from clothopt.cli.study import (
     StudyOptimize,
     StudyReport,
     StudyShow,
-    recorded_command,
-    run_it_line,
 )
 from clothopt.engine.runner import interrupt_since, interrupts_raise, received
 from clothopt.engine.storage import storage_errors

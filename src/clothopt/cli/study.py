@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from clothopt._quiet import quiet_import_keras
 from clothopt.cli._args import _Command, _positive_float, _positive_int, _storage_arg
+from clothopt.cli._record import recorded_command, run_it_line
 from clothopt.errors import InvalidArgument, Terminated
 from clothopt.reports.render import format_table
 
@@ -23,8 +22,6 @@ __all__ = [
     "StudyOptimize",
     "StudyReport",
     "StudyShow",
-    "recorded_command",
-    "run_it_line",
 ]
 
 
@@ -106,50 +103,6 @@ class StudyCreate(_Command):
         )
         print(run_it_line(config.name, args.storage))
         return 0
-
-
-def _has_password(text: str) -> bool:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return bool(make_url(text).password)
-    except Exception:
-        return "@" in text and "://" in text  # not a URL SQLAlchemy reads: assume the worst
-
-
-def recorded_command(argv: Sequence[str]) -> str:
-    """The command line as stored with a study: shell-quoted, every URL's password masked."""
-    from clothopt.paths import masked_url
-
-    words = ["clothopt"]
-    for word in argv:
-        flag, eq, value = word.partition("=")
-        if eq and flag.startswith("--") and _has_password(value):
-            word = f"{flag}={masked_url(value)}"
-        elif _has_password(word):
-            word = masked_url(word)
-        words.append(word)
-    return shlex.join(words)
-
-
-def run_it_line(name: str, storage: str | None) -> str:
-    """``run it: clothopt study optimize NAME ...``, shell-quoted, never with a password.
-
-    A storage URL with a password is left to ``$CLOTHOPT_STORAGE`` (or ~/.pgpass/PGPASSWORD).
-    """
-    from clothopt.paths import masked_url
-
-    line = f"run it: {shlex.join(['clothopt', 'study', 'optimize', name])}"
-    if not storage or storage == os.environ.get("CLOTHOPT_STORAGE"):
-        return line  # the storage comes from $CLOTHOPT_STORAGE (or the default) again
-    if not _has_password(storage):
-        return f"{line} --storage {shlex.quote(storage)}"
-    without = masked_url(storage).replace(":***@", "@")
-    return (
-        f'{line} --storage "$CLOTHOPT_STORAGE"  (export CLOTHOPT_STORAGE=<the URL with its '
-        f"password>, or keep the password in ~/.pgpass or $PGPASSWORD and pass --storage "
-        f"{shlex.quote(without)})"
-    )
 
 
 class StudyOptimize(_Command):
@@ -316,6 +269,8 @@ class StudyFinalize(_Command):
             FINE_TUNE_EPOCHS,
             FINE_TUNE_LR,
             MIN_RESAMPLES,
+            RACE_REPEATS,
+            RACE_TOP,
         )
 
         p.add_argument("name")
@@ -360,6 +315,19 @@ class StudyFinalize(_Command):
             default=FINE_TUNE_LR,
             help=f"its Adam learning rate (default {FINE_TUNE_LR:g})",
         )
+        p.add_argument(
+            "--race-top",
+            type=_int_range(0, 1000),
+            default=RACE_TOP,
+            help="a study with repeats/folds: re-evaluate its best N trials with fresh seeds "
+            f"and finalize the best re-evaluated (default {RACE_TOP}; 0: best search value)",
+        )
+        p.add_argument(
+            "--race-repeats",
+            type=_int_range(1, 100),
+            default=RACE_REPEATS,
+            help=f"fresh seeds per raced trial (default {RACE_REPEATS})",
+        )
         _paper_arg(p)
         p.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -375,7 +343,7 @@ class StudyFinalize(_Command):
         _check_final_writable(dest)  # before the training, not after it
         quiet_import_keras()
         try:
-            report = self._finalize(args)
+            report = self._finalize(args, st)
         except (KeyboardInterrupt, Terminated) as exc:
             _say_what_was_kept(exc, st, dest, before)
             raise
@@ -385,17 +353,15 @@ class StudyFinalize(_Command):
         return 0
 
     @staticmethod
-    def _finalize(args: argparse.Namespace) -> dict[str, Any]:
+    def _finalize(args: argparse.Namespace, st: Any) -> dict[str, Any]:
         from clothopt._io import writing
-        from clothopt.dashboard import publish_finalized
-        from clothopt.final.finalize import finalize
+        from clothopt.api import finalize
         from clothopt.final.store import final_dir
 
         # a disk that filled, a file-size limit: one line, the previous final/ kept
         with writing(near=final_dir(args.storage, args.name)):
             return finalize(
-                args.name,
-                args.storage,
+                st,
                 epochs=args.epochs,
                 trial=args.trial,
                 data=args.data,
@@ -406,8 +372,9 @@ class StudyFinalize(_Command):
                 fine_tune=args.fine_tune,
                 fine_tune_epochs=args.fine_tune_epochs,
                 fine_tune_lr=args.fine_tune_lr,
-                progress=not args.quiet,
-                on_finalized=publish_finalized(args.storage),
+                race_top=args.race_top,
+                race_repeats=args.race_repeats,
+                show_progress_bar=not args.quiet,
             )
 
 

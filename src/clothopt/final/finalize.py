@@ -93,6 +93,10 @@ MIN_RESAMPLES = 1000
 logger = get_logger(__name__)
 
 
+RACE_TOP = 5  # a robust study's best trials re-evaluated before the pick
+RACE_REPEATS = 3  # fresh seeds each (x the study's folds)
+
+
 def _say(progress: bool, message: str) -> None:
     # progress lines at INFO; without progress only at DEBUG (shown with --verbose)
     logger.log(INFO if progress else DEBUG, "finalize: %s", message)
@@ -568,7 +572,8 @@ def finalize(
     fine_tune_lr: float = FINE_TUNE_LR,
     progress: bool = False,
     on_finalized: Callable[[optuna.Study, int, list[Path]], None] | None = None,
-    selection: Any = None,
+    race_top: int = RACE_TOP,
+    race_repeats: int = RACE_REPEATS,
 ) -> dict[str, Any]:
     """Select, train, export, score; publishes the study's ``final`` folder and returns
     ``report.json``'s content.
@@ -586,8 +591,11 @@ def finalize(
 
     A space with ``folds`` K >= 2 or ``repeats`` R > 1 ships the average of the K fold heads
     (or R seed heads, or both) inside the model (:func:`train_ensemble`); report.json's
-    ``estimate`` says what the search's protocol predicts for it. ``selection``: the racing
-    table that picked ``trial`` (report.json's ``selection``; None: picked by value alone).
+    ``estimate`` says what the search's protocol predicts for it. Such a study's pick is
+    raced (:func:`clothopt.selection.race`): its ``race_top`` best trials are re-evaluated
+    with ``race_repeats`` fresh seeds of the same protocol and the best re-evaluated mean is
+    finalized, its table in report.json's ``selection`` (0: pick by search value alone, as a
+    single-fit study always does; ``trial`` given: no race).
 
     ``progress``: log each step at INFO (else at DEBUG) and show extraction progress bars.
     ``on_finalized(study, trial_number, files)`` gets the published files (report, figures,
@@ -600,12 +608,24 @@ def finalize(
 
     tuning = FineTuning(fine_tune, fine_tune_epochs, fine_tune_lr)
     not_clothing_dir = _check_arguments(epochs, resamples, not_clothing)
+    if race_top < 0 or race_repeats < 1:
+        raise InvalidArgument(
+            f"racing needs top >= 0 and repeats >= 1 (got {race_top}, {race_repeats})"
+        )
     st, config = study_mod.load(name, storage)
     dest = final_dir(storage, name)
     check_replaceable(dest)  # before the work, not only at the swap
+    dataset, cache = open_run(config, data, cache_dir, progress, storage=storage_of(st))
+    selection = None
+    robust = config.space.repeats > 1 or config.space.folds
+    if trial is None and robust and race_top > 0 and config.use_cache:
+        from clothopt.selection import race
+
+        _say(progress, f"racing the top {race_top} trials with {race_repeats} fresh seeds each")
+        raced = race(st, config, dataset, cache, top=race_top, repeats=race_repeats)
+        trial, selection = raced.pick, raced.to_dict()
     chosen, spec = select(st, config, trial, epochs)
     _check_exportable(spec, config, chosen.number, tuning)
-    dataset, cache = open_run(config, data, cache_dir, progress, storage=storage_of(st))
     _say(progress, f"finalizing trial {chosen.number}")
     trained = train(spec, config, dataset, cache, tuning, progress)
     tmp = make_staging(dest)
