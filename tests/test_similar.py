@@ -128,6 +128,41 @@ def test_the_embedding_reads_the_logits_the_model_answers_with(tmp_path: Path) -
     assert not np.allclose(tta, plain)  # the mirror changed something: the test can fail
 
 
+def test_an_ensembles_class_half_comes_from_its_averaged_probabilities(tmp_path: Path) -> None:
+    """An ensemble answers with the average of its members' probabilities (no single logits
+    layer): the taps give their log, whose softmax is that average; for one head the log of
+    its softmax gives the class half its logits give."""
+    import keras
+
+    from clothopt.model.backbones import get_backbone
+    from clothopt.model.compose import Head, compose
+
+    rng = np.random.default_rng(0)
+    heads = [
+        Head(num_classes=3, weights=[rng.normal(0, 3e15, (256, 3)).astype("float32"),
+                                     np.zeros(3, "float32")])
+        for _ in range(3)
+    ]  # fmt: skip
+    spec = get_backbone("mobilenet_025")
+    model = compose(spec, 32, "none", 0, raw_input=True, head=heads, softmax=True, tta=True)
+    image = rng.integers(0, 256, (1, 40, 30, 3)).astype("uint8")
+    pooled, logits = embedding_taps(model).predict_on_batch(image)
+    want_pool, probabilities = keras.Model(
+        model.inputs, [model.get_layer(n).output for n in ("pool", "probabilities")]
+    ).predict_on_batch(image)
+    np.testing.assert_array_equal(pooled, want_pool)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(e / e.sum(axis=1, keepdims=True), probabilities, rtol=1e-5)
+    assert not np.allclose(probabilities, probabilities[:, :1])  # not uniform: it can fail
+    # for one head, its log-probabilities give the embedding its logits give (float rounding)
+    one = compose(spec, 32, "none", 0, raw_input=True, head=heads[0], softmax=True)
+    pool_one, logits_one = embedding_taps(one).predict_on_batch(image)
+    p_one = keras.Model(one.inputs, one.get_layer("probabilities").output).predict_on_batch(image)
+    np.testing.assert_allclose(
+        embed_arrays(pool_one, np.log(p_one)), embed_arrays(pool_one, logits_one), atol=1e-6
+    )
+
+
 def test_build_and_query_round_trip(model_file: Path, tmp_path: Path) -> None:
     cat = tmp_path / "cat"
     images = _catalogue(cat)

@@ -135,13 +135,21 @@ def embed_arrays(
 def embedding_taps(model: keras.Model) -> keras.Model:
     """``model`` with two outputs: its pooled features (layer "pool") and the logits its own
     answer comes from ("tta_logits", the mean over the image and its mirror, when the model
-    has test-time augmentation; else "logits")."""
+    has test-time augmentation; else "logits"). An ensemble's answer is the average of its
+    members' probabilities ("probabilities"): its logits are their log, which the class half's
+    softmax reads as it reads a single head's (log-softmax differs from logits by a constant
+    per image)."""
     import keras
 
     names = {layer.name for layer in model.layers}
-    logits = "tta_logits" if "tta_logits" in names else "logits"
     try:
-        return keras.Model(model.inputs, [model.get_layer(n).output for n in ("pool", logits)])
+        pool = model.get_layer("pool").output
+        if "tta_logits" in names or "logits" in names:
+            logits = model.get_layer("tta_logits" if "tta_logits" in names else "logits").output
+        else:
+            probabilities = model.get_layer("probabilities").output
+            logits = keras.ops.log(keras.ops.maximum(probabilities, 1e-30))
+        return keras.Model(model.inputs, [pool, logits])
     except ValueError as exc:
         raise ModelError(f"the model has no 'pool' and 'logits' layers: {exc}") from None
 
