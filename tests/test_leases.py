@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_dataset
+from conftest import SECRET, make_dataset
 
 WORKER = Path(__file__).resolve()
 SPACE = """
@@ -210,6 +210,28 @@ def test_three_workers_compute_each_shard_exactly_once(shared: Path, any_storage
     assert sum(r["stats"]["uploaded_bytes"] for r in results) > 0 and moved > 0
 
 
+@pytest.mark.s3
+def test_three_workers_sharing_an_s3_store_compute_each_shard_once(
+    shared: Path, storage: str, s3_env: str
+) -> None:
+    """The same, through an S3 store (the local S3 server .ci/run starts): each shard computed
+    once, every worker's entries equal; the secret key in no file, lease or output."""
+    url = f"s3://{s3_env}/team"
+    jobs = [_job(shared, storage, f"w{i}", mode="extract", store_url=url) for i in range(3)]
+    procs = [_spawn(job) for job in jobs]
+    outputs = [_finish(p) for p in procs]
+    results = [json.loads(o) for o in outputs]
+    computed = [k for r in results for k in r["stats"]["computed_keys"]]
+    leases = _table(storage).keys("features:")
+    assert len(leases) == (3 + 2) * 2 and sorted(computed) == sorted(x.key for x in leases)
+    assert len({json.dumps(r["digests"], sort_keys=True) for r in results}) == 1
+    assert all(SECRET not in o for o in outputs)
+    assert all(SECRET not in repr(lease) for lease in leases)
+    for path in shared.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
 @pytest.mark.parametrize("where", ["extraction", "upload"])
 def test_a_killed_workers_claim_expires_and_another_finishes_it(
     shared: Path, any_storage: str, where: str
@@ -351,9 +373,15 @@ def _worker_main(job: dict[str, Any]) -> dict[str, Any]:
     from clothopt.model.backbones import get_backbone
 
     _patch_extraction(job)
+    if "store_url" in job:  # a store as a study names it (s3://...), credentials from the env
+        from clothopt.store import open_store
+
+        store: Any = open_store(job["store_url"])
+    else:
+        store = FileSystemArtifactStore(job["store"])
     cache = FeatureCache(
         job["cache"],
-        store=FileSystemArtifactStore(job["store"]),
+        store=store,
         leases=_table(job["storage"]),
         shard_images=job["shard"],
         lease_ttl=job["ttl"],

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,35 +16,7 @@ from tests.conftest import make_dataset, run_cli
 
 from clothopt.errors import DataError, InvalidArgument, NotFound, StorageUnavailable
 from clothopt.store import Store, check_store_url, open_store
-
-SECRET = "s3-Secret-9b71d0c4e2"  # distinctive: every file, attribute and log is searched for it
-
-
-def _s3_endpoint() -> str:
-    url = os.environ.get("CLOTHOPT_TEST_S3")
-    if not url:
-        if os.environ.get("CLOTHOPT_REQUIRE_S3"):
-            pytest.fail("CLOTHOPT_TEST_S3 is not set but the S3 tests are required")
-        pytest.skip("no S3 server: set CLOTHOPT_TEST_S3 (bash .ci/s3.sh prints it)")
-    pytest.importorskip("boto3")
-    return url
-
-
-@pytest.fixture
-def s3_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A fresh bucket on the local S3 server; boto3 configured only through the environment.
-    Yields the bucket's name."""
-    endpoint = _s3_endpoint()
-    import boto3
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "clothopt-test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    bucket = f"clothopt-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    yield bucket
+from conftest import SECRET
 
 
 @pytest.fixture(params=["folder", pytest.param("s3", marks=pytest.mark.s3)])
