@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from clothopt import study as studies
 from clothopt.model.head import HeadTrainer
-from clothopt.objective import head_inputs, train_spec
+from clothopt.pipeline import head_inputs, train_spec
 from clothopt.runs import open_run
 from clothopt.trial_spec import TrialSpec
 

@@ -34,8 +34,10 @@ from clothopt.features import (
 )
 from clothopt.model.backbones import get_backbone
 from clothopt.model.head import HeadParams, HeadTrainer
-from clothopt.objective import Objective, batch_order, trial_seed
+from clothopt.objective import Objective
+from clothopt.pipeline import batch_order
 from clothopt.study import trial_rows
+from clothopt.trial_spec import trial_seed
 
 if TYPE_CHECKING:
     import keras

@@ -293,10 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from clothopt.data import open_dataset
+    from clothopt.end_to_end import train_head
     from clothopt.features import FeatureCache
     from clothopt.final.rejection import sample_photos
     from clothopt.model.backbones import get_backbone
-    from clothopt.objective import train_head
 
     data, spec = open_dataset(args.data), get_backbone(BACKBONE)
     cache = FeatureCache(args.cache_dir, progress=True)

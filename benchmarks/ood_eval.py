@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sklearn.metrics import roc_auc_score
 
-    from clothopt.objective import train_head
+    from clothopt.end_to_end import train_head
 
     spec = get_backbone(BACKBONE)
     data = open_dataset(args.data)

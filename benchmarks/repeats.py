@@ -20,7 +20,7 @@ import numpy as np
 
 from clothopt.model.head import HeadParams, HeadTrainer
 from clothopt.model.stacked import StackedTrainer, seed_members
-from clothopt.objective import batch_order
+from clothopt.pipeline import batch_order
 
 if TYPE_CHECKING:
     from benchmarks.measure import Settings

@@ -60,9 +60,9 @@ def score(q: np.ndarray, c: np.ndarray, visual: np.ndarray, qy: np.ndarray, cy: 
 
 
 def _cached(args: argparse.Namespace, ds: object) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from clothopt.end_to_end import train_head
     from clothopt.features import FeatureCache
     from clothopt.model.backbones import get_backbone
-    from clothopt.objective import train_head
 
     cache = FeatureCache(args.cache_dir, progress=True)
     spec = get_backbone(args.backbone)

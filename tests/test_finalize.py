@@ -555,7 +555,7 @@ def test_a_paper_trial_is_finalized_as_the_old_train_head_did(finalized: dict[st
     so a paper trial's report.json is what it was (no ``head`` entry, the three params)."""
     import keras
 
-    from clothopt.objective import train_head
+    from clothopt.end_to_end import train_head
 
     # the current result: another test may have finalized another trial meanwhile
     report, folder = load_final("tiny", finalized["storage"])
@@ -606,7 +606,8 @@ def test_a_wide_trial_exports_the_head_its_params_describe(
 
     from clothopt.model.compose import compose
     from clothopt.model.head import HeadParams, HeadTrainer, head_logits, normalize_features
-    from clothopt.objective import batch_order, trial_seed
+    from clothopt.pipeline import batch_order
+    from clothopt.trial_spec import trial_seed
 
     data = make_dataset(tmp_path / "data", counts=(8, 4, 6))
     storage = f"sqlite:///{tmp_path / 'studies' / 'clothopt.db'}"
@@ -751,7 +752,8 @@ def test_a_k_fold_study_ships_the_average_of_its_fold_heads(folded: dict[str, An
 
     from clothopt.folds import stratified_folds
     from clothopt.model.head import HeadTrainer
-    from clothopt.objective import Protocol, protocol_inputs, protocol_members, train_spec
+    from clothopt.pipeline import train_spec
+    from clothopt.protocol import Protocol, protocol_inputs, protocol_members
     from clothopt.trial_spec import TrialSpec
 
     report, folder, cfg = folded["report"], folded["folder"], folded["config"]

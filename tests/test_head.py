@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from clothopt.end_to_end import train_head
 from clothopt.errors import UserError
 from clothopt.model.head import HeadParams, HeadTrainer, normalize_features
-from clothopt.objective import batch_order, train_head
+from clothopt.pipeline import batch_order
 
 CLASSES = tuple(f"c{i}" for i in range(10))
 

@@ -8,25 +8,21 @@ import pytest
 
 from clothopt import study
 from clothopt.data import open_dataset
+from clothopt.end_to_end import train_end_to_end, train_head
 from clothopt.errors import UserError
 from clothopt.features import FeatureCache
 from clothopt.model.backbones import get_backbone
 from clothopt.model.head import HeadParams, HeadTrainer
-from clothopt.objective import (
-    Objective,
+from clothopt.objective import Objective
+from clothopt.pipeline import batch_order, head_inputs, train_spec
+from clothopt.protocol import (
     Protocol,
-    batch_order,
-    head_inputs,
     member_seeds,
     protocol_inputs,
     protocol_members,
-    train_end_to_end,
-    train_head,
     train_member,
-    train_spec,
-    trial_seed,
 )
-from clothopt.trial_spec import TrialSpec
+from clothopt.trial_spec import TrialSpec, trial_seed
 
 SPEC = get_backbone("mobilenet_025")
 

@@ -12,7 +12,8 @@ from clothopt import selection, study
 from clothopt.data import open_dataset
 from clothopt.errors import InvalidArgument
 from clothopt.features import FeatureCache
-from clothopt.objective import Evaluation, Objective, member_seeds
+from clothopt.objective import Objective
+from clothopt.protocol import Evaluation, member_seeds
 from clothopt.selection import race
 
 SPACE = (

@@ -11,7 +11,7 @@ from clothopt.errors import InvalidArgument
 from clothopt.folds import fold_rows, stratified_folds
 from clothopt.model.head import HeadParams, HeadResult, HeadTrainer
 from clothopt.model.stacked import Member, StackedTrainer, fold_members, seed_members
-from clothopt.objective import batch_order
+from clothopt.pipeline import batch_order
 
 CLASSES = tuple(f"c{i}" for i in range(10))
 

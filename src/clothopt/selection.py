@@ -18,7 +18,7 @@ from clothopt.errors import InvalidArgument, NotFound
 from clothopt.logging import get_logger
 from clothopt.model.head import HeadTrainer
 from clothopt.model.stacked import StackedTrainer
-from clothopt.objective import Protocol, evaluate, protocol_inputs
+from clothopt.protocol import Protocol, evaluate, protocol_inputs
 from clothopt.trial_spec import TrialSpec
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@
 are checked against it); :class:`TrialSpec` is a trial's parameters parsed once, from
 ``trial.params`` and the study's defaults: the backbone, the image sizes (``"300+500"``), flip,
 test-time augmentation, the head and how it trains (:class:`HeadParams`), and the seed. The
-objective and finalize both consume a :class:`TrialSpec` (``clothopt.objective.train_spec``),
+objective and finalize both consume a :class:`TrialSpec` (``clothopt.pipeline.train_spec``),
 so a new hyperparameter is a new entry here and the code that uses it.
 """
 

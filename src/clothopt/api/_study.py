@@ -13,11 +13,19 @@ from clothopt.api._common import (
     Storage,
     config_of,
     fspath,
-    is_path,
     storage_url,
     url_of,
 )
-from clothopt.errors import InvalidArgument, NotFound
+from clothopt.api._settings import (
+    PRUNER_NAMES,
+    SAMPLER_NAMES,
+    call_line,
+    is_space,
+    named,
+    override,
+    study_names,
+)
+from clothopt.errors import InvalidArgument
 from clothopt.logging import get_logger
 
 if TYPE_CHECKING:
@@ -37,17 +45,6 @@ __all__ = [
 ]
 
 logger = get_logger(__name__)
-
-
-# the sampler and pruner classes a study can record by name (every worker rebuilds them from it)
-_SAMPLER_NAMES = {
-    "TPESampler": "tpe",
-    "RandomSampler": "random",
-    "QMCSampler": "qmc",
-    "GPSampler": "gp",
-    "CmaEsSampler": "cmaes",
-}
-_PRUNER_NAMES = {"MedianPruner": "median", "NopPruner": "none"}
 
 
 def create_study(
@@ -119,17 +116,17 @@ def create_study(
     from clothopt.dashboard import describe_study
 
     url = storage_url(storage)
-    sampler_name, sampler_obj = _named(sampler, _SAMPLER_NAMES, "sampler")
-    pruner_name, pruner_obj = _named(pruner, _PRUNER_NAMES, "pruner")
+    sampler_name, sampler_obj = named(sampler, SAMPLER_NAMES, "sampler")
+    pruner_name, pruner_obj = named(pruner, PRUNER_NAMES, "pruner")
     if load_if_exists:
         if study_name is None:
             raise InvalidArgument("load_if_exists needs a study_name")
-        if study_name in _study_names(url):
+        if study_name in study_names(url):
             return load_study(study_name, url, sampler=sampler_obj, pruner=pruner_obj)
     names = [backbone] if isinstance(backbone, str) else list(backbone)
     st, _ = study_mod.create(
         backbone=",".join(names),
-        space=space if _is_space(space) else os.fspath(space),  # type: ignore[arg-type]
+        space=space if is_space(space) else os.fspath(space),  # type: ignore[arg-type]
         sampler=sampler_name,
         n_trials=n_trials,
         name=study_name,
@@ -144,7 +141,7 @@ def create_study(
         cache_dir=None if cache_dir is None else os.fspath(cache_dir),
         max_retries=max_retries,
         command=command
-        or _call_line(
+        or call_line(
             "create_study",
             data=data,
             backbone=backbone,
@@ -166,7 +163,7 @@ def create_study(
         on_create=describe_study,  # its note and metric name in optuna-dashboard, as the CLI
         store=None if store is None else os.fspath(store),
     )
-    return _override(st, sampler_obj, pruner_obj)
+    return override(st, sampler_obj, pruner_obj)
 
 
 def load_study(
@@ -188,7 +185,7 @@ def load_study(
         if isinstance(value, str):
             raise InvalidArgument(f"load_study takes a {what} object or None, not {value!r}")
     st, _ = study_mod.load(study_name, storage_url(storage))
-    return _override(st, sampler, pruner)
+    return override(st, sampler, pruner)
 
 
 def delete_study(study_name: str, storage: Storage) -> list[str]:
@@ -348,7 +345,7 @@ def _scratch_objective(objective_cls: Any, *, data: PathLike, **settings: Any) -
         _, config = study_mod.create(
             backbone=names if isinstance(names, str) else ",".join(names),
             space=settings["space"]
-            if _is_space(settings["space"])
+            if is_space(settings["space"])
             else os.fspath(settings["space"]),
             storage=f"sqlite:///{Path(tmp.name) / 'objective.db'}",
             name="objective",
@@ -359,7 +356,7 @@ def _scratch_objective(objective_cls: Any, *, data: PathLike, **settings: Any) -
             resize=settings["resize"],
             use_cache=settings["use_cache"],
             cache_dir=settings["cache_dir"],
-            command=_call_line("create_objective", data=data, **settings),
+            command=call_line("create_objective", data=data, **settings),
         )
         dataset, cache = open_run(config, progress=False)
         objective = objective_cls(config, dataset, cache)
@@ -444,60 +441,3 @@ def finalize(
         on_finalized=publish_finalized(url),
         **{k: v for k, v in optional.items() if v is not None},
     )
-
-
-def _is_space(value: object) -> bool:
-    from clothopt.spaces import SearchSpace
-
-    return isinstance(value, SearchSpace)
-
-
-def _study_names(url: str) -> set[str]:
-    from clothopt.engine import open_storage
-
-    try:
-        store = open_storage(url)
-    except NotFound:  # no SQLite file yet: no study either
-        return set()
-    return {s.study_name for s in store.get_all_studies()}
-
-
-def _named(value: Any, names: dict[str, str], what: str) -> tuple[str | None, Any]:
-    """(the recorded name, the object to use) for a sampler or pruner given by name or object."""
-    if value is None or isinstance(value, str):
-        return value, None
-    for cls in type(value).__mro__:
-        if cls.__module__.startswith("optuna") and cls.__name__ in names:
-            return names[cls.__name__], value
-    kinds = ", ".join(names)
-    hint = " (the grid sampler is given by name: clothopt enqueues the space's grid)"
-    raise InvalidArgument(
-        f"a study records its {what} to rebuild it in every worker: pass a name or one of "
-        f"{kinds}, not {type(value).__name__}"
-        + (hint if type(value).__name__ == "GridSampler" else "")
-        + "; any other works with create_objective() on your own optuna.create_study"
-    )
-
-
-def _override(study: optuna.Study, sampler: Any, pruner: Any) -> optuna.Study:
-    if sampler is not None:
-        study.sampler = sampler
-    if pruner is not None:
-        study.pruner = pruner
-    return study
-
-
-def _call_line(function: str, **kwargs: Any) -> str:
-    """How the study was made, to record with it as the CLI records its command line (the
-    storage URL's password masked)."""
-    from clothopt.paths import masked_url
-
-    def shown(key: str, value: Any) -> str:
-        if key == "storage":
-            return repr(masked_url(value))
-        if value is not None and not isinstance(value, (str, int, float, bool, list, tuple)):
-            return type(value).__name__ + "(...)" if not is_path(value) else repr(os.fspath(value))
-        return repr(value)
-
-    args = ", ".join(f"{k}={shown(k, v)}" for k, v in kwargs.items() if v is not None)
-    return f"clothopt.{function}({args})"

@@ -132,7 +132,7 @@ class FineTuning:
         """:func:`fine_tune` the trained ``head`` of trial ``spec`` with its seed, batches,
         flip and TTA, on the study's images."""
         from clothopt.model.backbones import get_backbone
-        from clothopt.objective import batch_order
+        from clothopt.pipeline import batch_order
 
         splits = ("train", "validation", "test")
         return fine_tune(

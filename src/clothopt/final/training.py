@@ -1,0 +1,229 @@
+"""Finalize's step 2: the final model trained, as the search trained the chosen trial.
+
+:func:`train` runs the trial's own pipeline (:mod:`clothopt.pipeline`) on the train split for
+the final epochs; a space that sets ``folds`` or ``repeats`` gets the members its trials train
+instead (:func:`train_ensemble`, through :mod:`clothopt.protocol`), whose average the exported
+model holds. Then the optional fine-tuning and the "not clothing" detector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from clothopt.errors import InvalidArgument
+from clothopt.final.fine_tune import FineTuned, FineTuning
+from clothopt.logging import DEBUG, INFO, get_logger
+
+if TYPE_CHECKING:
+    from clothopt.config import StudyConfig
+    from clothopt.data import Dataset
+    from clothopt.features import FeatureCache
+    from clothopt.final.ood import Detector
+    from clothopt.model.compose import Head
+    from clothopt.model.head import HeadResult
+    from clothopt.pipeline import HeadInput
+    from clothopt.trial_spec import TrialSpec
+
+__all__ = ["Ensemble", "Trained", "train", "train_ensemble"]
+
+logger = get_logger(__name__)
+
+
+def _say(progress: bool, message: str) -> None:
+    # finalize's progress line: at INFO with progress, else at DEBUG (shown with --verbose)
+    logger.log(INFO if progress else DEBUG, "finalize: %s", message)
+
+
+@dataclass
+class Trained:
+    """What :func:`train` made: the head (and the tuned network), the detector, and the
+    features the head saw."""
+
+    spec: TrialSpec
+    classes: list[str]
+    inputs: dict[str, HeadInput]  # train, validation, test as the trial's pipeline builds them
+    head: HeadResult
+    model_head: Head  # the trained head as compose() puts it on the base
+    tuned: FineTuned | None
+    detector: Detector
+    extract_seconds: float
+    ensemble: Ensemble | None = None  # when the space sets folds or repeats
+
+    @property
+    def reference(self) -> str:
+        """What the saved model must agree with."""
+        if self.ensemble is not None:
+            return f"cached-feature ensemble of {len(self.ensemble.heads)} heads"
+        return "cached-feature head" if self.tuned is None else "fine-tuned training model"
+
+    @property
+    def heads(self) -> list[Head]:
+        """The heads the exported model averages (one for a single fit)."""
+        return [self.model_head] if self.ensemble is None else self.ensemble.heads
+
+    def logits(self, split: str) -> np.ndarray:
+        """The training path's own logits of ``split`` (views averaged), as the exported model
+        computes them: the head on cached features, or the fine-tuned training model (an
+        ensemble: the log of its averaged probabilities on the test split)."""
+        from clothopt.model.head import average_views, head_logits, normalize_features
+
+        if self.ensemble is not None:
+            if split != "test":
+                raise InvalidArgument("an ensemble's cached path is kept for the test split")
+            return np.log(np.maximum(self.ensemble.test_probabilities, 1e-30))
+        if self.tuned is not None:
+            return self.tuned.test_logits if split == "test" else self.tuned.val_logits
+        x_train = np.asarray(self.inputs["train"].x, np.float32)
+        x = normalize_features(x_train, self.inputs[split].x, self.spec.head.normalize)[1]
+        return average_views(head_logits(self.head.weights, x), self.inputs[split].views)
+
+
+def train(
+    spec: TrialSpec,
+    config: StudyConfig,
+    dataset: Dataset,
+    cache: FeatureCache,
+    tuning: FineTuning | None = None,
+    progress: bool = False,
+) -> Trained:
+    """The final model: the trial's pipeline on the train split (validation, plain images,
+    scored after each epoch), then the optional fine-tuning, then the detector (fitted on the
+    train split's plain pooled features, the tuned base's when fine-tuned; its threshold
+    accepting 95% of validation)."""
+    from clothopt.final.rejection import fit_shipped_detector
+    from clothopt.model.compose import Head
+    from clothopt.model.head import HeadTrainer, feature_statistics
+    from clothopt.pipeline import head_inputs, train_spec
+
+    classes = list(dataset.classes)
+    # sizes concatenated; with flip the train rows of the mirrored images follow the plain ones,
+    # with tta validation and test carry the mirrored images as a second view
+    inputs = head_inputs(cache, dataset, config, spec, ("train", "validation", "test"))
+    cache.release_model()
+    _say(progress, f"training the head for {spec.head.epochs} epochs ({spec.to_params()})")
+    train_plain = inputs["train"].plain()
+    val_plain = inputs["validation"].plain()
+    ensemble = None
+    if (repeats := config.space.repeats) > 1 or config.space.folds:
+        ensemble = train_ensemble(
+            spec, config, dataset, cache, inputs, repeats, config.space.folds, progress
+        )
+        head, model_head = ensemble.results[0], ensemble.heads[0]
+    else:
+        head = train_spec(
+            spec, {"train": inputs["train"], "validation": val_plain}, classes, HeadTrainer(1)
+        )
+        mean = std = None
+        if spec.head.normalize == "standardize":
+            mean, std = feature_statistics(np.asarray(inputs["train"].x, np.float32))
+        model_head = Head.of(spec.head, len(classes), weights=head.weights, mean=mean, std=std)
+    tuned = None
+    if tuning is not None and tuning.layers:
+        tuned = tuning.run(spec, config, dataset, model_head, lambda m: _say(progress, m))
+    _say(progress, "fitting the not-clothing detector on the train features")
+    if tuned is None:
+        detector = fit_shipped_detector(np.asarray(train_plain.x, np.float32), val_plain.x)
+    else:
+        detector = fit_shipped_detector(tuned.train_features, tuned.val_features)
+    return Trained(
+        spec=spec,
+        classes=classes,
+        inputs=inputs,
+        head=head,
+        model_head=model_head,
+        tuned=tuned,
+        detector=detector,
+        extract_seconds=sum(f.extract_seconds for f in inputs.values()),
+        ensemble=ensemble,
+    )
+
+
+@dataclass
+class Ensemble:
+    """The heads of a configuration estimated by folds and/or repeats, trained as the search
+    trained them: member ``r * K + k`` is repeat r's seed on fold k (K = 1 without folds)."""
+
+    folds: int  # K (0: the given split)
+    repeats: int  # R
+    results: list[HeadResult]
+    heads: list[Head]
+    test_probabilities: np.ndarray  # the cached-feature ensemble's, (N test, C)
+    member_f1: list[float]  # each member's validation (repeats) or out-of-fold macro-F1
+    pooled_f1: float  # macro-F1 of the pooled predictions (out-of-fold, or on validation)
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(r.train_seconds for r in self.results)
+
+
+def _probabilities(
+    weights: Sequence[np.ndarray], how: str, x_train: np.ndarray, scored: HeadInput
+) -> np.ndarray:
+    """A member's class probabilities of ``scored`` on cached features (normalised with its
+    own training rows' statistics, TTA views' logits averaged), as the exported model does."""
+    from clothopt.model.head import average_views, head_logits, normalize_features
+
+    x = normalize_features(x_train, np.asarray(scored.x, np.float32), how)[1]
+    logits = average_views(head_logits(weights, x), scored.views).astype(np.float64)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def train_ensemble(
+    spec: TrialSpec,
+    config: StudyConfig,
+    dataset: Dataset,
+    cache: FeatureCache,
+    inputs: Mapping[str, HeadInput],
+    repeats: int,
+    folds: int,
+    progress: bool = False,
+) -> Ensemble:
+    """The members the objective trains for ``spec`` — the objective's own pool layout, fold
+    split (from the study seed) and seeds (:func:`~clothopt.protocol.protocol_members`) —
+    each trained alone by :func:`~clothopt.protocol.train_member`, for the final epochs."""
+    from clothopt.metrics import macro_f1
+    from clothopt.model.compose import Head
+    from clothopt.model.head import HeadTrainer, feature_statistics
+    from clothopt.protocol import Protocol, protocol_inputs, protocol_members, train_member
+
+    classes, trainer = list(dataset.classes), HeadTrainer(1)
+    protocol = Protocol(repeats, folds)
+    layouts = protocol_inputs(cache, dataset, config, spec, protocol)
+    train, scored, members = protocol_members(spec, layouts, protocol, config.seed, 0)
+    _say(progress, f"training {len(members)} heads ({spec.to_params()})")
+    results, heads, member_f1 = [], [], []
+    test = np.zeros((inputs["test"].examples, len(classes)))
+    pooled = np.zeros((scored.examples, len(classes)))
+    how = spec.head.normalize
+    for member in members:
+        result = train_member(trainer, spec, train, scored, member, classes, None)
+        rows = member.train_rows
+        x_train = np.asarray(train.x if rows is None else train.x[rows], np.float32)
+        result.total_params = train.base_params + result.trainable_params
+        mean = std = None
+        if how == "standardize":
+            mean, std = feature_statistics(x_train)
+        heads.append(Head.of(spec.head, len(classes), weights=result.weights, mean=mean, std=std))
+        results.append(result)
+        member_f1.append(float(result.val_metrics["f1_macro"]))
+        test += _probabilities(result.weights, how, x_train, inputs["test"])
+        held_out = (
+            np.arange(scored.examples) if member.val_examples is None else member.val_examples
+        )
+        pooled[held_out] += _probabilities(result.weights, how, x_train, scored.take(held_out))
+    y_pool = np.asarray(scored.y)[: scored.examples]
+    pooled_f1 = macro_f1(y_pool, np.argmax(pooled, axis=1), len(classes))
+    return Ensemble(
+        folds=folds,
+        repeats=repeats,
+        results=results,
+        heads=heads,
+        test_probabilities=test / len(heads),
+        member_f1=member_f1,
+        pooled_f1=float(pooled_f1),
+    )
