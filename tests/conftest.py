@@ -100,6 +100,16 @@ def any_storage(request: pytest.FixtureRequest, storage: str) -> str:
     return request.getfixturevalue("postgres_storage")
 
 
+def one_error_line(err: str, *words: str) -> str:
+    """The one line a failed command printed: no traceback, each of ``words`` in it."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], err
+    return lines[0]
+
+
 def create_args(space: Path, data: Path, name: str, storage: str, *extra: str) -> list[str]:
     """``clothopt study create`` of mobilenet_025 with random weights (fast plumbing)."""
     args = ["study", "create", "--backbone", "mobilenet_025", "--space", str(space)]

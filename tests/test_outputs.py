@@ -22,7 +22,7 @@ from PIL import Image
 from clothopt import outputs
 from clothopt._io import atomic_write_text, write_failed
 from clothopt.errors import OutputConflict, WriteFailed
-from conftest import run_cli, save_tiny_model
+from conftest import one_error_line, run_cli, save_tiny_model
 
 CLASSES = ["hat", "pants", "shoes"]
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -35,15 +35,6 @@ def _sums(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and not p.is_symlink()
     }
-
-
-def _one_error_line(err: str, *words: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in lines[0], err
-    return lines[0]
 
 
 def _image(path: Path, seed: int = 0) -> Path:
@@ -351,7 +342,7 @@ def test_a_write_the_cli_did_not_foresee_is_one_line(
     monkeypatch.setattr(DataCheck, "run", fails)
     code, out, err = run_cli(["data", "check", str(tmp_path)])
     assert code == 2 and out == ""
-    _one_error_line(err, f"cannot write {tmp_path / 'f'}: File too large")
+    one_error_line(err, f"cannot write {tmp_path / 'f'}: File too large")
 
 
 # --------------------------------------------------------------------------- the commands
@@ -376,7 +367,7 @@ def _refused(argv: list[str], root: Path, *words: str) -> None:
     before = _sums(root)
     code, _, err = run_cli(argv)
     assert code == 2, err
-    _one_error_line(err, "clothopt: error:", *words)
+    one_error_line(err, "clothopt: error:", *words)
     assert _sums(root) == before
 
 
@@ -427,7 +418,7 @@ def test_evaluate_out_is_one_unit_and_a_failed_write_keeps_the_earlier_one(
     monkeypatch.setattr(scoring, "confusion_figure", full)  # after report.json is staged
     code, _, err = run_cli(argv)
     assert code == 2
-    _one_error_line(err, f"cannot write {out}: No space left on device")
+    one_error_line(err, f"cannot write {out}: No space left on device")
     assert _sums(tmp_path) == before
 
     def interrupted(*args: object, **kwargs: object) -> list[str]:
@@ -436,7 +427,7 @@ def test_evaluate_out_is_one_unit_and_a_failed_write_keeps_the_earlier_one(
     monkeypatch.setattr(scoring, "confusion_figure", interrupted)
     code, _, err = run_cli(argv)
     assert code == 130
-    _one_error_line(err, "clothopt: interrupted; nothing was changed")
+    one_error_line(err, "clothopt: interrupted; nothing was changed")
     assert _sums(tmp_path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ev"]
 
@@ -452,7 +443,7 @@ def test_only_commands_that_run_trials_speak_of_a_trial(
     monkeypatch.setattr(Similar, "run", stop)
     code, _, err = run_cli(["similar", str(world["index"]), "x.jpg"])
     assert code == 130
-    assert _one_error_line(err) == "clothopt: interrupted; nothing was changed"
+    assert one_error_line(err) == "clothopt: interrupted; nothing was changed"
 
 
 # --------------------------------------------------------------------------- trials, finalize
@@ -538,7 +529,7 @@ def test_an_interrupted_finalize_says_what_was_kept(
     monkeypatch.setattr(cli_study, "_load_study", lambda name, storage: st)
     monkeypatch.setattr("clothopt.final.store.final_dir", lambda storage, name: dest)
 
-    def finalize(args: object) -> dict[str, object]:
+    def finalize(args: object, study: object) -> dict[str, object]:
         if swapped:  # the swap done, the signal before the record
             import shutil
 
@@ -549,7 +540,7 @@ def test_an_interrupted_finalize_says_what_was_kept(
     monkeypatch.setattr(cli_study.StudyFinalize, "_finalize", staticmethod(finalize))
     code, _, err = run_cli(["study", "finalize", "s", "--paper", "none"])
     assert code == 130
-    line = _one_error_line(err)
+    line = one_error_line(err)
     trial = 1 if swapped else 0
     assert st.user_attrs[FINAL_ATTR]["trial"] == trial
     assert json.loads((dest / "report.json").read_text())["trial"] == trial
@@ -581,7 +572,7 @@ def test_finalize_refuses_an_unwritable_study_folder_before_training(
     monkeypatch.setattr(cli_study.StudyFinalize, "_finalize", staticmethod(never))
     code, _, err = run_cli(["study", "finalize", "s", "--paper", "none"])
     assert code == 2
-    _one_error_line(err, "cannot write", "is not a folder")
+    one_error_line(err, "cannot write", "is not a folder")
     assert blocker.read_text() == "a file where the study folders go"
 
 
@@ -606,7 +597,7 @@ def test_optimize_with_a_feature_folder_it_cannot_write_stops_before_a_trial(
     (tmp_path / "st" / "features").write_text("a file where the feature cache goes")
     code, _, err = run_cli(["study", "optimize", "s", "--storage", storage])
     assert code == 2
-    _one_error_line(err, f"cannot write {tmp_path / 'st' / 'features'}", "is not a folder")
+    one_error_line(err, f"cannot write {tmp_path / 'st' / 'features'}", "is not a folder")
     study, _ = study_mod.load("s", storage)
     assert [t.state for t in study.trials] == [TrialState.WAITING]  # no trial taken
 
@@ -627,7 +618,7 @@ def test_a_disk_that_fills_under_a_trial_is_one_line_and_the_trial_goes_back_unc
     code, _, err = run_cli(["study", "optimize", "s", "--storage", storage, "--quiet"])
     monkeypatch.undo()
     assert code == 2
-    line = _one_error_line(err, "cannot write", "No space left on device")
+    line = one_error_line(err, "cannot write", "No space left on device")
     assert str(tmp_path / "st" / "features") in line
     study, _ = study_mod.load("s", storage)
     (stopped,) = study.get_trials(states=(TrialState.FAIL,))
@@ -756,7 +747,7 @@ def test_generated_output_paths_are_refused_by_every_command(
     before = {**_sums(world["root"]), **_sums(tmp)}
     code, stdout, err = run_cli(argv)
     assert code == 2, err
-    line = _one_error_line(err, "clothopt: error:")
+    line = one_error_line(err, "clothopt: error:")
     assert str(out) in line or "reads" in line, line
     assert {**_sums(world["root"]), **_sums(tmp)} == before
     assert stdout == ""  # refused before any work
@@ -791,7 +782,7 @@ def test_index_build_under_a_file_size_limit_is_one_line(
         timeout=300,
     )
     assert done.returncode == 2, done.stderr
-    _one_error_line(done.stderr, f"clothopt: error: cannot write {out}: File too large")
+    one_error_line(done.stderr, f"clothopt: error: cannot write {out}: File too large")
     assert _sums(tmp_path) == before
 
 
@@ -841,7 +832,7 @@ def test_study_create_where_its_folder_cannot_be_made_is_one_line_and_creates_no
     before = _sums(tmp_path / "st")
     code, out, err = run_cli(create_args(space, tiny_data, "s", storage))
     assert code == 2 and out == ""
-    _one_error_line(err, f"cannot write {tmp_path / 'st' / 'runs' / 's'}", "Not a directory")
+    one_error_line(err, f"cannot write {tmp_path / 'st' / 'runs' / 's'}", "Not a directory")
     # the storage file and its WAL companions (-wal, -shm) are the storage's, made first
     assert {k: v for k, v in _sums(tmp_path / "st").items() if not k.startswith("c.db")} == before
     code, _, err = run_cli(["study", "show", "s", "--storage", storage])

@@ -23,7 +23,7 @@ from clothopt import paths
 from clothopt import study as st
 from clothopt.cli import main, recorded_command, run_it_line
 from clothopt.errors import UserError
-from conftest import create_args, sigint_default
+from conftest import create_args, one_error_line, sigint_default
 
 TWO = "[params]\nimage_size = [32]\nbatch_size = [8]\nlearning_rate = [0.01, 0.001]\n"
 ONE = "[params]\nimage_size = [32]\nbatch_size = [8]\nlearning_rate = [0.01]\n"
@@ -43,15 +43,6 @@ def _space(tmp_path: Path, text: str = TWO) -> Path:
     path = tmp_path / "space.toml"
     path.write_text(text)
     return path
-
-
-def _one_error_line(err: str, *words: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in lines[0], err
-    return lines[0]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -83,7 +74,7 @@ def test_a_bad_study_name_is_one_line_and_writes_nothing(
     space = _space(tmp_path)
     before = _listing(tmp_path)
     assert main(create_args(space, tiny_data, name, storage)) == 2
-    _one_error_line(capsys.readouterr().err, "bad study name", paths.NAME_RULE)
+    one_error_line(capsys.readouterr().err, "bad study name", paths.NAME_RULE)
     assert _listing(tmp_path) == before  # not even the storage
     assert not Path("/tmp/abs").exists() or name != "/tmp/abs"
 
@@ -157,7 +148,7 @@ def test_a_password_is_never_printed_nor_stored(
     url = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:9/postgres"
     assert main(create_args(_space(tmp_path), tiny_data, "p", url)) == 2
     err = capsys.readouterr().err
-    _one_error_line(err, "cannot open storage", "***")
+    one_error_line(err, "cannot open storage", "***")
     assert SECRET not in err
     # what would be stored and printed had it connected
     command = recorded_command(["study", "create", "--name", "p", "--storage", url])
@@ -219,7 +210,7 @@ def test_bad_storage_urls_are_one_line(
 ) -> None:
     before = _listing(tmp_path)
     assert main(create_args(_space(tmp_path), tiny_data, "s", url)) == 2
-    _one_error_line(capsys.readouterr().err, message)
+    one_error_line(capsys.readouterr().err, message)
     assert _listing(tmp_path) == before | {"space.toml"}
 
 
@@ -239,7 +230,7 @@ def test_read_only_commands_create_nothing(
 ) -> None:
     storage = f"sqlite:///{tmp_path / 'nonexistent' / 'dir' / 'x.db'}"
     assert main([*command, "--storage", storage]) == 2
-    _one_error_line(capsys.readouterr().err, "no ")
+    one_error_line(capsys.readouterr().err, "no ")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -254,7 +245,7 @@ def test_two_creates_at_the_same_moment_make_one_study(tiny_data: Path, tmp_path
     assert sorted(code for code, _ in results) == [0, 2, 2], results
     for code, err in results:
         if code:
-            _one_error_line(err, "already exists")
+            one_error_line(err, "already exists")
     assert [s["name"] for s in st.list_studies(storage)] == ["X"]
     assert len(st.load("X", storage)[0].get_trials()) == 2
 
@@ -313,7 +304,7 @@ def test_delete_while_optimizing_stops_it_with_one_line(
     _wait_for(lambda: _running(storage))
     assert main(["study", "delete", "s", "--storage", storage]) == 0
     assert proc.wait(timeout=60) == 2
-    _one_error_line(proc.stderr.read(), "study 's' was deleted")  # type: ignore[union-attr]
+    one_error_line(proc.stderr.read(), "study 's' was deleted")  # type: ignore[union-attr]
     assert not paths.study_dir(storage, "s").exists()
 
 
@@ -440,7 +431,7 @@ def test_a_signal_during_the_imports_ends_with_one_line(
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], err
-    _one_error_line(err, "interrupted" if sig == signal.SIGINT else "terminated")
+    one_error_line(err, "interrupted" if sig == signal.SIGINT else "terminated")
 
 
 @pytest.mark.slow  # ~70 s: six start-ups of TensorFlow
@@ -457,7 +448,7 @@ def test_an_interrupt_at_any_moment_puts_the_trial_back_uncounted(
         if code == 0:
             break  # it finished before the signal came
         assert code == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], err
-        _one_error_line(err, "interrupted" if sig == signal.SIGINT else "terminated")
+        one_error_line(err, "interrupted" if sig == signal.SIGINT else "terminated")
     grid = _finish(storage)
     assert grid["complete_once"] == 2 and not grid["duplicates"], grid
     study, _ = st.load("s", storage)
@@ -574,7 +565,7 @@ def test_create_with_generated_names_urls_and_spaces_is_0_or_2_and_stays_inside(
             assert code in (0, 2), err.getvalue()
             assert "Traceback" not in err.getvalue() and SECRET not in err.getvalue()
             if code == 2:
-                _one_error_line(err.getvalue())
+                one_error_line(err.getvalue())
             monkeypatch.chdir(tmp_path)
         assert _listing(tmp_path) == outside  # nothing beside the example's folder
 
