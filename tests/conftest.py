@@ -100,6 +100,20 @@ def any_storage(request: pytest.FixtureRequest, storage: str) -> str:
     return request.getfixturevalue("postgres_storage")
 
 
+@pytest.fixture(autouse=True)
+def _library_logging_as_a_caller_finds_it() -> Iterator[None]:
+    """A command run in-process installs the CLI's stderr handler on the ``clothopt`` logger
+    (``clothopt.logging.set_verbosity``); take it off after each test, so the next one sees
+    the library as a Python caller does."""
+    yield
+    import logging
+
+    import clothopt.logging as clothopt_logging
+
+    clothopt_logging.disable_default_handler()
+    logging.getLogger("clothopt").setLevel(logging.NOTSET)
+
+
 def one_error_line(err: str, *words: str) -> str:
     """The one line a failed command printed: no traceback, each of ``words`` in it."""
     lines = err.strip().splitlines()

@@ -503,7 +503,7 @@ def test_the_command_serves_warns_when_exposed_and_stops_on_ctrl_c(built: Built)
         assert proc.stderr is not None
         # logged (stderr): the warning first, then where it serves
         lines = [proc.stderr.readline() for _ in range(4)]
-        assert lines[0].startswith("warning: the dashboard has no authentication")
+        assert lines[0].startswith("clothopt: warning: the dashboard has no authentication")
         assert lines[1] == f"optuna-dashboard on {built.storage}\n"
         assert lines[2] == f"artifacts in {artifact_dir(built.storage)}\n"
         assert lines[3].startswith("open http://") and "/dashboard/" in lines[3]

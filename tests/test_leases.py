@@ -212,17 +212,17 @@ def test_three_workers_compute_each_shard_exactly_once(shared: Path, any_storage
 
 @pytest.mark.s3
 def test_three_workers_sharing_an_s3_store_compute_each_shard_once(
-    shared: Path, storage: str, s3_env: str
+    shared: Path, any_storage: str, s3_env: str
 ) -> None:
     """The same, through an S3 store (the local S3 server .ci/run starts): each shard computed
     once, every worker's entries equal; the secret key in no file, lease or output."""
     url = f"s3://{s3_env}/team"
-    jobs = [_job(shared, storage, f"w{i}", mode="extract", store_url=url) for i in range(3)]
+    jobs = [_job(shared, any_storage, f"w{i}", mode="extract", store_url=url) for i in range(3)]
     procs = [_spawn(job) for job in jobs]
     outputs = [_finish(p) for p in procs]
     results = [json.loads(o) for o in outputs]
     computed = [k for r in results for k in r["stats"]["computed_keys"]]
-    leases = _table(storage).keys("features:")
+    leases = _table(any_storage).keys("features:")
     assert len(leases) == (3 + 2) * 2 and sorted(computed) == sorted(x.key for x in leases)
     assert len({json.dumps(r["digests"], sort_keys=True) for r in results}) == 1
     assert all(SECRET not in o for o in outputs)

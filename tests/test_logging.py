@@ -36,7 +36,7 @@ def test_set_verbosity_shows_plain_lines_on_stderr_and_hides_what_is_below(
     log.warning("skipped %d files", 2)
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.splitlines() == ["extracted 3 images", "clothopt: skipped 2 files"]
+    assert err.splitlines() == ["extracted 3 images", "clothopt: warning: skipped 2 files"]
     assert clog.get_verbosity() == clog.INFO
     clog.set_verbosity(clog.WARNING)
     log.info("quiet now")
@@ -51,5 +51,8 @@ def test_one_handler_however_often_it_is_enabled_and_none_after_disable(
     clog.get_logger("x").info("once")
     assert capsys.readouterr().err == "once\n"
     clog.disable_default_handler()
-    assert logging.getLogger("clothopt").propagate  # a caller's own configuration applies again
-    assert not logging.getLogger("clothopt").handlers
+    package = logging.getLogger("clothopt")
+    assert package.propagate  # a caller's own configuration applies again
+    assert not [h for h in package.handlers if isinstance(h, clog._StderrHandler)]
+    clog.get_logger("x").info("no longer here")
+    assert capsys.readouterr().err == ""

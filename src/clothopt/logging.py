@@ -40,7 +40,7 @@ def get_logger(name: str) -> logging.Logger:
 
 def enable_default_handler() -> None:
     """Messages of the ``clothopt`` logger go to stderr as plain lines (no level, no time;
-    warnings and errors begin with ``clothopt: ``)."""
+    warnings begin with ``clothopt: warning: ``, errors with ``clothopt: error: ``)."""
     global _handler
     with _lock:
         if _handler is not None:
@@ -75,11 +75,14 @@ def get_verbosity() -> int:
 
 
 class _Formatter(logging.Formatter):
-    """Plain lines; a warning or error says whose it is, as the CLI's own error line does."""
+    """Plain lines; a warning or an error says whose and what it is, as the CLI's own
+    ``clothopt: error: ...`` line does."""
 
     def format(self, record: logging.LogRecord) -> str:
         text = record.getMessage()
-        return f"clothopt: {text}" if record.levelno >= WARNING else text
+        if record.levelno >= ERROR:
+            return f"clothopt: error: {text}"
+        return f"clothopt: warning: {text}" if record.levelno >= WARNING else text
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

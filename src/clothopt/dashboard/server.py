@@ -148,7 +148,7 @@ def serve(
     server = DashboardServer(storage_url, host, port, artifacts)
     if server.exposed:
         _log.warning(
-            "warning: the dashboard has no authentication; anyone who can reach %s:%d can "
+            "the dashboard has no authentication; anyone who can reach %s:%d can "
             "read, change and delete these studies",
             host,
             server.port,
