@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt._io import atomic_path, atomic_write_json, file_lock
+from clothopt.augment import AUGMENT_SEED, RECIPE, augment_batch, image_identity
 from clothopt.data import Split, default_threads, iter_batches_sizes
 from clothopt.errors import InvalidArgument
 from clothopt.logging import get_logger
@@ -94,6 +95,10 @@ class FeatureKey:
     ``flip``: features of the horizontally mirrored images. The mirror is taken AFTER the resize
     (on the ``image_size`` x ``image_size`` uint8 image the base sees, columns reversed), so a
     model that reproduces them flips its resized input: ``keras.ops.flip(x, axis=2)`` on NHWC.
+
+    ``view`` (>= 1): features of augmentation view ``view`` of each image, drawn with
+    ``augment_seed`` by recipe ``augment`` (:mod:`clothopt.augment`; training rows only); 0 is
+    the image itself, with ``augment`` empty.
     """
 
     backbone: str
@@ -104,12 +109,26 @@ class FeatureKey:
     split_fingerprint: str
     precision: str = "float32"
     flip: bool = False
+    view: int = 0
+    augment: str = ""
+    augment_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.view < 0 or (self.view > 0) != bool(self.augment) or (self.view and self.flip):
+            raise InvalidArgument(
+                f"feature key: view {self.view} with augment {self.augment!r} and flip "
+                f"{self.flip} (a view >= 1 names its recipe and is not also mirrored)"
+            )
 
     def as_dict(self) -> dict[str, Any]:
-        """The key's fields; ``flip`` only when set, so plain entries keep their digest."""
+        """The key's fields; ``flip`` and the view's only when set, so plain entries keep
+        their digest."""
         out = asdict(self)
         if not self.flip:
             del out["flip"]
+        if not self.view:
+            for name in ("view", "augment", "augment_seed"):
+                del out[name]
         return out
 
     @property
@@ -119,7 +138,7 @@ class FeatureKey:
 
     @property
     def filename(self) -> str:
-        flip = "-flip" if self.flip else ""
+        flip = "-flip" if self.flip else f"-view{self.view}" if self.view else ""
         return f"{self.backbone}/{self.image_size}px-{self.split}{flip}-{self.digest}.npz"
 
 
@@ -142,16 +161,20 @@ def extract_features(
     threads: int | None = None,
     progress: bool = False,
     flip: bool = False,
+    view: int = 0,
+    augment_seed: int = AUGMENT_SEED,
 ) -> np.ndarray:
     """Run ``model`` (a :func:`~clothopt.model.compose.compose` extractor) over ``split``, in order.
 
     ``batch_size`` is only how many images go through the base at once: it changes speed and
     memory, not the features (beyond float rounding in the backend's kernels). ``flip``: mirror
-    each resized image left-right first (see :class:`FeatureKey`).
+    each resized image left-right first; ``view`` (>= 1): that augmentation view of each
+    resized image instead (see :class:`FeatureKey`).
     """
     return extract_features_sizes(
-        {image_size: model}, split, resize, batch_size, threads, progress, flip=flip
-    )[image_size]
+        {image_size: model}, split, resize, batch_size, threads, progress, flip=flip,
+        view=view, augment_seed=augment_seed,
+    )[image_size]  # fmt: skip
 
 
 def extract_features_sizes(
@@ -162,6 +185,8 @@ def extract_features_sizes(
     threads: int | None = None,
     progress: bool = False,
     flip: bool = False,
+    view: int = 0,
+    augment_seed: int = AUGMENT_SEED,
 ) -> dict[int, np.ndarray]:
     """:func:`extract_features` for several sizes (``{size: extractor}``), decoding once.
 
@@ -170,10 +195,16 @@ def extract_features_sizes(
     """
     from tqdm import tqdm
 
+    if view and flip:
+        raise InvalidArgument("an augmentation view is not also mirrored (it mirrors itself)")
     sizes = list(models)
     out: dict[int, list[np.ndarray]] = {size: [] for size in sizes}
     start = time.perf_counter()
-    shown = "/".join(map(str, sizes)) + ("px flipped" if flip else "px")
+    shown = "/".join(map(str, sizes)) + (
+        "px flipped" if flip else f"px view {view}" if view else "px"
+    )
+    ids = [image_identity(split.root, p) for p in split.paths] if view else []
+    done = 0
     with tqdm(
         total=len(split),
         desc=f"features {split.name} {shown}",
@@ -184,12 +215,16 @@ def extract_features_sizes(
         dynamic_ncols=True,
     ) as bar:
         for batches in iter_batches_sizes(split.paths, sizes, batch_size, resize, threads):
+            names = ids[done : done + len(batches[0])]
             for size, batch in zip(sizes, batches, strict=True):
                 if flip:
                     batch = np.ascontiguousarray(batch[:, :, ::-1, :])  # NHWC: reverse columns
+                elif view:
+                    batch = augment_batch(batch, names, augment_seed, view, threads)
                 # uint8 in: the model casts inside its compiled graph, cheaper than astype
                 out[size].append(np.asarray(models[size].predict_on_batch(batch), dtype=np.float32))
             bar.update(len(batches[0]))
+            done += len(batches[0])
     if progress:
         seconds = max(time.perf_counter() - start, 1e-9)
         _log.info(
@@ -279,7 +314,9 @@ class FeatureCache:
         split: Split,
         *,
         flip: bool = False,
+        view: int = 0,
     ) -> FeatureKey:
+        """The entry's key; ``view`` >= 1: that augmentation view (this version's recipe)."""
         return FeatureKey(
             spec.name,
             weights_id(weights, seed),
@@ -289,6 +326,9 @@ class FeatureCache:
             split.fingerprint,
             self.precision,
             flip,
+            view,
+            RECIPE if view else "",
+            AUGMENT_SEED if view else 0,
         )
 
     def path(self, key: FeatureKey) -> Path | None:
@@ -304,9 +344,11 @@ class FeatureCache:
         split: Split,
         *,
         flip: bool = False,
+        view: int = 0,
     ) -> Features:
-        """The split's pooled features (``flip``: of the mirrored images), cached."""
-        key = self.key(spec, weights, seed, image_size, resize, split, flip=flip)
+        """The split's pooled features (``flip``: of the mirrored images; ``view``: of that
+        augmentation view), cached."""
+        key = self.key(spec, weights, seed, image_size, resize, split, flip=flip, view=view)
         if key.digest in self._memory:
             self._memory.move_to_end(key.digest)
             hit = self._memory[key.digest]
@@ -335,13 +377,16 @@ class FeatureCache:
         resize: str,
         split: Split,
         flip: bool = False,
+        view: int = 0,
     ) -> dict[int, Features]:
         """:meth:`get` at each of ``sizes``, as ``{size: Features}``.
 
         The sizes not cached yet are extracted in one pass that decodes each image once
         (:func:`extract_features_sizes`): bit for bit what :meth:`get` computes size by size.
         """
-        keys = {s: self.key(spec, weights, seed, s, resize, split, flip=flip) for s in sizes}
+        keys = {
+            s: self.key(spec, weights, seed, s, resize, split, flip=flip, view=view) for s in sizes
+        }
         found = {size: f for size, key in keys.items() if (f := self._lookup(key)) is not None}
         if self.shared is not None and (missing := sorted(set(keys) - set(found))):
             got = self._share(spec, weights, seed, {s: keys[s] for s in missing}, split)
@@ -471,6 +516,8 @@ class FeatureCache:
             self.threads,
             self.progress,
             flip=first.flip,
+            view=first.view,
+            augment_seed=first.augment_seed,
         )
         # one shared pass: each size is charged an equal share of it
         seconds = (time.perf_counter() - start) / len(keys)
