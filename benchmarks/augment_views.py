@@ -106,6 +106,9 @@ def measure_cost(data: Path, weights: str, sizes: list[int], images: int, rounds
             "view_ms_per_image": round(1000 * v_wall / len(split), 2),
             "plain_ms_per_image": round(1000 * p_wall / len(split), 2),
             "view_over_plain": round(v_wall / p_wall, 3),
+            # the least-loaded round: nearest what the pass costs on a machine of its own
+            "plain_pass_seconds_min": round(min(w for w, _ in plain), 2),
+            "view_pass_seconds_min": round(min(w for w, _ in view), 2),
             "augment_cpu_ms_per_image_one_thread": round(_augment_ms(split, size), 2),
             "plain_cpu_seconds": round(statistics.median(c for _, c in plain), 2),
             "view_cpu_seconds": round(statistics.median(c for _, c in view), 2),

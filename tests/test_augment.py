@@ -396,3 +396,15 @@ def test_a_trial_without_views_has_todays_rows_and_entries(
     for meta in root.rglob("*.json"):
         key = FeatureKey(**json.loads(meta.read_text())["key"])
         assert key.view == 0 and meta.name.endswith(f"-{_legacy_digest(key)}.json")
+
+
+def test_the_cost_benchmark_writes_its_figures(tiny_data: Path, tmp_path: Path) -> None:
+    from benchmarks.augment_views import main
+
+    out = tmp_path / "bench"
+    main(["--data", str(tiny_data), "--weights", "none", "--out", str(out), "--sizes", "32"])
+    report = json.loads((out / "augment_views.json").read_text())
+    cost = report["cost"]["32"]
+    assert report["cost"]["images"] == 24 and report["recipe"] == RECIPE
+    assert cost["view_pass_seconds"] > 0 and cost["plain_pass_seconds"] > 0
+    assert cost["augment_cpu_ms_per_image_one_thread"] > 0 and "quality" not in report
