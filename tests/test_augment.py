@@ -408,3 +408,43 @@ def test_the_cost_benchmark_writes_its_figures(tiny_data: Path, tmp_path: Path) 
     assert report["cost"]["images"] == 24 and report["recipe"] == RECIPE
     assert cost["view_pass_seconds"] > 0 and cost["plain_pass_seconds"] > 0
     assert cost["augment_cpu_ms_per_image_one_thread"] > 0 and "quality" not in report
+
+
+def test_finalize_trains_the_final_head_on_the_views_too(
+    tmp_path: Path, real_weights: Path
+) -> None:
+    """The parameter reaches finalize through the trial's spec: the shipped head is the one
+    trained on plain + view rows, not on the plain rows alone."""
+    import keras
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from clothopt.final.finalize import finalize
+    from clothopt.final.store import load_final
+    from clothopt.model.head import HeadTrainer
+    from clothopt.pipeline import train_spec
+    from conftest import make_dataset
+
+    data = make_dataset(tmp_path / "data", counts=(8, 4, 6))
+    storage = f"sqlite:///{tmp_path / 'studies' / 'clothopt.db'}"
+    st_, config = study.create(
+        backbone="mobilenet_025", space="quick", name="views", storage=storage,
+        data=str(data), weights=str(real_weights),
+    )  # fmt: skip
+    params = {"image_size": 32, "aug_views": 1, **LR}
+    dists = {k: CategoricalDistribution([v]) for k, v in params.items()}
+    st_.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=0.5))
+    report = finalize("views", storage, epochs=2)
+    assert report["params"] == params
+    ds = open_dataset(data)
+    spec = TrialSpec.of(params, config).with_epochs(2)
+    inputs = head_inputs(FeatureCache(None), ds, config, spec)
+    assert inputs["train"].blocks == 2
+    val = {"validation": inputs["validation"].plain()}
+    with_views = train_spec(spec, {"train": inputs["train"], **val}, ds.classes, HeadTrainer())
+    plain = train_spec(spec, {"train": inputs["train"].plain(), **val}, ds.classes, HeadTrainer())
+    _, folder = load_final("views", storage)
+    model = keras.saving.load_model(folder / "model.keras", safe_mode=True)
+    (kernel, _), want = model.get_layer("logits").get_weights(), with_views.weights[0]
+    np.testing.assert_allclose(kernel, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(kernel, plain.weights[0], rtol=1e-5, atol=1e-6)
