@@ -51,9 +51,8 @@ _AREA = (0.6, 1.0)
 _LOG_ASPECT = (math.log(3 / 4), math.log(4 / 3))
 _MAX_DEGREES = 10.0
 _JITTER = 0.2
-_LUMA = tuple(
-    np.float32(c) for c in (0.299, 0.587, 0.114)
-)  # ITU-R 601 luma, as PIL's convert("L") weighs the channels
+# ITU-R 601 luma, as PIL's convert("L") weighs the channels
+_LUMA = tuple(np.float32(c) for c in (0.299, 0.587, 0.114))
 
 
 @dataclass(frozen=True)
