@@ -1,11 +1,12 @@
 """Feature cache: pooled features of a frozen base, computed once and reused by every trial.
 
-With a frozen base and no augmentation, what the head sees depends only on (backbone, weights,
-image size, resize method, image). Entries are keyed by exactly that (plus the split's content
-fingerprint and numeric precision), written atomically, and guarded by a file lock so several
-workers needing the same entry compute it once. Given a shared store and a lease table
-(:mod:`clothopt.features_shared`), an entry missing here is fetched from the store, or computed
-by exactly one worker of any machine and uploaded for the others.
+With a frozen base, what the head sees depends only on (backbone, weights, image size, resize
+method, image, and the mirror or augmentation view taken of it). Entries are keyed by exactly
+that (plus the split's content fingerprint and numeric precision), written atomically, and
+guarded by a file lock so several workers needing the same entry compute it once. Given a
+shared store and a lease table (:mod:`clothopt.features_shared`), an entry missing here is
+fetched from the store, or computed by exactly one worker of any machine and uploaded for the
+others. The extraction itself is :mod:`clothopt.features_extract`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -25,9 +25,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt._io import atomic_path, atomic_write_json, file_lock
-from clothopt.data import Split, default_threads, iter_batches_sizes
+from clothopt.augment import AUGMENT_SEED, RECIPE
+from clothopt.data import Split, default_threads
 from clothopt.errors import InvalidArgument
-from clothopt.logging import get_logger
+from clothopt.features_extract import (
+    CPU_EXTRACT_BATCH,
+    GPU_EXTRACT_BATCH,
+    default_extract_batch,
+    extract_features,
+    extract_features_sizes,
+    gpu_name,
+)
 from clothopt.model.backbones import PRECISIONS, BackboneSpec, weights_id
 from clothopt.model.compose import compose
 
@@ -49,43 +57,6 @@ __all__ = [
     "gpu_name",
 ]
 
-# Images per forward pass when extracting (not the trial's batch size: features do not depend
-# on it, bit for bit). On CPU smaller batches keep activations in cache: with mobilenet_025 on
-# 2 cores, batch 16 against 32 took about as long at 300 px and 10-20% less at 400 and 500 px,
-# which hold most of a grid's extraction time (benchmarks/bench.py, "batch size by image
-# size"). On a GPU the value before the measurement stays until gpu_bench.py measures it there.
-CPU_EXTRACT_BATCH = 16
-GPU_EXTRACT_BATCH = 32
-
-_log = get_logger(__name__)
-
-
-def gpu_name() -> str | None:
-    """The GPU Keras's backend runs on, or None on a CPU-only machine."""
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        gpus = [d for d in jax.devices() if d.platform == "gpu"]
-        return str(getattr(gpus[0], "device_kind", "gpu")) if gpus else None
-    if backend == "torch":
-        import torch
-
-        return str(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        return str(gpus[0].name) if gpus else None
-    return None
-
-
-def default_extract_batch() -> int:
-    """The extraction batch size for this machine: small on CPU, larger on a GPU."""
-    return GPU_EXTRACT_BATCH if gpu_name() else CPU_EXTRACT_BATCH
-
 
 @dataclass(frozen=True)
 class FeatureKey:
@@ -94,6 +65,10 @@ class FeatureKey:
     ``flip``: features of the horizontally mirrored images. The mirror is taken AFTER the resize
     (on the ``image_size`` x ``image_size`` uint8 image the base sees, columns reversed), so a
     model that reproduces them flips its resized input: ``keras.ops.flip(x, axis=2)`` on NHWC.
+
+    ``view`` (>= 1): features of augmentation view ``view`` of each image, drawn with
+    ``augment_seed`` by recipe ``augment`` (:mod:`clothopt.augment`; training rows only); 0 is
+    the image itself, with ``augment`` empty.
     """
 
     backbone: str
@@ -104,12 +79,26 @@ class FeatureKey:
     split_fingerprint: str
     precision: str = "float32"
     flip: bool = False
+    view: int = 0
+    augment: str = ""
+    augment_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.view < 0 or (self.view > 0) != bool(self.augment) or (self.view and self.flip):
+            raise InvalidArgument(
+                f"feature key: view {self.view} with augment {self.augment!r} and flip "
+                f"{self.flip} (a view >= 1 names its recipe and is not also mirrored)"
+            )
 
     def as_dict(self) -> dict[str, Any]:
-        """The key's fields; ``flip`` only when set, so plain entries keep their digest."""
+        """The key's fields; ``flip`` and the view's only when set, so plain entries keep
+        their digest."""
         out = asdict(self)
         if not self.flip:
             del out["flip"]
+        if not self.view:
+            for name in ("view", "augment", "augment_seed"):
+                del out[name]
         return out
 
     @property
@@ -119,7 +108,7 @@ class FeatureKey:
 
     @property
     def filename(self) -> str:
-        flip = "-flip" if self.flip else ""
+        flip = "-flip" if self.flip else f"-view{self.view}" if self.view else ""
         return f"{self.backbone}/{self.image_size}px-{self.split}{flip}-{self.digest}.npz"
 
 
@@ -131,80 +120,6 @@ class Features:
     extract_seconds: float  # what computing them cost (once, whoever did it)
     cached: bool  # True when read from the cache rather than computed now
     base_params: int  # parameters of the frozen base (for the paper's parameter totals)
-
-
-def extract_features(
-    model: keras.Model,
-    split: Split,
-    image_size: int,
-    resize: str = "nearest",
-    batch_size: int = 32,
-    threads: int | None = None,
-    progress: bool = False,
-    flip: bool = False,
-) -> np.ndarray:
-    """Run ``model`` (a :func:`~clothopt.model.compose.compose` extractor) over ``split``, in order.
-
-    ``batch_size`` is only how many images go through the base at once: it changes speed and
-    memory, not the features (beyond float rounding in the backend's kernels). ``flip``: mirror
-    each resized image left-right first (see :class:`FeatureKey`).
-    """
-    return extract_features_sizes(
-        {image_size: model}, split, resize, batch_size, threads, progress, flip=flip
-    )[image_size]
-
-
-def extract_features_sizes(
-    models: Mapping[int, keras.Model],
-    split: Split,
-    resize: str = "nearest",
-    batch_size: int = 32,
-    threads: int | None = None,
-    progress: bool = False,
-    flip: bool = False,
-) -> dict[int, np.ndarray]:
-    """:func:`extract_features` for several sizes (``{size: extractor}``), decoding once.
-
-    Each image is decoded once and resized to every size from that one decoded picture, so
-    each size's features are bit for bit those of :func:`extract_features` at that size.
-    """
-    from tqdm import tqdm
-
-    sizes = list(models)
-    out: dict[int, list[np.ndarray]] = {size: [] for size in sizes}
-    start = time.perf_counter()
-    shown = "/".join(map(str, sizes)) + ("px flipped" if flip else "px")
-    with tqdm(
-        total=len(split),
-        desc=f"features {split.name} {shown}",
-        unit="img",
-        file=sys.stderr,
-        disable=None if progress else True,  # None: only on a terminal
-        leave=False,
-        dynamic_ncols=True,
-    ) as bar:
-        for batches in iter_batches_sizes(split.paths, sizes, batch_size, resize, threads):
-            for size, batch in zip(sizes, batches, strict=True):
-                if flip:
-                    batch = np.ascontiguousarray(batch[:, :, ::-1, :])  # NHWC: reverse columns
-                # uint8 in: the model casts inside its compiled graph, cheaper than astype
-                out[size].append(np.asarray(models[size].predict_on_batch(batch), dtype=np.float32))
-            bar.update(len(batches[0]))
-    if progress:
-        seconds = max(time.perf_counter() - start, 1e-9)
-        _log.info(
-            "features %s %s: %d images (%.0f img/s)",
-            split.name,
-            shown,
-            len(split),
-            len(split) / seconds,
-        )
-    return {
-        size: np.concatenate(parts)
-        if parts
-        else np.zeros((0, models[size].output.shape[-1]), np.float32)
-        for size, parts in out.items()
-    }
 
 
 class FeatureCache:
@@ -279,7 +194,9 @@ class FeatureCache:
         split: Split,
         *,
         flip: bool = False,
+        view: int = 0,
     ) -> FeatureKey:
+        """The entry's key; ``view`` >= 1: that augmentation view (this version's recipe)."""
         return FeatureKey(
             spec.name,
             weights_id(weights, seed),
@@ -289,6 +206,9 @@ class FeatureCache:
             split.fingerprint,
             self.precision,
             flip,
+            view,
+            RECIPE if view else "",
+            AUGMENT_SEED if view else 0,
         )
 
     def path(self, key: FeatureKey) -> Path | None:
@@ -304,9 +224,11 @@ class FeatureCache:
         split: Split,
         *,
         flip: bool = False,
+        view: int = 0,
     ) -> Features:
-        """The split's pooled features (``flip``: of the mirrored images), cached."""
-        key = self.key(spec, weights, seed, image_size, resize, split, flip=flip)
+        """The split's pooled features (``flip``: of the mirrored images; ``view``: of that
+        augmentation view), cached."""
+        key = self.key(spec, weights, seed, image_size, resize, split, flip=flip, view=view)
         if key.digest in self._memory:
             self._memory.move_to_end(key.digest)
             hit = self._memory[key.digest]
@@ -335,13 +257,16 @@ class FeatureCache:
         resize: str,
         split: Split,
         flip: bool = False,
+        view: int = 0,
     ) -> dict[int, Features]:
         """:meth:`get` at each of ``sizes``, as ``{size: Features}``.
 
         The sizes not cached yet are extracted in one pass that decodes each image once
         (:func:`extract_features_sizes`): bit for bit what :meth:`get` computes size by size.
         """
-        keys = {s: self.key(spec, weights, seed, s, resize, split, flip=flip) for s in sizes}
+        keys = {
+            s: self.key(spec, weights, seed, s, resize, split, flip=flip, view=view) for s in sizes
+        }
         found = {size: f for size, key in keys.items() if (f := self._lookup(key)) is not None}
         if self.shared is not None and (missing := sorted(set(keys) - set(found))):
             got = self._share(spec, weights, seed, {s: keys[s] for s in missing}, split)
@@ -471,6 +396,8 @@ class FeatureCache:
             self.threads,
             self.progress,
             flip=first.flip,
+            view=first.view,
+            augment_seed=first.augment_seed,
         )
         # one shared pass: each size is charged an equal share of it
         seconds = (time.perf_counter() - start) / len(keys)

@@ -2,10 +2,11 @@
 
 A trial's parameters are parsed once into a :class:`~clothopt.trial_spec.TrialSpec`:
 :func:`head_inputs` assembles the features the spec names (backbone, sizes concatenated,
-flipped copies for training, a flipped view for test-time augmentation) and :func:`train_spec`
-trains the spec's head on them (the paper's ``Dense(num_classes)`` unless the space varies
-more) with a :class:`~clothopt.model.head.HeadTrainer`; :func:`batch_order` is the order every
-path visits the training examples in.
+flipped copies and augmentation views for training, a flipped view for test-time
+augmentation) and :func:`train_spec` trains the spec's head on them (the paper's
+``Dense(num_classes)`` unless the space varies more) with a
+:class:`~clothopt.model.head.HeadTrainer`; :func:`batch_order` is the order every path visits
+the training examples in.
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ def batch_order(n: int, epoch: int, seed: int) -> np.ndarray:
 class HeadInput:
     """One split's features as a head sees them for a trial's specification."""
 
-    x: np.ndarray  # blocks of the N examples' rows: plain images, then (flip/tta) mirrored
+    x: np.ndarray  # blocks of the N examples' rows: plain, (flip/tta) mirrored, (train) views
     y: np.ndarray  # labels of the rows of x (training) or of the N examples (views > 1)
     views: int  # stacked views of the same N examples whose logits are averaged (TTA)
     extract_seconds: float  # what computing the features not yet cached cost now
     cached: bool  # every entry was already in the cache
     base_params: int  # parameters of the frozen base
-    blocks: int = 1  # how many blocks of N rows x stacks (a training split's: plain + flip)
+    blocks: int = 1  # blocks of N rows in x (a training split's: plain + flip + aug views)
 
     @property
     def examples(self) -> int:
@@ -79,23 +80,27 @@ def head_inputs(
 
     Features of every size in ``spec.image_sizes`` are concatenated along the feature axis in
     that order. With ``flip`` a split in ``train_splits`` gets the mirrored images' features as
-    extra rows (plain rows first, labels repeated); with ``tta`` any other split gets them as a
-    second view (plain first) whose logits are averaged with the plain one's. Mirroring is that
-    of :class:`~clothopt.features.FeatureKey`. The paper's parameters give the cached matrix as
+    extra rows (plain rows first, labels repeated), then with ``aug_views`` N the features of
+    its augmentation views 1..N as N more blocks (:mod:`clothopt.augment`); with ``tta`` any
+    other split gets the mirrored ones as a second view (plain first) whose logits are averaged
+    with the plain one's, and never augmentation views. Mirroring is that of
+    :class:`~clothopt.features.FeatureKey`. The paper's parameters give the cached matrix as
     is. ``config`` gives the extraction settings (weights, seed, resize).
     """
     backbone = get_backbone(spec.backbone)
+    weights, seed, resize = config.weights, config.seed, config.resize
     out: dict[str, HeadInput] = {}
     for name in splits:
         split = dataset[name]
         training = name in train_splits
         mirrored = spec.flip if training else spec.tta
+        # (flip, view) of each block: plain, mirrored, then the views (training rows only)
+        kinds = [(False, 0), *([(True, 0)] if mirrored else [])]
+        kinds += [(False, v) for v in range(1, spec.aug_views + 1)] if training else []
         blocks, labels, seconds, cached, base = [], None, 0.0, True, 0
-        for flip in (False, True) if mirrored else (False,):
+        for flip, view in kinds:
             feats = [
-                cache.get(
-                    backbone, config.weights, config.seed, size, config.resize, split, flip=flip
-                )
+                cache.get(backbone, weights, seed, size, resize, split, flip=flip, view=view)
                 for size in spec.image_sizes
             ]
             seconds += sum(f.extract_seconds for f in feats if not f.cached)

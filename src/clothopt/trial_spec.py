@@ -3,9 +3,10 @@
 :data:`PARAMS` names every parameter a trial may have, with its type and limits (search spaces
 are checked against it); :class:`TrialSpec` is a trial's parameters parsed once, from
 ``trial.params`` and the study's defaults: the backbone, the image sizes (``"300+500"``), flip,
-test-time augmentation, the head and how it trains (:class:`HeadParams`), and the seed. The
-objective and finalize both consume a :class:`TrialSpec` (``clothopt.pipeline.train_spec``),
-so a new hyperparameter is a new entry here and the code that uses it.
+test-time augmentation, augmentation views, the head and how it trains (:class:`HeadParams`),
+and the seed. The objective and finalize both consume a :class:`TrialSpec`
+(``clothopt.pipeline.train_spec``), so a new hyperparameter is a new entry here and the code
+that uses it.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class ParamKind:
 
 
 # What a trial may vary. Absent ones take the paper's head (HeadParams defaults), no flip, no
-# TTA, the study's backbone and epochs.
+# TTA, no augmentation views, the study's backbone and epochs.
 PARAMS: Mapping[str, ParamKind] = {
     "image_size": ParamKind(int, (32, 2048)),
     "image_sizes": ParamKind(str),  # "300+500": pooled features of each size, concatenated
@@ -76,6 +77,9 @@ PARAMS: Mapping[str, ParamKind] = {
     "normalize": ParamKind(str, allowed=NORMALIZE),
     "flip": ParamKind(bool),  # train on features of horizontally flipped images too
     "tta": ParamKind(bool),  # average the logits of plain and flipped evaluation features
+    # train on that many seeded augmentation views of each image too (clothopt.augment); each
+    # view is one more extraction pass over the training images, hence the low limit
+    "aug_views": ParamKind(int, (0, 8)),
     "backbone": ParamKind(str),  # a name in clothopt.model.backbones.BACKBONES
 }
 PAPER_PARAMS = ("image_size", "batch_size", "learning_rate")  # all the end-to-end path knows
@@ -219,6 +223,7 @@ class TrialSpec:
     image_sizes: tuple[int, ...]
     flip: bool = False
     tta: bool = False
+    aug_views: int = 0
     head: HeadParams
     seed: int
 
@@ -252,6 +257,7 @@ class TrialSpec:
             image_sizes=image_sizes(typed),
             flip=bool(typed.get("flip", False)),
             tta=bool(typed.get("tta", False)),
+            aug_views=int(typed.get("aug_views", 0)),
             head=HeadParams.from_params(typed, epochs=epochs),
             seed=trial_seed(study_seed, params),
         )
