@@ -34,7 +34,7 @@ import numpy as np
 
 from clothopt.errors import InvalidArgument
 from clothopt.metrics import classification_metrics, macro_f1
-from clothopt.model._stack import BETA_1, BETA_2, RATE_NAMES, Stack, StackShape
+from clothopt.model._stack import BETA_1, BETA_2, RATE_NAMES, Stack, StackShape, philox_streams
 from clothopt.model.head import HeadParams, HeadResult, average_views, normalize_features
 
 __all__ = ["Member", "StackedResult", "StackedTrainer", "fold_members", "seed_members"]
@@ -166,8 +166,8 @@ def _plan(
     (``order(n_m, epoch, seed_m)`` of its own rows, as alone), padded with weight-0 rows (``w``
     1 or 0, ``ws`` = w / the batch's real rows: the mean loss's gradient); a member with fewer
     steps is inactive (``act`` 0) in the rest. ``lr``, ``alpha`` (Adam's step size) and
-    ``dseed`` (the stateless seed of each of the ``dropouts`` layers' masks) as ``HeadTrainer``
-    computes them at that step (the member's optimizer iterations)."""
+    ``drng`` (the Philox stream of each of the ``dropouts`` layers' stateless masks) as
+    ``HeadTrainer`` computes them at that step (the member's optimizer iterations)."""
     batch, counts = params.batch_size, [len(r) for r in rows]
     width, m = min(batch, max(counts)), len(rows)
     steps = [math.ceil(n / batch) for n in counts]
@@ -175,7 +175,7 @@ def _plan(
     plan = {k: np.zeros(shape3, np.float32) for k in ("w", "ws")}
     plan |= {k: np.zeros(shape2, np.float32) for k in ("act", "lr", "alpha")}
     drops = max(1, len(dropouts))
-    plan["xi"], plan["dseed"] = np.zeros(shape3, np.int32), np.zeros((*shape2, drops, 2), np.int32)
+    plan["xi"], plan["drng"] = np.zeros(shape3, np.int32), np.zeros((*shape2, drops, 4), np.int64)
     f32 = np.float32
     for k, (r, seed) in enumerate(zip(rows, seeds, strict=True)):
         seen = r[order(len(r), epoch, seed)]
@@ -190,7 +190,7 @@ def _plan(
         plan["alpha"][: steps[k], k] = lr * np.sqrt(f32(1) - b2p) / (f32(1) - b1p)
         for i in range(len(dropouts)):  # Keras's int64 state [seed + 1000 + i, it], folded
             state = np.stack(np.broadcast_arrays(np.int64(seed) + 1000 + i, it), axis=-1)
-            plan["dseed"][: steps[k], k, i] = np.mod(state, np.int64(2**31 - 2))
+            plan["drng"][: steps[k], k, i] = philox_streams(np.mod(state, np.int64(2**31 - 2)))
         plan["act"][: steps[k], k] = 1.0
         padded = np.zeros(steps[k] * batch, np.int64)
         padded[: len(seen)] = seen
