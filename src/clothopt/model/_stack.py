@@ -98,8 +98,8 @@ def _uniform_streams(tf: Any, streams: Any, rows: Any, width: int) -> Any:
         [col[0], col[1]],
         lambda x: tf.bitwise.right_shift(x, 32) & _LO,
     )
+    words = [tf.cast((w & 0x7FFFFF) | 0x3F800000, tf.int32) for w in words]
     bits = tf.reshape(tf.stack(words, axis=-1), (tf.shape(streams)[0], -1))[:, :n]
-    bits = tf.cast((bits & 0x7FFFFF) | 0x3F800000, tf.int32)
     return tf.reshape(tf.bitcast(bits, tf.float32) - 1.0, (-1, rows, width))
 
 
@@ -135,25 +135,28 @@ class Stack:
         self.decay = [first] + [1.0 if len(s) == 3 else None for s in sizes[1:]]
         self.graph = keras.backend.backend() == "tensorflow"
         self._epoch_fn = self._make_epoch_fn() if self.graph else None
+        if self.graph:
+            import tensorflow as tf
+
+            self._reset_fn = tf.function(self._assign, autograph=False)
         self._generators: list[list[Any]] = []
 
     def reset(self, seeds: Sequence[int]) -> None:
         """Each member's weights as ``HeadTrainer`` initialises its layers from its seed (the
         logits get the seed itself, hidden layer i ``seed + 1 + i``); a new optimizer."""
         last = self.shape.hidden_layers
-        layers = self.shape.hidden_layers + 1
-        for i in range(layers):
-            kernel = self.weights[0 if i == 0 else 2 * i - 1]
+        inits = []
+        for i in range(last + 1):
             shape = (self.shape.dims[i], self.shape.dims[i + 1])
             init = np.stack([_glorot(s if i == last else s + 1 + i, shape) for s in seeds])
-            if i == 0:
-                init = np.concatenate([init, np.zeros((len(seeds), 1, shape[1]), np.float32)], 1)
-            kernel.assign(init)
-            if i > 0:
-                self.weights[2 * i].assign(np.zeros(self.weights[2 * i].shape, np.float32))
-        for var in (v for slot in self.slots for v in slot):
-            var.assign(np.zeros(var.shape, np.float32))
-        if not self.graph:
+            if i == 0:  # the bias row, zero
+                inits.append(np.concatenate([init, np.zeros_like(init[:, :1])], axis=1))
+            else:
+                inits += [init, np.zeros((len(seeds), shape[1]), np.float32)]
+        if self.graph:  # one call, not one host round trip per variable
+            self._reset_fn(inits)
+        else:
+            self._assign(inits)
             import keras
 
             drops = len(self.shape.dropout_units())
@@ -161,10 +164,17 @@ class Stack:
                 [keras.random.SeedGenerator(s + 1000 + i) for s in seeds] for i in range(drops)
             ]
 
-    def member_weights(self, k: int) -> list[np.ndarray]:
-        """Member ``k``'s layers as ``HeadResult.weights``: [kernel, bias] per Dense."""
-        values = [np.asarray(_value(w))[k] for w in self.weights]
-        return [values[0][:-1], values[0][-1], *values[1:]]
+    def _assign(self, inits: Sequence[Any]) -> None:
+        ops = _ops()
+        for var, init in zip(self.weights, inits, strict=True):
+            var.assign(init)
+        for var in (v for slot in self.slots for v in slot):
+            var.assign(ops.zeros(var.shape, "float32"))
+
+    def member_weights(self) -> list[list[np.ndarray]]:
+        """Each member's layers as ``HeadResult.weights``: [kernel, bias] per Dense."""
+        v = [np.asarray(_value(w)) for w in self.weights]
+        return [[v[0][k, :-1], v[0][k, -1], *(w[k] for w in v[1:])] for k in range(len(v[0]))]
 
     def _layers(self) -> list[tuple[Any, Any]]:
         """(kernel, bias or None) per Dense, as tensors read now."""
@@ -298,7 +308,8 @@ class Stack:
                 )  # fmt: skip
 
     def validation_logits(self, x_val: Any) -> Any:
-        """(M, V, C) logits of each member on its (M, V, d+1) validation rows, no dropout."""
+        """(M, V, C) logits of each member on its (M, V, d+1) validation rows (or on shared
+        (1, V, d+1) ones), no dropout."""
         ops = _ops()
         layers = self._layers()
         a = x_val
@@ -323,7 +334,7 @@ class Stack:
         sig = [
             tf.TensorSpec((None, None), f32),  # x pool, with its ones column
             tf.TensorSpec((None, None), f32),  # y pool, one-hot
-            tf.TensorSpec((m, None, None), f32),  # validation rows per member
+            tf.TensorSpec((None, None, None), f32),  # validation rows per member (or shared)
             tf.TensorSpec((m,), tf.int64),  # seeds
             plan_spec,
             {name: tf.TensorSpec((), f32) for name in RATE_NAMES},

@@ -107,7 +107,7 @@ class _Data:
     x: np.ndarray  # (rows, d): the members' training rows, block after block
     y: np.ndarray  # labels of x's rows
     rows: list[np.ndarray]  # each member's rows of x, in its own order
-    x_val: np.ndarray  # (M, V, d), zero-padded
+    x_val: np.ndarray  # (M, V, d), zero-padded; (1, V, d) when every member's are the same
     val_rows: list[int]  # each member's real rows of x_val
 
 
@@ -141,8 +141,10 @@ def _prepare(
         n = len(y_val)
         vals.append(xv[np.concatenate([examples + v * n for v in range(views)])])
     width = max(len(v) for v in vals)
-    padded = np.zeros((len(vals), width, x_train.shape[1]), np.float32)
-    for k, v in enumerate(vals):
+    # members scored on the same rows (repeats) share one copy: the product broadcasts it
+    same = all(np.array_equal(a, picks[0][1]) for _, a in picks) and len(blocks) == 1
+    padded = np.zeros((1 if same else len(vals), width, x_train.shape[1]), np.float32)
+    for k, v in enumerate(vals[: len(padded)]):
         padded[k, : len(v)] = v
     x = np.concatenate(xs) if len(xs) > 1 else xs[0]
     y = np.concatenate(ys) if len(ys) > 1 else ys[0]
@@ -322,8 +324,9 @@ def _finish(
     reports: int | None,
 ) -> None:
     """Each member's weights (model order, as ``HeadResult.weights``) and last-epoch report."""
+    weights = stack.member_weights()
     for k, result in enumerate(results):
-        result.weights = stack.member_weights(k)
+        result.weights = weights[k]
         result.head_weights = result.weights[-2:]
         if reports is None or k < reports:
             result.val_metrics = classification_metrics(
