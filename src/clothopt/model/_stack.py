@@ -2,11 +2,14 @@
 leading member axis, one step for all of them, written out in ``keras.ops``.
 
 The backward pass is written by hand (an MLP's is a few matmuls), so a step is plain
-``keras.ops`` on every backend; TensorFlow runs a whole epoch as one traced loop. Per step the
-host sends each member's rows, row weights, learning rate and Adam step size (all computed per
-epoch in NumPy: fewer ops in the loop), so the loop body is only the arithmetic. The first
-layer's bias is the last row of its kernel (the features get a column of ones): one variable
-and one matmul fewer per step; decay skips that row as Keras skips biases.
+``keras.ops`` on every backend. On TensorFlow a whole epoch is one XLA program: the step's
+elementwise work (softmax, ReLU, dropout, Adam's ~18 passes a weight) fuses into a few loops
+and no op is dispatched one by one, so M members cost about their arithmetic. Its dropout masks
+are TensorFlow's own stateless draws, computed in the program for all members at once
+(:func:`philox_streams`). Per step the host sends each member's rows, row weights, learning
+rate, Adam step size and mask streams (all computed per epoch in NumPy: fewer ops in the loop).
+The first layer's bias is the last row of its kernel (the features get a column of ones): one
+variable and one matmul fewer per step; decay skips that row as Keras skips biases.
 """
 
 from __future__ import annotations
