@@ -29,6 +29,7 @@ __all__ = ["HEADS", "measure_repeats"]
 
 CLASSES = tuple(f"c{i}" for i in range(10))
 FEATURE_DIM, VAL_IMAGES = 256, 341
+PAPER_RUNS = 5
 # (name, what, head parameters, goal: stacked seconds / one fit's)
 HEADS: tuple[tuple[str, str, dict[str, Any], float], ...] = (
     ("paper", "paper's linear head, Adam, batch 32", dict(learning_rate=1e-3, batch_size=32), 1.5),
@@ -89,20 +90,34 @@ def _clock() -> tuple[float, float]:
 
 
 def _pair(
-    data: tuple[np.ndarray, ...], params: HeadParams, seed: int, members: int, tr: tuple
+    data: tuple[np.ndarray, ...],
+    params: HeadParams,
+    seed: int,
+    members: int,
+    tr: tuple,
+    trial: bool = False,
 ) -> dict[str, float]:
     """One fit and one stacked fit (seeds ``seed ..``), timed (wall and CPU seconds); member
-    0's largest weight difference from the fit alone with the same seed."""
+    0's largest weight difference from the fit alone with the same seed. Stacked fits report
+    F1 only (``reports=0``), as ``protocol.evaluate`` runs them. ``trial``: also the rest of
+    a trial as ``protocol.evaluate`` runs it after its first member alone (``members - 1``
+    stacked)."""
     solo, stacked = tr
     x, y, xv, yv = data
+
+    def fit(first: int, count: int) -> Any:
+        seeds = seed_members(range(first, first + count))
+        return stacked.train(
+            x, y, xv, yv, CLASSES, params, seeds, batch_order, val_views=2, reports=0
+        )
+
     t0, c0 = _clock()
     alone = solo.train(x, y, xv, yv, CLASSES, params, seed, batch_order, val_views=2)
     t1, c1 = _clock()
-    many = stacked.train(
-        x, y, xv, yv, CLASSES, params, seed_members(range(seed, seed + members)), batch_order,
-        val_views=2, reports=1,
-    )  # fmt: skip
+    many = fit(seed, members)
     t2, c2 = _clock()
+    rest = fit(seed + 1, members - 1).train_seconds if trial else float("nan")
+    t3 = time.perf_counter()
     diff = max(
         float(np.max(np.abs(a - b)))
         for a, b in zip(alone.weights, many.members[0].weights, strict=True)
@@ -110,6 +125,7 @@ def _pair(
     return {
         "solo": t1 - t0,
         "stacked": t2 - t1,
+        "rest": t3 - t2 if trial else rest,
         "solo_cpu": c1 - c0,
         "stacked_cpu": c2 - c1,
         "diff": diff,
@@ -120,7 +136,9 @@ def _pair(
 
 def measure_repeats(s: Settings) -> dict[str, Any]:
     """Per head: median seconds of one fit and of an M-member stacked fit over
-    ``s.repeats_runs`` alternating pairs (after one pair that compiles both), their ratio."""
+    ``s.repeats_runs`` alternating pairs (after one pair that compiles both; the paper head,
+    ~0.1 s a pair and the noisiest, gets ``PAPER_RUNS`` times as many), their ratio; for the
+    paper and wide heads also a whole trial's (first member alone, the rest stacked)."""
     data = _features(s.repeats_train_rows, s.seed)
     out: dict[str, Any] = {
         "members": s.repeats_members,
@@ -135,16 +153,21 @@ def measure_repeats(s: Settings) -> dict[str, Any]:
         trainers = (alone, fused if name.endswith("fused_adam") else exact)
         epochs = 2 if name == "paper" else s.repeats_wide_epochs
         params = HeadParams(**(spec | {"epochs": epochs}))
-        _pair(data, params, 10_000, s.repeats_members, trainers)  # compiles both shapes
-        runs = [_pair(data, params, r, s.repeats_members, trainers) for r in range(s.repeats_runs)]
+        trial = name in ("paper", "wide")
+        _pair(data, params, 10_000, s.repeats_members, trainers, trial)  # compiles the shapes
+        count = s.repeats_runs * (PAPER_RUNS if name == "paper" else 1)
+        runs = [_pair(data, params, r, s.repeats_members, trainers, trial) for r in range(count)]
         solo, stacked = median(r["solo"] for r in runs), median(r["stacked"] for r in runs)
+        ratios = sorted(r["stacked"] / r["solo"] for r in runs)
         out[name] = {
             "what": what,
             "epochs": epochs,
             "solo_seconds": round(solo, 3),
             "stacked_seconds": round(stacked, 3),
+            "runs": count,
             "ratio": round(stacked / solo, 2),
             "ratio_per_run": [round(r["stacked"] / r["solo"], 2) for r in runs],
+            "ratio_range": [round(ratios[0], 2), round(ratios[-1], 2)],
             "cpu_ratio": round(
                 median(r["stacked_cpu"] for r in runs) / median(r["solo_cpu"] for r in runs), 2
             ),
@@ -155,6 +178,9 @@ def measure_repeats(s: Settings) -> dict[str, Any]:
             "goal": goal,
             "met": stacked / solo <= goal,
         }
+        if trial:  # what a K-fold trial costs over a one-fit trial
+            rest = median(r["solo"] + r["rest"] for r in runs)
+            out[name]["trial_ratio"] = round(rest / solo, 2)
     out["load_after"] = round(os.getloadavg()[0], 2)
     return out
 

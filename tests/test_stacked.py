@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clothopt.errors import InvalidArgument
 from clothopt.folds import fold_rows, stratified_folds
@@ -202,3 +204,28 @@ def test_fused_adam_is_a_close_fit_not_the_same_one() -> None:
         )
         assert 0 < diff < 1e-2
         assert abs(fused.members[k].epoch_f1[-1] - alone.epoch_f1[-1]) < 0.05
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.tuples(st.integers(0, 2**31 - 3), st.integers(0, 2**31 - 3)),
+    rows=st.integers(1, 40),
+    width=st.integers(1, 70),
+)
+def test_stacked_masks_draw_tensorflows_stateless_uniform_bit_for_bit(
+    seed: tuple[int, int], rows: int, width: int
+) -> None:
+    """The in-graph Philox draw (every member's at once, fused by XLA) is the
+    ``tf.random.stateless_uniform`` each member's dropout layer draws alone, for any seed and
+    shape (a row count that leaves a partial group of 4 words included)."""
+    import tensorflow as tf
+
+    from clothopt.model._stack import _uniform_streams, philox_streams
+
+    seeds = np.array([seed, (seed[1], seed[0])], np.int64)
+    streams = tf.constant(philox_streams(seeds))
+    draw = tf.function(_uniform_streams, jit_compile=True, autograph=False)
+    for got in (draw(tf, streams, rows, width), _uniform_streams(tf, streams, rows, width)):
+        for k, pair in enumerate(seeds):
+            want = tf.random.stateless_uniform((rows, width), seed=tf.constant(pair, tf.int32))
+            np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want))

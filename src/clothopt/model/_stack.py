@@ -2,11 +2,14 @@
 leading member axis, one step for all of them, written out in ``keras.ops``.
 
 The backward pass is written by hand (an MLP's is a few matmuls), so a step is plain
-``keras.ops`` on every backend; TensorFlow runs a whole epoch as one traced loop. Per step the
-host sends each member's rows, row weights, learning rate and Adam step size (all computed per
-epoch in NumPy: fewer ops in the loop), so the loop body is only the arithmetic. The first
-layer's bias is the last row of its kernel (the features get a column of ones): one variable
-and one matmul fewer per step; decay skips that row as Keras skips biases.
+``keras.ops`` on every backend. On TensorFlow a whole epoch is one XLA program: the step's
+elementwise work (softmax, ReLU, dropout, Adam's ~18 passes a weight) fuses into a few loops
+and no op is dispatched one by one, so M members cost about their arithmetic. Its dropout masks
+are TensorFlow's own stateless draws, computed in the program for all members at once
+(:func:`philox_streams`). Per step the host sends each member's rows, row weights, learning
+rate, Adam step size and mask streams (all computed per epoch in NumPy: fewer ops in the loop).
+The first layer's bias is the last row of its kernel (the features get a column of ones): one
+variable and one matmul fewer per step; decay skips that row as Keras skips biases.
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["UNROLL_BELOW", "Stack", "StackShape"]
+__all__ = ["Stack", "StackShape", "philox_streams"]
 
 BETA_1, BETA_2, EPSILON, MOMENTUM = 0.9, 0.999, 1e-7, 0.9  # Keras's Adam; clothopt's SGD
-# a member's (in x out) below which per-member 2-D MatMuls beat one BatchMatMul on CPU
-UNROLL_BELOW = 32768
 RATE_NAMES = ("dropout_rate", "dropout_scale", "weight_decay", "smooth_keep", "smooth_add")
-PLAN_KEYS = ("xi", "w", "ws", "act", "lr", "alpha", "dseed")
+PLAN_KEYS = ("xi", "w", "ws", "act", "lr", "alpha", "drng")
+# Philox4x32-10 as TensorFlow's stateless ops run it: round multipliers, key increments, and
+# the key its GenerateKey scrambles a seed with
+PHILOX_M, PHILOX_W = (0xD2511F53, 0xCD9E8D57), (0x9E3779B9, 0xBB67AE85)
+PHILOX_SEED_KEY = (0x3EC8F720, 0x02461E29)
+_LO = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,47 @@ class StackShape:
         return [dims[i] for i in range(len(dims) - 1) if self.dropout_before(i)]
 
 
+def _philox(c: list[Any], k: list[Any], high: Callable[[Any], Any]) -> list[Any]:
+    """The 4 output words of Philox4x32-10 for counter words ``c`` and key words ``k``, each a
+    32-bit value held in int64 (NumPy arrays or TensorFlow tensors: products wrap as uint64
+    ones do, ``high`` takes bits 32-63)."""
+    for _ in range(10):
+        p0, p1 = c[0] * PHILOX_M[0], c[2] * PHILOX_M[1]
+        c = [high(p1) ^ c[1] ^ k[0], p1 & _LO, high(p0) ^ c[3] ^ k[1], p0 & _LO]
+        k = [(k[0] + PHILOX_W[0]) & _LO, (k[1] + PHILOX_W[1]) & _LO]
+    return c
+
+
+def philox_streams(seeds: np.ndarray) -> np.ndarray:
+    """(..., 2) stateless seeds -> (..., 4) int64 ``[key0, key1, counter2, counter3]``: the
+    Philox stream ``tf.random.stateless_uniform`` draws from for each seed (the key and counter
+    its GenerateKey scrambles the seed into; the counter's low words start at 0)."""
+    s = np.asarray(seeds).astype(np.int64)
+    words = [s[..., 0] & _LO, (s[..., 0] >> 32) & _LO, s[..., 1] & _LO, (s[..., 1] >> 32) & _LO]
+    key = [np.full(s.shape[:-1], w, np.int64) for w in PHILOX_SEED_KEY]
+    mix = _philox(words, key, lambda x: (x >> 32) & _LO)
+    return np.stack(mix, axis=-1)
+
+
+def _uniform_streams(tf: Any, streams: Any, rows: Any, width: int) -> Any:
+    """(M, rows, width) floats in [0, 1): member m's ``tf.random.stateless_uniform((rows,
+    width), seed)`` bit for bit (``streams[m]`` from :func:`philox_streams`), for all members
+    in one fused computation instead of one Philox kernel each. Element i is word ``i % 4``
+    of the counter's ``i // 4``-th increment; its low 23 bits are the float's mantissa."""
+    n = rows * width
+    g = tf.range((n + 3) // 4, dtype=tf.int64)[None, :]
+    col = [streams[:, i : i + 1] for i in range(4)]
+    zero = tf.zeros_like(g)
+    words = _philox(
+        [g, zero, col[2] + zero, col[3] + zero],
+        [col[0], col[1]],
+        lambda x: tf.bitwise.right_shift(x, 32) & _LO,
+    )
+    words = [tf.cast((w & 0x7FFFFF) | 0x3F800000, tf.int32) for w in words]
+    bits = tf.reshape(tf.stack(words, axis=-1), (tf.shape(streams)[0], -1))[:, :n]
+    return tf.reshape(tf.bitcast(bits, tf.float32) - 1.0, (-1, rows, width))
+
+
 def _glorot(seed: int, shape: tuple[int, int]) -> np.ndarray:
     import keras
 
@@ -91,25 +138,28 @@ class Stack:
         self.decay = [first] + [1.0 if len(s) == 3 else None for s in sizes[1:]]
         self.graph = keras.backend.backend() == "tensorflow"
         self._epoch_fn = self._make_epoch_fn() if self.graph else None
+        if self.graph:
+            import tensorflow as tf
+
+            self._reset_fn = tf.function(self._assign, autograph=False)
         self._generators: list[list[Any]] = []
 
     def reset(self, seeds: Sequence[int]) -> None:
         """Each member's weights as ``HeadTrainer`` initialises its layers from its seed (the
         logits get the seed itself, hidden layer i ``seed + 1 + i``); a new optimizer."""
         last = self.shape.hidden_layers
-        layers = self.shape.hidden_layers + 1
-        for i in range(layers):
-            kernel = self.weights[0 if i == 0 else 2 * i - 1]
+        inits = []
+        for i in range(last + 1):
             shape = (self.shape.dims[i], self.shape.dims[i + 1])
             init = np.stack([_glorot(s if i == last else s + 1 + i, shape) for s in seeds])
-            if i == 0:
-                init = np.concatenate([init, np.zeros((len(seeds), 1, shape[1]), np.float32)], 1)
-            kernel.assign(init)
-            if i > 0:
-                self.weights[2 * i].assign(np.zeros(self.weights[2 * i].shape, np.float32))
-        for var in (v for slot in self.slots for v in slot):
-            var.assign(np.zeros(var.shape, np.float32))
-        if not self.graph:
+            if i == 0:  # the bias row, zero
+                inits.append(np.concatenate([init, np.zeros_like(init[:, :1])], axis=1))
+            else:
+                inits += [init, np.zeros((len(seeds), shape[1]), np.float32)]
+        if self.graph:  # one call, not one host round trip per variable
+            self._reset_fn(inits)
+        else:
+            self._assign(inits)
             import keras
 
             drops = len(self.shape.dropout_units())
@@ -117,58 +167,93 @@ class Stack:
                 [keras.random.SeedGenerator(s + 1000 + i) for s in seeds] for i in range(drops)
             ]
 
-    def member_weights(self, k: int) -> list[np.ndarray]:
-        """Member ``k``'s layers as ``HeadResult.weights``: [kernel, bias] per Dense."""
-        values = [np.asarray(_value(w))[k] for w in self.weights]
-        return [values[0][:-1], values[0][-1], *values[1:]]
+    def _assign(self, inits: Sequence[Any]) -> None:
+        ops = _ops()
+        for var, init in zip(self.weights, inits, strict=True):
+            var.assign(init)
+        for var in (v for slot in self.slots for v in slot):
+            var.assign(ops.zeros(var.shape, "float32"))
 
-    def _mm(self, layer: int, a: Any, b: Any, **flags: bool) -> Any:
-        dims = self.shape.dims
-        return _matmul(a, b, dims[layer] * dims[layer + 1], self.shape.members, **flags)
+    def member_weights(self) -> list[list[np.ndarray]]:
+        """Each member's layers as ``HeadResult.weights``: [kernel, bias] per Dense."""
+        v = [np.asarray(_value(w)) for w in self.weights]
+        return [[v[0][k, :-1], v[0][k, -1], *(w[k] for w in v[1:])] for k in range(len(v[0]))]
 
     def _layers(self) -> list[tuple[Any, Any]]:
         """(kernel, bias or None) per Dense, as tensors read now."""
         w = [_value(v) for v in self.weights]
         return [(w[0], None), *((w[i], w[i + 1]) for i in range(1, len(w), 2))]
 
-    def step(self, xb: Any, yb: Any, p: dict[str, Any], noise: Sequence[Any], r: Any) -> Any:
+    def step(self, xb: Any, yb: Any, p: dict[str, Any], draws: Sequence[Any], r: Any) -> Any:
         """One optimizer step of every member on its batch; returns each member's summed row
         loss. ``xb`` (M, B, d+1) with its ones column, ``yb`` (M, B, C) one-hot, ``p`` this
         step's plan row (``w``/``ws`` row weights 1 or 0 and ``w / rows``; ``act``; ``lr``;
-        ``alpha``), ``noise`` one (M, B, units) uniform draw per dropout."""
-        ops, shape = _ops(), self.shape
-        layers = self._layers()
-        acts, masks, pre = [], [], []
-        a, draws = xb, iter(noise)
-        for i, (kernel, bias) in enumerate(layers):
-            if shape.dropout_before(i):
-                masks.append(ops.greater_equal(next(draws), r["dropout_rate"]))
-                if i == 0:  # on the features (a linear head): never on the ones column
-                    kept = ops.where(masks[-1], ops.multiply(a[..., :-1], r["dropout_scale"]), 0.0)
-                    a = ops.concatenate([kept, a[..., -1:]], axis=-1)
-                else:
-                    a = ops.where(masks[-1], ops.multiply(a, r["dropout_scale"]), 0.0)
+        ``alpha``), ``draws`` per dropout: the (M, 4) Philox streams of its masks in a graph
+        (:func:`philox_streams`), else an (M, B, units) uniform draw."""
+        layers, last = self._layers(), self.shape.hidden_layers
+        acts, masks, pre = [], {}, {}
+        a, draws = xb, iter(draws)
+        for i, (kernel, _) in enumerate(layers):
+            draw = next(draws) if self.shape.dropout_before(i) else None
+            if i > 0 or draw is not None:
+                before = layers[i - 1][1] if i > 0 else None
+                a, masks[i], pre[i - 1] = self._enter(i, a, before, draw, r)
             acts.append(a)
-            z = self._mm(i, a, kernel)
-            z = z if bias is None else ops.add(z, bias[:, None, :])
-            pre.append(z)
-            a = ops.relu(z) if i < len(layers) - 1 else z
-        if shape.label_smoothing:
-            yb = ops.add(ops.multiply(yb, r["smooth_keep"]), r["smooth_add"])
-        row_loss = -ops.sum(ops.multiply(yb, ops.log_softmax(a, axis=-1)), axis=-1)
-        grad = ops.multiply(ops.subtract(ops.softmax(a, axis=-1), yb), p["ws"][..., None])
+            a = _matmul(a, kernel)
+        loss, grad, bias_grad = self._loss(a, layers[last][1], yb, p["w"], p["ws"], r)
         grads: list[Any] = []
-        for i in range(len(layers) - 1, -1, -1):
-            grads[:0] = [self._mm(i, acts[i], grad, transpose_a=True)]
+        for i in range(last, -1, -1):
+            grads[:0] = [_matmul(acts[i], grad, transpose_a=True)]
             if i == 0:
                 break
-            grads.insert(1, ops.sum(grad, axis=1))
-            grad = self._mm(i, grad, layers[i][0], transpose_b=True)
-            if shape.dropout_before(i):
-                grad = ops.where(masks.pop(), ops.multiply(grad, r["dropout_scale"]), 0.0)
-            grad = ops.where(ops.greater(pre[i - 1], 0.0), grad, 0.0)
-        self._apply(grads, p, r)
-        return ops.sum(ops.multiply(row_loss, p["w"]), axis=1)
+            grads.insert(1, bias_grad)
+            grad = _matmul(grad, layers[i][0], transpose_b=True)
+            grad, bias_grad = self._back(i, grad, masks.get(i), pre[i - 1], r)
+        self._apply(grads, {k: p[k] for k in ("lr", "alpha", "act")}, r)
+        return loss
+
+    def _enter(self, i: int, a: Any, bias: Any, draw: Any, r: Any) -> tuple[Any, Any, Any]:
+        """Dense i's input from Dense i-1's product ``a`` (plus ``bias``, ReLU; none for the
+        first): with dropout from ``draw`` where the head has it; (input, mask, pre-ReLU)."""
+        ops = _ops()
+        pre = None
+        if i > 0:
+            pre = a if bias is None else ops.add(a, bias[:, None, :])
+            a = ops.relu(pre)
+        mask = None
+        if draw is not None:
+            width = self.shape.dims[i]
+            if self.graph:
+                import tensorflow as tf
+
+                draw = _uniform_streams(tf, draw, tf.shape(a)[1], width)
+            mask = ops.greater_equal(draw, r["dropout_rate"])
+            if i == 0:  # on the features (a linear head): never on the ones column
+                kept = ops.where(mask, ops.multiply(a[..., :-1], r["dropout_scale"]), 0.0)
+                a = ops.concatenate([kept, a[..., -1:]], axis=-1)
+            else:
+                a = ops.where(mask, ops.multiply(a, r["dropout_scale"]), 0.0)
+        return a, mask, pre
+
+    def _loss(self, z: Any, bias: Any, yb: Any, w: Any, ws: Any, r: Any) -> tuple[Any, Any, Any]:
+        """From the logits' product: (each member's summed row loss, the loss's gradient
+        with respect to the logits, its bias's gradient)."""
+        ops = _ops()
+        a = z if bias is None else ops.add(z, bias[:, None, :])
+        if self.shape.label_smoothing:
+            yb = ops.add(ops.multiply(yb, r["smooth_keep"]), r["smooth_add"])
+        row_loss = -ops.sum(ops.multiply(yb, ops.log_softmax(a, axis=-1)), axis=-1)
+        grad = ops.multiply(ops.subtract(ops.softmax(a, axis=-1), yb), ws[..., None])
+        return ops.sum(ops.multiply(row_loss, w), axis=1), grad, ops.sum(grad, axis=1)
+
+    def _back(self, i: int, grad: Any, mask: Any, pre: Any, r: Any) -> tuple[Any, Any]:
+        """The gradient back through Dense i's dropout and Dense i-1's ReLU; with Dense i-1's
+        bias gradient (None for the first, whose bias is a kernel row)."""
+        ops = _ops()
+        if mask is not None:
+            grad = ops.where(mask, ops.multiply(grad, r["dropout_scale"]), 0.0)
+        grad = ops.where(ops.greater(pre, 0.0), grad, 0.0)
+        return grad, (ops.sum(grad, axis=1) if i > 1 else None)
 
     def _apply(self, grads: list[Any], p: dict[str, Any], r: Any) -> None:
         """Keras's update (``HeadTrainer``'s optimizers) of every member's variables with its
@@ -226,32 +311,17 @@ class Stack:
                 )  # fmt: skip
 
     def validation_logits(self, x_val: Any) -> Any:
-        """(M, V, C) logits of each member on its (M, V, d+1) validation rows, no dropout."""
+        """(M, V, C) logits of each member on its (M, V, d+1) validation rows (or on shared
+        (1, V, d+1) ones), no dropout."""
         ops = _ops()
         layers = self._layers()
         a = x_val
         for i, (kernel, bias) in enumerate(layers):
-            a = self._mm(i, a, kernel)
+            a = _matmul(a, kernel)
             a = a if bias is None else ops.add(a, bias[:, None, :])
             if i < len(layers) - 1:
                 a = ops.relu(a)
         return a
-
-    def _noise_tf(self, tf: Any, dseed: Any, rows: Any) -> list[Any]:
-        """Per dropout i and member m, Keras's TensorFlow draw for a ``SeedGenerator`` whose
-        state is ``[seed + 1000 + i, step]`` (``dseed[m, i]``: that state folded into int32 as
-        Keras folds it, computed on the host)."""
-        units = self.shape.dropout_units()
-        pairs = tf.unstack(tf.reshape(dseed, (-1, 2)), self.shape.members * len(units))
-        return [
-            tf.stack(
-                [
-                    tf.random.stateless_uniform((rows, width), seed=pairs[k * len(units) + i])
-                    for k in range(self.shape.members)
-                ]
-            )
-            for i, width in enumerate(units)
-        ]
 
     def _make_epoch_fn(self) -> Callable[..., Any]:
         # tf.function around the keras.ops step: the epoch is one graph, as HeadTrainer's is
@@ -262,26 +332,27 @@ class Stack:
         plan_spec |= {k: tf.TensorSpec((None, m), f32) for k in ("act", "lr", "alpha")}
         plan_spec |= {
             "xi": tf.TensorSpec((None, m, None), tf.int32),
-            "dseed": tf.TensorSpec((None, m, None, 2), tf.int32),
+            "drng": tf.TensorSpec((None, m, None, 4), tf.int64),
         }
         sig = [
             tf.TensorSpec((None, None), f32),  # x pool, with its ones column
             tf.TensorSpec((None, None), f32),  # y pool, one-hot
-            tf.TensorSpec((m, None, None), f32),  # validation rows per member
+            tf.TensorSpec((None, None, None), f32),  # validation rows per member (or shared)
             tf.TensorSpec((m,), tf.int64),  # seeds
             plan_spec,
             {name: tf.TensorSpec((), f32) for name in RATE_NAMES},
         ]
 
-        @tf.function(input_signature=sig, reduce_retracing=True)
+        drops = len(self.shape.dropout_units())
+
+        @tf.function(input_signature=sig, reduce_retracing=True, jit_compile=True)
         def epoch(x: Any, y: Any, x_val: Any, seeds: Any, plan: Any, rates: Any) -> Any:
             losses = tf.zeros((m,), f32)
-            rows = tf.shape(plan["xi"])[2]
             for s in tf.range(tf.shape(plan["xi"])[0]):
                 p = {k: tf.gather(v, s) for k, v in plan.items()}  # 1 op, not a 3-op slice
                 xb, yb = tf.gather(x, p["xi"]), tf.gather(y, p["xi"])
-                noise = self._noise_tf(tf, p["dseed"], rows) if self.shape.dropout else []
-                losses += self.step(xb, yb, p, noise, rates)
+                draws = [p["drng"][:, i] for i in range(drops)]
+                losses += self.step(xb, yb, p, draws, rates)
             return losses, self.validation_logits(x_val)
 
         return epoch
@@ -324,12 +395,8 @@ def _uniform(shape: tuple[int, int], generator: Any) -> Any:
     return keras.random.uniform(shape, seed=generator)
 
 
-def _matmul(
-    a: Any, b: Any, size: int, members: int, transpose_a: bool = False, transpose_b: bool = False
-) -> Any:
-    """Batched ``a @ b`` over the member axis for a layer of ``size`` (in x out) weights. On
-    TensorFlow the transposes fold into the matmul, and a small layer (a linear head) runs one
-    2-D MatMul per member: on CPU a BatchMatMul's fixed cost exceeds a tiny product's."""
+def _matmul(a: Any, b: Any, transpose_a: bool = False, transpose_b: bool = False) -> Any:
+    """Batched ``a @ b`` over the member axis (on TensorFlow the transposes fold into it)."""
     import keras
 
     if keras.backend.backend() != "tensorflow":
@@ -338,8 +405,4 @@ def _matmul(
         return ops.matmul(a, ops.transpose(b, (0, 2, 1)) if transpose_b else b)
     import tensorflow as tf
 
-    flags = {"transpose_a": transpose_a, "transpose_b": transpose_b}
-    if size >= UNROLL_BELOW:
-        return tf.linalg.matmul(a, b, **flags)
-    pairs = zip(tf.unstack(a, members), tf.unstack(b, members), strict=True)
-    return tf.stack([tf.linalg.matmul(x, y, **flags) for x, y in pairs])
+    return tf.linalg.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)

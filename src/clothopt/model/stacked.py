@@ -34,7 +34,7 @@ import numpy as np
 
 from clothopt.errors import InvalidArgument
 from clothopt.metrics import classification_metrics, macro_f1
-from clothopt.model._stack import BETA_1, BETA_2, RATE_NAMES, Stack, StackShape
+from clothopt.model._stack import BETA_1, BETA_2, RATE_NAMES, Stack, StackShape, philox_streams
 from clothopt.model.head import HeadParams, HeadResult, average_views, normalize_features
 
 __all__ = ["Member", "StackedResult", "StackedTrainer", "fold_members", "seed_members"]
@@ -107,7 +107,7 @@ class _Data:
     x: np.ndarray  # (rows, d): the members' training rows, block after block
     y: np.ndarray  # labels of x's rows
     rows: list[np.ndarray]  # each member's rows of x, in its own order
-    x_val: np.ndarray  # (M, V, d), zero-padded
+    x_val: np.ndarray  # (M, V, d), zero-padded; (1, V, d) when every member's are the same
     val_rows: list[int]  # each member's real rows of x_val
 
 
@@ -141,8 +141,10 @@ def _prepare(
         n = len(y_val)
         vals.append(xv[np.concatenate([examples + v * n for v in range(views)])])
     width = max(len(v) for v in vals)
-    padded = np.zeros((len(vals), width, x_train.shape[1]), np.float32)
-    for k, v in enumerate(vals):
+    # members scored on the same rows (repeats) share one copy: the product broadcasts it
+    same = all(np.array_equal(a, picks[0][1]) for _, a in picks) and len(blocks) == 1
+    padded = np.zeros((1 if same else len(vals), width, x_train.shape[1]), np.float32)
+    for k, v in enumerate(vals[: len(padded)]):
         padded[k, : len(v)] = v
     x = np.concatenate(xs) if len(xs) > 1 else xs[0]
     y = np.concatenate(ys) if len(ys) > 1 else ys[0]
@@ -166,8 +168,8 @@ def _plan(
     (``order(n_m, epoch, seed_m)`` of its own rows, as alone), padded with weight-0 rows (``w``
     1 or 0, ``ws`` = w / the batch's real rows: the mean loss's gradient); a member with fewer
     steps is inactive (``act`` 0) in the rest. ``lr``, ``alpha`` (Adam's step size) and
-    ``dseed`` (the stateless seed of each of the ``dropouts`` layers' masks) as ``HeadTrainer``
-    computes them at that step (the member's optimizer iterations)."""
+    ``drng`` (the Philox stream of each of the ``dropouts`` layers' stateless masks) as
+    ``HeadTrainer`` computes them at that step (the member's optimizer iterations)."""
     batch, counts = params.batch_size, [len(r) for r in rows]
     width, m = min(batch, max(counts)), len(rows)
     steps = [math.ceil(n / batch) for n in counts]
@@ -175,7 +177,7 @@ def _plan(
     plan = {k: np.zeros(shape3, np.float32) for k in ("w", "ws")}
     plan |= {k: np.zeros(shape2, np.float32) for k in ("act", "lr", "alpha")}
     drops = max(1, len(dropouts))
-    plan["xi"], plan["dseed"] = np.zeros(shape3, np.int32), np.zeros((*shape2, drops, 2), np.int32)
+    plan["xi"], plan["drng"] = np.zeros(shape3, np.int32), np.zeros((*shape2, drops, 4), np.int64)
     f32 = np.float32
     for k, (r, seed) in enumerate(zip(rows, seeds, strict=True)):
         seen = r[order(len(r), epoch, seed)]
@@ -190,7 +192,7 @@ def _plan(
         plan["alpha"][: steps[k], k] = lr * np.sqrt(f32(1) - b2p) / (f32(1) - b1p)
         for i in range(len(dropouts)):  # Keras's int64 state [seed + 1000 + i, it], folded
             state = np.stack(np.broadcast_arrays(np.int64(seed) + 1000 + i, it), axis=-1)
-            plan["dseed"][: steps[k], k, i] = np.mod(state, np.int64(2**31 - 2))
+            plan["drng"][: steps[k], k, i] = philox_streams(np.mod(state, np.int64(2**31 - 2)))
         plan["act"][: steps[k], k] = 1.0
         padded = np.zeros(steps[k] * batch, np.int64)
         padded[: len(seen)] = seen
@@ -208,10 +210,10 @@ class StackedTrainer:
     Keeps one compiled stack per shape (``max_models``, least recently used goes first); a
     stack is rebuilt only when the members' count, the feature width or what
     ``HeadTrainer`` traces changes. ``fused_adam``: Adam/AdamW through TensorFlow's fused
-    kernel (one pass a variable instead of ~18: the wide head's stacked fit ~25% faster), whose
-    own rounding of ``1 - beta_2`` moves weights ~1e-3 from the fit alone within 2 epochs, so
-    a member is then an equivalent fit, not the same one. Not thread-safe: one trainer per
-    worker thread.
+    kernel (one pass a variable; XLA now fuses the exact update too, so it saves a few percent
+    of CPU time where it once saved ~25%), whose own rounding of ``1 - beta_2`` moves weights
+    ~1e-3 from the fit alone within 2 epochs, so a member is then an equivalent fit, not the
+    same one. Not thread-safe: one trainer per worker thread.
     """
 
     def __init__(self, max_models: int = 8, fused_adam: bool = False) -> None:
@@ -322,8 +324,9 @@ def _finish(
     reports: int | None,
 ) -> None:
     """Each member's weights (model order, as ``HeadResult.weights``) and last-epoch report."""
+    weights = stack.member_weights()
     for k, result in enumerate(results):
-        result.weights = stack.member_weights(k)
+        result.weights = weights[k]
         result.head_weights = result.weights[-2:]
         if reports is None or k < reports:
             result.val_metrics = classification_metrics(
