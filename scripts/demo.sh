@@ -8,8 +8,9 @@
 #   STORAGE  SQLAlchemy URL of the studies (sqlite:///studies/clothopt.db)
 #   NAME     study name (demo-mobilenet_025)
 #   PAPER    folder of the paper's final_test.csv (default: ../shared/paper when it exists)
-#   WIDE     1 (default): also search the `wide` space (TPE over the head, ~10 min on 2 CPU
-#            cores), finalize it and index the train split for similar items; 0: the paper only
+#   WIDE     1 (default): also search the `wide` space (TPE over the head, 40 five-fold trials:
+#            7-27 min on 2 CPU cores), finalize it (a raced pick, 5-16 min) and index
+#            the train split for similar items; 0: the paper only
 set -euo pipefail
 
 BIN=${BIN:-.venv/bin}
@@ -50,7 +51,7 @@ search "$NAME" paper "the paper's grid (27 trials)"
 if [ "$WIDE" = 1 ]; then
     WNAME=${NAME%-mobilenet_025}-wide
     [ "$WNAME" != "$NAME" ] || WNAME="$NAME-wide"
-    search "$WNAME" wide "TPE over the head, its training and its features (60 trials)"
+    search "$WNAME" wide "TPE over the head, its training and its features (40 five-fold trials)"
     FINAL=$(dirname "${STORAGE#sqlite:///}")/runs/$WNAME/final
     if [ -d "$FINAL" ] && [ -d "$DATA/train" ]; then
         step "indexing the train split for similar items"
