@@ -37,6 +37,7 @@ INTS: dict[tuple[str, str], tuple[int, int]] = {
     ("study finalize", "--fine-tune"): (0, INT64),
     ("study finalize", "--race-top"): (0, 1000),
     ("study finalize", "--race-repeats"): (1, 100),
+    ("study finalize", "--blend"): (0, 1000),
     ("study finalize", "--fine-tune-epochs"): (1, 1000),
     ("predict", "--top-k"): (1, INT64),
     ("evaluate", "--resamples"): (1000, 1_000_000),

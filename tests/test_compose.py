@@ -428,3 +428,66 @@ def test_an_ensemble_averages_its_members_probabilities_in_built_in_layers(
         compose(SPEC, SIZE, "none", 3, raw_input=True, head=heads[:2])
     with pytest.raises(InvalidArgument, match="at least one head"):
         compose(SPEC, SIZE, "none", 3, raw_input=True, head=[], softmax=True)
+
+
+def test_a_blend_of_configurations_weighs_heads_of_other_sizes_and_tta(tmp_path: Any) -> None:
+    """Heads with their own sizes and TTA in one model: each member's probabilities are those
+    of the model exported with it alone, averaged by the members' shares; ``pool`` stays the
+    model's own sizes (what the detector and similar items read)."""
+    import dataclasses
+
+    import keras
+
+    rng = np.random.default_rng(7)
+
+    def member(sizes: tuple[int, ...], tta: bool, share: float, seed: int) -> Head:
+        dim = SPEC.feature_dim * len(sizes)
+        weights = [
+            rng.normal(0, 0.3, (dim, CLASSES)).astype("float32"),
+            rng.normal(0, 0.3, CLASSES).astype("float32"),
+        ]
+        return Head(
+            num_classes=CLASSES, seed=seed, weights=weights, normalize="l2",
+            sizes=sizes, tta=tta, share=share,
+        )  # fmt: skip
+
+    heads = [
+        member((32,), False, 0.5, 1),
+        member((48, 32), True, 0.3, 2),
+        member((32,), True, 0.2, 3),
+    ]
+    model = compose(
+        SPEC, 32, "none", 3, raw_input=True, head=heads, softmax=True,
+        extra_outputs={"pooled": lambda pooled: pooled},
+    )  # fmt: skip
+    path = tmp_path / "blend.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    images = rng.integers(0, 256, (3, 41, 57, 3)).astype("float32")
+    got = loaded.predict_on_batch(images)
+
+    def alone(h: Head) -> np.ndarray:
+        single = dataclasses.replace(h, sizes=None, tta=None, share=None)
+        m = compose(
+            SPEC, list(h.sizes or ()), "none", 3, raw_input=True, head=single, softmax=True,
+            tta=bool(h.tta),
+        )  # fmt: skip
+        return np.asarray(m.predict_on_batch(images))
+
+    want = sum((h.share or 0.0) * alone(h) for h in heads)
+    np.testing.assert_allclose(got["probabilities"], want, rtol=1e-5, atol=1e-6)
+    # the shares count: equal shares give another answer
+    assert not np.allclose(got["probabilities"], np.mean([alone(h) for h in heads], axis=0))
+    extractor = compose(SPEC, 32, "none", 3)
+    plain = np.stack([_pil(i.astype(np.uint8), 32) for i in images]).astype("float32")
+    np.testing.assert_allclose(
+        got["pooled"], extractor.predict_on_batch(plain), rtol=1e-5, atol=1e-6
+    )
+    assert loaded.get_layer(POOL_LAYER).output.shape[-1] == SPEC.feature_dim
+    assert "Lambda" not in json.dumps(loaded.get_config())
+    with pytest.raises(InvalidArgument, match="shares"):
+        bad = [dataclasses.replace(heads[0], share=None), heads[1]]
+        compose(SPEC, 32, "none", 3, raw_input=True, head=bad, softmax=True)
+    with pytest.raises(InvalidArgument, match="distinct"):
+        compose(SPEC, 32, "none", 3, raw_input=True, softmax=True,
+                head=[dataclasses.replace(heads[1], sizes=(32, 32)), heads[0]])  # fmt: skip

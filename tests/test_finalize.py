@@ -834,3 +834,115 @@ def test_a_single_fit_report_estimates_by_the_trial_value(finalized: dict[str, A
     assert est["members"] == 1 and est["sd"] is None
     assert est["mean"] == finalized["report"]["trial_validation_f1_macro"]
     assert "optimistic" in est["how"]
+
+
+# --------------------------------------------------------------------------- a blend
+
+BLENDED = [
+    (FOLDED, 0.5),
+    ({"image_sizes": "32+48", "batch_size": 4, "learning_rate": 0.01, "normalize": "l2"}, 0.45),
+    ({"image_size": 32, "batch_size": 8, "learning_rate": 0.003, "flip": False}, 0.4),
+]
+
+
+@pytest.fixture(scope="module")
+def blended(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A ``folds = 3`` study of three configurations (other sizes, TTA, normalisation),
+    finalized as a blend of all three; ensemble selection's counts are fixed (1, 2, 1) by
+    race rank so every member kind ships (the selection itself: tests/test_selection.py)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from clothopt import selection
+    from conftest import REAL_WEIGHTS
+
+    if not REAL_WEIGHTS.is_file():
+        pytest.skip("the shared pretrained weights are not here")
+    root = tmp_path_factory.mktemp("blended")
+    data = make_dataset(root / "data", counts=(9, 3, 6))
+    (root / "space.toml").write_text("folds = 3\n" + SPACE)
+    storage = f"sqlite:///{root / 'studies' / 'clothopt.db'}"
+    st, _ = study_mod.create(
+        backbone="mobilenet_025", space=str(root / "space.toml"), name="blended",
+        storage=storage, data=str(data), weights=str(REAL_WEIGHTS),
+    )  # fmt: skip
+    choices: dict[str, list[Any]] = {}
+    for params, _ in BLENDED:
+        for k, v in params.items():
+            choices.setdefault(k, []).extend([] if v in choices.get(k, []) else [v])
+    for params, value in BLENDED:
+        dists = {k: CategoricalDistribution(choices[k]) for k in params}
+        st.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    seen: list[Any] = []
+
+    def fixed(probabilities: Any, y: Any, rounds: int) -> list[int]:
+        seen.append((len(probabilities), rounds))
+        return [1, 2, 1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(selection, "ensemble_selection", fixed)
+        report = finalize("blended", storage, epochs=2, race_repeats=1, blend=3)
+    _, folder = load_final("blended", storage)
+    return {"report": report, "folder": folder, "data": data, "storage": storage, "seen": seen}
+
+
+def test_a_blend_ships_its_configurations_weighed_in_one_model(blended: dict[str, Any]) -> None:
+    """Every candidate's 3 fold members in the model, each configuration's probabilities
+    weighed by its count; the model answers as the cached-feature blend does, reads the main
+    configuration's features as ``pool``, and the report holds the weights and the estimate."""
+    import keras
+
+    report, folder = blended["report"], blended["folder"]
+    assert blended["seen"] == [(3, finalize_mod.BLEND_ROUNDS)]
+    raced = [r["trial"] for r in report["selection"]["rows"]]
+    rows = report["blend"]["rows"]
+    first = min(raced)  # the grid sampler enqueued its own points before ours
+    assert [r["trial"] for r in rows] == raced and sorted(raced) == [first, first + 1, first + 2]
+    assert [r["weight"] for r in rows] == [0.25, 0.5, 0.25]
+    assert report["trial"] == raced[1]  # the largest weight is the main configuration
+    main = BLENDED[raced[1] - first][0]
+    assert report["params"] == _params_of(main)
+    model = keras.saving.load_model(folder / "model.keras", safe_mode=True)
+    members = [f"member{i}_probabilities" for i in range(9)]
+    probe = keras.Model(
+        model.input, [model.get_layer(n).output for n in members] + [model.output["probabilities"]]
+    )
+    dataset = open_dataset(blended["data"])
+    path = dataset["test"].paths[0]
+    with Image.open(path) as img:
+        out = [np.asarray(o)[0] for o in probe.predict_on_batch(
+            np.asarray(img.convert("RGB"), "float32")[None])]  # fmt: skip
+    shares = np.repeat([0.25, 0.5, 0.25], 3) / 3
+    np.testing.assert_allclose(out[-1], np.tensordot(shares, out[:-1], 1), rtol=1e-5, atol=1e-6)
+    sizes = main.get("image_sizes", "32")
+    assert model.get_layer("pool").output.shape[-1] == 256 * len(str(sizes).split("+"))
+    agree = report["cached_path_agreement"]
+    assert agree["agree"] == agree["of"] == len(dataset["test"])
+    assert "blend of 3 configurations (9 heads)" in agree["reference"]
+    est = report["estimate"]
+    assert "blend" in est["how"] and len(est["member_f1_macro"]) == 3
+    assert est["pooled_oof_f1_macro"] == report["blend"]["pooled_oof_f1_macro"]
+    assert "a blend" in report["model_input"]
+    got = _reproduce_in_fresh_process(folder, blended["data"] / "test")
+    assert got["predictions"] == report["test_predictions"]
+
+
+def _params_of(params: dict[str, Any]) -> dict[str, Any]:
+    from clothopt.trial_spec import TrialSpec
+
+    spec = TrialSpec.from_params(params, backbone="mobilenet_025", study_seed=0, epochs=2)
+    return spec.to_params()
+
+
+def test_blend_mistakes_are_refused_before_any_work(
+    blended: dict[str, Any], finalized: dict[str, Any]
+) -> None:
+    storage = blended["storage"]
+    with pytest.raises(InvalidArgument, match="--race-top"):
+        finalize("blended", storage, blend=3, race_top=2)
+    with pytest.raises(InvalidArgument, match="no --trial"):
+        finalize("blended", storage, blend=2, trial=0)
+    with pytest.raises(InvalidArgument, match="single fits"):
+        finalize("tiny", finalized["storage"], blend=2)
+    code, _, err = run_cli(["study", "finalize", "blended", "--storage", storage, "--blend", "-1"])
+    assert code == 2 and "Traceback" not in err

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from clothopt import selection, study
 from clothopt.data import open_dataset
@@ -89,3 +91,66 @@ def test_race_refuses_bad_arguments(tiny_data: Path, tmp_path: Path) -> None:
     st, config, ds, cache = _finished(tmp_path, tiny_data, trials=1)
     with pytest.raises(InvalidArgument, match="top and repeats"):
         race(st, config, ds, cache, top=0)
+
+
+# --------------------------------------------------------------------------- ensemble selection
+
+
+def _macro(y: np.ndarray, p: np.ndarray) -> float:
+    from clothopt.metrics import macro_f1
+
+    return macro_f1(y, np.argmax(p, axis=1), p.shape[1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=hs.integers(0, 2**31 - 1),
+    candidates=hs.integers(1, 5),
+    n=hs.integers(4, 60),
+    rounds=hs.integers(1, 12),
+)
+def test_ensemble_selection_never_scores_below_its_best_candidate(
+    seed: int, candidates: int, n: int, rounds: int
+) -> None:
+    """Counts sum to at most the rounds; the blend they weigh scores at least the best single
+    candidate out of fold (round 1 picks it, and the best prefix is kept), and exactly the
+    score its own weighted sum gives."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    probs = [rng.dirichlet(np.ones(3), n) for _ in range(candidates)]
+    counts = selection.ensemble_selection(probs, y, rounds)
+    assert len(counts) == candidates and 1 <= sum(counts) <= rounds
+    assert all(c >= 0 for c in counts)
+    blend = sum(c * p for c, p in zip(counts, probs, strict=True))
+    best_single = max(_macro(y, p) for p in probs)
+    assert _macro(y, blend) >= best_single
+    # round 1 picks the best single candidate, the first of equal ones
+    first = selection.ensemble_selection(probs, y, 1)
+    assert first == [int(i == np.argmax([_macro(y, p) for p in probs])) for i in range(candidates)]
+
+
+def test_ensemble_selection_blends_complementary_candidates_and_drops_useless_ones() -> None:
+    """Two candidates each right on half the examples (and unsure elsewhere) blend into one
+    that is right everywhere; a candidate that is always wrong is never picked."""
+    y = np.array([0, 1, 0, 1, 2, 2, 0, 1])
+    half = len(y) // 2
+
+    def right_on(rows: slice) -> np.ndarray:
+        p = np.full((len(y), 3), 0.3)
+        p[np.arange(len(y)), (y + 1) % 3] = 0.4  # a weak wrong answer elsewhere
+        p[np.arange(len(y))[rows], y[rows]] = 0.9  # a confident right one here
+        return p
+
+    wrong = np.eye(3)[(y + 2) % 3]
+    counts = selection.ensemble_selection(
+        [right_on(slice(0, half)), wrong, right_on(slice(half, None))], y, 10
+    )
+    assert counts[1] == 0 and counts[0] >= 1 and counts[2] >= 1
+    blend = counts[0] * right_on(slice(0, half)) + counts[2] * right_on(slice(half, None))
+    assert _macro(y, blend) == 1.0
+    # a perfect candidate alone is the answer: nothing can beat it
+    assert selection.ensemble_selection([wrong, np.eye(3)[y]], y, 10) == [0, 1]
+    with pytest.raises(InvalidArgument, match="same examples"):
+        selection.ensemble_selection([np.eye(3)[y], np.eye(3)[y[:-1]]], y, 5)
+    with pytest.raises(InvalidArgument, match="rounds"):
+        selection.ensemble_selection([np.eye(3)[y]], y, 0)

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from clothopt.errors import InvalidArgument, NotFound
 from clothopt.logging import get_logger
 from clothopt.model.head import HeadTrainer
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from clothopt.data import Dataset
     from clothopt.features import FeatureCache
 
-__all__ = ["Race", "RaceRow", "race"]
+__all__ = ["Race", "RaceRow", "ensemble_selection", "race"]
 
 logger = get_logger(__name__)
 
@@ -128,3 +130,33 @@ def race(
         for rank, (mean, value, number, params, runs, sd) in enumerate(scored, start=1)
     )
     return Race(rows, protocol.to_dict())
+
+
+def ensemble_selection(
+    probabilities: Sequence[np.ndarray], y: np.ndarray, rounds: int = 20
+) -> list[int]:
+    """How many times each candidate enters the blend: Caruana et al. (2004)'s forward
+    selection with replacement. Each round adds the candidate whose addition gives the running
+    sum of ``probabilities`` (each ``(N, C)``, out of fold, of the same N examples) the best
+    macro-F1 against ``y`` (ties: the earlier candidate, i.e. the better raced); the blend is
+    the first round's prefix with the best score, so a candidate that helps nothing is left
+    out and one candidate alone is a possible answer. Counts / their sum are the weights."""
+    from clothopt.metrics import macro_f1
+
+    if not probabilities or rounds < 1:
+        raise InvalidArgument(f"ensemble selection needs candidates and rounds >= 1 ({rounds})")
+    shape = np.shape(probabilities[0])
+    if any(np.shape(p) != shape for p in probabilities) or shape[0] != len(y):
+        raise InvalidArgument("ensemble selection: every candidate scores the same examples")
+    classes = shape[1]
+    total = np.zeros(shape, np.float64)
+    counts = [0] * len(probabilities)
+    best, best_counts = -1.0, list(counts)
+    for _ in range(rounds):
+        scores = [macro_f1(y, np.argmax(total + p, axis=1), classes) for p in probabilities]
+        pick = int(np.argmax(scores))  # the first of equal scores
+        total += probabilities[pick]
+        counts[pick] += 1
+        if scores[pick] > best:
+            best, best_counts = float(scores[pick]), list(counts)
+    return best_counts

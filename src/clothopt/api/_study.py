@@ -382,6 +382,7 @@ def finalize(
     fine_tune_lr: float | None = None,
     race_top: int | None = None,
     race_repeats: int | None = None,
+    blend: int | None = None,
     show_progress_bar: bool = False,
 ) -> dict[str, Any]:
     """Retrain the best trial (or ``trial``), export the model, score the test split
@@ -405,6 +406,8 @@ def finalize(
         race_top, race_repeats: a study whose space sets ``repeats``/``folds`` finalizes the
             best of its ``race_top`` (default 5) best trials re-evaluated with
             ``race_repeats`` (default 3) fresh seeds each; 0: its best search value.
+        blend: N >= 2 ships a blend of the race's N best configurations, weighed by
+            ensemble selection on their out-of-fold probabilities (default: the pick alone).
 
     Returns:
         ``report.json`` as a dict (test figures of the saved model, parameters, seconds).
@@ -426,6 +429,7 @@ def finalize(
         "fine_tune_lr": fine_tune_lr,
         "race_top": race_top,
         "race_repeats": race_repeats,
+        "blend": blend,
     }
     return _finalize(
         study.study_name,

@@ -328,6 +328,14 @@ class StudyFinalize(_Command):
             default=RACE_REPEATS,
             help=f"fresh seeds per raced trial (default {RACE_REPEATS})",
         )
+        p.add_argument(
+            "--blend",
+            type=_int_range(0, 1000),
+            default=0,
+            metavar="N",
+            help="ship a blend of the race's N best configurations, weighed by ensemble "
+            "selection on their out-of-fold probabilities (default 0: the pick alone)",
+        )
         _paper_arg(p)
         p.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -374,6 +382,7 @@ class StudyFinalize(_Command):
                 fine_tune_lr=args.fine_tune_lr,
                 race_top=args.race_top,
                 race_repeats=args.race_repeats,
+                blend=args.blend,
                 show_progress_bar=not args.quiet,
             )
 

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "BLEND_ROUNDS",
     "DEFAULT_EPOCHS",
     "DEFAULT_RESAMPLES",
     "FINE_TUNE_EPOCHS",
@@ -87,6 +88,7 @@ logger = get_logger(__name__)
 
 RACE_TOP = 5  # a robust study's best trials re-evaluated before the pick
 RACE_REPEATS = 3  # fresh seeds each (x the study's folds)
+BLEND_ROUNDS = 20  # ensemble selection's rounds: weights in twentieths
 
 
 def _say(progress: bool, message: str) -> None:
@@ -235,7 +237,7 @@ def score(
     got = score_saved(folder / MODEL_FILE, test.paths, config.threads)
     y_test = test.labels
     scored = labelled_report(y_test, got.y_pred, classes, resamples=resamples, seed=bootstrap_seed)
-    members = [head] if trained.ensemble is None else trained.ensemble.results
+    members = trained.results
     trainable = int(sum(w.size for m in members for w in m.weights))
     if trained.tuned is not None:
         trainable = trained.tuned.trainable_params
@@ -275,17 +277,25 @@ def score(
         "test_seconds": round(got.seconds, 3),
         "model": MODEL_FILE,
         "classes_file": CLASSES_FILE,
-        "model_input": model_input(backbone, spec.image_sizes, spec.tta),
+        "model_input": model_input(backbone, spec.image_sizes, spec.tta, trained.heads),
         "data": str(dataset.root.absolute()),
         "data_fingerprint": dataset.fingerprint,
         "versions": study_mod.versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    ens = trained.ensemble
+    ens, blend = trained.ensemble, trained.blend
+    figures = None if ens is None else (ens.member_f1, ens.pooled_f1, ens.folds, ens.repeats)
+    if blend is not None and ens is not None:
+        pooled, per_fold = blend.pooled_f1()
+        figures = (per_fold or [pooled], pooled, ens.folds, ens.repeats)
+        report["blend"] = {
+            "rounds": sum(blend.counts),
+            "pooled_oof_f1_macro": pooled,
+            "fold_f1_macro": per_fold,
+            "rows": blend.table(),
+        }
     report["estimate"] = estimate_section(
-        chosen.value,
-        scored["test"]["f1_macro"],
-        None if ens is None else (ens.member_f1, ens.pooled_f1, ens.folds, ens.repeats),
+        chosen.value, scored["test"]["f1_macro"], figures, blend=blend is not None
     )
     report["selection"] = selection
     if not spec.is_paper:
@@ -320,6 +330,26 @@ def _mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
 
 
 # --------------------------------------------------------------------------- finalize
+
+
+def _blend(
+    study: optuna.Study,
+    config: StudyConfig,
+    dataset: Dataset,
+    cache: Any,
+    selection: dict[str, Any],
+    top: int,
+    rounds: int,
+    epochs: int | None,
+    progress: bool,
+) -> Trained:
+    """The race's ``top`` best configurations trained and weighed into one blend."""
+    from clothopt.final.training import train_blend
+
+    trials = [int(row["trial"]) for row in selection["rows"][:top]]
+    specs = [select(study, config, t, epochs)[1] for t in trials]
+    _say(progress, f"blending the raced trials {trials} ({rounds} rounds of ensemble selection)")
+    return train_blend(trials, specs, config, dataset, cache, rounds, progress)
 
 
 def _check_arguments(
@@ -372,6 +402,8 @@ def finalize(
     on_finalized: Callable[[optuna.Study, int, list[Path]], None] | None = None,
     race_top: int = RACE_TOP,
     race_repeats: int = RACE_REPEATS,
+    blend: int = 0,
+    blend_rounds: int = BLEND_ROUNDS,
 ) -> dict[str, Any]:
     """Select, train, export, score; publishes the study's ``final`` folder and returns
     ``report.json``'s content.
@@ -396,6 +428,12 @@ def finalize(
     finalized, its table in report.json's ``selection`` (0: pick by search value alone, as a
     single-fit study always does; ``trial`` given: no race).
 
+    ``blend`` N >= 2: ship a blend of the race's N best configurations instead of the pick
+    alone (:func:`~clothopt.final.training.train_blend`): each one's members are trained, and
+    ensemble selection over ``blend_rounds`` rounds on their out-of-fold probabilities weighs
+    them (one alone is a possible answer); report.json's ``blend`` holds the weights. Needs a
+    raced pick (a space with folds or repeats, no ``trial``, ``race_top`` >= N).
+
     ``progress``: log each step at INFO (else at DEBUG) and show extraction progress bars.
     ``on_finalized(study, trial_number, files)`` gets the published files (report, figures,
     model, classes), e.g. to show them in optuna-dashboard.
@@ -411,7 +449,19 @@ def finalize(
         raise InvalidArgument(
             f"racing needs top >= 0 and repeats >= 1 (got {race_top}, {race_repeats})"
         )
+    if blend < 0 or blend_rounds < 1:
+        raise InvalidArgument(f"--blend must be >= 0 and its rounds >= 1 ({blend}, {blend_rounds})")
+    if blend > 1 and (trial is not None or fine_tune or race_top < blend):
+        raise InvalidArgument(
+            f"--blend {blend} blends the race's best configurations: it needs --race-top >= "
+            f"{blend}, no --trial and no --fine-tune"
+        )
     st, config = study_mod.load(name, storage)
+    if blend > 1 and not (config.space.repeats > 1 or config.space.folds):
+        raise InvalidArgument(
+            f"study {name!r} trains single fits: --blend weighs configurations out of fold, so "
+            "it needs a space with folds or repeats"
+        )
     dest = final_dir(storage, name)
     check_replaceable(dest)  # before the work, not only at the swap
     dataset, cache = open_run(config, data, cache_dir, progress, storage=storage_of(st))
@@ -423,10 +473,17 @@ def finalize(
         _say(progress, f"racing the top {race_top} trials with {race_repeats} fresh seeds each")
         raced = race(st, config, dataset, cache, top=race_top, repeats=race_repeats)
         trial, selection = raced.pick, raced.to_dict()
-    chosen, spec = select(st, config, trial, epochs)
-    _check_exportable(spec, config, chosen.number, tuning)
-    _say(progress, f"finalizing trial {chosen.number}")
-    trained = train(spec, config, dataset, cache, tuning, progress)
+    if blend > 1 and selection is not None:
+        trained = _blend(
+            st, config, dataset, cache, selection, blend, blend_rounds, epochs, progress
+        )
+        chosen = pick_trial(st, trained.blend.trials[trained.blend.main])  # type: ignore[union-attr]
+        _check_exportable(trained.spec, config, chosen.number, tuning)
+    else:
+        chosen, spec = select(st, config, trial, epochs)
+        _check_exportable(spec, config, chosen.number, tuning)
+        _say(progress, f"finalizing trial {chosen.number}")
+        trained = train(spec, config, dataset, cache, tuning, progress)
     tmp = make_staging(dest)
     try:
         export_seconds = export(trained, config, tmp)

@@ -26,6 +26,7 @@ from clothopt.metrics import classification_metrics
 if TYPE_CHECKING:
     import keras
 
+    from clothopt.model.compose import Head
     from clothopt.trial_spec import TrialSpec
 
 __all__ = [
@@ -166,16 +167,28 @@ _REPEATS = (
     "members' mean is pessimistic for the shipped average of {r} heads"
 )
 
+_BLEND = (
+    "a blend of raced configurations, each one's members trained again here for the final "
+    "epochs on the search's own folds of train + validation: member_f1_macro holds the "
+    "blend's macro-F1 on each fold's held-out examples (not one member's), then their mean, "
+    "sd and standard error, and the macro-F1 of the blend's pooled out-of-fold probabilities. "
+    "Optimistic where the weights were chosen on these same out-of-fold probabilities and the "
+    "candidates raced on these folds; pessimistic in that each member saw {k1}/{k} of the pool"
+)
+
 
 def estimate_section(
     trial_value: float | None,
     test_f1: float,
     members: tuple[Sequence[float], float, int, int] | None,
+    *,
+    blend: bool = False,
 ) -> dict[str, Any]:
     """report.json's ``estimate``: what the search predicts for the shipped model's macro-F1,
     beside its test figure. ``members``: an ensemble's (per-member validation or out-of-fold
     macro-F1, the pooled predictions' macro-F1, folds K, repeats R); None: a single fit,
-    estimated by the trial's own value."""
+    estimated by the trial's own value. ``blend``: ``members`` are a blend's (per-fold
+    macro-F1 of the blend instead of per member)."""
     if members is None:
         f1 = [] if trial_value is None else [float(trial_value)]
         out: dict[str, Any] = {"members": 1, "folds": 0, "repeats": 1, "member_f1_macro": f1}
@@ -185,6 +198,8 @@ def estimate_section(
         k, r = members[2], members[3]
         out = {"members": len(f1), "folds": k, "repeats": r, "member_f1_macro": f1}
         pooled, how = members[1], (_FOLDS.format(k=k, k1=k - 1) if k else _REPEATS.format(r=r))
+        if blend:
+            how = _BLEND.format(k=k, k1=k - 1)
         key = "pooled_oof_f1_macro" if k else "pooled_validation_f1_macro"
     arr = np.asarray(f1, np.float64)
     sd = float(arr.std(ddof=1)) if len(arr) > 1 else None
@@ -209,8 +224,9 @@ def estimate_section(
     return out
 
 
-def model_input(backbone: str, sizes: Sequence[int], tta: bool) -> str:
-    """report.json's ``model_input``: what the exported model takes and does to it."""
+def model_input(backbone: str, sizes: Sequence[int], tta: bool, heads: Sequence[Head] = ()) -> str:
+    """report.json's ``model_input``: what the exported model takes and does to it
+    (``heads``: a blend's, whose members may read other sizes and TTA)."""
     resized = " and ".join(f"{s}x{s}" for s in sizes)
     text = (
         f"raw RGB images (B, H, W, 3), 0..255, any H and W (one size per batch); "
@@ -220,6 +236,13 @@ def model_input(backbone: str, sizes: Sequence[int], tta: bool) -> str:
         text += "; the sizes' pooled features concatenated in that order"
     if tta:
         text += "; logits averaged with those of the resized image flipped left-right"
+    other = sorted({s for h in heads for s in (h.sizes or ()) if s not in sizes})
+    if any(h.sizes is not None for h in heads):
+        text += (
+            "; a blend: some members read their own sizes"
+            + (f" (also {' and '.join(f'{s}x{s}' for s in other)})" if other else "")
+            + " and TTA, and the members' probabilities are averaged by their weights"
+        )
     return text
 
 

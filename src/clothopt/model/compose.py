@@ -84,6 +84,12 @@ class Head:
     normalize: str = "none"
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
+    # a blend of configurations (several heads of other features in one model): this head's
+    # own sizes (concatenated in this order) and TTA, None: the model's; its share of the
+    # probability average, None: equal shares
+    sizes: tuple[int, ...] | None = None
+    tta: bool | None = None
+    share: float | None = None
 
     @classmethod
     def of(cls, params: HeadParams, num_classes: int, **fields: Any) -> Head:
@@ -275,6 +281,23 @@ def _head_output(
     return out
 
 
+def _average(members: list[keras.KerasTensor], shares: list[float | None]) -> keras.KerasTensor:
+    """The members' probabilities averaged, in one layer named ``probabilities``: equally
+    (``Average``), or by their shares (each ``Rescaling`` by its share of the total, summed)."""
+    import keras
+
+    if all(s is None for s in shares) or len({float(s or 0.0) for s in shares}) == 1:
+        return keras.layers.Average(name="probabilities")(members)
+    if any(s is None or not s > 0.0 for s in shares):
+        raise InvalidArgument(f"a blend's shares must all be given and positive, not {shares}")
+    total = float(sum(shares))  # type: ignore[arg-type]
+    scaled = [
+        keras.layers.Rescaling(float(s) / total, name=f"member{i}_share")(m)  # type: ignore[arg-type]
+        for i, (m, s) in enumerate(zip(members, shares, strict=True))
+    ]
+    return keras.layers.Add(name="probabilities")(scaled)
+
+
 def compose(
     spec: BackboneSpec,
     size: int | Sequence[int],
@@ -306,6 +329,12 @@ def compose(
     over-confident member outvote the rest; the probability average is the bagging estimate
     the search's out-of-fold figures describe. A single head is composed exactly as before.
 
+    A blend of configurations (finalize's top-configuration ensemble) gives heads their own
+    ``sizes`` and ``tta``: the model runs one branch per size any head reads (each once, the
+    flipped view once when any head needs it), each head reads its sizes concatenated in its
+    order, and the members' probabilities are averaged by their ``share``. ``size`` stays the
+    features the model is read by (layer ``pool``: the detector, similar items).
+
     ``size`` may list several sizes and ``tta`` flip the image too (module docstring): both
     need ``raw_input``. ``weights``/``weights_seed``/``precision`` go to :func:`build_base`
     (``precision`` sets the base's compute dtype only: the pooled features are float32 whatever
@@ -322,6 +351,9 @@ def compose(
     heads = [] if head is None else [head] if isinstance(head, Head) else list(head)
     if head is not None and not heads:
         raise InvalidArgument("an ensemble needs at least one head")
+    for h in heads:
+        if h.sizes is not None and (not h.sizes or len(set(h.sizes)) != len(h.sizes)):
+            raise InvalidArgument(f"a head's sizes must be distinct, not {list(h.sizes)}")
     if len(heads) > 1 and not softmax:
         raise InvalidArgument("an ensemble averages probabilities: it needs softmax")
     if softmax and head is None:
@@ -330,9 +362,16 @@ def compose(
         raise InvalidArgument("several sizes or tta need raw_input (the resize is in the model)")
     if tta and head is None:
         raise InvalidArgument("tta averages logits: it needs a head")
-    many = len(sizes) > 1
+    own = [h.sizes for h in heads if h.sizes is not None and list(h.sizes) != sizes]
+    if own and not raw_input:
+        raise InvalidArgument("heads with their own sizes need raw_input")
+    branches = sizes + sorted({int(s) for o in own for s in o} - set(sizes))
+    many = len(branches) > 1
+    tta_of = [tta if h.tta is None else h.tta for h in heads]
+    if any(tta_of) and not raw_input:
+        raise InvalidArgument("tta needs raw_input (the flip is in the model)")
     bases = {}
-    for s in sizes:
+    for s in branches:
         bases[s] = build_base(spec, s, weights, weights_seed, precision)
         if many:  # one base per size, the same weights; names must differ in one model
             bases[s]._name = f"{bases[s].name}_{s}px"
@@ -343,12 +382,12 @@ def compose(
     # one resize per size, shared by the plain and the flipped view (one correction table each)
     resized = {
         s: pil_nearest_resize(inputs, s, name="resize" + (f"_{s}px" if many else ""))
-        for s in (sizes if raw_input else [])
+        for s in (branches if raw_input else [])
     }
 
-    def pooled_of(image: keras.KerasTensor, view: str, flip: bool = False) -> keras.KerasTensor:
-        branches = []
-        for s in sizes:
+    def per_size(image: keras.KerasTensor, view: str, flip: bool) -> dict[int, Any]:
+        out = {}
+        for s in branches:
             tag = (f"_{s}px" if many else "") + view
             x = resized[s] if raw_input else image
             if flip:  # left-right (width: axis 2) after the resize, as the cache flips
@@ -357,25 +396,41 @@ def compose(
                 x = layer(x)
             x = bases[s](x, training=False)
             pool = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER + tag, dtype="float32")
-            branches.append(pool(x))
-        if not many:
-            return branches[0]
-        return keras.layers.Concatenate(name=POOL_LAYER + view, dtype="float32")(branches)
+            out[s] = pool(x)
+        return out
 
-    pooled = pooled_of(inputs, "")
+    def joined(pools: dict[int, Any], order: Sequence[int], name: str) -> keras.KerasTensor:
+        if len(order) == 1:  # a lone size among several keeps the name the model is read by
+            only = pools[order[0]]
+            return keras.layers.Identity(name=name)(only) if many else only
+        return keras.layers.Concatenate(name=name, dtype="float32")([pools[s] for s in order])
+
+    plain = per_size(inputs, "", flip=False)
+    pooled = joined(plain, sizes, POOL_LAYER)
     out, main = pooled, "features"
     if heads:
-        flipped = pooled_of(inputs, "_flipped", flip=True) if tta else None
+        mirrored = per_size(inputs, "_flipped", flip=True) if any(tta_of) else {}
+        main_flipped = (
+            joined(mirrored, sizes, POOL_LAYER + "_flipped") if tta and mirrored else None
+        )
         members = []
-        for i, member in enumerate(heads):
+        for i, (member, member_tta) in enumerate(zip(heads, tta_of, strict=True)):
             prefix = f"member{i}_" if len(heads) > 1 else ""
-            logits = _head_output(member, pooled, flipped, prefix)
+            order = sizes if member.sizes is None else [int(s) for s in member.sizes]
+            features, flipped = pooled, main_flipped
+            if order != sizes:
+                features = joined(plain, order, prefix + POOL_LAYER)
+            if member_tta and (order != sizes or not tta):
+                flipped = joined(mirrored, order, prefix + POOL_LAYER + "_flipped")
+            elif not member_tta:
+                flipped = None
+            logits = _head_output(member, features, flipped, prefix)
             if softmax:
                 logits = keras.layers.Softmax(name=prefix + "probabilities")(logits)
             members.append(logits)
         out, main = members[0], "probabilities" if softmax else "logits"
         if len(members) > 1:  # averaged as probabilities (see ``head``)
-            out = keras.layers.Average(name="probabilities")(members)
+            out = _average(members, [h.share for h in heads])
     if extra_outputs:
         if main in extra_outputs:
             raise InvalidArgument(f"extra output {main!r} would replace the main output")
