@@ -443,7 +443,18 @@ def test_a_views_cost_is_its_own_record_else_twice_the_plain_train_pass(
         assert path is not None
         return float(json.loads(path.with_suffix(".json").read_text())["extract_seconds"])
 
-    costs = _ExtractionCosts([])
+    def trial(params: dict[str, Any], seconds: float) -> Any:
+        return SimpleNamespace(params=params, user_attrs={"extract_seconds": seconds})
+
+    # trials' own records: only a trial that extracted one plain size alone says its cost
+    run: Any = SimpleNamespace(
+        config=cfg,
+        trials=[trial({"image_size": 64, "aug_views": 2}, 99.0), trial({"image_size": 96}, 7.0)],
+    )
+    costs = _ExtractionCosts([run])
+    assert costs(cfg, 96) == 7.0 and costs(cfg, 96, view=1) == VIEW_PASS_FACTOR * 7.0
+    assert costs(cfg, 64) == 0.0 and costs.missing == {64}
+    costs = _ExtractionCosts([run])
     assert costs(cfg, 32) == recorded("train", 0) + recorded("validation", 0)
     assert costs(cfg, 32, view=1) == recorded("train", 1) == got["train", 1].extract_seconds
     assert not costs.views_by_factor and not costs.missing

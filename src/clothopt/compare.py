@@ -64,7 +64,7 @@ def max_aug_views(space: SearchSpace) -> int:
     if p is None:
         return 0
     if p.choices is not None:
-        return max(int(v) for v in p.choices)  # type: ignore[call-overload]
+        return max(int(v) for v in p.choices)
     return int(p.high or 0)
 
 

@@ -182,7 +182,8 @@ class _ExtractionCosts:
             for r in self._runs
             if self._setup(r.config) == setup
             for t in r.trials
-            if t.params.get("image_size") == size
+            # a trial's record holds all it extracted: one plain size, no views beside it
+            if t.params.get("image_size") == size and not t.params.get("aug_views")
         ]
         return max(seen) if seen and max(seen) > 0 else None
 
