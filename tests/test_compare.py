@@ -368,8 +368,136 @@ def test_standalone_seconds_charge_each_size_and_mirror_once() -> None:
     )
     cost = {(300, False): 10.0, (500, False): 20.0, (300, True): 30.0, (500, True): 40.0}
     cost[224, False] = 5.0
-    seconds = _standalone_seconds(run, lambda _cfg, size, flip=False: cost[size, flip])
+    seconds = _standalone_seconds(run, lambda _cfg, size, flip=False, view=0: cost[size, flip])
     assert seconds == [11.0, 1.0 + 20 + 30 + 40, 1.0, 6.0]
+
+
+def test_standalone_seconds_charge_each_augmentation_view_once() -> None:
+    """A trial with aug_views N needs views 1..N of the train split at each of its sizes: each
+    charged to the first trial that needs it, never for the validation split's rows."""
+    from types import SimpleNamespace
+
+    from clothopt.reports.samplers import _standalone_seconds
+
+    def trial(params: dict[str, Any]) -> Any:
+        return SimpleNamespace(params=params, user_attrs={"train_seconds": 1.0})
+
+    run: Any = SimpleNamespace(
+        config=None,
+        trials=[
+            trial({"image_size": 300, "aug_views": 2}),
+            trial({"image_sizes": "300+500", "aug_views": 3, "tta": True}),
+            trial({"image_size": 300, "aug_views": 1, "flip": True}),
+            trial({"image_size": 500, "aug_views": 0}),
+        ],
+    )
+    charged: list[tuple[int, bool, int]] = []
+
+    def cost(_cfg: Any, size: int, flip: bool = False, view: int = 0) -> float:
+        assert not (flip and view), "a view is never mirrored"
+        charged.append((size, flip, view))
+        return {0: 10.0, 1: 100.0, 2: 200.0, 3: 300.0}[view] * (2 if size == 500 else 1) + flip
+
+    seconds = _standalone_seconds(run, cost)
+    assert seconds == [
+        1.0 + 10 + 100 + 200,
+        1.0 + 300 + 11 + (20 + 200 + 400 + 600) + 21,
+        1.0,  # 300 px plain, mirrored and view 1: all extracted before
+        1.0,
+    ]
+    assert len(charged) == len(set(charged))  # each entry at most once
+
+
+def test_a_views_cost_is_its_own_record_else_twice_the_plain_train_pass(
+    tmp_path: Path,
+) -> None:
+    """From the cache's record of the view's entry (train split only) when there is one; else
+    VIEW_PASS_FACTOR x the plain train entry's record, and the report will say so."""
+    from types import SimpleNamespace
+
+    from clothopt.data import open_dataset
+    from clothopt.features import FeatureCache
+    from clothopt.model.backbones import get_backbone
+    from clothopt.reports.samplers import VIEW_PASS_FACTOR, _ExtractionCosts
+
+    data = make_dataset(tmp_path / "data", counts=(2, 1, 1))
+    ds = open_dataset(data, ("train", "validation"))
+    cache, spec = FeatureCache(str(tmp_path / "features")), get_backbone("mobilenet_025")
+    got = {
+        (split, view): cache.get(spec, "none", 0, 32, "nearest", ds[split], view=view)
+        for split, view in (("train", 0), ("validation", 0), ("train", 1))
+    }
+    cfg: Any = SimpleNamespace(
+        backbone="mobilenet_025",
+        weights="none",
+        seed=0,
+        resize="nearest",
+        data=str(data),
+        data_fingerprint="fp",
+        cache_dir=str(tmp_path / "features"),
+    )
+
+    def recorded(split: str, view: int) -> float:
+        key = cache.key(spec, "none", 0, 32, "nearest", ds[split], view=view)
+        path = cache.path(key)
+        assert path is not None
+        return float(json.loads(path.with_suffix(".json").read_text())["extract_seconds"])
+
+    def trial(params: dict[str, Any], seconds: float) -> Any:
+        return SimpleNamespace(params=params, user_attrs={"extract_seconds": seconds})
+
+    # trials' own records: only a trial that extracted one plain size alone says its cost
+    run: Any = SimpleNamespace(
+        config=cfg,
+        trials=[trial({"image_size": 64, "aug_views": 2}, 99.0), trial({"image_size": 96}, 7.0)],
+    )
+    costs = _ExtractionCosts([run])
+    assert costs(cfg, 96) == 7.0 and costs(cfg, 96, view=1) == VIEW_PASS_FACTOR * 7.0
+    assert costs(cfg, 64) == 0.0 and costs.missing == {64}
+    costs = _ExtractionCosts([run])
+    assert costs(cfg, 32) == recorded("train", 0) + recorded("validation", 0)
+    assert costs(cfg, 32, view=1) == recorded("train", 1) == got["train", 1].extract_seconds
+    assert not costs.views_by_factor and not costs.missing
+    assert costs(cfg, 32, view=2) == VIEW_PASS_FACTOR * recorded("train", 0)
+    assert costs.views_by_factor == {32} and not costs.missing
+    # nothing recorded at a size: unknown (0 s, and the report says which size)
+    assert costs(cfg, 48, view=1) == 0.0 and costs.missing == {48}
+
+
+def test_a_space_with_views_is_announced_before_the_comparison_runs(tmp_path: Path) -> None:
+    from clothopt.compare import max_aug_views
+    from clothopt.errors import NotFound
+    from clothopt.spaces import load_space
+
+    plain, views, ranged = (tmp_path / f"{n}.toml" for n in ("plain", "views", "ranged"))
+    plain.write_text(SPACE)
+    views.write_text(
+        SPACE.replace("image_size = [64]", 'image_sizes = ["64", "64+96"]') + "aug_views = [0, 3]\n"
+    )
+    ranged.write_text(
+        SPACE.replace('"grid"', '"random"\nn_trials = 2') + "aug_views = { low = 0, high = 5 }\n"
+    )
+    assert [max_aug_views(load_space(str(p))) for p in (plain, views, ranged)] == [0, 3, 5]
+    for space, shown in ((plain, None), (views, "up to 3 augmentation view(s)")):
+        lines: list[str] = []
+        with pytest.raises(NotFound):  # run=False: only checks, and nothing exists yet
+            run_comparison(
+                backbone="mobilenet_025",
+                samplers=["random"],
+                seeds=1,
+                budget=2,
+                space=str(space),
+                storage=f"sqlite:///{tmp_path / 'none' / 'c.db'}",
+                data=str(tmp_path),
+                run=False,
+                log=lines.append,
+            )
+        notes = [line for line in lines if "augmentation view" in line]
+        if shown is None:
+            assert notes == []
+        else:
+            (note,) = notes
+            assert shown in note and "(64px, 96px)" in note and "about 2 x a plain pass" in note
 
 
 def test_pairwise_differences_are_paired_over_seeds_and_holm_corrected(

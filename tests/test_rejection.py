@@ -19,6 +19,7 @@ from PIL import Image
 
 from clothopt.cli import main
 from clothopt.data import load_image, open_dataset
+from clothopt.errors import DataError
 from clothopt.final.evaluate import evaluate
 from clothopt.final.ood import Detector
 from clothopt.final.rejection import detector_outputs, fit_shipped_detector
@@ -174,12 +175,17 @@ def test_evaluate_gives_finalizes_figures_in_json_and_text(
     assert not list((tmp_path / "ev").glob(".evaluate-*"))
 
 
-def _with_unknown(shipped: dict[str, Any], tmp_path: Path) -> Path:
-    folder = tmp_path / "labelled"
+def _linked_test_split(shipped: dict[str, Any], folder: Path) -> Path:
+    """``folder/<class>/`` linking the test split's images of every class."""
     for cls in shipped["classes"]:
         (folder / cls).mkdir(parents=True)
         for p in sorted((shipped["data"] / "test" / cls).iterdir()):
             (folder / cls / p.name).symlink_to(p)
+    return folder
+
+
+def _with_unknown(shipped: dict[str, Any], tmp_path: Path) -> Path:
+    folder = _linked_test_split(shipped, tmp_path / "labelled")
     (folder / "cars").mkdir()
     rng = np.random.default_rng(3)
     for i in range(4):  # stripes: nothing like the one-colour classes
@@ -221,9 +227,12 @@ def test_evaluate_input_mistakes_are_one_line_errors(
     shipped: dict[str, Any], tmp_path: Path
 ) -> None:
     empty = tmp_path / "empty"
-    (empty / shipped["classes"][0]).mkdir(parents=True)
+    for cls in shipped["classes"]:
+        (empty / cls).mkdir(parents=True)
+        (empty / cls / "broken.jpg").write_text("not a JPEG")
     code, _, err = _run(["evaluate", str(shipped["model"]), str(empty)])
-    assert code == 2 and err.count("\n") == 1 and "no usable images" in err
+    *warnings, line = err.splitlines()  # each unreadable picture is named first
+    assert code == 2 and len(warnings) == 3 and "no usable images of the model" in line
     (tmp_path / "none").mkdir()
     code, _, err = _run(["evaluate", str(shipped["model"]), str(tmp_path / "none")])
     assert code == 2 and err.count("\n") == 1 and "no class folders" in err
@@ -233,15 +242,12 @@ def test_evaluate_input_mistakes_are_one_line_errors(
     code, _, err = _run(["evaluate", str(lonely / "model.keras"), str(shipped["data"] / "test")])
     assert code == 2 and err.count("\n") == 1 and "no classes.json beside the model" in err
     # a note and a broken picture among the images: reported, the rest still scored
-    mixed = tmp_path / "mixed"
+    mixed = _linked_test_split(shipped, tmp_path / "mixed")
     cls = shipped["classes"][0]
-    (mixed / cls).mkdir(parents=True)
-    for p in sorted((shipped["data"] / "test" / cls).iterdir()):
-        (mixed / cls / p.name).symlink_to(p)
     (mixed / cls / "notes.txt").write_text("not a picture")
     (mixed / cls / "broken.jpg").write_text("not a JPEG either")
     report = evaluate(shipped["model"], mixed, log=lambda line: None)
-    assert report["images"] == 4 and report["skipped_files"] == 1
+    assert report["images"] == 12 and report["skipped_files"] == 1
     assert len(report["unreadable"]) == 1 and "broken.jpg" in report["unreadable"][0]
     code, out, err = _run(["evaluate", str(shipped["model"]), str(mixed)])
     assert code == 0 and "broken.jpg" in err and "1 files that are not images" in err
@@ -269,3 +275,37 @@ def test_similar_says_a_rejected_query_is_not_clothing(
     code, out, _ = _run(["similar", str(index2), str(query), "--json", "-k", "2"])
     line = json.loads(out)
     assert "rejected" not in line and len(line["similar"]) == 2
+
+
+def test_a_class_of_the_model_missing_from_the_folder_is_refused(
+    shipped: dict[str, Any], tmp_path: Path
+) -> None:
+    """Each class of the model needs images: absent (no folder, an empty one, only unreadable
+    files) it would count as F1 0 in the macro-F1, so evaluate refuses in one line and writes
+    nothing."""
+    import shutil
+
+    classes = shipped["classes"]
+    for case, gone in enumerate((classes[1:2], classes[:2])):
+        for how in ("no folder", "empty", "unreadable"):
+            folder = _linked_test_split(shipped, tmp_path / f"{how}-{case}")
+            for cls in gone:
+                shutil.rmtree(folder / cls)
+                if how != "no folder":
+                    (folder / cls).mkdir()
+                if how == "unreadable":
+                    (folder / cls / "broken.jpg").write_text("not a JPEG")
+            out = tmp_path / f"ev-{how}-{case}"
+            argv = ["evaluate", str(shipped["model"]), str(folder), "--out", str(out)]
+            code, stdout, err = _run(argv)
+            *warnings, line = err.splitlines()  # an unreadable picture is named first
+            assert code == 2 and stdout == "" and line.startswith("clothopt: error: "), err
+            assert len(warnings) == (len(gone) if how == "unreadable" else 0), err
+            assert f"of the model's class(es) {', '.join(gone)}:" in line, err
+            assert ("no usable images" in line) == (how == "unreadable"), err
+            assert not out.exists()
+            with pytest.raises(DataError, match="would count each missing class as F1 0"):
+                evaluate(shipped["model"], folder, log=lambda line: None)
+    # every class present: the same folder scores
+    report = evaluate(shipped["model"], _linked_test_split(shipped, tmp_path / "all"))
+    assert sorted(set(report["labels"])) == list(range(len(classes)))

@@ -28,7 +28,14 @@ if TYPE_CHECKING:
     from clothopt.spaces import SearchSpace
     from clothopt.study import CreateHook
 
-__all__ = ["DEFAULT_SAMPLERS", "Comparison", "parse_samplers", "run_comparison", "study_name"]
+__all__ = [
+    "DEFAULT_SAMPLERS",
+    "Comparison",
+    "max_aug_views",
+    "parse_samplers",
+    "run_comparison",
+    "study_name",
+]
 
 DEFAULT_SAMPLERS = ("grid", "tpe", "random", "qmc", "gp")
 
@@ -48,6 +55,45 @@ def parse_samplers(text: str) -> list[str]:
             f"(choose from {', '.join(SAMPLERS)})"
         )
     return list(dict.fromkeys(names))
+
+
+def max_aug_views(space: SearchSpace) -> int:
+    """The most augmentation views (``aug_views``) a trial of ``space`` can draw: 0 without
+    the parameter."""
+    p = space.params.get("aug_views")
+    if p is None:
+        return 0
+    if p.choices is not None:
+        return max(int(v) for v in p.choices)
+    return int(p.high or 0)
+
+
+def _views_note(space: SearchSpace) -> str | None:
+    """What augmentation views add to the comparison's feature extraction, said before it runs."""
+    from clothopt.reports.samplers import VIEW_PASS_FACTOR
+    from clothopt.spaces import image_sizes
+
+    views = max_aug_views(space)
+    if not views:
+        return None
+    sizes = sorted({s for p in _size_choices(space) for s in image_sizes(p)})
+    shown = ", ".join(f"{s}px" for s in sizes) or "each image size"
+    return (
+        f"note: space {space.name!r} draws up to {views} augmentation view(s) a train image: "
+        f"each view at each size ({shown}) is one more pass over the train split, about "
+        f"{VIEW_PASS_FACTOR:g} x a plain pass, extracted once for all studies and counted in "
+        "the report's seconds"
+    )
+
+
+def _size_choices(space: SearchSpace) -> list[dict[str, Any]]:
+    """The space's image size choices as parameter dicts (what ``image_sizes`` reads)."""
+    out: list[dict[str, Any]] = []
+    for name in ("image_size", "image_sizes"):
+        p = space.params.get(name)
+        if p is not None and p.choices is not None:
+            out += [{name: v} for v in p.choices]
+    return out
 
 
 @dataclass
@@ -121,6 +167,8 @@ def run_comparison(
         skipped["grid"] = f"space {space_obj.name!r} has ranges, so it has no grid"
     for sampler, why in skipped.items():
         log(f"note: skipping sampler {sampler}: {why}")
+    if note := _views_note(space_obj):
+        log(note)
     shown = [s for s in wanted if s not in skipped]
     if not shown:
         raise InvalidArgument("no sampler left to compare")

@@ -72,8 +72,9 @@ class Evaluate(_Command):
     """Finalize's test report for a labelled folder DIR/<class>/... with a finalized model.
 
     Per-class and macro precision/recall/F1, accuracy, confusion matrix, 95% bootstrap interval
-    of the macro-F1 and the share the "not clothing" detector rejected. A folder that is no
-    class of the model (classes.json) is an error, unless --unknown-as-reject: its images
+    of the macro-F1 and the share the "not clothing" detector rejected. Every class of the
+    model (classes.json) needs a folder with images (a missing class would count as F1 0). A
+    folder that is no class of the model is an error, unless --unknown-as-reject: its images
     should then be rejected, and the AUROC of the detector is reported for them.
     """
 

@@ -1,11 +1,12 @@
 """``clothopt evaluate MODEL DIR``: finalize's test report for any labelled folder.
 
-``DIR/<class>/...`` holds images of the model's classes (``classes.json`` beside the model);
-the figures are those of the saved model, computed by the code finalize uses
-(:mod:`clothopt.final.scoring`). With ``unknown_as_reject`` a folder whose name is no class of
-the model holds pictures that should be rejected as "not clothing": the report then gives the
-share of them the model accepts and the AUROC of its detector's score, known classes against
-them.
+``DIR/<class>/...`` holds images of every class of the model (``classes.json`` beside the
+model): a class with no image would count in the macro-F1 with F1 0, so a folder that lacks
+one is refused rather than reported with a figure it cannot support. The figures are those
+of the saved model, computed by the code finalize uses (:mod:`clothopt.final.scoring`). With
+``unknown_as_reject`` a folder whose name is no class of the model holds pictures that should
+be rejected as "not clothing": the report then gives the share of them the model accepts and
+the AUROC of its detector's score, known classes against them.
 """
 
 from __future__ import annotations
@@ -82,12 +83,14 @@ def evaluate(
             "measure (finalize the study again to get one)"
         )
     known = [d for d in folders if d.name in classes]
+    images = {d.name: _files(d) for d in folders}
+    _refuse_missing(root, classes, {d.name for d in known if images[d.name][0]})
     probs, scores, accepted, labels = [], [], [], []
     out_scores, out_accepted = [], []
     unreadable: list[str] = []
     skipped = 0
     for d in folders:
-        paths, extra = _files(d)
+        paths, extra = images[d.name]
         skipped += extra
         p, s, a, errors = score_set(model, paths, threads)
         for error in errors:
@@ -106,6 +109,8 @@ def evaluate(
     y = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
     if len(y) == 0:
         raise DataError(f"no usable images of the model's classes under {root}")
+    # a class whose every image was unreadable is missing too
+    _refuse_missing(root, classes, {classes[i] for i in np.unique(y)}, " usable")
     prob = np.concatenate([p for p in probs if len(p)])  # a folder may have no usable image
     pred = np.argmax(prob, axis=1).astype(np.int64)
     report: dict[str, Any] = {
@@ -134,6 +139,18 @@ def evaluate(
             "auroc": auroc(np.concatenate(scores), outside) if len(outside) else None,
         }
     return report
+
+
+def _refuse_missing(
+    root: Path, classes: Sequence[str], present: set[str], usable: str = ""
+) -> None:
+    """A :class:`DataError` naming the model's classes not in ``present`` (none: nothing)."""
+    if missing := [c for c in classes if c not in present]:
+        raise DataError(
+            f"{root} has no{usable} images of the model's class(es) {', '.join(missing)}: "
+            f"evaluate needs DIR/<class>/<images> for every class ({', '.join(classes)}), "
+            "or the macro-F1 would count each missing class as F1 0"
+        )
 
 
 def format_evaluation(report: dict[str, Any]) -> str:

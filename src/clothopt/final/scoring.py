@@ -255,6 +255,7 @@ def head_section(spec: TrialSpec, val_tta_f1: float | None) -> dict[str, Any]:
         "image_sizes": list(spec.image_sizes),
         "flip": spec.flip,
         "tta": spec.tta,
+        "aug_views": spec.aug_views,
         "final_validation_f1_macro_tta": val_tta_f1,
     }
 

@@ -118,6 +118,8 @@ def _head_text(head: dict[str, Any]) -> str:
         else "linear"
     )
     extras = [name for name in ("flip", "tta") if head.get(name)]
+    if views := head.get("aug_views"):
+        extras.append(f"{views} augmentation view{'s' if views > 1 else ''}")
     return (
         f"{layers}; {head['optimizer']} {head['schedule']}, weight decay "
         f"{head['weight_decay']:.2g}, label smoothing {head['label_smoothing']:.2f}, "

@@ -45,7 +45,12 @@ if TYPE_CHECKING:
 
     from clothopt.config import StudyConfig
 
-__all__ = ["SamplerRun", "load_sampler_runs", "sampler_report"]
+__all__ = ["VIEW_PASS_FACTOR", "SamplerRun", "load_sampler_runs", "sampler_report"]
+
+# An augmentation view's pass over the train split costs about twice a plain one (the warp and
+# jitter beside the forward pass: README's augment_views figures, benchmarks/augment_views.py);
+# used where the cache holds no record of a view's own extraction.
+VIEW_PASS_FACTOR = 2.0
 
 
 @dataclass
@@ -91,10 +96,12 @@ def load_sampler_runs(names: Sequence[str], storage: str | None) -> list[Sampler
 
 
 class _ExtractionCosts:
-    """Seconds to extract train + validation features at an image size, for one study's setup.
+    """Seconds to extract train + validation features at an image size, for one study's setup;
+    for augmentation view ``view`` (>= 1) the train split's only (views are training rows).
 
     From the feature cache's own record (what computing the entry cost, whoever did it); else
-    from the trials that computed it; else 0 (then the report says so).
+    from the trials that computed it (a plain pass), or for a view :data:`VIEW_PASS_FACTOR` x
+    the plain train split's (then the report says so); else 0 (then the report says so).
     """
 
     def __init__(self, runs: Sequence[SamplerRun]) -> None:
@@ -102,23 +109,49 @@ class _ExtractionCosts:
         self._datasets: dict[str, Any] = {}
         self._memo: dict[tuple[Any, ...], float | None] = {}
         self.missing: set[int] = set()
+        self.views_by_factor: set[int] = set()  # sizes whose view cost is the factor's
 
     def _setup(self, cfg: StudyConfig) -> tuple[Any, ...]:
         weights = cfg.weights if cfg.weights != "none" else f"none-{cfg.seed}"
         return (cfg.backbone, weights, cfg.resize, cfg.data_fingerprint, cfg.cache_dir)
 
-    def __call__(self, cfg: StudyConfig, size: int, flip: bool = False) -> float:
-        key = (*self._setup(cfg), size, flip)
+    def __call__(self, cfg: StudyConfig, size: int, flip: bool = False, view: int = 0) -> float:
+        key = (*self._setup(cfg), size, flip, view)
         if key not in self._memo:
-            self._memo[key] = self._from_cache(cfg, size, flip)
-            if self._memo[key] is None and not flip:
-                self._memo[key] = self._from_trials(cfg, size)
+            if view:
+                self._memo[key] = self._view(cfg, size, view)
+            else:
+                self._memo[key] = self._from_cache(cfg, size, flip)
+                if self._memo[key] is None and not flip:
+                    self._memo[key] = self._from_trials(cfg, size)
         value = self._memo[key]
         if value is None:
             self.missing.add(size)
         return value or 0.0
 
-    def _from_cache(self, cfg: StudyConfig, size: int, flip: bool = False) -> float | None:
+    def _view(self, cfg: StudyConfig, size: int, view: int) -> float | None:
+        """View ``view`` of the train split: its own record, else the factor x the plain
+        train split's record, else x the plain cost however known (train + validation: high
+        by validation's share)."""
+        recorded = self._from_cache(cfg, size, view=view, splits=("train",))
+        if recorded is not None:
+            return recorded
+        plain = self._from_cache(cfg, size, splits=("train",))
+        if plain is None:
+            plain = self(cfg, size) or None
+        if plain is None:
+            return None
+        self.views_by_factor.add(size)
+        return VIEW_PASS_FACTOR * plain
+
+    def _from_cache(
+        self,
+        cfg: StudyConfig,
+        size: int,
+        flip: bool = False,
+        view: int = 0,
+        splits: Sequence[str] = ("train", "validation"),
+    ) -> float | None:
         from clothopt.data import open_dataset
         from clothopt.features import FeatureCache
         from clothopt.model.backbones import get_backbone
@@ -129,9 +162,11 @@ class _ExtractionCosts:
             ds = self._datasets[cfg.data]
             cache, spec = FeatureCache(cfg.cache_dir), get_backbone(cfg.backbone)
             total = 0.0
-            for split in ("train", "validation"):
+            for split in splits:
                 split_ = ds[split]
-                key = cache.key(spec, cfg.weights, cfg.seed, size, cfg.resize, split_, flip=flip)
+                key = cache.key(
+                    spec, cfg.weights, cfg.seed, size, cfg.resize, split_, flip=flip, view=view
+                )
                 path = cache.path(key)
                 if path is None:
                     return None
@@ -147,22 +182,25 @@ class _ExtractionCosts:
             for r in self._runs
             if self._setup(r.config) == setup
             for t in r.trials
-            if t.params.get("image_size") == size
+            # a trial's record holds all it extracted: one plain size, no views beside it
+            if t.params.get("image_size") == size and not t.params.get("aug_views")
         ]
         return max(seen) if seen and max(seen) > 0 else None
 
 
 def _standalone_seconds(run: SamplerRun, costs: Callable[..., float]) -> list[float]:
-    """Each trial's head training, plus the extraction of the features (each size, plain or
-    mirrored) that the study's trials needed first."""
+    """Each trial's head training, plus the extraction of the features (each size, plain,
+    mirrored or augmentation view 1..``aug_views``) that the study's trials needed first."""
     from clothopt.spaces import image_sizes
 
-    seen: set[tuple[int, bool]] = set()
+    seen: set[tuple[int, bool, int]] = set()
     out = []
     for t in run.trials:
         mirrored = bool(t.params.get("flip") or t.params.get("tta"))
-        needs = {(int(size), flip) for size in image_sizes(t.params) for flip in {False, mirrored}}
-        extra = sum(costs(run.config, size, flip) for size, flip in needs - seen)
+        kinds = {(flip, 0) for flip in {False, mirrored}}
+        kinds |= {(False, v) for v in range(1, int(t.params.get("aug_views", 0)) + 1)}
+        needs = {(int(size), *kind) for size in image_sizes(t.params) for kind in kinds}
+        extra = sum(costs(run.config, *need) for need in sorted(needs - seen))
         seen |= needs
         out.append(float(t.user_attrs.get("train_seconds", 0.0)) + extra)
     return out
@@ -221,6 +259,12 @@ def sampler_report(
             "no record of the feature extraction cost at "
             + ", ".join(f"{s}px" for s in sorted(costs.missing))
             + ": counted as 0 s"
+        )
+    if costs.views_by_factor:
+        notes.append(
+            "no record of the augmentation views' extraction at "
+            + ", ".join(f"{s}px" for s in sorted(costs.views_by_factor))
+            + f": each view counted as {VIEW_PASS_FACTOR:g} x a plain pass of the train split"
         )
     summary, mean_curves = [], []
     for sampler in samplers:
