@@ -946,3 +946,37 @@ def test_blend_mistakes_are_refused_before_any_work(
         finalize("tiny", finalized["storage"], blend=2)
     code, _, err = run_cli(["study", "finalize", "blended", "--storage", storage, "--blend", "-1"])
     assert code == 2 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("asked", "space_blend", "folds", "race_top", "one_network", "cached", "want"),
+    [
+        (None, 0, 5, 5, False, True, 0),  # a space without blend: the pick alone
+        (None, 5, 5, 5, False, True, 5),  # the space's
+        (None, 5, 5, 3, False, True, 3),  # within the race
+        (None, 5, 5, 1, False, True, 0),  # a race of one blends nothing
+        (None, 5, 5, 0, False, True, 0),  # no race
+        (None, 5, 5, 5, True, True, 0),  # --trial or --fine-tune: one network
+        (None, 5, 5, 5, False, False, 0),  # end to end: nothing raced
+        (0, 5, 5, 5, False, True, 0),  # asked for none
+        (1, 0, 5, 5, False, True, 0),
+        (3, 0, 5, 5, False, True, 3),  # asked, the space has none
+        (3, 0, 5, 2, False, True, "race-top"),
+        (3, 0, 5, 5, True, True, "no --trial"),
+        (3, 0, 0, 5, False, True, "single fits"),
+        (3, 0, 5, 5, False, False, "end to end"),
+    ],
+)
+def test_how_many_configurations_finalize_blends(
+    asked: int | None, space_blend: int, folds: int, race_top: int, one_network: bool,
+    cached: bool, want: int | str,
+) -> None:  # fmt: skip
+    from types import SimpleNamespace
+
+    space = SimpleNamespace(blend=space_blend, folds=folds, repeats=1)
+    config: Any = SimpleNamespace(space=space, use_cache=cached, name="s")
+    if isinstance(want, str):
+        with pytest.raises(InvalidArgument, match=want):
+            finalize_mod.blend_count(asked, config, race_top, one_network)
+    else:
+        assert finalize_mod.blend_count(asked, config, race_top, one_network) == want

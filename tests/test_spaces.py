@@ -304,6 +304,14 @@ def test_a_space_sets_how_a_trial_estimates_its_configuration(
     assert (again.repeats, again.folds) == (repeats, folds)
     # a space that sets neither records exactly what it recorded before they existed
     assert ("repeats" in space.to_dict(), "folds" in space.to_dict()) == (repeats != 1, folds != 0)
+    assert space.blend == 0 and "blend" not in space.to_dict()
+
+
+def test_a_space_sets_how_many_raced_configurations_finalize_blends(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text("folds = 5\nblend = 4\n" + _PAPER_PARAMS_TOML)
+    space = load_space(str(path))
+    assert space.blend == 4 and SearchSpace.from_dict(space.to_dict()).blend == 4
 
 
 @pytest.mark.parametrize(
@@ -317,6 +325,9 @@ def test_a_space_sets_how_a_trial_estimates_its_configuration(
         ("folds = 21\n", r"folds must be an integer in \[2, 20\]"),
         ("folds = -3\n", "folds must be an integer"),
         ("folds = false\n", "folds must be an integer"),
+        ("folds = 5\nblend = 1\n", r"blend must be an integer in \[2, 100\]"),
+        ("folds = 5\nblend = true\n", "blend must be an integer"),
+        ("blend = 3\n", "set folds or repeats too"),
     ],
 )
 def test_bad_repeats_and_folds_are_one_line(tmp_path: Path, head: str, message: str) -> None:

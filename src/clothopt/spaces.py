@@ -40,11 +40,13 @@ _SPACE_KEYS = {
     "epochs",
     "repeats",
     "folds",
+    "blend",
     "params",
     "sampler_args",
 }
 MAX_REPEATS = 100
 MAX_FOLDS = 20
+MAX_BLEND = 100
 _TABLE_KEYS = {"low", "high", "log", "step", "choices", "when"}
 BUILTIN_SPACES = ("paper", "tpe", "quick", "wide")
 
@@ -134,6 +136,8 @@ class SearchSpace:
     # ``folds`` K >= 2 trains on K stratified folds of train + validation (0: the split as given)
     repeats: int = 1
     folds: int = 0
+    # finalize ships a blend of the race's ``blend`` best configurations (0: the pick alone)
+    blend: int = 0
     description: str = ""
     sampler_args: Mapping[str, Any] = field(default_factory=dict)
 
@@ -200,6 +204,7 @@ class SearchSpace:
             # only when set, so the record of a space without them stays as it was
             **({"repeats": self.repeats} if self.repeats != 1 else {}),
             **({"folds": self.folds} if self.folds else {}),
+            **({"blend": self.blend} if self.blend else {}),
             "params": {n: p.to_dict() for n, p in self.params.items()},
             "sampler_args": dict(self.sampler_args),
         }
@@ -245,6 +250,7 @@ class SearchSpace:
             epochs=_positive_int(name, "epochs", data.get("epochs", 2)) or 2,
             repeats=_bounded_int(name, "repeats", data.get("repeats", 1), 1, MAX_REPEATS),
             folds=_folds(name, data.get("folds", 0)),
+            blend=_blend(name, data.get("blend", 0), data),
             description=str(data.get("description", "")),
             sampler_args=dict(data.get("sampler_args", {})),
         )
@@ -320,6 +326,19 @@ def _folds(space: str, value: Any) -> int:
     if value == 0 and not isinstance(value, bool):
         return 0
     return _bounded_int(space, "folds", value, 2, MAX_FOLDS)
+
+
+def _blend(space: str, value: Any, data: Mapping[str, Any]) -> int:
+    """0 (finalize ships the raced pick) or how many raced configurations it blends (>= 2);
+    the blend weighs them out of fold, so the space must set folds or repeats."""
+    if value == 0 and not isinstance(value, bool):
+        return 0
+    blend = _bounded_int(space, "blend", value, 2, MAX_BLEND)
+    if not data.get("folds") and data.get("repeats", 1) == 1:
+        raise InvalidArgument(
+            f"space {space!r}: blend weighs configurations out of fold: set folds or repeats too"
+        )
+    return blend
 
 
 def _positive_int(space: str, key: str, value: Any) -> int | None:

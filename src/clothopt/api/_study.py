@@ -407,7 +407,8 @@ def finalize(
             best of its ``race_top`` (default 5) best trials re-evaluated with
             ``race_repeats`` (default 3) fresh seeds each; 0: its best search value.
         blend: N >= 2 ships a blend of the race's N best configurations, weighed by
-            ensemble selection on their out-of-fold probabilities (default: the pick alone).
+            ensemble selection on their out-of-fold probabilities (default: the space's
+            ``blend``, else the pick alone; 0: the pick alone).
 
     Returns:
         ``report.json`` as a dict (test figures of the saved model, parameters, seconds).

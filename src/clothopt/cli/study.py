@@ -331,10 +331,10 @@ class StudyFinalize(_Command):
         p.add_argument(
             "--blend",
             type=_int_range(0, 1000),
-            default=0,
             metavar="N",
             help="ship a blend of the race's N best configurations, weighed by ensemble "
-            "selection on their out-of-fold probabilities (default 0: the pick alone)",
+            "selection on their out-of-fold probabilities (default: the space's blend, else 0: "
+            "the pick alone)",
         )
         _paper_arg(p)
         p.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -71,6 +71,7 @@ __all__ = [
     "FINE_TUNE_LR",
     "MIN_RESAMPLES",
     "FineTuning",
+    "blend_count",
     "export",
     "finalize",
     "pick_trial",
@@ -332,6 +333,31 @@ def _mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
 # --------------------------------------------------------------------------- finalize
 
 
+def blend_count(asked: int | None, config: StudyConfig, race_top: int, one_network: bool) -> int:
+    """How many raced configurations finalize blends (0: the pick alone): ``asked``, else the
+    space's ``blend`` within the race (none when ``one_network``: a chosen trial, fine-tuning;
+    or when nothing is raced). An asked blend that cannot be made is refused."""
+    space = config.space
+    if asked is None:
+        n = min(space.blend, race_top)
+        return 0 if one_network or not config.use_cache or n < 2 else n
+    if asked < 2:
+        return 0
+    if one_network or race_top < asked:
+        raise InvalidArgument(
+            f"--blend {asked} blends the race's best configurations: it needs --race-top >= "
+            f"{asked}, no --trial and no --fine-tune (--blend 0: the pick alone)"
+        )
+    if not (space.repeats > 1 or space.folds):
+        raise InvalidArgument(
+            f"study {config.name!r} trains single fits: --blend weighs configurations out of "
+            "fold, so it needs a space with folds or repeats"
+        )
+    if not config.use_cache:
+        raise InvalidArgument(f"study {config.name!r} trains end to end (--no-cache): no blend")
+    return asked
+
+
 def _blend(
     study: optuna.Study,
     config: StudyConfig,
@@ -402,7 +428,7 @@ def finalize(
     on_finalized: Callable[[optuna.Study, int, list[Path]], None] | None = None,
     race_top: int = RACE_TOP,
     race_repeats: int = RACE_REPEATS,
-    blend: int = 0,
+    blend: int | None = None,
     blend_rounds: int = BLEND_ROUNDS,
 ) -> dict[str, Any]:
     """Select, train, export, score; publishes the study's ``final`` folder and returns
@@ -428,7 +454,8 @@ def finalize(
     finalized, its table in report.json's ``selection`` (0: pick by search value alone, as a
     single-fit study always does; ``trial`` given: no race).
 
-    ``blend`` N >= 2: ship a blend of the race's N best configurations instead of the pick
+    ``blend`` N >= 2 (None: the space's ``blend``, at most ``race_top``; 0: none): ship a
+    blend of the race's N best configurations instead of the pick
     alone (:func:`~clothopt.final.training.train_blend`): each one's members are trained, and
     ensemble selection over ``blend_rounds`` rounds on their out-of-fold probabilities weighs
     them (one alone is a possible answer); report.json's ``blend`` holds the weights. Needs a
@@ -449,19 +476,10 @@ def finalize(
         raise InvalidArgument(
             f"racing needs top >= 0 and repeats >= 1 (got {race_top}, {race_repeats})"
         )
-    if blend < 0 or blend_rounds < 1:
+    if (blend is not None and blend < 0) or blend_rounds < 1:
         raise InvalidArgument(f"--blend must be >= 0 and its rounds >= 1 ({blend}, {blend_rounds})")
-    if blend > 1 and (trial is not None or fine_tune or race_top < blend):
-        raise InvalidArgument(
-            f"--blend {blend} blends the race's best configurations: it needs --race-top >= "
-            f"{blend}, no --trial and no --fine-tune"
-        )
     st, config = study_mod.load(name, storage)
-    if blend > 1 and not (config.space.repeats > 1 or config.space.folds):
-        raise InvalidArgument(
-            f"study {name!r} trains single fits: --blend weighs configurations out of fold, so "
-            "it needs a space with folds or repeats"
-        )
+    blend = blend_count(blend, config, race_top, trial is not None or bool(fine_tune))
     dest = final_dir(storage, name)
     check_replaceable(dest)  # before the work, not only at the swap
     dataset, cache = open_run(config, data, cache_dir, progress, storage=storage_of(st))
