@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -335,3 +336,67 @@ def test_bad_repeats_and_folds_are_one_line(tmp_path: Path, head: str, message: 
     path.write_text(head + _PAPER_PARAMS_TOML)
     with pytest.raises(InvalidArgument, match=message):
         load_space(str(path))
+
+
+_RANDOM_TOML = """
+sampler = "random"
+n_trials = 4
+[params]
+image_size = [32]
+batch_size = [4, 8]
+learning_rate = { low = 1e-4, high = 1e-1, log = true }
+epochs = { low = 1, high = 3 }
+hidden_layers = [0, 1]
+hidden_units = { choices = [4, 8], when = { hidden_layers = [1] } }
+"""
+
+
+def test_a_space_starts_from_its_listed_configurations(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(
+        _RANDOM_TOML
+        + "[[start]]\nimage_size = 32\nbatch_size = 8\nlearning_rate = 0.01\nepochs = 2\n"
+        + "hidden_layers = 1\nhidden_units = 8\n"
+        + "[[start]]\nimage_size = 32\nbatch_size = 4\nlearning_rate = 1e-3\nepochs = 1\n"
+        + "hidden_layers = 0\n"
+    )
+    space = load_space(str(path))
+    assert [dict(p) for p in space.start] == [
+        {"image_size": 32, "batch_size": 8, "learning_rate": 0.01, "epochs": 2,
+         "hidden_layers": 1, "hidden_units": 8},
+        {"image_size": 32, "batch_size": 4, "learning_rate": 1e-3, "epochs": 1,
+         "hidden_layers": 0},
+    ]  # fmt: skip
+    assert SearchSpace.from_dict(space.to_dict()).start == space.start
+    assert "start" not in load_space("paper").to_dict()
+
+
+_POINT = "image_size = 32\nbatch_size = 8\nlearning_rate = 0.01\nepochs = 2\nhidden_layers = 0\n"
+
+
+@pytest.mark.parametrize(
+    ("point", "message"),
+    [
+        (_POINT.replace("batch_size = 8", "batch_size = 16"), "batch_size = 16 is not among"),
+        (_POINT.replace("learning_rate = 0.01", "learning_rate = 0.5"), "learning_rate = 0.5"),
+        (_POINT.replace("epochs = 2", "epochs = 2.5"), "epochs = 2.5"),
+        (_POINT.replace("epochs = 2\n", ""), "does not set epochs"),
+        (_POINT + "hidden_units = 8\n", "sets hidden_units, which its other values exclude"),
+        (_POINT.replace("hidden_layers = 0", "hidden_layers = 1"), "does not set hidden_units"),
+        (_POINT + "dropout = 0.1\n", "sets dropout, not in"),
+        (_POINT.replace("batch_size = 8", "batch_size = true"), "batch_size = True"),
+    ],
+)
+def test_a_start_point_outside_the_space_is_one_line(
+    tmp_path: Path, point: str, message: str
+) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(_RANDOM_TOML + "[[start]]\n" + point)
+    with pytest.raises(InvalidArgument, match="start point 1"):
+        load_space(str(path))
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        load_space(str(path))
+    grid = tmp_path / "g.toml"
+    grid.write_text("[[start]]\nimage_size = 300\n" + _PAPER_PARAMS_TOML)
+    with pytest.raises(InvalidArgument, match="a grid tries every point"):
+        load_space(str(grid))

@@ -85,6 +85,34 @@ def test_create_enqueues_the_whole_grid_and_stores_the_config(
     assert written["data_fingerprint"] == config.data_fingerprint
 
 
+def test_a_space_s_start_points_are_the_first_trials_then_the_sampler_asks(
+    tiny_data: Path, storage: str, tmp_path: Path
+) -> None:
+    """The ``[[start]]`` configurations are enqueued at creation, in order, and count in the
+    budget; the sampler proposes the rest."""
+    from clothopt.data import open_dataset
+    from clothopt.features import FeatureCache
+    from clothopt.objective import Objective
+
+    path = tmp_path / "warm.toml"
+    path.write_text(
+        'sampler = "random"\nn_trials = 3\nepochs = 1\n[params]\nimage_size = [32]\n'
+        "batch_size = [4, 8]\nlearning_rate = { low = 1e-4, high = 1e-1, log = true }\n"
+        "[[start]]\nimage_size = 32\nbatch_size = 8\nlearning_rate = 0.0123\n"
+        "[[start]]\nimage_size = 32\nbatch_size = 4\nlearning_rate = 0.000456\n"
+    )
+    study, config = _create(tiny_data, storage, str(path))
+    waiting = study.get_trials()
+    assert [t.state for t in waiting] == [TrialState.WAITING] * 2
+    objective = Objective(config, open_dataset(tiny_data), FeatureCache(config.cache_dir))
+    st.optimize(study, config, objective, progress=False)
+    done = study.get_trials()
+    assert [t.state for t in done] == [TrialState.COMPLETE] * 3
+    assert done[0].params == {"image_size": 32, "batch_size": 8, "learning_rate": 0.0123}
+    assert done[1].params == {"image_size": 32, "batch_size": 4, "learning_rate": 0.000456}
+    assert done[2].params["learning_rate"] not in (0.0123, 0.000456)  # the sampler's
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

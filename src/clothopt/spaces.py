@@ -41,6 +41,7 @@ _SPACE_KEYS = {
     "repeats",
     "folds",
     "blend",
+    "start",
     "params",
     "sampler_args",
 }
@@ -93,6 +94,25 @@ class Param:
             )
         return d.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one the parameter can take (a choice; in the range, on its
+        step; an integer for an integer parameter)."""
+        if isinstance(value, bool) and self.kind.type is not bool:
+            return False
+        if self.choices is not None:
+            return any(value == c and type(value) is type(c) for c in self.choices)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return False
+        if self.kind.type is int and not isinstance(value, int):
+            return False
+        assert self.low is not None and self.high is not None
+        if not self.low <= value <= self.high:
+            return False
+        if self.step:
+            steps = (value - self.low) / self.step
+            return abs(steps - round(steps)) < 1e-9
+        return True
+
     def values_between(self, low: float, high: float) -> bool:
         vals = self.choices if self.choices is not None else (self.low, self.high)
         return all(low <= v <= high for v in vals if v is not None)  # type: ignore[operator]
@@ -138,6 +158,9 @@ class SearchSpace:
     folds: int = 0
     # finalize ships a blend of the race's ``blend`` best configurations (0: the pick alone)
     blend: int = 0
+    # configurations every study of the space tries first (enqueued at creation; a warm start
+    # for the sampler), each a full set of the space's parameters
+    start: tuple[Mapping[str, Value], ...] = ()
     description: str = ""
     sampler_args: Mapping[str, Any] = field(default_factory=dict)
 
@@ -205,6 +228,7 @@ class SearchSpace:
             **({"repeats": self.repeats} if self.repeats != 1 else {}),
             **({"folds": self.folds} if self.folds else {}),
             **({"blend": self.blend} if self.blend else {}),
+            **({"start": [dict(p) for p in self.start]} if self.start else {}),
             "params": {n: p.to_dict() for n, p in self.params.items()},
             "sampler_args": dict(self.sampler_args),
         }
@@ -251,6 +275,7 @@ class SearchSpace:
             repeats=_bounded_int(name, "repeats", data.get("repeats", 1), 1, MAX_REPEATS),
             folds=_folds(name, data.get("folds", 0)),
             blend=_blend(name, data.get("blend", 0), data),
+            start=_start_points(name, data.get("start", []), params, sampler),
             description=str(data.get("description", "")),
             sampler_args=dict(data.get("sampler_args", {})),
         )
@@ -339,6 +364,38 @@ def _blend(space: str, value: Any, data: Mapping[str, Any]) -> int:
             f"space {space!r}: blend weighs configurations out of fold: set folds or repeats too"
         )
     return blend
+
+
+def _start_points(
+    space: str, raw: Any, params: Mapping[str, Param], sampler: str
+) -> tuple[dict[str, Value], ...]:
+    """The space's ``[[start]]`` configurations, each checked: every parameter that applies
+    to it is set to a value the parameter can take, and no other."""
+    if not isinstance(raw, list) or not all(isinstance(p, Mapping) for p in raw):
+        raise InvalidArgument(f"space {space!r}: start must be a list of tables ([[start]])")
+    if raw and sampler == "grid":
+        raise InvalidArgument(f"space {space!r}: a grid tries every point; start needs a sampler")
+    points = []
+    for i, point in enumerate(raw, start=1):
+        where = f"space {space!r}: start point {i}"
+        unknown = set(point) - set(params)
+        if unknown:
+            raise InvalidArgument(f"{where} sets {', '.join(sorted(unknown))}, not in [params]")
+        values: dict[str, Value] = {}
+        for name, p in params.items():  # in condition order: `when` sees earlier values
+            if not p.active(values):
+                if name in point:
+                    raise InvalidArgument(f"{where} sets {name}, which its other values exclude")
+                continue
+            if name not in point:
+                raise InvalidArgument(f"{where} does not set {name}")
+            if not p.contains(point[name]):
+                raise InvalidArgument(
+                    f"{where}: {name} = {point[name]!r} is not among its values ({p.describe()})"
+                )
+            values[name] = point[name]
+        points.append(values)
+    return tuple(points)
 
 
 def _positive_int(space: str, key: str, value: Any) -> int | None:

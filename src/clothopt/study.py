@@ -219,6 +219,8 @@ def create(
                 points = [points[i] for i in order]
                 study.set_user_attr("grid_order_seed", grid_order_seed)
             _enqueue_grid(study, points)
+        for point in space_obj.start:  # the space's warm start, tried before the sampler asks
+            study.enqueue_trial(dict(point))
         atomic_write_json(folder / "config.json", config.to_dict())
     except BaseException:
         optuna.delete_study(study_name=name, storage=db)
