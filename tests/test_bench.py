@@ -119,6 +119,19 @@ def test_bench_writes_every_documented_figure(report: dict, tmp_path: Path) -> N
         assert _positive(head["solo_seconds"]) and _positive(head["stacked_seconds"])
         assert head["max_weight_diff"] < 1e-3 and isinstance(head["met"], bool)
     assert [h["goal"] for h in r["heads"]] == [1.5, 3.0, 3.0, 3.0]
+    for head in r["heads"][:2]:  # a whole 5-fold trial both ways, through protocol.evaluate
+        k = head["kfold_trial"]
+        assert k["folds"] == 5 and k["rounds"] == head["runs"] and k["same_member_f1_both_ways"]
+        assert k["max_weight_diff_between_ways"] < 1e-3 and isinstance(k["met"], bool)
+        for way in ("first_alone", "all_stacked"):
+            assert _positive(k[f"{way}_seconds"]) and _positive(k[f"{way}_cpu_seconds"])
+            assert _positive(k[f"{way}_ratio"]["median"])
+    from benchmarks.repeats import kfold_markdown
+
+    table = kfold_markdown(report["sections"]["repeats"])
+    assert "## K-fold trial vs one fit" in table
+    assert all(f"| {h} | {w} |" in table for h in ("paper", "wide") for w in ("first alone",
+               "all stacked"))  # fmt: skip
     o = summary["overhead"]
     assert o["trials"] == 27 and _positive(o["ms_per_trial"]) and o["storage"] == "sqlite"
     assert o["goal_ms"] == 300 and isinstance(o["met"], bool)

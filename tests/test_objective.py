@@ -324,6 +324,39 @@ def test_a_pruner_stops_a_repeated_trial_after_its_first_member(
     assert not objective.stacked._stacks  # the other members were never trained
 
 
+def test_without_a_pruner_a_repeated_trial_is_one_stacked_fit(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    st, config, objective = _robust_objective(tmp_path, tiny_data)
+    study.optimize(st, config, objective, n_trials=1, progress=False)
+    assert [s.members for s in objective.stacked._stacks] == [6]  # all six members together
+    assert not objective.trainer._models  # none alone
+    assert len(st.trials[0].intermediate_values) == 6 * 3
+
+
+def test_a_pruned_study_trains_the_first_member_alone_and_values_agree(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """``pruner = "median"`` in the study: the first member alone (its curve watched as it
+    trains), the other five stacked; every member's fit, so every value, as without it."""
+    import optuna
+
+    for sub in ("pruned", "plain"):
+        (tmp_path / sub).mkdir()
+    st, config = _study(tmp_path / "pruned", tiny_data, ROBUST, pruner="median")
+    pruned = Objective(config, open_dataset(tiny_data), FeatureCache(None))  # type: ignore[arg-type]
+    study.optimize(st, config, pruned, n_trials=1, progress=False)  # type: ignore[arg-type]
+    assert [s.members for s in pruned.stacked._stacks] == [5]
+    assert pruned.trainer._models
+    st2, config2, plain = _robust_objective(tmp_path / "plain", tiny_data)
+    study.optimize(st2, config2, plain, n_trials=1, progress=False)
+    a, b = st.trials[0], st2.trials[0]  # type: ignore[attr-defined]
+    assert a.state == optuna.trial.TrialState.COMPLETE and a.params == b.params
+    assert a.intermediate_values == b.intermediate_values
+    assert a.user_attrs["val_f1_runs"] == b.user_attrs["val_f1_runs"]
+    assert a.value == b.value
+
+
 def test_member_seeds_start_with_the_trials_and_never_repeat() -> None:
     seeds = member_seeds(1234, 0, 8)
     assert seeds[0] == 1234 and len(set(seeds)) == 8

@@ -229,3 +229,28 @@ def test_stacked_masks_draw_tensorflows_stateless_uniform_bit_for_bit(
         for k, pair in enumerate(seeds):
             want = tf.random.stateless_uniform((rows, width), seed=tf.constant(pair, tf.int32))
             np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seeds=st.lists(st.integers(0, 2**31 + 5), min_size=1, max_size=3),
+    dim=st.integers(1, 40),
+    hidden=st.sampled_from([0, 1, 2]),
+)
+def test_a_reset_draws_keras_glorot_init_bit_for_bit(
+    seeds: list[int], dim: int, hidden: int
+) -> None:
+    """The reset's in-graph draw of every member's init is Keras's ``GlorotUniform(seed)``
+    for each layer, as ``HeadTrainer`` draws it (seeds past 2**31 - 2 wrap as Keras's do)."""
+    from clothopt.model._stack import Stack, StackShape, _glorot
+
+    shape = StackShape(len(seeds), dim, 10, hidden, 7, False, False, False, "adam", False)
+    stack = Stack(shape)
+    stack.reset(seeds)
+    dims = shape.dims
+    for k, seed in enumerate(seeds):
+        got = stack.member_weights()[k]
+        for i in range(hidden + 1):
+            want = _glorot(seed if i == hidden else seed + 1 + i, (dims[i], dims[i + 1]))
+            np.testing.assert_array_equal(got[2 * i], want)
+            assert not got[2 * i + 1].any()

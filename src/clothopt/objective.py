@@ -60,6 +60,19 @@ def _trial_attrs(
     }
 
 
+def _pruned(trial: optuna.Trial, config: StudyConfig) -> bool:
+    """Whether a pruner watches ``trial`` (the study's configured one, or one its caller
+    loaded the study with): then a repeated trial's first member trains alone, so the pruner
+    can stop the configuration after it."""
+    import optuna
+
+    study = getattr(trial, "study", None)  # a FixedTrial has none
+    pruner = getattr(study, "pruner", None)
+    return config.pruner != "none" or (
+        pruner is not None and not isinstance(pruner, optuna.pruners.NopPruner)
+    )
+
+
 class Objective:
     """``trial -> validation macro-F1`` for one study's configuration.
 
@@ -182,9 +195,12 @@ class Objective:
         on_epoch: EpochCallback,
     ) -> float:
         """The trial as ``protocol.members`` fits; its value their mean validation macro-F1.
-        The pruner watches the first member's epochs (steps 0..E-1); the other members' curves
-        are reported after it, member m's epoch e at step m * E + e."""
+        Member m's epoch e is reported at step m * E + e. With a pruner the first member
+        trains alone and the pruner watches its epochs as they come (steps 0..E-1), then the
+        others train as one stacked fit; without one every member is in that stacked fit and
+        every curve is reported after it."""
         cfg = self.config
+        watched = _pruned(trial, cfg)
         inputs = protocol_inputs(self.cache, self.dataset, cfg, spec, protocol)
         extract_seconds += sum(
             inputs[k].extract_seconds for k in ("train_views", "validation_train") if k in inputs
@@ -192,10 +208,10 @@ class Objective:
         classes = self.dataset["train"].classes
         got = evaluate(
             spec, inputs, classes, protocol, cfg.seed, (self.trainer, self.stacked),
-            on_epoch=on_epoch,
+            on_epoch=on_epoch if watched else None,
         )  # fmt: skip
         epochs = spec.head.epochs
-        for m, result in enumerate(got.results[1:], start=1):
+        for m, result in enumerate(got.results[1:] if watched else got.results, int(watched)):
             for e, f1 in enumerate(result.epoch_f1):
                 trial.report(f1, m * epochs + e)
         first = got.results[0]
@@ -220,7 +236,8 @@ class Objective:
 
     @property
     def stacked(self) -> StackedTrainer:
-        """This thread's stacked trainer (the members after a repeated trial's first)."""
+        """This thread's stacked trainer (a repeated trial's members; with a pruner all
+        but the first)."""
         if not hasattr(self._local, "stacked"):
             self._local.stacked = StackedTrainer()
         return self._local.stacked  # type: ignore[no-any-return]

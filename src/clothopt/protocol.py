@@ -173,20 +173,25 @@ def evaluate(
     start: int = 0,
     on_epoch: EpochCallback | None = None,
 ) -> Evaluation:
-    """``spec`` trained ``protocol.members`` times: the first member alone (``on_epoch`` gets
-    its curve, and may raise to prune the configuration there), then the rest as one stacked
-    model. ``inputs`` as :func:`head_inputs` gives them; with folds also ``train_views`` (the
-    train split scored, with TTA) and ``validation_train`` (validation as training rows, with
-    flip): see :func:`protocol_inputs`. ``start``: the first repeat's index (a re-evaluation
-    passes the trial's repeats to draw new seeds)."""
+    """``spec`` trained ``protocol.members`` times. ``on_epoch`` is for a pruner watching the
+    trial: given, the first member trains alone and ``on_epoch`` gets its curve (and may raise
+    to prune the configuration there), then the rest train as one stacked model; None (no
+    pruner, a race) every member trains in that one stacked fit, which pays the per-fit and
+    per-step overhead once. ``inputs`` as :func:`head_inputs` gives them; with folds also
+    ``train_views`` (the train split scored, with TTA) and ``validation_train`` (validation as
+    training rows, with flip): see :func:`protocol_inputs`. ``start``: the first repeat's
+    index (a re-evaluation passes the trial's repeats to draw new seeds)."""
     train, scored, members = protocol_members(spec, inputs, protocol, study_seed, start)
     solo, stacked = trainers
-    first = train_member(solo, spec, train, scored, members[0], classes, on_epoch)
-    results, seconds = [first], first.train_seconds
-    if len(members) > 1:
+    results: list[HeadResult] = []
+    seconds = 0.0
+    if on_epoch is not None:
+        first = train_member(solo, spec, train, scored, members[0], classes, on_epoch)
+        results, seconds = [first], first.train_seconds
+    if len(members) > len(results):
         rest = stacked.train(
-            train.x, train.y, scored.x, scored.y, classes, spec.head, members[1:], batch_order,
-            val_views=scored.views, reports=0,
+            train.x, train.y, scored.x, scored.y, classes, spec.head, members[len(results):],
+            batch_order, val_views=scored.views, reports=0,
         )  # fmt: skip
         results += rest.members
         seconds += rest.train_seconds

@@ -15,6 +15,7 @@ variable and one matmul fewer per step; decay skips that row as Keras skips bias
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +113,19 @@ def _glorot(seed: int, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(keras.initializers.GlorotUniform(seed=seed)(shape), np.float32)
 
 
+def _glorot_graph(seed: Any, shape: tuple[int, int]) -> Any:
+    """:func:`_glorot` for an int64 seed tensor, bit for bit (``tests/test_stacked.py``): the
+    stateless draw Keras's TensorFlow backend makes for an int seed (``[seed, 0]`` reduced
+    mod 2**31 - 2) scaled to Glorot's limit, drawn inside the reset's graph."""
+    import tensorflow as tf
+
+    limit = math.sqrt(3.0 * (1.0 / max(1.0, (shape[0] + shape[1]) / 2.0)))  # VarianceScaling's
+    pair = tf.cast(tf.math.floormod(tf.stack([seed, tf.zeros_like(seed)]), 2**31 - 2), tf.int32)
+    return tf.random.stateless_uniform(
+        shape, pair, minval=tf.cast(-limit, tf.float32), maxval=tf.cast(limit, tf.float32)
+    )
+
+
 class Stack:
     """Stacked weights and optimizer state of one shape, and its step.
 
@@ -141,31 +155,39 @@ class Stack:
         if self.graph:
             import tensorflow as tf
 
-            self._reset_fn = tf.function(self._assign, autograph=False)
+            seeds = tf.TensorSpec((m,), tf.int64)
+            self._reset_fn = tf.function(self._reset_graph, [seeds], autograph=False)
         self._generators: list[list[Any]] = []
 
     def reset(self, seeds: Sequence[int]) -> None:
         """Each member's weights as ``HeadTrainer`` initialises its layers from its seed (the
         logits get the seed itself, hidden layer i ``seed + 1 + i``); a new optimizer."""
-        last = self.shape.hidden_layers
-        inits = []
+        if self.graph:  # one call drawing every init, not one eager Keras draw per layer
+            self._reset_fn(np.asarray(seeds, np.int64))
+            return
+        self._assign(self._inits(list(seeds), _glorot))
+        import keras
+
+        drops = len(self.shape.dropout_units())
+        self._generators = [
+            [keras.random.SeedGenerator(s + 1000 + i) for s in seeds] for i in range(drops)
+        ]
+
+    def _reset_graph(self, seeds: Any) -> None:
+        self._assign(self._inits([seeds[k] for k in range(self.shape.members)], _glorot_graph))
+
+    def _inits(self, seeds: list[Any], glorot: Callable[[Any, tuple[int, int]], Any]) -> list[Any]:
+        """The variables' initial values from each member's seed (ints, or int64 scalars in a
+        graph): ``glorot(seed, shape)`` per member and layer, zero biases."""
+        ops, last, inits = _ops(), self.shape.hidden_layers, []
         for i in range(last + 1):
             shape = (self.shape.dims[i], self.shape.dims[i + 1])
-            init = np.stack([_glorot(s if i == last else s + 1 + i, shape) for s in seeds])
+            init = ops.stack([glorot(s if i == last else s + 1 + i, shape) for s in seeds])
             if i == 0:  # the bias row, zero
-                inits.append(np.concatenate([init, np.zeros_like(init[:, :1])], axis=1))
+                inits.append(ops.concatenate([init, ops.zeros_like(init[:, :1])], axis=1))
             else:
-                inits += [init, np.zeros((len(seeds), shape[1]), np.float32)]
-        if self.graph:  # one call, not one host round trip per variable
-            self._reset_fn(inits)
-        else:
-            self._assign(inits)
-            import keras
-
-            drops = len(self.shape.dropout_units())
-            self._generators = [
-                [keras.random.SeedGenerator(s + 1000 + i) for s in seeds] for i in range(drops)
-            ]
+                inits += [init, ops.zeros((len(seeds), shape[1]), "float32")]
+        return inits
 
     def _assign(self, inits: Sequence[Any]) -> None:
         ops = _ops()

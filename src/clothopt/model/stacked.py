@@ -143,17 +143,25 @@ def _prepare(
     width = max(len(v) for v in vals)
     # members scored on the same rows (repeats) share one copy: the product broadcasts it
     same = all(np.array_equal(a, picks[0][1]) for _, a in picks) and len(blocks) == 1
-    padded = np.zeros((1 if same else len(vals), width, x_train.shape[1]), np.float32)
+    # written once with their ones column (a fresh copy of megabytes costs more than its maths)
+    padded = np.zeros((1 if same else len(vals), width, x_train.shape[1] + 1), np.float32)
+    padded[..., -1] = 1.0
     for k, v in enumerate(vals[: len(padded)]):
-        padded[k, : len(v)] = v
-    x = np.concatenate(xs) if len(xs) > 1 else xs[0]
+        padded[k, : len(v), :-1] = v
     y = np.concatenate(ys) if len(ys) > 1 else ys[0]
-    return _Data(_ones(x), y, rows, _ones(padded), [len(v) for v in vals])
+    return _Data(_ones(xs), y, rows, padded, [len(v) for v in vals])
 
 
-def _ones(x: np.ndarray) -> np.ndarray:
-    """``x`` with a column of ones (the first layer's bias is its kernel's last row)."""
-    return np.concatenate([x, np.ones((*x.shape[:-1], 1), np.float32)], axis=-1)
+def _ones(blocks: list[np.ndarray]) -> np.ndarray:
+    """The blocks one after another, with a column of ones (the first layer's bias is its
+    kernel's last row), in one new array."""
+    out = np.empty((sum(len(b) for b in blocks), blocks[0].shape[1] + 1), np.float32)
+    out[:, -1] = 1.0
+    start = 0
+    for b in blocks:
+        out[start : start + len(b), :-1] = b
+        start += len(b)
+    return out
 
 
 def _plan(
