@@ -136,3 +136,32 @@ def test_an_exported_model_with_its_detector_agrees_on_every_backend(
             got["probabilities"].argmax(axis=1), ref["probabilities"].argmax(axis=1), backend
         )
         np.testing.assert_array_equal(got["accepted"], ref["accepted"], backend)
+
+
+def test_a_blend_of_configurations_agrees_on_every_backend(tmp_path: Path) -> None:
+    """finalize's blend: members on other sizes (a second branch) and TTA, averaged by their
+    weights in built-in layers, gives each backend TensorFlow's probabilities."""
+    spec = get_backbone("mobilenet_025")
+    rng = np.random.default_rng(3)
+    dim = spec.feature_dim
+
+    def member(sizes: tuple[int, ...] | None, tta: bool | None, share: float) -> Head:
+        width = dim * (len(sizes) if sizes else 1)
+        kernel = rng.normal(0, 30.0, (width, 4)).astype("float32")
+        return Head(
+            num_classes=4, weights=[kernel, np.zeros(4, "float32")], normalize="l2",
+            sizes=sizes, tta=tta, share=share,
+        )  # fmt: skip
+
+    heads = [member(None, None, 0.5), member((33, SIZE), True, 0.3), member((33,), False, 0.2)]
+    model = compose(spec, SIZE, "none", 0, raw_input=True, head=heads, softmax=True,
+                    extra_outputs={"pooled": lambda pooled: pooled})  # fmt: skip
+    model.save(tmp_path / "blend.keras")
+    images = [rng.integers(0, 256, (h, w, 3), np.uint8) for h, w in _sides()[:6]]
+    results = _serve(tmp_path / "blend.keras", images, tmp_path)
+    ref = results.pop("tensorflow")
+    assert ref["probabilities"].shape == (len(images), 4)
+    assert len(np.unique(ref["probabilities"].argmax(axis=1))) > 1  # not one answer for all
+    for backend, got in results.items():
+        np.testing.assert_allclose(got["probabilities"], ref["probabilities"], atol=1e-5)
+        np.testing.assert_allclose(got["pooled"], ref["pooled"], atol=1e-5, err_msg=backend)
