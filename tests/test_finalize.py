@@ -923,6 +923,13 @@ def test_a_blend_ships_its_configurations_weighed_in_one_model(blended: dict[str
     assert "blend" in est["how"] and len(est["member_f1_macro"]) == 3
     assert est["pooled_oof_f1_macro"] == report["blend"]["pooled_oof_f1_macro"]
     assert "a blend" in report["model_input"]
+    assert est["blend"] is True
+    code, out, err = run_cli(["study", "report", "blended", "--storage", blended["storage"]])
+    assert code == 0, err
+    assert "a blend of 3 configurations: trial" in out and "× 0.50" in out
+    assert (
+        f"estimate (the blend, 3 folds): its out-of-fold macro-F1 per fold {est['mean']:.4f}" in out
+    )
     got = _reproduce_in_fresh_process(folder, blended["data"] / "test")
     assert got["predictions"] == report["test_predictions"]
 

@@ -200,6 +200,7 @@ def estimate_section(
         pooled, how = members[1], (_FOLDS.format(k=k, k1=k - 1) if k else _REPEATS.format(r=r))
         if blend:
             how = _BLEND.format(k=k, k1=k - 1)
+            out["blend"] = True  # member_f1_macro: the blend's per fold, not one member's
         key = "pooled_oof_f1_macro" if k else "pooled_validation_f1_macro"
     arr = np.asarray(f1, np.float64)
     sd = float(arr.std(ddof=1)) if len(arr) > 1 else None

@@ -25,6 +25,12 @@ def format_report(report: dict[str, Any], folder: Path | None = None) -> str:
     ]
     if head := report.get("head"):
         lines[1:1] = [f"head: {_head_text(head)}"]
+    if blend := report.get("blend"):
+        weights = ", ".join(
+            f"trial {r['trial']} × {r['weight']:.2f}" for r in blend["rows"] if r["weight"] > 0
+        )
+        lines[1:1] = [f"a blend of {sum(r['weight'] > 0 for r in blend['rows'])} configurations: "
+                      f"{weights} (out-of-fold ensemble selection)"]  # fmt: skip
     if estimate := report.get("estimate"):
         lines += format_estimate(estimate, report["test"]["f1_macro"], report["f1_macro_ci95"])
     agree = report["cached_path_agreement"]
@@ -57,7 +63,13 @@ def format_estimate(
     """report.json's ``estimate`` beside the test figure: what the search predicted for the
     shipped model, how it was made, and how far the test split landed from it."""
     n = estimate["members"]
-    if n > 1:
+    if estimate.get("blend"):
+        text = (
+            f"estimate (the blend, {estimate['folds']} folds): its out-of-fold macro-F1 per "
+            f"fold {estimate['mean']:.4f} ± {estimate['sd'] or 0.0:.4f} (sd), pooled "
+            f"{estimate['pooled_oof_f1_macro']:.4f}"
+        )
+    elif n > 1:
         k, r = estimate["folds"], estimate["repeats"]
         what = " x ".join(
             p for p in (f"{r} seeds" if r > 1 else "", f"{k} folds" if k else "") if p
