@@ -714,10 +714,12 @@ FOLDED = {
 }
 
 
-@pytest.fixture(scope="module")
-def folded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A study whose space sets ``folds = 3``, its one trial finalized (pretrained weights, so
-    the members' answers are not near ties)."""
+def _folds_study(
+    factory: pytest.TempPathFactory, name: str, trials: list[tuple[dict[str, Any], float]]
+) -> tuple[Any, Path, str]:
+    """A ``folds = 3`` study ``name`` on pretrained weights (the members' answers are not near
+    ties) holding ``trials`` as complete trials (params, value); its config, data folder and
+    storage URL."""
     import optuna
     from optuna.distributions import CategoricalDistribution
 
@@ -725,20 +727,29 @@ def folded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     if not REAL_WEIGHTS.is_file():
         pytest.skip("the shared pretrained weights are not here")
-    root = tmp_path_factory.mktemp("folded")
+    root = factory.mktemp(name)
     data = make_dataset(root / "data", counts=(9, 3, 6))
     (root / "space.toml").write_text("folds = 3\n" + SPACE)
     storage = f"sqlite:///{root / 'studies' / 'clothopt.db'}"
     st, cfg = study_mod.create(
-        backbone="mobilenet_025",
-        space=str(root / "space.toml"),
-        name="folded",
-        storage=storage,
-        data=str(data),
-        weights=str(REAL_WEIGHTS),
-    )
-    dists = {k: CategoricalDistribution([v]) for k, v in FOLDED.items()}
-    st.add_trial(optuna.trial.create_trial(params=FOLDED, distributions=dists, value=0.5))
+        backbone="mobilenet_025", space=str(root / "space.toml"), name=name,
+        storage=storage, data=str(data), weights=str(REAL_WEIGHTS),
+    )  # fmt: skip
+    choices: dict[str, list[Any]] = {}  # one distribution per parameter across the trials
+    for params, _ in trials:
+        for k, v in params.items():
+            choices.setdefault(k, []).extend([] if v in choices.get(k, []) else [v])
+    for params, value in trials:
+        dists = {k: CategoricalDistribution(choices[k]) for k in params}
+        st.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    return cfg, data, storage
+
+
+@pytest.fixture(scope="module")
+def folded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A study whose space sets ``folds = 3``, its one trial finalized (pretrained weights, so
+    the members' answers are not near ties)."""
+    cfg, data, storage = _folds_study(tmp_path_factory, "folded", [(FOLDED, 0.5)])
     report = finalize("folded", storage, epochs=2)
     _, folder = load_final("folded", storage)
     return {"report": report, "folder": folder, "config": cfg, "data": data, "storage": storage}
@@ -850,29 +861,9 @@ def blended(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A ``folds = 3`` study of three configurations (other sizes, TTA, normalisation),
     finalized as a blend of all three; ensemble selection's counts are fixed (1, 2, 1) by
     race rank so every member kind ships (the selection itself: tests/test_selection.py)."""
-    import optuna
-    from optuna.distributions import CategoricalDistribution
-
     from clothopt import selection
-    from conftest import REAL_WEIGHTS
 
-    if not REAL_WEIGHTS.is_file():
-        pytest.skip("the shared pretrained weights are not here")
-    root = tmp_path_factory.mktemp("blended")
-    data = make_dataset(root / "data", counts=(9, 3, 6))
-    (root / "space.toml").write_text("folds = 3\n" + SPACE)
-    storage = f"sqlite:///{root / 'studies' / 'clothopt.db'}"
-    st, _ = study_mod.create(
-        backbone="mobilenet_025", space=str(root / "space.toml"), name="blended",
-        storage=storage, data=str(data), weights=str(REAL_WEIGHTS),
-    )  # fmt: skip
-    choices: dict[str, list[Any]] = {}
-    for params, _ in BLENDED:
-        for k, v in params.items():
-            choices.setdefault(k, []).extend([] if v in choices.get(k, []) else [v])
-    for params, value in BLENDED:
-        dists = {k: CategoricalDistribution(choices[k]) for k in params}
-        st.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    _, data, storage = _folds_study(tmp_path_factory, "blended", BLENDED)
     seen: list[Any] = []
 
     def fixed(probabilities: Any, y: Any, rounds: int) -> list[int]:
