@@ -25,6 +25,7 @@ from clothopt import study as study_mod
 from clothopt.data import open_dataset
 from clothopt.errors import InvalidArgument, NotFound, UserError
 from clothopt.features import FeatureCache
+from clothopt.final import blend as blend_mod
 from clothopt.final import finalize as finalize_mod
 from clothopt.final import store
 from clothopt.final.finalize import finalize
@@ -884,7 +885,7 @@ def test_a_blend_ships_its_configurations_weighed_in_one_model(blended: dict[str
     import keras
 
     report, folder = blended["report"], blended["folder"]
-    assert blended["seen"] == [(3, finalize_mod.BLEND_ROUNDS)]
+    assert blended["seen"] == [(3, blend_mod.BLEND_ROUNDS)]
     raced = [r["trial"] for r in report["selection"]["rows"]]
     rows = report["blend"]["rows"]
     first = min(raced)  # the grid sampler enqueued its own points before ours
@@ -975,6 +976,6 @@ def test_how_many_configurations_finalize_blends(
     config: Any = SimpleNamespace(space=space, use_cache=cached, name="s")
     if isinstance(want, str):
         with pytest.raises(InvalidArgument, match=want):
-            finalize_mod.blend_count(asked, config, race_top, one_network)
+            blend_mod.blend_count(asked, config, race_top, one_network)
     else:
-        assert finalize_mod.blend_count(asked, config, race_top, one_network) == want
+        assert blend_mod.blend_count(asked, config, race_top, one_network) == want

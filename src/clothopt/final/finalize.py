@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothopt.errors import InvalidArgument, NotFound
+from clothopt.final.blend import BLEND_ROUNDS, blend_count, train_blend
 from clothopt.final.fine_tune import DEFAULT_EPOCHS as FINE_TUNE_EPOCHS
 from clothopt.final.fine_tune import DEFAULT_LEARNING_RATE as FINE_TUNE_LR
 from clothopt.final.fine_tune import FineTuning
@@ -71,7 +72,6 @@ __all__ = [
     "FINE_TUNE_LR",
     "MIN_RESAMPLES",
     "FineTuning",
-    "blend_count",
     "export",
     "finalize",
     "pick_trial",
@@ -89,7 +89,6 @@ logger = get_logger(__name__)
 
 RACE_TOP = 5  # a robust study's best trials re-evaluated before the pick
 RACE_REPEATS = 3  # fresh seeds each (x the study's folds)
-BLEND_ROUNDS = 20  # ensemble selection's rounds: weights in twentieths
 
 
 def _say(progress: bool, message: str) -> None:
@@ -333,51 +332,6 @@ def _mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
 # --------------------------------------------------------------------------- finalize
 
 
-def blend_count(asked: int | None, config: StudyConfig, race_top: int, one_network: bool) -> int:
-    """How many raced configurations finalize blends (0: the pick alone): ``asked``, else the
-    space's ``blend`` within the race (none when ``one_network``: a chosen trial, fine-tuning;
-    or when nothing is raced). An asked blend that cannot be made is refused."""
-    space = config.space
-    if asked is None:
-        n = min(space.blend, race_top)
-        return 0 if one_network or not config.use_cache or n < 2 else n
-    if asked < 2:
-        return 0
-    if one_network or race_top < asked:
-        raise InvalidArgument(
-            f"--blend {asked} blends the race's best configurations: it needs --race-top >= "
-            f"{asked}, no --trial and no --fine-tune (--blend 0: the pick alone)"
-        )
-    if not (space.repeats > 1 or space.folds):
-        raise InvalidArgument(
-            f"study {config.name!r} trains single fits: --blend weighs configurations out of "
-            "fold, so it needs a space with folds or repeats"
-        )
-    if not config.use_cache:
-        raise InvalidArgument(f"study {config.name!r} trains end to end (--no-cache): no blend")
-    return asked
-
-
-def _blend(
-    study: optuna.Study,
-    config: StudyConfig,
-    dataset: Dataset,
-    cache: Any,
-    selection: dict[str, Any],
-    top: int,
-    rounds: int,
-    epochs: int | None,
-    progress: bool,
-) -> Trained:
-    """The race's ``top`` best configurations trained and weighed into one blend."""
-    from clothopt.final.training import train_blend
-
-    trials = [int(row["trial"]) for row in selection["rows"][:top]]
-    specs = [select(study, config, t, epochs)[1] for t in trials]
-    _say(progress, f"blending the raced trials {trials} ({rounds} rounds of ensemble selection)")
-    return train_blend(trials, specs, config, dataset, cache, rounds, progress)
-
-
 def _check_arguments(
     epochs: int | None, resamples: int, not_clothing: str | Path | None
 ) -> Path | None:
@@ -492,9 +446,10 @@ def finalize(
         raced = race(st, config, dataset, cache, top=race_top, repeats=race_repeats)
         trial, selection = raced.pick, raced.to_dict()
     if blend > 1 and selection is not None:
-        trained = _blend(
-            st, config, dataset, cache, selection, blend, blend_rounds, epochs, progress
-        )
+        trials = [int(row["trial"]) for row in selection["rows"][:blend]]
+        specs = [select(st, config, t, epochs)[1] for t in trials]
+        _say(progress, f"blending the raced trials {trials} ({blend_rounds} rounds of selection)")
+        trained = train_blend(trials, specs, config, dataset, cache, blend_rounds, progress)
         chosen = pick_trial(st, trained.blend.trials[trained.blend.main])  # type: ignore[union-attr]
         _check_exportable(trained.spec, config, chosen.number, tuning)
     else:

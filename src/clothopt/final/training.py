@@ -4,8 +4,7 @@
 the final epochs; a space that sets ``folds`` or ``repeats`` gets the members its trials train
 instead (:func:`train_ensemble`, through :mod:`clothopt.protocol`), whose average the exported
 model holds. Then the optional fine-tuning and the "not clothing" detector.
-:func:`train_blend` trains several raced configurations' members and weighs them into one
-blend (:class:`Blend`) by their out-of-fold probabilities.
+A blend of several raced configurations is trained by :mod:`clothopt.final.blend`.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import numpy as np
 
 from clothopt.errors import InvalidArgument
 from clothopt.final.fine_tune import FineTuned, FineTuning
+from clothopt.final.members import Blend, Ensemble
 from clothopt.logging import DEBUG, INFO, get_logger
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from clothopt.pipeline import HeadInput
     from clothopt.trial_spec import TrialSpec
 
-__all__ = ["Blend", "Ensemble", "Trained", "train", "train_blend", "train_ensemble"]
+__all__ = ["Trained", "train", "train_ensemble"]
 
 logger = get_logger(__name__)
 
@@ -162,29 +162,6 @@ def train(
     )
 
 
-@dataclass
-class Ensemble:
-    """The heads of a configuration estimated by folds and/or repeats, trained as the search
-    trained them: member ``r * K + k`` is repeat r's seed on fold k (K = 1 without folds)."""
-
-    folds: int  # K (0: the given split)
-    repeats: int  # R
-    results: list[HeadResult]
-    heads: list[Head]
-    test_probabilities: np.ndarray  # the cached-feature ensemble's, (N test, C)
-    member_f1: list[float]  # each member's validation (repeats) or out-of-fold macro-F1
-    pooled_f1: float  # macro-F1 of the pooled predictions (out-of-fold, or on validation)
-    # the pooled predictions: each scored example's probabilities averaged over the members
-    # that held it out (N, C), its label, and the fold that held it out (-1: every member)
-    pooled_probabilities: np.ndarray | None = None
-    pooled_labels: np.ndarray | None = None
-    pooled_fold: np.ndarray | None = None
-
-    @property
-    def train_seconds(self) -> float:
-        return sum(r.train_seconds for r in self.results)
-
-
 def _probabilities(
     weights: Sequence[np.ndarray], how: str, x_train: np.ndarray, scored: HeadInput
 ) -> np.ndarray:
@@ -267,146 +244,4 @@ def train_ensemble(
         pooled_probabilities=pooled / np.maximum(times, 1)[:, None],
         pooled_labels=y_pool,
         pooled_fold=fold,
-    )
-
-
-@dataclass
-class Blend:
-    """Several raced configurations in one shipped model: each one's members (their
-    :class:`Ensemble`, trained as its trials trained), weighed by how many times ensemble
-    selection (:func:`clothopt.selection.ensemble_selection`) picked it on the members'
-    out-of-fold probabilities. Candidates picked 0 times are trained but not shipped."""
-
-    trials: list[int]  # the candidates, best raced first
-    specs: list[TrialSpec]
-    ensembles: list[Ensemble]
-    counts: list[int]
-
-    @property
-    def shipped(self) -> list[int]:
-        """The candidates in the model (picked at least once), in candidate order."""
-        return [i for i, c in enumerate(self.counts) if c > 0]
-
-    @property
-    def weights(self) -> list[float]:
-        total = sum(self.counts)
-        return [c / total for c in self.counts]
-
-    @property
-    def main(self) -> int:
-        """The candidate with the largest weight (ties: the better raced): the model's own
-        features (its ``pool`` layer, the detector) are its."""
-        return max(range(len(self.counts)), key=lambda i: (self.counts[i], -i))
-
-    def probabilities(self, which: str) -> np.ndarray:
-        """The blend's probabilities: ``"pooled"`` (out of fold) or ``"test"``."""
-
-        def of(e: Ensemble) -> np.ndarray:
-            got = e.pooled_probabilities if which == "pooled" else e.test_probabilities
-            if got is None:
-                raise InvalidArgument(f"a blend's members have no {which} probabilities")
-            return got
-
-        return sum(w * of(e) for w, e in zip(self.weights, self.ensembles, strict=True) if w)
-
-    def pooled_f1(self) -> tuple[float, list[float]]:
-        """The blend's out-of-fold macro-F1, and per fold (the first repeat's folds)."""
-        from clothopt.metrics import macro_f1
-
-        first = self.ensembles[self.main]
-        y, fold = first.pooled_labels, first.pooled_fold
-        assert y is not None and fold is not None
-        pred = np.argmax(self.probabilities("pooled"), axis=1)
-        c = self.probabilities("pooled").shape[1]
-        per_fold = [macro_f1(y[fold == k], pred[fold == k], c) for k in sorted(set(fold) - {-1})]
-        return macro_f1(y, pred, c), per_fold
-
-    def heads(self, main: TrialSpec) -> list[Head]:
-        """The shipped members as :func:`~clothopt.model.compose.compose` takes them: each
-        with its configuration's sizes and TTA (None for the main's: the model's own) and its
-        share (its configuration's weight over its members)."""
-        import dataclasses
-
-        out = []
-        for i in self.shipped:
-            spec, members = self.specs[i], self.ensembles[i].heads
-            own = spec.image_sizes != main.image_sizes or spec.tta != main.tta
-            for h in members:
-                out.append(
-                    dataclasses.replace(
-                        h,
-                        sizes=tuple(spec.image_sizes) if own else None,
-                        tta=spec.tta if own else None,
-                        share=self.weights[i] / len(members),
-                    )
-                )
-        return out
-
-    def table(self) -> list[dict[str, object]]:
-        """report.json's ``blend.rows``: each candidate's trial, parameters, weight and its
-        own out-of-fold macro-F1."""
-        return [
-            {
-                "trial": t,
-                "params": spec.to_params(),
-                "weight": w,
-                "members": len(e.heads),
-                "pooled_oof_f1_macro": e.pooled_f1,
-            }
-            for t, spec, e, w in zip(
-                self.trials, self.specs, self.ensembles, self.weights, strict=True
-            )
-        ]
-
-
-def train_blend(
-    trials: Sequence[int],
-    specs: Sequence[TrialSpec],
-    config: StudyConfig,
-    dataset: Dataset,
-    cache: FeatureCache,
-    rounds: int,
-    progress: bool = False,
-) -> Trained:
-    """Each candidate's members (:func:`train_ensemble`, as its trials trained), weighed by
-    ensemble selection over ``rounds`` on their out-of-fold probabilities; the detector is
-    fitted on the main candidate's train features, as :func:`train` fits a single one's."""
-    from clothopt.final.rejection import fit_shipped_detector
-    from clothopt.pipeline import head_inputs
-    from clothopt.selection import ensemble_selection
-
-    space = config.space
-    if not space.folds and space.repeats < 2:
-        raise InvalidArgument(
-            "a blend weighs its configurations out of fold: it needs a space with folds or repeats"
-        )
-    inputs, ensembles = [], []
-    for t, spec in zip(trials, specs, strict=True):
-        _say(progress, f"blend candidate: trial {t}")
-        got = head_inputs(cache, dataset, config, spec, ("train", "validation", "test"))
-        cache.release_model()
-        inputs.append(got)
-        ensembles.append(
-            train_ensemble(spec, config, dataset, cache, got, space.repeats, space.folds, progress)
-        )
-    labels = ensembles[0].pooled_labels
-    assert labels is not None
-    counts = ensemble_selection([e.pooled_probabilities for e in ensembles], labels, rounds)  # type: ignore[misc]
-    blend = Blend(list(trials), list(specs), ensembles, counts)
-    main = blend.main
-    _say(progress, f"blend: weights {dict(zip(trials, blend.weights, strict=True))}")
-    _say(progress, "fitting the not-clothing detector on the train features")
-    train_plain, val_plain = inputs[main]["train"].plain(), inputs[main]["validation"].plain()
-    detector = fit_shipped_detector(np.asarray(train_plain.x, np.float32), val_plain.x)
-    return Trained(
-        spec=specs[main],
-        classes=list(dataset.classes),
-        inputs=inputs[main],
-        head=ensembles[main].results[0],
-        model_head=ensembles[main].heads[0],
-        tuned=None,
-        detector=detector,
-        extract_seconds=sum(f.extract_seconds for got in inputs for f in got.values()),
-        ensemble=ensembles[main],
-        blend=blend,
     )
