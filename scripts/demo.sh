@@ -9,7 +9,7 @@
 #   NAME     study name (demo-mobilenet_025)
 #   PAPER    folder of the paper's final_test.csv (default: ../shared/paper when it exists)
 #   WIDE     1 (default): also search the `wide` space (TPE over the head, 40 five-fold trials:
-#            7-27 min on 2 CPU cores), finalize it (a raced pick, 5-16 min) and index
+#            8-22 min on 2 CPU cores), finalize it (a blend of the 5 best raced, 4-25 min) and index
 #            the train split for similar items; 0: the paper only
 set -euo pipefail
 
