@@ -65,8 +65,7 @@ def train_blend(
             train_ensemble(spec, config, dataset, cache, got, space.repeats, space.folds, progress)
         )
     labels = ensembles[0].pooled_labels
-    assert labels is not None
-    counts = ensemble_selection([e.pooled_probabilities for e in ensembles], labels, rounds)  # type: ignore[misc]
+    counts = ensemble_selection([e.pooled_probabilities for e in ensembles], labels, rounds)
     blend = Blend(list(trials), list(specs), ensembles, counts)
     main = blend.main
     _say(progress, f"blend: weights {dict(zip(trials, blend.weights, strict=True))}")

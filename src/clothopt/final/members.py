@@ -35,9 +35,9 @@ class Ensemble:
     pooled_f1: float  # macro-F1 of the pooled predictions (out-of-fold, or on validation)
     # the pooled predictions: each scored example's probabilities averaged over the members
     # that held it out (N, C), its label, and the fold that held it out (-1: every member)
-    pooled_probabilities: np.ndarray | None = None
-    pooled_labels: np.ndarray | None = None
-    pooled_fold: np.ndarray | None = None
+    pooled_probabilities: np.ndarray
+    pooled_labels: np.ndarray
+    pooled_fold: np.ndarray
 
     @property
     def train_seconds(self) -> float:
@@ -75,11 +75,11 @@ class Blend:
     def probabilities(self, which: str) -> np.ndarray:
         """The blend's probabilities: ``"pooled"`` (out of fold) or ``"test"``."""
 
+        if which not in ("pooled", "test"):
+            raise InvalidArgument(f"a blend has pooled or test probabilities, not {which!r}")
+
         def of(e: Ensemble) -> np.ndarray:
-            got = e.pooled_probabilities if which == "pooled" else e.test_probabilities
-            if got is None:
-                raise InvalidArgument(f"a blend's members have no {which} probabilities")
-            return got
+            return e.pooled_probabilities if which == "pooled" else e.test_probabilities
 
         return sum(w * of(e) for w, e in zip(self.weights, self.ensembles, strict=True) if w)
 
@@ -89,9 +89,8 @@ class Blend:
 
         first = self.ensembles[self.main]
         y, fold = first.pooled_labels, first.pooled_fold
-        assert y is not None and fold is not None
-        pred = np.argmax(self.probabilities("pooled"), axis=1)
-        c = self.probabilities("pooled").shape[1]
+        pooled = self.probabilities("pooled")
+        pred, c = np.argmax(pooled, axis=1), pooled.shape[1]
         per_fold = [macro_f1(y[fold == k], pred[fold == k], c) for k in sorted(set(fold) - {-1})]
         return macro_f1(y, pred, c), per_fold
 
