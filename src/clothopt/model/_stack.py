@@ -8,8 +8,8 @@ and no op is dispatched one by one, so M members cost about their arithmetic. It
 are TensorFlow's own stateless draws, computed in the program for all members at once
 (:func:`philox_streams`). Per step the host sends each member's rows, row weights, learning
 rate, Adam step size and mask streams (all computed per epoch in NumPy: fewer ops in the loop).
-The first layer's bias is the last row of its kernel (the features get a column of ones): one
-variable and one matmul fewer per step; decay skips that row as Keras skips biases.
+The features go in once as given, each member's rows gathered in the program: no per-member
+copies of the pool on the host.
 """
 
 from __future__ import annotations
@@ -129,8 +129,9 @@ def _glorot_graph(seed: Any, shape: tuple[int, int]) -> Any:
 class Stack:
     """Stacked weights and optimizer state of one shape, and its step.
 
-    ``weights`` in order: the first kernel with its bias as last row ``(M, d+1, h)``, then
-    each later layer's kernel ``(M, a, b)`` and bias ``(M, b)``.
+    ``weights`` in order: each Dense's kernel ``(M, b, a)`` and bias ``(M, b)``. Kernels are
+    held outputs by inputs (transposed from Keras's): XLA's CPU dots and loops run faster on
+    their long minor axis than on a head's 10 logits.
     """
 
     def __init__(self, shape: StackShape) -> None:
@@ -138,18 +139,14 @@ class Stack:
 
         self.shape = shape
         m, dims = shape.members, shape.dims
-        sizes = [(m, dims[0] + 1, dims[1])]
-        for a, b in itertools.pairwise(dims[1:]):
-            sizes += [(m, a, b), (m, b)]
+        sizes = [size for a, b in itertools.pairwise(dims) for size in ((m, b, a), (m, b))]
         self.weights = [keras.Variable(np.zeros(s, np.float32)) for s in sizes]
         slots = 1 if shape.optimizer == "sgd" else 2
         self.slots = [
             [keras.Variable(np.zeros(s, np.float32)) for s in sizes] for _ in range(slots)
         ]
         # decay every kernel entry, never a bias (Keras's exclude_from_weight_decay("bias"))
-        first = np.ones((dims[0] + 1, 1), np.float32)
-        first[-1] = 0.0
-        self.decay = [first] + [1.0 if len(s) == 3 else None for s in sizes[1:]]
+        self.decay = [len(s) == 3 for s in sizes]
         self.graph = keras.backend.backend() == "tensorflow"
         self._epoch_fn = self._make_epoch_fn() if self.graph else None
         if self.graph:
@@ -183,10 +180,8 @@ class Stack:
         for i in range(last + 1):
             shape = (self.shape.dims[i], self.shape.dims[i + 1])
             init = ops.stack([glorot(s if i == last else s + 1 + i, shape) for s in seeds])
-            if i == 0:  # the bias row, zero
-                inits.append(ops.concatenate([init, ops.zeros_like(init[:, :1])], axis=1))
-            else:
-                inits += [init, ops.zeros((len(seeds), shape[1]), "float32")]
+            init = ops.transpose(init, (0, 2, 1))  # held outputs by inputs
+            inits += [init, ops.zeros((len(seeds), shape[1]), "float32")]
         return inits
 
     def _assign(self, inits: Sequence[Any]) -> None:
@@ -199,16 +194,16 @@ class Stack:
     def member_weights(self) -> list[list[np.ndarray]]:
         """Each member's layers as ``HeadResult.weights``: [kernel, bias] per Dense."""
         v = [np.asarray(_value(w)) for w in self.weights]
-        return [[v[0][k, :-1], v[0][k, -1], *(w[k] for w in v[1:])] for k in range(len(v[0]))]
+        return [[w[k].T if w.ndim == 3 else w[k] for w in v] for k in range(len(v[0]))]
 
     def _layers(self) -> list[tuple[Any, Any]]:
-        """(kernel, bias or None) per Dense, as tensors read now."""
+        """(kernel, bias) per Dense, as tensors read now."""
         w = [_value(v) for v in self.weights]
-        return [(w[0], None), *((w[i], w[i + 1]) for i in range(1, len(w), 2))]
+        return list(zip(w[::2], w[1::2], strict=True))
 
     def step(self, xb: Any, yb: Any, p: dict[str, Any], draws: Sequence[Any], r: Any) -> Any:
         """One optimizer step of every member on its batch; returns each member's summed row
-        loss. ``xb`` (M, B, d+1) with its ones column, ``yb`` (M, B, C) one-hot, ``p`` this
+        loss. ``xb`` (M, B, d) features, ``yb`` (M, B, C) one-hot, ``p`` this
         step's plan row (``w``/``ws`` row weights 1 or 0 and ``w / rows``; ``act``; ``lr``;
         ``alpha``), ``draws`` per dropout: the (M, 4) Philox streams of its masks in a graph
         (:func:`philox_streams`), else an (M, B, units) uniform draw."""
@@ -221,15 +216,14 @@ class Stack:
                 before = layers[i - 1][1] if i > 0 else None
                 a, masks[i], pre[i - 1] = self._enter(i, a, before, draw, r)
             acts.append(a)
-            a = _matmul(a, kernel)
+            a = _matmul(a, kernel, transpose_b=True)
         loss, grad, bias_grad = self._loss(a, layers[last][1], yb, p["w"], p["ws"], r)
         grads: list[Any] = []
         for i in range(last, -1, -1):
-            grads[:0] = [_matmul(acts[i], grad, transpose_a=True)]
+            grads[:0] = [_matmul(grad, acts[i], transpose_a=True), bias_grad]
             if i == 0:
                 break
-            grads.insert(1, bias_grad)
-            grad = _matmul(grad, layers[i][0], transpose_b=True)
+            grad = _matmul(grad, layers[i][0])
             grad, bias_grad = self._back(i, grad, masks.get(i), pre[i - 1], r)
         self._apply(grads, {k: p[k] for k in ("lr", "alpha", "act")}, r)
         return loss
@@ -240,7 +234,7 @@ class Stack:
         ops = _ops()
         pre = None
         if i > 0:
-            pre = a if bias is None else ops.add(a, bias[:, None, :])
+            pre = ops.add(a, bias[:, None, :])
             a = ops.relu(pre)
         mask = None
         if draw is not None:
@@ -250,18 +244,14 @@ class Stack:
 
                 draw = _uniform_streams(tf, draw, tf.shape(a)[1], width)
             mask = ops.greater_equal(draw, r["dropout_rate"])
-            if i == 0:  # on the features (a linear head): never on the ones column
-                kept = ops.where(mask, ops.multiply(a[..., :-1], r["dropout_scale"]), 0.0)
-                a = ops.concatenate([kept, a[..., -1:]], axis=-1)
-            else:
-                a = ops.where(mask, ops.multiply(a, r["dropout_scale"]), 0.0)
+            a = ops.where(mask, ops.multiply(a, r["dropout_scale"]), 0.0)
         return a, mask, pre
 
     def _loss(self, z: Any, bias: Any, yb: Any, w: Any, ws: Any, r: Any) -> tuple[Any, Any, Any]:
         """From the logits' product: (each member's summed row loss, the loss's gradient
         with respect to the logits, its bias's gradient)."""
         ops = _ops()
-        a = z if bias is None else ops.add(z, bias[:, None, :])
+        a = ops.add(z, bias[:, None, :])
         if self.shape.label_smoothing:
             yb = ops.add(ops.multiply(yb, r["smooth_keep"]), r["smooth_add"])
         row_loss = -ops.sum(ops.multiply(yb, ops.log_softmax(a, axis=-1)), axis=-1)
@@ -270,12 +260,12 @@ class Stack:
 
     def _back(self, i: int, grad: Any, mask: Any, pre: Any, r: Any) -> tuple[Any, Any]:
         """The gradient back through Dense i's dropout and Dense i-1's ReLU; with Dense i-1's
-        bias gradient (None for the first, whose bias is a kernel row)."""
+        bias gradient."""
         ops = _ops()
         if mask is not None:
             grad = ops.where(mask, ops.multiply(grad, r["dropout_scale"]), 0.0)
         grad = ops.where(ops.greater(pre, 0.0), grad, 0.0)
-        return grad, (ops.sum(grad, axis=1) if i > 1 else None)
+        return grad, ops.sum(grad, axis=1)
 
     def _apply(self, grads: list[Any], p: dict[str, Any], r: Any) -> None:
         """Keras's update (``HeadTrainer``'s optimizers) of every member's variables with its
@@ -284,28 +274,31 @@ class Stack:
         if self.graph and not shape.ragged and (shape.optimizer == "sgd" or shape.fused_adam):
             self._apply_fused(grads, p, r)
             return
-        keep = ops.greater(p["act"], 0.5)
+        keep = ops.reshape(ops.greater(p["act"], 0.5), (-1, 1))
+        lr, alpha = ops.reshape(p["lr"], (-1, 1)), ops.reshape(p["alpha"], (-1, 1))
+
+        # every update on (M, n) views: XLA's CPU loops vectorise a long minor axis, not a
+        # kernel's 10 logits (Adam's sqrt and division ran ~6x slower on (M, d, 10))
+        def flat(t: Any) -> Any:
+            return ops.reshape(_value(t), (shape.members, -1))
+
         for j, (var, g) in enumerate(zip(self.weights, grads, strict=True)):
-
-            def per(t: Any, n: int = len(var.shape)) -> Any:
-                return ops.reshape(t, (-1,) + (1,) * (n - 1))
-
-            new, lr = _value(var), per(p["lr"])
-            if shape.weight_decay and self.decay[j] is not None:  # decoupled, before the step
-                new = new - new * r["weight_decay"] * lr * self.decay[j]
+            new, g = flat(var), flat(g)
+            if shape.weight_decay and self.decay[j]:  # decoupled, before the step
+                new = new - new * r["weight_decay"] * lr
             if shape.optimizer == "sgd":
-                mom = _value(self.slots[0][j]) * MOMENTUM - g * lr
+                mom = flat(self.slots[0][j]) * MOMENTUM - g * lr
                 updates = [(var, new + mom), (self.slots[0][j], mom)]
             else:
-                m, v = _value(self.slots[0][j]), _value(self.slots[1][j])
+                m, v = flat(self.slots[0][j]), flat(self.slots[1][j])
                 m = m + (g - m) * (1 - BETA_1)
                 v = v + (ops.square(g) - v) * (1 - BETA_2)
-                new = new - (m * per(p["alpha"])) / (ops.sqrt(v) + EPSILON)
+                new = new - (m * alpha) / (ops.sqrt(v) + EPSILON)
                 updates = [(var, new), (self.slots[0][j], m), (self.slots[1][j], v)]
             for target, value in updates:
                 if shape.ragged:
-                    value = ops.where(per(keep), value, _value(target))
-                target.assign(value)
+                    value = ops.where(keep, value, flat(target))
+                target.assign(ops.reshape(value, target.shape))
 
     def _apply_fused(self, grads: list[Any], p: dict[str, Any], r: Any) -> None:
         """The update with TensorFlow's fused kernels (one pass over each variable, not a
@@ -317,9 +310,9 @@ class Stack:
         lr, alpha = p["lr"][0], p["alpha"][0]
         zero = tf.constant(0.0)
         for j, (var, g) in enumerate(zip(self.weights, grads, strict=True)):
-            if self.shape.weight_decay and self.decay[j] is not None:
+            if self.shape.weight_decay and self.decay[j]:
                 value = _value(var)
-                var.assign(value - value * r["weight_decay"] * lr * self.decay[j])
+                var.assign(value - value * r["weight_decay"] * lr)
             slots = [self.slots[i][j].value.handle for i in range(len(self.slots))]
             if self.shape.optimizer == "sgd":
                 tf.raw_ops.ResourceApplyKerasMomentum(
@@ -332,15 +325,14 @@ class Stack:
                     grad=g,
                 )  # fmt: skip
 
-    def validation_logits(self, x_val: Any) -> Any:
-        """(M, V, C) logits of each member on its (M, V, d+1) validation rows (or on shared
-        (1, V, d+1) ones), no dropout."""
+    def validation_logits(self, x_val: Any, idx: Any) -> Any:
+        """(M, V, C) logits of each member on its rows ``idx[m]`` of ``x_val`` (or all on the
+        same rows: ``idx`` (1, V)), no dropout."""
         ops = _ops()
         layers = self._layers()
-        a = x_val
+        a = ops.take(x_val, idx, axis=0)
         for i, (kernel, bias) in enumerate(layers):
-            a = _matmul(a, kernel)
-            a = a if bias is None else ops.add(a, bias[:, None, :])
+            a = ops.add(_matmul(a, kernel, transpose_b=True), bias[:, None, :])
             if i < len(layers) - 1:
                 a = ops.relu(a)
         return a
@@ -357,9 +349,10 @@ class Stack:
             "drng": tf.TensorSpec((None, m, None, 4), tf.int64),
         }
         sig = [
-            tf.TensorSpec((None, None), f32),  # x pool, with its ones column
+            tf.TensorSpec((None, None), f32),  # x pool
             tf.TensorSpec((None, None), f32),  # y pool, one-hot
-            tf.TensorSpec((None, None, None), f32),  # validation rows per member (or shared)
+            tf.TensorSpec((None, None), f32),  # validation rows
+            tf.TensorSpec((None, None), tf.int32),  # each member's (or all members') of them
             tf.TensorSpec((m,), tf.int64),  # seeds
             plan_spec,
             {name: tf.TensorSpec((), f32) for name in RATE_NAMES},
@@ -368,21 +361,23 @@ class Stack:
         drops = len(self.shape.dropout_units())
 
         @tf.function(input_signature=sig, reduce_retracing=True, jit_compile=True)
-        def epoch(x: Any, y: Any, x_val: Any, seeds: Any, plan: Any, rates: Any) -> Any:
+        def epoch(
+            x: Any, y: Any, x_val: Any, val_idx: Any, seeds: Any, plan: Any, rates: Any
+        ) -> Any:
             losses = tf.zeros((m,), f32)
             for s in tf.range(tf.shape(plan["xi"])[0]):
                 p = {k: tf.gather(v, s) for k, v in plan.items()}  # 1 op, not a 3-op slice
                 xb, yb = tf.gather(x, p["xi"]), tf.gather(y, p["xi"])
                 draws = [p["drng"][:, i] for i in range(drops)]
                 losses += self.step(xb, yb, p, draws, rates)
-            return losses, self.validation_logits(x_val)
+            return losses, self.validation_logits(x_val, val_idx)
 
         return epoch
 
     def run_epoch(self, data: dict[str, Any], plan: dict[str, np.ndarray]) -> tuple[Any, Any]:
         """One epoch of every member on ``plan``'s steps: (summed loss, validation logits)."""
         if self._epoch_fn is not None:
-            args = (data["x"], data["y"], data["x_val"], data["seeds"])
+            args = (data["x"], data["y"], data["x_val"], data["val_idx"], data["seeds"])
             return self._epoch_fn(*args, {k: plan[k] for k in PLAN_KEYS}, data["rates"])
         ops = _ops()
         losses = np.zeros(self.shape.members, np.float32)
@@ -397,7 +392,7 @@ class Stack:
             ]  # fmt: skip
             xb, yb = ops.take(data["x"], p["xi"], axis=0), ops.take(data["y"], p["xi"], axis=0)
             losses += np.asarray(self.step(xb, yb, p, noise, data["rates"]))
-        return losses, self.validation_logits(data["x_val"])
+        return losses, self.validation_logits(data["x_val"], data["val_idx"])
 
 
 def _ops() -> Any:

@@ -102,13 +102,14 @@ def _member_rows(members: Sequence[Member], n_train: int, n_val: int) -> list[tu
 @dataclass
 class _Data:
     """The arrays one stacked fit reads: normalised feature blocks (one per distinct set of
-    training statistics), each member's rows in them, its padded validation rows."""
+    training statistics) and each member's rows in them, for training and for scoring."""
 
     x: np.ndarray  # (rows, d): the members' training rows, block after block
     y: np.ndarray  # labels of x's rows
     rows: list[np.ndarray]  # each member's rows of x, in its own order
-    x_val: np.ndarray  # (M, V, d), zero-padded; (1, V, d) when every member's are the same
-    val_rows: list[int]  # each member's real rows of x_val
+    x_val: np.ndarray  # (rows, d): the validation rows, block after block
+    val_idx: np.ndarray  # (M, V) each member's rows of x_val, 0-padded; (1, V) when all alike
+    val_rows: list[int]  # each member's real rows of val_idx
 
 
 def _prepare(
@@ -120,48 +121,36 @@ def _prepare(
     picks: list[tuple[np.ndarray, np.ndarray]],
     views: int,
 ) -> _Data:
-    """``normalize_features`` as each member alone gets it: row-wise ways once for the pool,
-    ``standardize`` once per distinct set of training rows (its statistics come from them)."""
+    """``normalize_features`` as each member alone gets it: row-wise ways once for the pool
+    (``none``: the arrays as given, no copy), ``standardize`` once per distinct set of training
+    rows (its statistics come from them)."""
     x_train, x_val = np.asarray(x_train, np.float32), np.asarray(x_val, np.float32)
-    blocks: dict[bytes, tuple[int, np.ndarray]] = {}
-    xs, ys, rows, vals = [], [], [], []
-    offset = 0
+    blocks: dict[bytes, tuple[int, int]] = {}
+    xs, ys, xvs, rows, idx = [], [], [], [], []
+    n = len(y_val)
     for train_rows, examples in picks:
         key = train_rows.tobytes() if how == "standardize" else b""
         if key not in blocks:
             part = x_train[train_rows] if how == "standardize" else x_train
             xt, xv = normalize_features(part, x_val, how)
+            blocks[key] = (sum(len(b) for b in xs), sum(len(b) for b in xvs))
             xs.append(xt)
             ys.append(y_train[train_rows] if how == "standardize" else y_train)
-            blocks[key] = (offset, xv)
-            offset += len(xt)
-        start, xv = blocks[key]
+            xvs.append(xv)
+        start, val_start = blocks[key]
         own = np.arange(len(train_rows)) if how == "standardize" else train_rows
         rows.append(start + own)
-        n = len(y_val)
-        vals.append(xv[np.concatenate([examples + v * n for v in range(views)])])
-    width = max(len(v) for v in vals)
-    # members scored on the same rows (repeats) share one copy: the product broadcasts it
-    same = all(np.array_equal(a, picks[0][1]) for _, a in picks) and len(blocks) == 1
-    # written once with their ones column (a fresh copy of megabytes costs more than its maths)
-    padded = np.zeros((1 if same else len(vals), width, x_train.shape[1] + 1), np.float32)
-    padded[..., -1] = 1.0
-    for k, v in enumerate(vals[: len(padded)]):
-        padded[k, : len(v), :-1] = v
-    y = np.concatenate(ys) if len(ys) > 1 else ys[0]
-    return _Data(_ones(xs), y, rows, padded, [len(v) for v in vals])
+        idx.append(val_start + np.concatenate([examples + v * n for v in range(views)]))
+    # members scored on the same rows (repeats) share them: the product broadcasts
+    same = all(np.array_equal(i, idx[0]) for i in idx)
+    val_idx = np.zeros((1 if same else len(idx), max(len(i) for i in idx)), np.int32)
+    for k, i in enumerate(idx[: len(val_idx)]):
+        val_idx[k, : len(i)] = i
+    return _Data(_join(xs), _join(ys), rows, _join(xvs), val_idx, [len(i) for i in idx])
 
 
-def _ones(blocks: list[np.ndarray]) -> np.ndarray:
-    """The blocks one after another, with a column of ones (the first layer's bias is its
-    kernel's last row), in one new array."""
-    out = np.empty((sum(len(b) for b in blocks), blocks[0].shape[1] + 1), np.float32)
-    out[:, -1] = 1.0
-    start = 0
-    for b in blocks:
-        out[start : start + len(b), :-1] = b
-        start += len(b)
-    return out
+def _join(blocks: list[np.ndarray]) -> np.ndarray:
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
 def _plan(
@@ -273,7 +262,7 @@ class StackedTrainer:
         num_classes = len(classes)
         steps = [math.ceil(n / params.batch_size) for n in counts]
         shape = StackShape(
-            len(members), int(data.x.shape[1]) - 1, num_classes, params.hidden_layers,
+            len(members), int(data.x.shape[1]), num_classes, params.hidden_layers,
             params.hidden_units, params.dropout > 0, params.weight_decay > 0,
             params.label_smoothing > 0, params.optimizer, len(set(steps)) > 1, self.fused_adam,
         )  # fmt: skip
@@ -317,6 +306,7 @@ def _tensors(
         "x": convert(data.x),
         "y": convert(np.eye(num_classes, dtype=np.float32)[data.y]),
         "x_val": convert(data.x_val),
+        "val_idx": convert(data.val_idx),
         "seeds": convert(np.asarray(seeds, np.int64)),
         "rates": {k: convert(np.float32(getattr(rates, k))) for k in RATE_NAMES},
     }
