@@ -303,6 +303,7 @@ def test_a_space_sets_how_a_trial_estimates_its_configuration(
     assert (space.repeats, space.folds) == (repeats, folds)
     again = SearchSpace.from_dict(space.to_dict())
     assert (again.repeats, again.folds) == (repeats, folds)
+    assert space.single_fit == (head == "")
     # a space that sets neither records exactly what it recorded before they existed
     assert ("repeats" in space.to_dict(), "folds" in space.to_dict()) == (repeats != 1, folds != 0)
     assert space.blend == 0 and "blend" not in space.to_dict()

@@ -46,6 +46,11 @@ CONFIGS = {
     "wide_sgd": dict(
         WIDE, learning_rate=1e-2, optimizer="sgd", weight_decay=1e-3, normalize="standardize"
     ),
+    # 24 -> 16 -> 16 -> 10: narrowing kernels are held transposed, widening ones are not
+    "narrowing_two_layers": dict(
+        hidden_layers=2, hidden_units=16, epochs=3, batch_size=32, learning_rate=3e-3,
+        dropout=0.2, weight_decay=1e-3,
+    ),
 }  # fmt: skip
 
 

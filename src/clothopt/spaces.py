@@ -72,6 +72,12 @@ class SearchSpace:
     sampler_args: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def single_fit(self) -> bool:
+        """A trial is one fit on train scored on validation (the paper's protocol); else it
+        estimates its configuration over repeats and/or folds, and finalize ships an ensemble."""
+        return self.repeats == 1 and not self.folds
+
+    @property
     def is_grid(self) -> bool:
         return all(p.choices is not None for p in self.params.values())
 

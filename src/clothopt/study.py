@@ -131,7 +131,7 @@ def create(
     spec = get_backbone(names[0] if names else backbone)
     for one in specs:
         one.check_size(space_obj.min_image_size())
-    if not use_cache and (space_obj.repeats != 1 or space_obj.folds):
+    if not use_cache and not space_obj.single_fit:
         raise InvalidArgument(
             f"space {space_obj.name!r} sets repeats/folds: the end-to-end path (--no-cache) "
             "fits one head per trial (drop --no-cache)"

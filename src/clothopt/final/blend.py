@@ -14,8 +14,8 @@ import numpy as np
 
 from clothopt.errors import InvalidArgument
 from clothopt.final.members import Blend
+from clothopt.final.progress import say
 from clothopt.final.training import Trained, train_ensemble
-from clothopt.logging import DEBUG, INFO, get_logger
 
 if TYPE_CHECKING:
     from clothopt.config import StudyConfig
@@ -26,12 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["BLEND_ROUNDS", "blend_count", "train_blend"]
 
 BLEND_ROUNDS = 20  # ensemble selection's rounds: weights in twentieths
-
-logger = get_logger(__name__)
-
-
-def _say(progress: bool, message: str) -> None:
-    logger.log(INFO if progress else DEBUG, "finalize: %s", message)
 
 
 def train_blend(
@@ -51,13 +45,13 @@ def train_blend(
     from clothopt.selection import ensemble_selection
 
     space = config.space
-    if not space.folds and space.repeats < 2:
+    if space.single_fit:
         raise InvalidArgument(
             "a blend weighs its configurations out of fold: it needs a space with folds or repeats"
         )
     inputs, ensembles = [], []
     for t, spec in zip(trials, specs, strict=True):
-        _say(progress, f"blend candidate: trial {t}")
+        say(progress, f"blend candidate: trial {t}")
         got = head_inputs(cache, dataset, config, spec, ("train", "validation", "test"))
         cache.release_model()
         inputs.append(got)
@@ -68,8 +62,8 @@ def train_blend(
     counts = ensemble_selection([e.pooled_probabilities for e in ensembles], labels, rounds)
     blend = Blend(list(trials), list(specs), ensembles, counts)
     main = blend.main
-    _say(progress, f"blend: weights {dict(zip(trials, blend.weights, strict=True))}")
-    _say(progress, "fitting the not-clothing detector on the train features")
+    say(progress, f"blend: weights {dict(zip(trials, blend.weights, strict=True))}")
+    say(progress, "fitting the not-clothing detector on the train features")
     train_plain, val_plain = inputs[main]["train"].plain(), inputs[main]["validation"].plain()
     detector = fit_shipped_detector(np.asarray(train_plain.x, np.float32), val_plain.x)
     return Trained(
@@ -101,7 +95,7 @@ def blend_count(asked: int | None, config: StudyConfig, race_top: int, one_netwo
             f"--blend {asked} blends the race's best configurations: it needs --race-top >= "
             f"{asked}, no --trial and no --fine-tune (--blend 0: the pick alone)"
         )
-    if not (space.repeats > 1 or space.folds):
+    if space.single_fit:
         raise InvalidArgument(
             f"study {config.name!r} trains single fits: --blend weighs configurations out of "
             "fold, so it needs a space with folds or repeats"

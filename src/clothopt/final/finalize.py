@@ -41,6 +41,7 @@ from clothopt.final.blend import BLEND_ROUNDS, blend_count, train_blend
 from clothopt.final.fine_tune import DEFAULT_EPOCHS as FINE_TUNE_EPOCHS
 from clothopt.final.fine_tune import DEFAULT_LEARNING_RATE as FINE_TUNE_LR
 from clothopt.final.fine_tune import FineTuning
+from clothopt.final.progress import say
 from clothopt.final.scoring import confusion_figure as _confusion_figure
 from clothopt.final.store import (
     MODEL_FILE,
@@ -53,7 +54,6 @@ from clothopt.final.store import (
     write_report,
 )
 from clothopt.final.training import Trained, train
-from clothopt.logging import DEBUG, INFO, get_logger
 from clothopt.trial_spec import TrialSpec, check_value
 
 if TYPE_CHECKING:
@@ -84,16 +84,8 @@ DEFAULT_EPOCHS = 5  # the paper's final training
 DEFAULT_RESAMPLES = 2000
 MIN_RESAMPLES = 1000
 
-logger = get_logger(__name__)
-
-
 RACE_TOP = 5  # a robust study's best trials re-evaluated before the pick
 RACE_REPEATS = 3  # fresh seeds each (x the study's folds)
-
-
-def _say(progress: bool, message: str) -> None:
-    # progress lines at INFO; without progress only at DEBUG (shown with --verbose)
-    logger.log(INFO if progress else DEBUG, "finalize: %s", message)
 
 
 # --------------------------------------------------------------------------- 1. select
@@ -233,7 +225,7 @@ def score(
     from clothopt.predict import CLASSES_FILE
 
     spec, head, classes, test = trained.spec, trained.head, trained.classes, dataset["test"]
-    _say(progress, f"scoring the saved model on the {len(test)} test images")
+    say(progress, f"scoring the saved model on the {len(test)} test images")
     got = score_saved(folder / MODEL_FILE, test.paths, config.threads)
     y_test = test.labels
     scored = labelled_report(y_test, got.y_pred, classes, resamples=resamples, seed=bootstrap_seed)
@@ -302,7 +294,7 @@ def score(
         report["head"] = head_section(spec, _validation_tta_f1(trained, dataset))
     if trained.tuned is not None:
         report["fine_tune"] = trained.tuned.report(head.epoch_f1[-1])
-    _say(progress, "measuring the not-clothing detector with the saved model")
+    say(progress, "measuring the not-clothing detector with the saved model")
     report["ood"] = ood_section(
         got.model,
         trained.detector,
@@ -357,7 +349,7 @@ def _check_exportable(
             "only PIL's nearest resize (the paper's)"
         )
     tuning.check(spec, f"trial {number}")
-    if tuning.layers and (config.space.folds or config.space.repeats > 1):
+    if tuning.layers and not config.space.single_fit:
         raise InvalidArgument(
             f"study {config.name!r} ships an ensemble (folds or repeats): fine-tuning tunes one "
             "network, so --fine-tune needs a single-fit space"
@@ -438,24 +430,23 @@ def finalize(
     check_replaceable(dest)  # before the work, not only at the swap
     dataset, cache = open_run(config, data, cache_dir, progress, storage=storage_of(st))
     selection = None
-    robust = config.space.repeats > 1 or config.space.folds
-    if trial is None and robust and race_top > 0 and config.use_cache:
+    if trial is None and not config.space.single_fit and race_top > 0 and config.use_cache:
         from clothopt.selection import race
 
-        _say(progress, f"racing the top {race_top} trials with {race_repeats} fresh seeds each")
+        say(progress, f"racing the top {race_top} trials with {race_repeats} fresh seeds each")
         raced = race(st, config, dataset, cache, top=race_top, repeats=race_repeats)
         trial, selection = raced.pick, raced.to_dict()
     if blend > 1 and selection is not None:
         trials = [int(row["trial"]) for row in selection["rows"][:blend]]
         specs = [select(st, config, t, epochs)[1] for t in trials]
-        _say(progress, f"blending the raced trials {trials} ({blend_rounds} rounds of selection)")
+        say(progress, f"blending the raced trials {trials} ({blend_rounds} rounds of selection)")
         trained = train_blend(trials, specs, config, dataset, cache, blend_rounds, progress)
         chosen = pick_trial(st, trained.blend.trials[trained.blend.main])  # type: ignore[union-attr]
         _check_exportable(trained.spec, config, chosen.number, tuning)
     else:
         chosen, spec = select(st, config, trial, epochs)
         _check_exportable(spec, config, chosen.number, tuning)
-        _say(progress, f"finalizing trial {chosen.number}")
+        say(progress, f"finalizing trial {chosen.number}")
         trained = train(spec, config, dataset, cache, tuning, progress)
     tmp = make_staging(dest)
     try:

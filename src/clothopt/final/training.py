@@ -18,7 +18,7 @@ import numpy as np
 from clothopt.errors import InvalidArgument
 from clothopt.final.fine_tune import FineTuned, FineTuning
 from clothopt.final.members import Blend, Ensemble
-from clothopt.logging import DEBUG, INFO, get_logger
+from clothopt.final.progress import say
 
 if TYPE_CHECKING:
     from clothopt.config import StudyConfig
@@ -31,13 +31,6 @@ if TYPE_CHECKING:
     from clothopt.trial_spec import TrialSpec
 
 __all__ = ["Trained", "train", "train_ensemble"]
-
-logger = get_logger(__name__)
-
-
-def _say(progress: bool, message: str) -> None:
-    # finalize's progress line: at INFO with progress, else at DEBUG (shown with --verbose)
-    logger.log(INFO if progress else DEBUG, "finalize: %s", message)
 
 
 @dataclass
@@ -124,14 +117,15 @@ def train(
     # with tta validation and test carry the mirrored images as a second view
     inputs = head_inputs(cache, dataset, config, spec, ("train", "validation", "test"))
     cache.release_model()
-    _say(progress, f"training the head for {spec.head.epochs} epochs ({spec.to_params()})")
+    say(progress, f"training the head for {spec.head.epochs} epochs ({spec.to_params()})")
     train_plain = inputs["train"].plain()
     val_plain = inputs["validation"].plain()
     ensemble = None
-    if (repeats := config.space.repeats) > 1 or config.space.folds:
+    if not config.space.single_fit:
         ensemble = train_ensemble(
-            spec, config, dataset, cache, inputs, repeats, config.space.folds, progress
-        )
+            spec, config, dataset, cache, inputs, config.space.repeats, config.space.folds,
+            progress,
+        )  # fmt: skip
         head, model_head = ensemble.results[0], ensemble.heads[0]
     else:
         head = train_spec(
@@ -143,8 +137,8 @@ def train(
         model_head = Head.of(spec.head, len(classes), weights=head.weights, mean=mean, std=std)
     tuned = None
     if tuning is not None and tuning.layers:
-        tuned = tuning.run(spec, config, dataset, model_head, lambda m: _say(progress, m))
-    _say(progress, "fitting the not-clothing detector on the train features")
+        tuned = tuning.run(spec, config, dataset, model_head, lambda m: say(progress, m))
+    say(progress, "fitting the not-clothing detector on the train features")
     if tuned is None:
         detector = fit_shipped_detector(np.asarray(train_plain.x, np.float32), val_plain.x)
     else:
@@ -201,7 +195,7 @@ def train_ensemble(
     protocol = Protocol(repeats, folds)
     layouts = protocol_inputs(cache, dataset, config, spec, protocol)
     train, scored, members = protocol_members(spec, layouts, protocol, config.seed, 0)
-    _say(progress, f"training {len(members)} heads as one stacked model ({spec.to_params()})")
+    say(progress, f"training {len(members)} heads as one stacked model ({spec.to_params()})")
     fit = StackedTrainer().train(
         train.x, train.y, scored.x, scored.y, classes, spec.head, members, batch_order,
         val_views=scored.views,

@@ -129,9 +129,10 @@ def _glorot_graph(seed: Any, shape: tuple[int, int]) -> Any:
 class Stack:
     """Stacked weights and optimizer state of one shape, and its step.
 
-    ``weights`` in order: each Dense's kernel ``(M, b, a)`` and bias ``(M, b)``. Kernels are
-    held outputs by inputs (transposed from Keras's): XLA's CPU dots and loops run faster on
-    their long minor axis than on a head's 10 logits.
+    ``weights`` in order: each Dense's kernel and bias ``(M, b)``. A kernel from ``a`` to
+    ``b`` units is ``(M, a, b)`` as Keras holds it, or ``(M, b, a)`` where the layer narrows
+    (``b < a``, the logits always): XLA's CPU dots and loops run faster along a long minor
+    axis (a linear head's step took ~30% less time so), and slower on a transposed wide one.
     """
 
     def __init__(self, shape: StackShape) -> None:
@@ -139,7 +140,12 @@ class Stack:
 
         self.shape = shape
         m, dims = shape.members, shape.dims
-        sizes = [size for a, b in itertools.pairwise(dims) for size in ((m, b, a), (m, b))]
+        self.narrows = [b < a for a, b in itertools.pairwise(dims)]  # kernels held (M, b, a)
+        sizes = [
+            size
+            for a, b in itertools.pairwise(dims)
+            for size in (((m, b, a) if b < a else (m, a, b)), (m, b))
+        ]
         self.weights = [keras.Variable(np.zeros(s, np.float32)) for s in sizes]
         slots = 1 if shape.optimizer == "sgd" else 2
         self.slots = [
@@ -180,7 +186,8 @@ class Stack:
         for i in range(last + 1):
             shape = (self.shape.dims[i], self.shape.dims[i + 1])
             init = ops.stack([glorot(s if i == last else s + 1 + i, shape) for s in seeds])
-            init = ops.transpose(init, (0, 2, 1))  # held outputs by inputs
+            if self.narrows[i]:
+                init = ops.transpose(init, (0, 2, 1))
             inits += [init, ops.zeros((len(seeds), shape[1]), "float32")]
         return inits
 
@@ -194,7 +201,9 @@ class Stack:
     def member_weights(self) -> list[list[np.ndarray]]:
         """Each member's layers as ``HeadResult.weights``: [kernel, bias] per Dense."""
         v = [np.asarray(_value(w)) for w in self.weights]
-        return [[w[k].T if w.ndim == 3 else w[k] for w in v] for k in range(len(v[0]))]
+        flip = [n for n in self.narrows for _ in range(2)]  # per variable: kernel, bias
+        return [[w[k].T if f and w.ndim == 3 else w[k] for w, f in zip(v, flip, strict=True)]
+                for k in range(len(v[0]))]  # fmt: skip
 
     def _layers(self) -> list[tuple[Any, Any]]:
         """(kernel, bias) per Dense, as tensors read now."""
@@ -216,14 +225,18 @@ class Stack:
                 before = layers[i - 1][1] if i > 0 else None
                 a, masks[i], pre[i - 1] = self._enter(i, a, before, draw, r)
             acts.append(a)
-            a = _matmul(a, kernel, transpose_b=True)
+            a = _matmul(a, kernel, transpose_b=self.narrows[i])
         loss, grad, bias_grad = self._loss(a, layers[last][1], yb, p["w"], p["ws"], r)
         grads: list[Any] = []
         for i in range(last, -1, -1):
-            grads[:0] = [_matmul(grad, acts[i], transpose_a=True), bias_grad]
+            if self.narrows[i]:
+                kernel_grad = _matmul(grad, acts[i], transpose_a=True)
+            else:
+                kernel_grad = _matmul(acts[i], grad, transpose_a=True)
+            grads[:0] = [kernel_grad, bias_grad]
             if i == 0:
                 break
-            grad = _matmul(grad, layers[i][0])
+            grad = _matmul(grad, layers[i][0], transpose_b=not self.narrows[i])
             grad, bias_grad = self._back(i, grad, masks.get(i), pre[i - 1], r)
         self._apply(grads, {k: p[k] for k in ("lr", "alpha", "act")}, r)
         return loss
@@ -332,7 +345,7 @@ class Stack:
         layers = self._layers()
         a = ops.take(x_val, idx, axis=0)
         for i, (kernel, bias) in enumerate(layers):
-            a = ops.add(_matmul(a, kernel, transpose_b=True), bias[:, None, :])
+            a = ops.add(_matmul(a, kernel, transpose_b=self.narrows[i]), bias[:, None, :])
             if i < len(layers) - 1:
                 a = ops.relu(a)
         return a
