@@ -970,9 +970,12 @@ def test_how_many_configurations_finalize_blends(
     asked: int | None, space_blend: int, folds: int, race_top: int, one_network: bool,
     cached: bool, want: int | str,
 ) -> None:  # fmt: skip
+    from dataclasses import replace
     from types import SimpleNamespace
 
-    space = SimpleNamespace(blend=space_blend, folds=folds, repeats=1)
+    from clothopt.spaces import load_space
+
+    space = replace(load_space("wide"), blend=space_blend, folds=folds, repeats=1)
     config: Any = SimpleNamespace(space=space, use_cache=cached, name="s")
     if isinstance(want, str):
         with pytest.raises(InvalidArgument, match=want):
