@@ -3,9 +3,9 @@
 A trial that estimates a configuration trains it several times, with other seeds (init, dropout
 masks, batch order) or on other folds (other rows, other sizes). :class:`StackedTrainer` trains
 those M *members* together: every weight has a leading member axis (a ``(d, h)`` kernel is held
-as ``(M, d, h)``), one step updates all members, and on TensorFlow one traced function runs a
-whole epoch, so a trial pays the per-step and per-trial overhead once (:mod:`._stack` holds the
-maths).
+as ``(M, d, h)``, or ``(M, h, d)`` where it narrows), one step updates all members, and on
+TensorFlow one traced function runs a whole epoch, so a trial pays the per-step and per-trial
+overhead once (:mod:`._stack` holds the maths).
 
 Each member is the head :class:`~clothopt.model.head.HeadTrainer` trains alone with the same
 :class:`~clothopt.model.head.HeadParams` and seed, within float tolerance
