@@ -10,12 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from clothopt.errors import InvalidArgument
 from clothopt.final.members import Blend
 from clothopt.final.progress import say
-from clothopt.final.training import Trained, train_ensemble
+from clothopt.final.training import Trained, cached_detector, train_ensemble
 
 if TYPE_CHECKING:
     from clothopt.config import StudyConfig
@@ -40,7 +38,6 @@ def train_blend(
     """Each candidate's members (:func:`train_ensemble`, as its trials trained), weighed by
     ensemble selection over ``rounds`` on their out-of-fold probabilities; the detector is
     fitted on the main candidate's train features, as :func:`train` fits a single one's."""
-    from clothopt.final.rejection import fit_shipped_detector
     from clothopt.pipeline import head_inputs
     from clothopt.selection import ensemble_selection
 
@@ -64,8 +61,6 @@ def train_blend(
     main = blend.main
     say(progress, f"blend: weights {dict(zip(trials, blend.weights, strict=True))}")
     say(progress, "fitting the not-clothing detector on the train features")
-    train_plain, val_plain = inputs[main]["train"].plain(), inputs[main]["validation"].plain()
-    detector = fit_shipped_detector(np.asarray(train_plain.x, np.float32), val_plain.x)
     return Trained(
         spec=specs[main],
         classes=list(dataset.classes),
@@ -73,7 +68,7 @@ def train_blend(
         head=ensembles[main].results[0],
         model_head=ensembles[main].heads[0],
         tuned=None,
-        detector=detector,
+        detector=cached_detector(inputs[main]),
         extract_seconds=sum(f.extract_seconds for got in inputs for f in got.values()),
         ensemble=ensembles[main],
         blend=blend,

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from clothopt.pipeline import HeadInput
     from clothopt.trial_spec import TrialSpec
 
-__all__ = ["Trained", "train", "train_ensemble"]
+__all__ = ["Trained", "cached_detector", "train", "train_ensemble"]
 
 
 @dataclass
@@ -118,7 +118,6 @@ def train(
     inputs = head_inputs(cache, dataset, config, spec, ("train", "validation", "test"))
     cache.release_model()
     say(progress, f"training the head for {spec.head.epochs} epochs ({spec.to_params()})")
-    train_plain = inputs["train"].plain()
     val_plain = inputs["validation"].plain()
     ensemble = None
     if not config.space.single_fit:
@@ -140,7 +139,7 @@ def train(
         tuned = tuning.run(spec, config, dataset, model_head, lambda m: say(progress, m))
     say(progress, "fitting the not-clothing detector on the train features")
     if tuned is None:
-        detector = fit_shipped_detector(np.asarray(train_plain.x, np.float32), val_plain.x)
+        detector = cached_detector(inputs)
     else:
         detector = fit_shipped_detector(tuned.train_features, tuned.val_features)
     return Trained(
@@ -154,6 +153,15 @@ def train(
         extract_seconds=sum(f.extract_seconds for f in inputs.values()),
         ensemble=ensemble,
     )
+
+
+def cached_detector(inputs: Mapping[str, HeadInput]) -> Detector:
+    """The shipped "not clothing" detector on cached features: fitted on the train split's
+    plain pooled features, its threshold set on validation's."""
+    from clothopt.final.rejection import fit_shipped_detector
+
+    train_plain, val_plain = inputs["train"].plain(), inputs["validation"].plain()
+    return fit_shipped_detector(np.asarray(train_plain.x, np.float32), val_plain.x)
 
 
 def _probabilities(

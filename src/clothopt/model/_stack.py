@@ -132,7 +132,7 @@ class Stack:
     ``weights`` in order: each Dense's kernel and bias ``(M, b)``. A kernel from ``a`` to
     ``b`` units is ``(M, a, b)`` as Keras holds it, or ``(M, b, a)`` where the layer narrows
     (``b < a``, the logits always): XLA's CPU dots and loops run faster along a long minor
-    axis (a linear head's step took ~30% less time so), and slower on a transposed wide one.
+    axis (a linear head's epoch took ~25% less time so), and slower on a transposed wide one.
     """
 
     def __init__(self, shape: StackShape) -> None:
