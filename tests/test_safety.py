@@ -390,6 +390,101 @@ def test_an_interrupt_a_library_turns_into_another_error_puts_the_trial_back(
     assert "a real bug" in study.trials[1].user_attrs["fail_reason"]
 
 
+class _SignalOnCollect:
+    """Sends ``sig`` from its finalizer, where Python swallows what the handler raises (it
+    prints "Exception ignored" and goes on): a Ctrl-C landing in a garbage collection. With
+    ``as_error`` the finalizer turns the interrupt into a SystemError first, as TensorFlow's
+    C++ did (printed without a header)."""
+
+    def __init__(self, sig: signal.Signals, as_error: bool = False) -> None:
+        self.sig, self.as_error = sig, as_error
+
+    def __del__(self) -> None:
+        try:
+            signal.raise_signal(self.sig)
+        except BaseException as exc:
+            if self.as_error:
+                raise SystemError("returned a result with an exception set") from exc
+            raise
+
+
+@pytest.mark.parametrize("as_error", [False, True])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupt_a_finalizer_swallowed_still_stops_the_run_silently(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    sig: signal.Signals,
+    as_error: bool,
+) -> None:
+    # CI saw both: the trial ran on, and stderr got a traceback. Now the trial goes back
+    # uncounted when the objective returns, the run ends as interrupted, stderr stays clean.
+    import optuna
+
+    from clothopt import engine
+    from clothopt.errors import Terminated
+
+    storage = engine.open_storage(f"sqlite:///{tmp_path / 's.db'}", create=True)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.enqueue_trial({"x": 1.0})
+    ran_on: list[bool] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", 0.0, 2.0)
+        _SignalOnCollect(sig, as_error)  # collected at once: the signal lands in __del__
+        ran_on.append(True)
+        return 0.0
+
+    reported: list[BaseException | None] = []  # what Python would have printed
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: reported.append(info.exc_value))
+    previous = (signal.getsignal(signal.SIGINT), sys.unraisablehook, sys.excepthook)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's Ctrl-C finds it
+    try:
+        with pytest.raises(KeyboardInterrupt if sig == signal.SIGINT else Terminated):
+            engine.optimize(study, objective, budget=1, progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+    assert (sys.unraisablehook, sys.excepthook) == previous[1:]  # the hooks are gone again
+    assert ran_on == [True]  # Python went on after the finalizer, as it does
+    reason = "interrupted" if sig == signal.SIGINT else "terminated"
+    states = [(t.state.name, t.user_attrs.get("fail_reason")) for t in study.trials]
+    assert states == [("FAIL", reason), ("WAITING", None)], states
+    assert not reported, reported
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_a_swallowed_interrupt_is_raised_at_the_next_safe_point_and_only_once(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clothopt.engine.runner import interrupts_raise, raise_swallowed
+    from clothopt.errors import Terminated
+    from clothopt.final.progress import say
+
+    with interrupts_raise():
+        raise_swallowed()  # none yet: nothing happens
+        _SignalOnCollect(signal.SIGTERM)
+        with pytest.raises(Terminated):
+            say(False, "the next step")  # finalize's step lines are safe points
+        raise_swallowed()  # raised once, then gone
+        _SignalOnCollect(signal.SIGTERM, as_error=True)  # left for no safe point
+    with interrupts_raise():
+        raise_swallowed()  # a new outermost block starts clean
+    assert "Traceback" not in capsys.readouterr().err
+
+    # a finalizer's own bug is not an interrupt: it goes to the hook that was there before
+    class Buggy:
+        def __del__(self) -> None:
+            raise ValueError("a finalizer's bug")
+
+    reported: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: reported.append(info.exc_value))
+    with interrupts_raise():
+        Buggy()
+        raise_swallowed()
+    assert [type(e) for e in reported] == [ValueError], reported
+
+
 _SLOW_ARGPARSE = """
 import importlib.util, os, sys, sysconfig, time
 time.sleep(10)  # the CLI's imports, made slow enough to be caught in the act

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from clothopt.data import Dataset, UnusableImage
 from clothopt.end_to_end import train_end_to_end
+from clothopt.engine.runner import raise_swallowed
 from clothopt.engine.storage import set_user_attrs
 from clothopt.errors import TrialFailed
 from clothopt.metrics import classification_metrics
@@ -148,6 +149,7 @@ class Objective:
         spec = TrialSpec.of(cfg.space.suggest(trial), cfg, where=f"trial {trial.number}")
 
         def on_epoch(epoch: int, f1: float) -> None:
+            raise_swallowed()  # a safe point for a Ctrl-C a library swallowed
             trial.report(f1, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} (F1 {f1:.4f})")
@@ -159,8 +161,8 @@ class Objective:
             tr, va = inputs["train"], inputs["validation"]
             extract_seconds = warm + tr.extract_seconds + va.extract_seconds
             trial.set_user_attr("features_cached", tr.cached and va.cached and not warm)
-            protocol = Protocol(cfg.space.repeats, cfg.space.folds)
-            if not protocol.single:
+            if not cfg.space.single_fit:
+                protocol = Protocol(cfg.space.repeats, cfg.space.folds)
                 return self._repeated(trial, spec, protocol, extract_seconds, on_epoch)
             result = train_spec(
                 spec, inputs, self.dataset["train"].classes, self.trainer, on_epoch=on_epoch

@@ -52,11 +52,6 @@ class Protocol:
         """Heads one evaluation trains: repeats x (folds or the one given split)."""
         return self.repeats * max(1, self.folds)
 
-    @property
-    def single(self) -> bool:
-        """The paper's protocol: one fit on train, scored on validation."""
-        return self.repeats == 1 and self.folds == 0
-
     def to_dict(self) -> dict[str, int]:
         return {"repeats": self.repeats, "folds": self.folds}
 
