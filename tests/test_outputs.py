@@ -238,7 +238,7 @@ def test_a_staged_folder_is_the_old_set_or_the_new_one(tmp_path: Path) -> None:
 def test_a_signal_during_the_swap_waits_until_the_new_set_is_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from clothopt.engine.runner import interrupts_raise
+    from clothopt.engine.interrupts import interrupts_raise
 
     dest = tmp_path / "ev"
     dest.mkdir()

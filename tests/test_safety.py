@@ -454,10 +454,59 @@ def test_an_interrupt_a_finalizer_swallowed_still_stops_the_run_silently(
     assert "Traceback" not in err and "Exception ignored" not in err, err
 
 
+def test_a_held_signal_goes_to_the_handler_that_was_there_when_the_outermost_block_ends() -> None:
+    from clothopt.engine.interrupts import signals_held
+
+    got: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as CI's background jobs
+    try:
+        with signals_held():
+            with signals_held():  # a storage call inside a step held as a whole
+                signal.raise_signal(signal.SIGTERM)
+                signal.raise_signal(signal.SIGINT)
+            assert got == []  # not in the middle of the outer block
+        assert got == [signal.SIGTERM]  # an ignored SIGINT stays ignored
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+def test_an_interrupt_inside_a_storage_call_waits_until_the_call_is_done(tmp_path: Path) -> None:
+    # one landing inside SQLAlchemy once left the process's SQLite write lock behind, and
+    # putting the trial back then failed with "database is locked" (a random-interrupt loop)
+    import sqlite3
+
+    import optuna
+    from sqlalchemy import event
+
+    from clothopt import engine
+    from clothopt.engine.interrupts import interrupts_raise
+    from clothopt.engine.storage import sql_engine_of
+    from clothopt.errors import Terminated
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=engine.open_storage(url, create=True), study_name="s")
+    sent: list[str] = []
+
+    def mid_call(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        if statement.startswith("INSERT") and not sent:
+            sent.append(statement)
+            signal.raise_signal(signal.SIGTERM)
+
+    event.listen(sql_engine_of(study), "before_cursor_execute", mid_call)
+    with interrupts_raise(), pytest.raises(Terminated):
+        study.set_user_attr("k", "v")
+    assert sent  # the signal came in the middle of the call
+    assert optuna.load_study(study_name="s", storage=url).user_attrs == {"k": "v"}
+    with sqlite3.connect(tmp_path / "s.db", timeout=0) as other:  # no lock left behind
+        other.execute("BEGIN IMMEDIATE")
+
+
 def test_a_swallowed_interrupt_is_raised_at_the_next_safe_point_and_only_once(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from clothopt.engine.runner import interrupts_raise, raise_swallowed
+    from clothopt.engine.interrupts import interrupts_raise, raise_swallowed
     from clothopt.errors import Terminated
     from clothopt.final.progress import say
 

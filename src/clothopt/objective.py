@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from clothopt.data import Dataset, UnusableImage
 from clothopt.end_to_end import train_end_to_end
-from clothopt.engine.runner import raise_swallowed
+from clothopt.engine.interrupts import raise_swallowed
 from clothopt.engine.storage import set_user_attrs
 from clothopt.errors import TrialFailed
 from clothopt.metrics import classification_metrics

@@ -423,7 +423,7 @@ def swap_in(tmp: Path, dest: Path, old_prefix: str | None = None) -> None:
     Two renames: a kill between them leaves the previous result aside, which :func:`recover`
     brings back.
     """
-    from clothopt.engine.runner import signals_held
+    from clothopt.engine.interrupts import signals_held
 
     old = None
     with writing(dest):

@@ -33,7 +33,7 @@ from clothopt.cli.study import (
     StudyReport,
     StudyShow,
 )
-from clothopt.engine.runner import interrupt_since, interrupts_raise, received
+from clothopt.engine.interrupts import interrupt_since, interrupts_raise, received
 from clothopt.engine.storage import storage_errors
 from clothopt.errors import ClothoptError, Terminated
 

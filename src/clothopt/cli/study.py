@@ -394,7 +394,7 @@ def _load_study(name: str, storage: str | None) -> Any:
 
 
 def _final_kept(st: Any, dest: Any) -> dict[str, Any] | None:
-    from clothopt.engine.runner import signals_held
+    from clothopt.engine.interrupts import signals_held
     from clothopt.final.store import reconcile
 
     with signals_held():

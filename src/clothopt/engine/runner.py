@@ -21,7 +21,8 @@ How a trial ends, by what its objective raised:
   so is any other exception raised after such a signal arrived (a library may turn the
   interrupt into its own error), and a trial that ends normally after one (a library
   swallowed it: raised in a finalizer, Python only prints it; the hooks keep that off stderr).
-  Taking a trial and putting one back run with those signals held, so neither is cut in half;
+  Taking a trial and putting one back run with those signals held, so neither is cut in half
+  (as does every storage call: :mod:`clothopt.engine.held_storage`);
 - anything else (a bug): FAIL with its repr, then raised.
 """
 
@@ -29,17 +30,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clothopt._io import write_failed
+from clothopt.engine.interrupts import interrupt_since, interrupts_raise, received, signals_held
 from clothopt.engine.leases import allow_deferral
 from clothopt.engine.queue import (
     INTERRUPTED,
@@ -62,13 +63,8 @@ __all__ = [
     "POLL_SECONDS",
     "RunSummary",
     "TrialCallback",
-    "interrupt_since",
-    "interrupts_raise",
     "optimize",
-    "raise_swallowed",
-    "received",
     "rss_mb",
-    "signals_held",
 ]
 
 POLL_SECONDS = float(os.environ.get("CLOTHOPT_POLL_SECONDS", "2"))
@@ -109,124 +105,6 @@ class _Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-# The signals :func:`interrupts_raise` turned into exceptions, newest last (main thread). A
-# library may swallow that exception and raise another in its place (TensorFlow, interrupted
-# while tracing a function, raised a SystemError): what was received still says "interrupted".
-_RECEIVED: list[int] = []
-
-
-# Interrupts a library swallowed: raised inside a finalizer or a callback from C, Python
-# prints "Exception ignored" and goes on (or the library prints the error it turned the
-# interrupt into). :func:`interrupts_raise`'s hooks keep them off stderr and record them here;
-# :func:`raise_swallowed` raises them at the next safe point.
-_SWALLOWED: list[BaseException] = []
-_DEPTH: list[int] = []  # interrupts_raise blocks open now (they nest: the CLI's, the runner's)
-
-
-def _interrupt(signum: int) -> BaseException:
-    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
-
-
-def _interrupt_in(exc: BaseException | None) -> BaseException | None:
-    """The interrupt ``exc`` is, or was raised from or during (a few links deep), else None."""
-    for _ in range(8):
-        if exc is None or isinstance(exc, (KeyboardInterrupt, Terminated)):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def raise_swallowed() -> None:
-    """Raise the newest interrupt a library swallowed since the last call (if any): for safe
-    points in long work, between epochs and after a trial."""
-    if _SWALLOWED:
-        exc = _SWALLOWED[-1]
-        _SWALLOWED.clear()
-        raise type(exc)()
-
-
-def received() -> int:
-    """How many interrupts have been received so far (a mark for :func:`interrupt_since`)."""
-    return len(_RECEIVED)
-
-
-def interrupt_since(mark: int) -> BaseException | None:
-    """The interrupt to raise in place of another exception when one was received after
-    ``mark`` (:func:`received` then), else None."""
-    return _interrupt(_RECEIVED[-1]) if len(_RECEIVED) > mark else None
-
-
-@contextlib.contextmanager
-def interrupts_raise() -> Iterator[None]:
-    """In the main thread for the block, SIGTERM raises :class:`Terminated` and SIGINT
-    ``KeyboardInterrupt`` (unless SIGINT is ignored), each recorded for
-    :func:`interrupt_since`; one a library swallows and reports (``sys.unraisablehook``,
-    ``sys.excepthook``) is kept off stderr for :func:`raise_swallowed`; elsewhere: nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        _RECEIVED.append(signum)
-        raise _interrupt(signum)
-
-    def swallowed(exc: BaseException | None) -> bool:
-        if (interrupt := _interrupt_in(exc)) is None:
-            return False
-        _SWALLOWED.append(interrupt)
-        return True
-
-    def unraisable(info: Any) -> None:
-        if not swallowed(info.exc_value):
-            hooks[0](info)
-
-    def excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
-        if not swallowed(exc):
-            hooks[1](kind, exc, tb)
-
-    sigs = [signal.SIGTERM]
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored, not ours
-        sigs.append(signal.SIGINT)
-    if not _DEPTH:
-        _SWALLOWED.clear()  # the outermost block: none left from an earlier one
-    hooks = (sys.unraisablehook, sys.excepthook)
-    previous = {s: signal.signal(s, handler) for s in sigs}
-    sys.unraisablehook, sys.excepthook = unraisable, excepthook
-    _DEPTH.append(1)
-    try:
-        yield
-    finally:
-        _DEPTH.pop()
-        sys.unraisablehook, sys.excepthook = hooks
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block is done, then raise as they would have.
-
-    For the short storage steps that must not be cut in half (taking a trial and naming its
-    owner, putting one back); if the block itself raises, that exception wins.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got: list[int] = []
-
-    def hold(signum: int, frame: Any) -> None:
-        got.append(signum)
-
-    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-    if got:
-        raise _interrupt(got[0])
 
 
 def rss_mb() -> float:
@@ -273,7 +151,6 @@ def _run_one(
             with allow_deferral():
                 value, state = objective(trial), TrialState.COMPLETE
             if (interrupt := interrupt_since(mark)) is not None:
-                _SWALLOWED.clear()
                 raise interrupt  # a library swallowed it: the trial goes back all the same
             # resident memory after each trial: a long study must stay flat (benchmarks read it)
             storage.set_trial_user_attr(tid, "rss_mb", rss_mb())

@@ -153,11 +153,11 @@ def open_storage(
 def _rdb_storage(
     url: str, engine_kwargs: dict[str, Any], stale_trial_callback: StaleCallback | None
 ) -> optuna.storages.RDBStorage:
-    import optuna
+    from clothopt.engine.held_storage import HeldRDBStorage
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeat arguments are flagged experimental
-        return optuna.storages.RDBStorage(
+        return HeldRDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=HEARTBEAT_INTERVAL,

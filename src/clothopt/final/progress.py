@@ -4,7 +4,7 @@ is also where an interrupt a library swallowed (in a finalizer, say) stops final
 
 from __future__ import annotations
 
-from clothopt.engine.runner import raise_swallowed
+from clothopt.engine.interrupts import raise_swallowed
 from clothopt.logging import DEBUG, INFO, get_logger
 
 __all__ = ["say"]

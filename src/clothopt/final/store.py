@@ -130,7 +130,7 @@ def set_final_attr(
     ``final/`` is swapped in before this record is written: a process killed between the
     two leaves a record of the previous result, which :func:`reconcile` brings in line.
     """
-    from clothopt.engine.runner import signals_held
+    from clothopt.engine.interrupts import signals_held
 
     record = {
         "dir": str(folder),
