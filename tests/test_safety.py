@@ -546,6 +546,31 @@ spec.loader.exec_module(module)
 """
 
 
+_ESCAPED_RUN_STRING = """
+import ctypes, sys
+from clothopt.__main__ import exit_with
+run_string = ctypes.pythonapi.PyRun_String
+run_string.restype = ctypes.py_object
+run_string.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.py_object, ctypes.py_object]
+try:
+    run_string(b"raise KeyboardInterrupt", 257, {}, {})  # a library's embedded code, interrupted
+except KeyboardInterrupt:
+    print("clothopt: interrupted", file=sys.stderr)  # handled, as the CLI does
+exit_with(130)
+"""
+
+
+def test_an_interrupt_that_escaped_embedded_code_still_exits_130(tmp_path: Path) -> None:
+    # CPython marks such a KeyboardInterrupt "unhandled" and, under python -m, then ended the
+    # process by SIGINT (-2) although the CLI had handled it (a stress loop: ~1 run in 100)
+    (tmp_path / "escaped.py").write_text(_ESCAPED_RUN_STRING)
+    proc = subprocess.run(
+        [sys.executable, "-m", "escaped"], capture_output=True, text=True, cwd=tmp_path, env=_env()
+    )
+    assert proc.returncode == 130, (proc.returncode, proc.stderr)
+    assert proc.stderr == "clothopt: interrupted\n", proc.stderr
+
+
 @pytest.mark.parametrize("entry", ["console script", "python -m"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_the_imports_ends_with_one_line(
